@@ -13,17 +13,40 @@ from hesslab.operators.base import (
     scale,
     shift,
 )
+from hesslab.operators.curvature import (
+    BlockDiagonalOperator,
+    CurvatureOperator,
+    RestrictedOperator,
+)
+from hesslab.operators.ggn import GGNOperator, ggn
+from hesslab.operators.hessian import HESSIAN_MODES, HessianOperator, hessian
+from hesslab.operators.moment import (
+    GradientMomentOperator,
+    gradient_moment,
+    per_sample_gradients,
+)
 
 __all__ = [
+    "HESSIAN_MODES",
+    "BlockDiagonalOperator",
+    "CurvatureOperator",
     "DeflatedOperator",
     "DenseOperator",
     "FunctionOperator",
+    "GGNOperator",
+    "GradientMomentOperator",
+    "HessianOperator",
     "IdentityOperator",
     "LinearOperator",
+    "RestrictedOperator",
     "ScaledOperator",
     "ScipyOperator",
     "SumOperator",
     "as_operator",
+    "ggn",
+    "gradient_moment",
+    "hessian",
+    "per_sample_gradients",
     "scale",
     "shift",
 ]

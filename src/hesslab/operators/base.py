@@ -236,7 +236,9 @@ class IdentityOperator(LinearOperator):
 
 def shift(op: LinearOperator, sigma: float) -> LinearOperator:
     """Return ``A + sigma * I``."""
-    return SumOperator([op, ScaledOperator(IdentityOperator(op.shape[0], op.dtype, op.device), sigma)])
+    return SumOperator(
+        [op, ScaledOperator(IdentityOperator(op.shape[0], op.dtype, op.device), sigma)]
+    )
 
 
 def scale(op: LinearOperator, c: float) -> LinearOperator:

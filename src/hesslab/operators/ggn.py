@@ -1,0 +1,112 @@
+"""The generalized Gauss–Newton matrix as a linear operator.
+
+``G = sum_b w_b J_b^T (d^2 loss_b / d f^2) J_b`` where ``J_b`` is the Jacobian of the model
+outputs ``f`` on batch ``b`` with respect to the parameters (Schraudolph, 2002, "Fast
+curvature matrix-vector products for second-order gradient descent"). It is the part of
+the Hessian that does not involve second derivatives of the model: ``H = G + R`` with
+``R = sum_b w_b sum_c (d loss_b / d f_c) d^2 f_c / d theta^2`` (Sagun et al., 2017).
+
+The loss Hessian is applied in closed form for cross-entropy
+(``diag(p) - p p^T`` per point, ``p = softmax(f)``) and mean-squared error (``2 I``, with
+the criterion's normalisation), and by automatic differentiation for any other criterion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import grad, jvp, vjp, vmap
+
+from hesslab.errors import ConfigurationError
+from hesslab.objective import Objective
+from hesslab.operators.curvature import CurvatureOperator
+
+__all__ = ["GGNOperator", "ggn", "loss_hessian_product"]
+
+
+def loss_hessian_product(
+    objective: Objective, outputs: Tensor, targets: Tensor
+) -> Callable[[Tensor], Tensor]:
+    """Return ``U -> (d^2 loss / d f^2) U`` for a batch's outputs ``[N_b, ...]``.
+
+    ``U`` has the outputs' shape; the loss is the objective's criterion with its reduction.
+    """
+    spec = objective.loss
+    if spec.kind == "ce" and outputs.ndim == 2:
+        p = torch.softmax(outputs, dim=1)
+        scale = 1.0 / outputs.shape[0] if spec.reduction == "mean" else 1.0
+
+        def ce(U: Tensor) -> Tensor:
+            pu = p * U
+            return scale * (pu - p * pu.sum(-1, keepdim=True))
+
+        return ce
+    if spec.kind == "mse":
+        scale = 2.0 / outputs.numel() if spec.reduction == "mean" else 2.0
+        return lambda U: scale * U
+
+    def generic(U: Tensor) -> Tensor:
+        g = grad(lambda o: objective.criterion(o, targets))
+        return jvp(g, (outputs.detach(),), (U,))[1]
+
+    return generic
+
+
+class GGNOperator(CurvatureOperator):
+    """Exact generalized Gauss–Newton products over the full data.
+
+    Needs a criterion loss (``loss_fn(outputs, targets)``): the split into model and loss
+    defines ``G``. Products run one batched forward-mode pass (``J V``) and one batched
+    reverse pass (``J^T U``) per batch.
+
+    Args:
+        objective: the :class:`~hesslab.Objective` (criterion loss).
+    """
+
+    def __init__(self, objective: Objective) -> None:
+        if objective.loss.kind == "custom":
+            raise ConfigurationError(
+                "the Gauss–Newton matrix needs a criterion loss_fn(outputs, targets) to split "
+                "the objective into model and loss; a custom loss_fn(model_fn, batch) has no "
+                "such split"
+            )
+        super().__init__(objective)
+
+    def _batch_matmat(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        obj = self.objective
+        x, y = obj._split(batch)
+
+        def f(theta: Mapping[str, Tensor]) -> Tensor:
+            return obj.forward(theta, x)
+
+        out, pullback = vjp(f, obj.theta)
+        out = out.detach()
+        apply_h = loss_hessian_product(obj, out, y)
+
+        def jv(v: Mapping[str, Tensor]) -> Tensor:
+            return jvp(f, (obj.theta,), (v,))[1]
+
+        K = next(iter(Vd.values())).shape[0]
+        if K == 1:
+            JV = jv({n: t[0] for n, t in Vd.items()}).unsqueeze(0)
+        else:
+            JV = vmap(jv)(dict(Vd))
+        HJV = torch.stack([apply_h(JV[k]) for k in range(K)]) if K > 1 else apply_h(JV[0])[None]
+        if K == 1:
+            return {n: t.unsqueeze(0) for n, t in pullback(HJV[0])[0].items()}
+        return vmap(pullback)(HJV)[0]
+
+
+def ggn(
+    model_or_objective: Any, loss_fn: Any = None, data: Any = None, params: Any = None, **kw: Any
+) -> GGNOperator:
+    """The generalized Gauss–Newton matrix of the full-data loss as an operator.
+
+    Same calling convention as :func:`hesslab.hessian`.
+    """
+    from hesslab.operators.hessian import _objective
+
+    return GGNOperator(_objective(model_or_objective, loss_fn, data, params, kw))

@@ -1,0 +1,226 @@
+"""The exact Hessian of the full-data loss as a linear operator.
+
+``H = sum_b w_b * d^2 loss_b / d theta^2`` (weights from :meth:`Objective.batches`), applied
+without ever forming ``H`` (Pearlmutter, 1994, "Fast exact multiplication by the
+Hessian"). Three product modes:
+
+* ``"forward-over-reverse"``: ``jvp(grad(loss), v)`` vectorised over the ``K`` columns with
+  :func:`torch.func.vmap` (one forward-mode pass through the gradient computation).
+* ``"reverse-over-reverse"``: build ``g = grad(loss)`` with ``create_graph=True``, then
+  ``grad(g . v)``; all ``K`` columns go through one batched backward
+  (``is_grads_batched``) when the model allows it.
+* ``"reverse-over-reverse-cached"``: the same, but the first-order graph of every batch is
+  built once and reused by every later product (only when the data fits in memory).
+
+``mode="auto"`` times the applicable modes on the first batch at the first product (for
+single products and for blocks separately) and keeps the fastest; the choice and the
+timings are in :attr:`HessianOperator.mode_report`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import grad, jvp, vmap
+
+from hesslab.errors import ConfigurationError
+from hesslab.objective import Objective
+from hesslab.operators.curvature import CurvatureOperator
+
+__all__ = ["HESSIAN_MODES", "HessianOperator", "hessian"]
+
+HESSIAN_MODES = ("forward-over-reverse", "reverse-over-reverse", "reverse-over-reverse-cached")
+_ALIASES = {
+    "fwd-rev": "forward-over-reverse",
+    "forward": "forward-over-reverse",
+    "rev-rev": "reverse-over-reverse",
+    "reverse": "reverse-over-reverse",
+    "cached": "reverse-over-reverse-cached",
+    "rev-rev-cached": "reverse-over-reverse-cached",
+}
+
+
+class HessianOperator(CurvatureOperator):
+    """Exact Hessian-vector products over the full data.
+
+    Args:
+        objective: the :class:`~hesslab.Objective`.
+        mode: ``"auto"`` (default) or one of :data:`HESSIAN_MODES` (aliases ``"fwd-rev"``,
+            ``"rev-rev"``, ``"cached"``).
+        cache_graph: allow the cached mode: ``"auto"`` allows it when the data is a single
+            batch (the caller has shown it fits in memory), ``True``/``False`` force it.
+
+    Attributes:
+        mode_report: the chosen mode per block kind (``"single"``, ``"block"``), the
+            seconds per column each candidate took, and whether batched backward worked.
+    """
+
+    def __init__(
+        self, objective: Objective, *, mode: str = "auto", cache_graph: bool | str = "auto"
+    ) -> None:
+        super().__init__(objective, mode=mode, cache_graph=cache_graph)
+        mode = _ALIASES.get(mode, mode)
+        if mode != "auto" and mode not in HESSIAN_MODES:
+            raise ConfigurationError(
+                f"unknown Hessian mode {mode!r}; use 'auto' or one of {HESSIAN_MODES}"
+            )
+        if cache_graph == "auto":
+            cache_graph = objective.num_batches == 1
+        if mode == "reverse-over-reverse-cached" and not cache_graph:
+            cache_graph = True
+        self.mode = mode
+        self.cache_graph = bool(cache_graph)
+        self._graphs: dict[int, tuple[list[Tensor], tuple[Tensor, ...]]] = {}
+        self._batched_backward_ok = True
+        self.mode_report: dict[str, Any] = {"requested": mode, "cache_graph": self.cache_graph}
+
+    # ------------------------------------------------------------- products
+    def _fwd_rev(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        obj = self.objective
+
+        def gfn(theta: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+            return grad(lambda th: obj.batch_loss(th, batch))(theta)
+
+        def hvp(v: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+            return jvp(gfn, (obj.theta,), (v,))[1]
+
+        if next(iter(Vd.values())).shape[0] == 1:
+            out = hvp({n: t[0] for n, t in Vd.items()})
+            return {n: t.unsqueeze(0) for n, t in out.items()}
+        return vmap(hvp)(dict(Vd))
+
+    def _first_order_graph(self, batch: Any, cached: bool) -> tuple[list[Tensor], tuple]:
+        key = self._batch_index
+        if cached and key in self._graphs:
+            return self._graphs[key]
+        obj = self.objective
+        leaves = {n: t.detach().requires_grad_(True) for n, t in obj.theta.items()}
+        with torch.enable_grad():
+            loss = obj.batch_loss(leaves, batch)
+            xs = [leaves[n] for n in obj.space.names]
+            gs = torch.autograd.grad(loss, xs, create_graph=True)
+        if cached:
+            self._graphs[key] = (xs, gs)
+        return xs, gs
+
+    def _rev_rev(self, batch: Any, Vd: Mapping[str, Tensor], cached: bool) -> dict[str, Tensor]:
+        xs, gs = self._first_order_graph(batch, cached)
+        names = self.space.names
+        K = next(iter(Vd.values())).shape[0]
+        vs = [Vd[n] for n in names]
+        if K > 1 and self._batched_backward_ok:
+            try:
+                out = torch.autograd.grad(
+                    gs,
+                    xs,
+                    grad_outputs=vs,
+                    retain_graph=True,
+                    is_grads_batched=True,
+                    allow_unused=True,
+                )
+                return {n: _zeros_if_none(o, v) for n, o, v in zip(names, out, vs, strict=True)}
+            except RuntimeError:
+                self._batched_backward_ok = False
+                self.mode_report["batched_backward"] = False
+        cols = []
+        for k in range(K):
+            out = torch.autograd.grad(
+                gs, xs, grad_outputs=[v[k] for v in vs], retain_graph=True, allow_unused=True
+            )
+            cols.append([_zeros_if_none(o, v[k]) for o, v in zip(out, vs, strict=True)])
+        return {n: torch.stack([c[i] for c in cols]) for i, n in enumerate(names)}
+
+    def _apply(self, mode: str, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        if mode == "forward-over-reverse":
+            return self._fwd_rev(batch, Vd)
+        return self._rev_rev(batch, Vd, cached=mode == "reverse-over-reverse-cached")
+
+    def _candidates(self) -> list[str]:
+        modes = ["forward-over-reverse"]
+        modes.append("reverse-over-reverse-cached" if self.cache_graph else "reverse-over-reverse")
+        return modes
+
+    def _choose(self, batch: Any, Vd: Mapping[str, Tensor], kind: str) -> str:
+        """Time each applicable mode on this batch and return the fastest that works."""
+        timings: dict[str, float] = {}
+        errors: dict[str, str] = {}
+        K = next(iter(Vd.values())).shape[0]
+        for mode in self._candidates():
+            try:
+                self._apply(mode, batch, Vd)  # warm-up (builds the cached graph)
+                reps = 2
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    self._apply(mode, batch, Vd)
+                timings[mode] = (time.perf_counter() - t0) / (reps * K)
+            except (RuntimeError, NotImplementedError) as e:  # e.g. an op without vmap rule
+                errors[mode] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        if not timings:
+            raise ConfigurationError(
+                f"no Hessian-vector product mode works for this model: {errors}"
+            )
+        best = min(timings, key=timings.__getitem__)
+        self.mode_report[kind] = {"mode": best, "seconds_per_column": timings, "errors": errors}
+        return best
+
+    def _batch_matmat(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        if self.mode != "auto":
+            return self._apply(self.mode, batch, Vd)
+        kind = "single" if next(iter(Vd.values())).shape[0] == 1 else "block"
+        chosen = self.mode_report.get(kind, {}).get("mode")
+        if chosen is None:
+            chosen = self._choose(batch, Vd, kind)
+        return self._apply(chosen, batch, Vd)
+
+    def chosen_mode(self, kind: str = "single") -> str | None:
+        """The mode used for single products (``"single"``) or blocks (``"block"``)."""
+        if self.mode != "auto":
+            return self.mode
+        return self.mode_report.get(kind, {}).get("mode")
+
+    def clear_cache(self) -> None:
+        """Release the cached first-order graphs."""
+        self._graphs.clear()
+
+
+def _zeros_if_none(out: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if out is None else out
+
+
+def hessian(
+    model_or_objective: Any,
+    loss_fn: Any = None,
+    data: Any = None,
+    params: Any = None,
+    *,
+    mode: str = "auto",
+    cache_graph: bool | str = "auto",
+    **objective_kwargs: Any,
+) -> HessianOperator:
+    """The Hessian of the full-data loss as an operator.
+
+    ``hessian(model, loss_fn, data, params=None, **objective_kwargs)`` builds the
+    :class:`~hesslab.Objective` first; ``hessian(objective)`` reuses one.
+
+    Example:
+        >>> H = hesslab.hessian(model.eval(), "ce", (x, y))
+        >>> top = hesslab.eigenpairs(H, k=5)
+    """
+    obj = _objective(model_or_objective, loss_fn, data, params, objective_kwargs)
+    return HessianOperator(obj, mode=mode, cache_graph=cache_graph)
+
+
+def _objective(m: Any, loss_fn: Any, data: Any, params: Any, kw: dict) -> Objective:
+    if isinstance(m, Objective):
+        if loss_fn is not None or data is not None or params is not None or kw:
+            raise ConfigurationError(
+                "pass either an Objective or (model, loss_fn, data, ...), not both"
+            )
+        return m
+    if loss_fn is None or data is None:
+        raise ConfigurationError("pass (model, loss_fn, data) or an Objective")
+    return Objective(m, loss_fn, data, params, **kw)
