@@ -1,0 +1,36 @@
+"""Run folders, figures and the self-contained HTML report.
+
+* :class:`RunDir` writes (and reads back) a run folder: ``config.json``,
+  ``results.json``, ``arrays.npz``, ``metrics.jsonl``, ``figures/*.png``, ``report.html``.
+* :mod:`hesslab.report.plots` turns results into matplotlib figures (pure functions).
+* :func:`rebuild_report` regenerates ``report.html`` from a run folder's files.
+* :func:`progress_bar` and :class:`ProgressCallback` show progress on a terminal.
+"""
+
+from hesslab.report.plots import (
+    plot_density,
+    plot_eigenvalues,
+    plot_heatmap,
+    plot_layer_summary,
+    plot_line_scan,
+    plot_quantile_bands,
+    plot_series,
+    plot_spectra_comparison,
+)
+from hesslab.report.progress import ProgressCallback, progress_bar
+from hesslab.report.run import RunDir, rebuild_report
+
+__all__ = [
+    "ProgressCallback",
+    "RunDir",
+    "plot_density",
+    "plot_eigenvalues",
+    "plot_heatmap",
+    "plot_layer_summary",
+    "plot_line_scan",
+    "plot_quantile_bands",
+    "plot_series",
+    "plot_spectra_comparison",
+    "progress_bar",
+    "rebuild_report",
+]
