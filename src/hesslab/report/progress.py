@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = ["ProgressCallback", "progress_bar", "stderr_is_terminal"]
 
