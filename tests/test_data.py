@@ -158,6 +158,8 @@ def test_tensordata_loader_subset_to():
     assert d64.x.dtype == torch.float64 and d64.y.dtype == torch.int64
     xb, yb = d[[0, 2]]
     assert xb.shape == (2, 2) and yb.tolist() == [0, 2]
+    with pytest.raises(DataError, match="loader"):
+        iter(d)  # not silently point by point
 
 
 def test_tensordata_validates():

@@ -90,6 +90,14 @@ class TensorData:
             index = index.to(self.x.device)
         return self.x[index], self.y[index]
 
+    def __iter__(self):
+        # Without this, Python would iterate point by point through __getitem__, and code
+        # expecting an iterable of batches would silently see N unbatched "batches".
+        raise DataError(
+            f"TensorData {self.name!r} is not an iterable of batches; pass "
+            "data.loader(batch_size) (a DataLoader of (x, y) batches) or data.tensors."
+        )
+
     # -- conveniences -----------------------------------------------------------------
     @property
     def is_classification(self) -> bool:
