@@ -174,7 +174,7 @@ def test_restricted_blocks_are_slices_of_the_dense_matrix(name):
     G = GGNOperator(obj)
     DG = G.to_dense()
     sl = obj.space.slices()
-    for group, names in hesslab.layer_groups(model).items():
+    for names in hesslab.layer_groups(model).values():
         idx = torch.cat([torch.arange(sl[n].start, sl[n].stop) for n in names])
         block = H.restrict(names)
         assert block.shape == (len(idx), len(idx))
