@@ -153,30 +153,45 @@ def _full_pass(
     *,
     backward: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """Exact mean loss (and correct count) over ``x``; accumulates ``.grad`` if asked."""
+    """Exact mean loss (and accuracy) over ``x``; accumulates ``.grad`` if asked.
+
+    With several chunks, each chunk's mean loss is weighted by ``n_chunk / N`` (so the
+    gradient is exactly that of the mean over all points) and the loss is summed in
+    float64.
+    """
     n = x.shape[0]
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = None if y.is_floating_point() else torch.zeros((), device=x.device)
-    for a, b in _chunks(n, chunk_size):
+    chunks = _chunks(n, chunk_size)
+    total: Tensor | None = None
+    correct: Tensor | None = None
+    classify = not y.is_floating_point()
+    for a, b in chunks:
+        xc, yc = (x, y) if len(chunks) == 1 else (x[a:b], y[a:b])
         with torch.set_grad_enabled(backward):
-            out = model(x[a:b])
-            loss = loss_fn(out, y[a:b]) * ((b - a) / n)
+            out = model(xc)
+            loss = loss_fn(out, yc)
+            if len(chunks) > 1:
+                loss = loss * ((b - a) / n)
         if backward:
             loss.backward()
-        total += loss.detach().to(torch.float64)
-        if correct is not None and out.ndim == 2 and out.shape[1] > 1:
-            correct += (out.detach().argmax(dim=1) == y[a:b]).sum()
+        value = loss.detach()
+        if len(chunks) > 1:
+            value = value.to(torch.float64)
+        total = value if total is None else total + value
+        if classify and out.ndim == 2 and out.shape[1] > 1:
+            c = (out.detach().argmax(dim=1) == yc).sum()
+            correct = c if correct is None else correct + c
         else:
-            correct = None
-    acc = None if correct is None else correct / n
+            classify = False
+    assert total is not None
+    acc = correct / n if classify and correct is not None else None
     return total, acc
 
 
 def _grad_norm(params: Sequence[Tensor]) -> Tensor:
-    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
-    if not norms:
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(norms).to(torch.float64))
+    return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
 
 
 @torch.no_grad()
@@ -500,7 +515,8 @@ def fit(
                 stopped_by = "grad_tol"
                 break
             opt.step()
-            opt.zero_grad(set_to_none=True)
+            if cbs:
+                opt.zero_grad(set_to_none=True)  # callbacks see no stale .grad
             step += 1
             rec = {
                 "step": step,
