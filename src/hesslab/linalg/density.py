@@ -1,0 +1,386 @@
+"""Spectral density by stochastic Lanczos quadrature (SLQ), with outlier deflation.
+
+The spectral measure of a symmetric ``A`` with eigenpairs ``(lambda_i, u_i)`` is
+``mu = (1/P) sum_i delta_{lambda_i}``. For a random probe ``v`` with ``E[v v^T] = I``,
+``mu_v = sum_i (u_i^T v)^2 / ||v||^2 delta_{lambda_i}`` is an unbiased estimate of ``mu``
+(Rademacher: ``||v||^2 = P`` exactly; Gaussian: the direction is uniform on the sphere).
+``m`` Lanczos steps from ``v`` give the ``m``-node Gauss quadrature of ``mu_v``
+(Golub & Welsch, 1969): nodes are the Ritz values ``theta_j``, weights the squared first
+components of the eigenvectors of the tridiagonal ``T_m``; it integrates polynomials of
+degree ``<= 2m - 1`` exactly. Averaging over probes gives SLQ (Lin, Saad & Yang, 2016,
+"Approximating spectral densities of large matrices", SIAM Review;
+Ghorbani, Krishnan & Xiao, 2019, ICML, "An investigation into neural net optimization via
+Hessian eigenvalue density"; Ubaru, Chen & Saad, 2017).
+
+Accuracy: for a single probe the error of the quadrature measure in the 1-Wasserstein
+distance is ``O(width / m)`` from the quadrature plus ``O(width / sqrt(P))`` from the
+probe; with ``P`` in the thousands one probe with many steps beats several probes with
+few steps at the same number of products, hence the defaults ``num_steps=90,
+num_probes=1``. Full reorthogonalization keeps the nodes free of ghost copies.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hesslab.errors import ConfigurationError
+from hesslab.linalg.lanczos import _default_generator, eigenpairs, lanczos_quadrature
+from hesslab.linalg.results import TraceEstimate
+from hesslab.operators.base import as_operator
+
+__all__ = ["SpectralDensity", "spectral_density", "wasserstein1"]
+
+#: Default Gaussian broadening relative to the spectral width: sigma^2 = 1e-5 width^2,
+#: the default of Ghorbani et al. (2019) for a spectrum of unit width.
+_SIGMA_REL = math.sqrt(1e-5)
+
+
+@dataclass(frozen=True)
+class SpectralDensity:
+    """SLQ estimate of the spectral measure of a symmetric operator.
+
+    Attributes:
+        nodes: ``[K, m]`` Gauss quadrature nodes (Ritz values) per probe, float64 CPU.
+            A probe whose recurrence stopped early (invariant subspace after ``j < m``
+            steps, then its rule is exact) repeats its last node with weight 0.
+        weights: ``[K, m]`` quadrature weights per probe (each row sums to 1).
+        dimension: ``P``.
+        num_matvecs: operator columns applied (including those of the deflation).
+        seconds: wall time.
+        num_steps: ``m``.
+        steps: ``[K]`` Lanczos steps actually taken per probe.
+        outliers: ``[r]`` deflated eigenvalues (point masses of weight ``1/P`` each;
+            empty when ``deflate=0``).
+        outlier_residuals: ``[r]`` their residual norms.
+        locked: ``[K, m]`` bool, nodes whose Ritz residual was below
+            ``converged_tol * ||A||_est`` and which :meth:`nodes_and_weights` treats as
+            exact eigenvalues of mass ``1/P`` (see :func:`spectral_density`).
+        ritz_residuals: ``[K, m]`` Ritz residual norms of the nodes.
+        distribution: ``"rademacher"`` or ``"gaussian"``.
+        info: free-form diagnostics.
+    """
+
+    nodes: Tensor
+    weights: Tensor
+    dimension: int
+    num_matvecs: int
+    seconds: float
+    num_steps: int
+    steps: Tensor
+    outliers: Tensor
+    outlier_residuals: Tensor
+    locked: Tensor
+    ritz_residuals: Tensor
+    distribution: str = "rademacher"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_probes(self) -> int:
+        """``K``."""
+        return int(self.nodes.shape[0])
+
+    @property
+    def bulk_fraction(self) -> float:
+        """Mass of the quadrature (non-deflated) part, ``(P - r) / P``."""
+        return (self.dimension - self.outliers.numel()) / self.dimension
+
+    def probe_weights(self) -> Tensor:
+        """``[K, m]`` weights of each probe's measure after locking, each row summing to
+        ``bulk_fraction``: locked nodes get ``1/P``, the others share the rest in
+        proportion to their quadrature weights."""
+        P = self.dimension
+        lock = self.locked
+        n_lock = lock.sum(dim=1, keepdim=True).to(torch.float64)
+        rest = torch.where(lock, torch.zeros_like(self.weights), self.weights)
+        total = rest.sum(dim=1, keepdim=True)
+        rest_mass = self.bulk_fraction - n_lock / P
+        scaled = torch.where(total > 0, rest / total.clamp_min(1e-300) * rest_mass, rest)
+        return torch.where(lock, torch.full_like(self.weights, 1.0 / P), scaled)
+
+    def nodes_and_weights(self) -> tuple[Tensor, Tensor]:
+        """The pooled discrete measure: probe-averaged quadrature plus point masses.
+
+        Returns:
+            ``(nodes, weights)``, sorted by node, weights summing to 1: every probe's
+            rule (:meth:`probe_weights`) divided by ``K``, every deflated outlier with
+            ``1/P``. This is the estimate of ``(1/P) sum_i delta_{lambda_i}`` to compare
+            (e.g. with :func:`wasserstein1`) against exact eigenvalues.
+        """
+        w = self.probe_weights().flatten() / self.num_probes
+        x = self.nodes.flatten()
+        keep = w > 0
+        x, w = x[keep], w[keep]
+        if self.outliers.numel():
+            x = torch.cat([x, self.outliers])
+            w = torch.cat([w, torch.full_like(self.outliers, 1.0 / self.dimension)])
+        order = torch.sort(x, stable=True).indices
+        return x[order], w[order]
+
+    def spectral_range(self) -> tuple[float, float]:
+        """Smallest and largest node (Ritz values bracket the spectrum from inside)."""
+        x, _ = self.nodes_and_weights()
+        return float(x.min()), float(x.max())
+
+    def width(self) -> float:
+        """``max node - min node`` (falls back to ``max(1, |node|)`` for a point mass)."""
+        lo, hi = self.spectral_range()
+        w = hi - lo
+        return w if w > 0 else max(1.0, abs(hi))
+
+    def grid(self, num_points: int = 1024, margin: float = 0.05) -> Tensor:
+        """Evenly spaced grid over the spectral range widened by ``margin * width``."""
+        if num_points < 2:
+            raise ConfigurationError(f"num_points must be >= 2, got {num_points}")
+        lo, hi = self.spectral_range()
+        pad = margin * self.width()
+        return torch.linspace(lo - pad, hi + pad, num_points, dtype=torch.float64)
+
+    def evaluate(self, grid: Tensor | np.ndarray, sigma: float | None = None) -> Tensor:
+        """Gaussian-broadened density ``phi(x) = sum_j w_j N(x; theta_j, sigma^2)``.
+
+        Args:
+            grid: points ``x`` (any shape).
+            sigma: kernel width; default ``sqrt(1e-5) * width`` (Ghorbani et al., 2019,
+                use ``sigma^2 = 1e-5`` on a spectrum of unit width).
+
+        Returns:
+            Density values, float64, same shape as ``grid``; it integrates to 1 over the
+            real line.
+        """
+        x = torch.as_tensor(grid, dtype=torch.float64).cpu()
+        if sigma is None:
+            sigma = _SIGMA_REL * self.width()
+        if not sigma > 0:
+            raise ConfigurationError(f"sigma must be positive, got {sigma}")
+        nodes, w = self.nodes_and_weights()
+        flat = x.reshape(-1, 1)
+        out = torch.zeros(flat.shape[0], dtype=torch.float64)
+        for start in range(0, nodes.numel(), 4096):
+            z = (flat - nodes[start : start + 4096]) / sigma
+            out += (torch.exp(-0.5 * z * z) * w[start : start + 4096]).sum(dim=1)
+        return (out / (sigma * math.sqrt(2 * math.pi))).reshape(x.shape)
+
+    def moment(self, j: int) -> float:
+        """Estimate of ``tr(A^j) / P``: ``sum_i w_i theta_i^j`` of the pooled measure.
+
+        Exact for each probe's ``v^T A^j v / ||v||^2`` when ``j <= 2 m - 1``.
+        """
+        x, w = self.nodes_and_weights()
+        return float((w * x**j).sum())
+
+    def probe_traces(self, fn: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Per-probe estimates of ``tr f(A)`` (default ``f(x) = x``), ``[K]``.
+
+        Probe ``k`` gives ``sum_outliers f(lambda) + P sum_j w_kj f(theta_kj)`` with the
+        weights of :meth:`probe_weights` (for ``r = 0`` and no locked nodes this is the
+        Hutchinson estimate ``v^T f(A) v * P / ||v||^2``).
+        """
+        f = (lambda t: t) if fn is None else fn
+        vals = self.dimension * (self.probe_weights() * f(self.nodes)).sum(dim=1)
+        if self.outliers.numel():
+            vals = vals + f(self.outliers).sum()
+        return vals
+
+    def trace(self) -> TraceEstimate:
+        """Estimate of ``tr(A)`` with the standard error across probes (NaN for ``K = 1``)."""
+        vals = self.probe_traces()
+        K = vals.numel()
+        stderr = float(vals.std(unbiased=True) / math.sqrt(K)) if K > 1 else math.nan
+        return TraceEstimate(
+            value=float(vals.mean()),
+            stderr=stderr,
+            num_matvecs=self.num_matvecs,
+            seconds=self.seconds,
+            method="slq",
+            samples=vals,
+        )
+
+
+def spectral_density(
+    op: Any,
+    num_steps: int = 90,
+    num_probes: int = 1,
+    *,
+    generator: torch.Generator | None = None,
+    deflate: int = 0,
+    distribution: str = "rademacher",
+    deflate_tol: float = 1e-8,
+    converged_tol: float | None = 1e-4,
+    basis_device: torch.device | str | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> SpectralDensity:
+    """Spectral density of a symmetric operator by stochastic Lanczos quadrature.
+
+    Runs ``num_probes`` independent Lanczos recurrences of ``m = num_steps`` steps (one
+    block product of ``K`` columns per step), with full reorthogonalization, and keeps each
+    probe's Gauss quadrature rule (see the module docstring for the math).
+
+    Deflation (``deflate = r > 0``): the top-``r`` eigenpairs by magnitude are computed
+    first with :func:`~hesslab.linalg.lanczos.eigenpairs` (to relative residual
+    ``deflate_tol``); SLQ then runs on ``(I - U U^T) A (I - U U^T)`` restricted to the
+    complement of ``span(U)`` (probes projected), and the ``r`` eigenvalues are added back
+    as exact point masses of weight ``1/P`` each, the quadrature weights scaled by
+    ``(P - r)/P``. The outliers then no longer take quadrature nodes from the bulk.
+
+    Free deflation (``converged_tol``): a node whose Ritz residual
+    ``beta_m |s_{m,j}|`` is at most ``converged_tol * ||A||_est`` is an eigenvalue of
+    ``A`` to that accuracy; its quadrature weight ``(u_j^T v)^2 / ||v||^2`` is a noisy
+    (chi-square, one degree of freedom) estimate of ``1/P``, so
+    :meth:`SpectralDensity.nodes_and_weights` gives it exactly ``1/P`` and rescales the
+    probe's other weights to the remaining mass -- the deflated estimator with the
+    probe's own converged Ritz vectors, at no extra products. On a trained-MLP Hessian
+    (P = 3,466, m = 100, one probe) it lowered the 1-Wasserstein error from
+    ~1.3e-3 to ~8e-4 of the spectral width. A node whose weight exceeds ``20/P`` is never
+    locked (it stands for a multiple eigenvalue: one Krylov space sees one vector per
+    eigenspace); a locked eigenvalue of small multiplicity ``d`` misplaces ``(d-1)/P``
+    of mass. ``converged_tol=None`` disables it. ``weights`` always holds the raw
+    quadrature weights.
+
+    Args:
+        op: symmetric operator (anything :func:`~hesslab.as_operator` accepts).
+        num_steps: Lanczos steps ``m`` per probe (capped by ``P``).
+        num_probes: number of probes ``K``.
+        generator: randomness for probes and deflation (default: fresh unseeded).
+        deflate: number ``r`` of outliers to deflate, ``0 <= r < P``.
+        distribution: ``"rademacher"`` or ``"gaussian"`` probes.
+        deflate_tol: relative residual tolerance of the deflation eigenpairs.
+        converged_tol: relative Ritz residual below which a node counts as an exact
+            eigenvalue (see above); ``None`` disables.
+        basis_device: where Lanczos bases live (default ``op.device``); SLQ keeps
+            ``K x P x m`` float64 numbers.
+        callback: called after every Lanczos step with ``{"step", "num_matvecs"}``.
+
+    Returns:
+        :class:`SpectralDensity`.
+
+    Raises:
+        ConfigurationError: invalid sizes or distribution.
+    """
+    t0 = time.perf_counter()
+    op = as_operator(op)
+    P = op.shape[0]
+    if distribution not in ("rademacher", "gaussian"):
+        raise ConfigurationError(
+            f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}"
+        )
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ConfigurationError(f"num_steps must be a positive int, got {num_steps!r}")
+    if not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
+        raise ConfigurationError(f"num_probes must be a positive int, got {num_probes!r}")
+    if not isinstance(deflate, (int, np.integer)) or not 0 <= deflate < P:
+        raise ConfigurationError(f"deflate must be an int in [0, P={P}), got {deflate!r}")
+    generator = _default_generator(generator)
+    bdev = op.device if basis_device is None else torch.device(basis_device)
+    m = int(min(num_steps, P - deflate))
+    num_matvecs = 0
+    U = None
+    outliers = torch.zeros(0, dtype=torch.float64)
+    outlier_res = torch.zeros(0, dtype=torch.float64)
+    info: dict[str, Any] = {}
+    if deflate > 0:
+        eig = eigenpairs(
+            op,
+            int(deflate),
+            "magnitude",
+            tol=deflate_tol,
+            generator=generator,
+            basis_device=basis_device,
+        )
+        num_matvecs += eig.num_matvecs
+        U = eig.vectors.to(dtype=torch.float64, device=bdev)
+        outliers = eig.values.clone()
+        outlier_res = eig.residual_norms.clone()
+        info["deflation_converged"] = eig.converged
+        info["deflation_matvecs"] = eig.num_matvecs
+    shape = (P, int(num_probes))
+    if distribution == "rademacher":
+        V0 = torch.randint(0, 2, shape, generator=generator, device=generator.device)
+        V0 = (2.0 * V0 - 1.0).to(torch.float64)
+    else:
+        V0 = torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device)
+    nodes, weights, ritz_res, steps, nmv = lanczos_quadrature(
+        op, V0.to(bdev), m, deflate=U, basis_device=bdev, callback=callback
+    )
+    num_matvecs += nmv
+    if converged_tol is None:
+        locked = torch.zeros_like(weights, dtype=torch.bool)
+    else:
+        normest = float(nodes.abs().max())
+        if outliers.numel():
+            normest = max(normest, float(outliers.abs().max()))
+        locked = (ritz_res <= converged_tol * normest) & (weights > 0)
+        locked &= weights * P <= 20.0
+        # a probe whose recurrence ended early, or whose every node converged, has a rule
+        # that is exact as it stands
+        exact = (steps < m) | (locked | (weights == 0)).all(dim=1)
+        locked[exact] = False
+    info["num_locked"] = locked.sum(dim=1)
+    return SpectralDensity(
+        nodes=nodes,
+        weights=weights,
+        dimension=P,
+        num_matvecs=num_matvecs,
+        seconds=time.perf_counter() - t0,
+        num_steps=m,
+        steps=steps,
+        outliers=outliers,
+        outlier_residuals=outlier_res,
+        locked=locked,
+        ritz_residuals=ritz_res,
+        distribution=distribution,
+        info=info,
+    )
+
+
+def wasserstein1(
+    nodes_a: Tensor | np.ndarray,
+    weights_a: Tensor | np.ndarray | None,
+    nodes_b: Tensor | np.ndarray,
+    weights_b: Tensor | np.ndarray | None = None,
+) -> float:
+    """Exact 1-Wasserstein distance between two discrete measures on the real line.
+
+    ``W1(a, b) = integral |F_a(x) - F_b(x)| dx`` with ``F`` the cumulative distribution
+    functions (Vallender, 1974), evaluated exactly on the merged, sorted support.
+
+    Args:
+        nodes_a: support of ``a``.
+        weights_a: its weights (``None``: uniform); normalized to sum 1.
+        nodes_b: support of ``b``, e.g. exact eigenvalues.
+        weights_b: its weights (``None``: uniform); normalized to sum 1.
+
+    Returns:
+        The distance, in the units of the nodes (divide by the spectral width for a
+        scale-free number).
+    """
+
+    def prep(x, w) -> tuple[Tensor, Tensor]:
+        x = torch.as_tensor(x, dtype=torch.float64).flatten().cpu()
+        if w is None:
+            w = torch.full_like(x, 1.0 / max(x.numel(), 1))
+        w = torch.as_tensor(w, dtype=torch.float64).flatten().cpu()
+        if x.numel() == 0 or w.shape != x.shape:
+            raise ConfigurationError(
+                f"nodes and weights must be non-empty and of equal length, got "
+                f"{tuple(x.shape)} and {tuple(w.shape)}"
+            )
+        if bool((w < 0).any()) or not float(w.sum()) > 0:
+            raise ConfigurationError("weights must be nonnegative with a positive sum")
+        return x, w / w.sum()
+
+    xa, wa = prep(nodes_a, weights_a)
+    xb, wb = prep(nodes_b, weights_b)
+    x = torch.cat([xa, xb])
+    w = torch.cat([wa, -wb])
+    order = torch.sort(x, stable=True).indices
+    x, w = x[order], w[order]
+    cdf_diff = torch.cumsum(w, 0)[:-1]
+    return float((cdf_diff.abs() * torch.diff(x)).sum())
