@@ -159,6 +159,8 @@ class BoundsResult:
     lambda_min_upper_interval: tuple[float, float] | None = None
     num_matvecs: int = 0
     seconds: float = 0.0
+    #: Warnings about the inputs, e.g. ``s^2 < 0`` from noisy traces clamped to 0.
+    notes: tuple[str, ...] = ()
 
 
 def to_cpu64(x: Tensor) -> Tensor:
