@@ -179,9 +179,10 @@ def eigenpairs(
 
     Multiplicities: single-vector Lanczos sees a single copy of a repeated eigenvalue in
     exact arithmetic; a second copy appears only when the Krylov space becomes invariant
-    (then a random direction orthogonal to the basis continues it, e.g. for small ``P``)
-    or through rounding. Use ``block_size >= multiplicity`` when repeated eigenvalues
-    matter.
+    (then a random direction orthogonal to the basis continues it, and convergence is not
+    declared before that continuation had as many steps as the first Krylov space; for
+    small ``P`` this exhausts the space and the result is exact) or through rounding.
+    Use ``block_size >= multiplicity`` when repeated eigenvalues matter.
 
     Args:
         op: symmetric operator ``[P, P]`` (anything :func:`~hesslab.as_operator` accepts).
@@ -285,7 +286,7 @@ def eigenpairs(
     V = torch.zeros(P, m, dtype=f64, device=bdev)
     H = torch.zeros(m, m, dtype=f64)
     normest = 0.0
-    Q0, _ = _new_block(
+    Q0, _, _ = _new_block(
         X0, V[:, :0], min(b, P), float(torch.linalg.vector_norm(X0, dim=0).max()), generator
     )
     bq = Q0.shape[1]
@@ -293,6 +294,7 @@ def eigenpairs(
     s, n = 0, bq
     num_restarts = 0
     step = 0
+    first_breakdown: int | None = None
 
     while True:
         step += 1
@@ -306,7 +308,9 @@ def eigenpairs(
         H[s:n, s:n] = 0.5 * (blk + blk.T)
         theta, Y = torch.linalg.eigh(H[:n, :n])
         normest = max(normest, float(theta.abs().max()))
-        Q, R = _new_block(W, V[:, :n], min(b, P - n), max(normest, col_norm), generator)
+        Q, R, filled = _new_block(W, V[:, :n], min(b, P - n), max(normest, col_norm), generator)
+        if filled and first_breakdown is None:
+            first_breakdown = step
         bq = Q.shape[1]
         R = R.cpu()
         res_all = (
@@ -329,7 +333,11 @@ def eigenpairs(
                     "norm_estimate": normest,
                 }
             )
-        if bool(conv.all()) or bq == 0 or num_matvecs + bq > max_matvecs:
+        # after an invariant subspace, the Krylov space of the random continuation vector
+        # gets as many steps as the first one took before convergence may be declared
+        # (it may hold further copies of found eigenvalues, or larger ones)
+        explored = first_breakdown is None or step >= 2 * first_breakdown
+        if (bool(conv.all()) and explored) or bq == 0 or num_matvecs + bq > max_matvecs:
             break
         if n + bq <= m:
             V[:, n : n + bq] = Q
@@ -397,8 +405,9 @@ def _keep_count(k: int, n: int, m: int, b: int, num_converged: int) -> int:
 
 def _new_block(
     W: Tensor, V: Tensor, width: int, scale: float, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Orthonormal block ``Q`` (``[P, <= width]``) and ``R`` with ``W ~= Q R``.
+) -> tuple[Tensor, Tensor, int]:
+    """Orthonormal block ``Q`` (``[P, <= width]``), ``R`` with ``W ~= Q R``, and the number
+    of random columns added.
 
     ``W`` must already be orthogonal to ``V``. Directions of ``W`` with singular values
     below ``_BREAKDOWN_RTOL * scale`` count as zero (an invariant subspace); they are
@@ -408,7 +417,7 @@ def _new_block(
     P, bw = W.shape
     f64 = W.dtype
     if width <= 0:
-        return W[:, :0], torch.zeros(0, bw, dtype=f64, device=W.device)
+        return W[:, :0], torch.zeros(0, bw, dtype=f64, device=W.device), 0
     thresh = _BREAKDOWN_RTOL * scale
     if bw == 1:
         beta = torch.linalg.vector_norm(W[:, 0])
@@ -426,7 +435,8 @@ def _new_block(
         fill = _random_orthonormal(P, need, torch.cat([V, Q], dim=1), generator)
         R = torch.cat([R, torch.zeros(fill.shape[1], bw, dtype=f64, device=W.device)], 0)
         Q = torch.cat([Q, fill], dim=1)
-    return Q, R
+        return Q, R, fill.shape[1]
+    return Q, R, 0
 
 
 def _random_orthonormal(P: int, j: int, V: Tensor, generator: torch.Generator) -> Tensor:
