@@ -1,0 +1,258 @@
+"""The registry of reproducible experiments: an explicit dict, name -> :class:`ExperimentSpec`.
+
+The command line (``hesslab list``, ``hesslab reproduce NAME [--smoke]``) reads this
+registry only. The protocol it follows::
+
+    spec = EXPERIMENTS[name]                                  # or get_experiment(name)
+    cfg = spec.config(smoke=smoke, overrides={"seeds": [0, 1]})  # a JSON-ready dict
+    run = RunDir.create(out, name, config=cfg, command=argv, title=spec.title)
+    result = spec.run(run, cfg, progress=None)                # writes into run, returns a dict
+    run.finalize()                                            # the caller finalizes
+
+An experiment module provides a frozen config dataclass with ``smoke()`` and ``full()``
+class methods (every knob a field) and a ``run(run_dir, config, progress=None) -> dict``
+function. ``spec.run`` accepts the config as a dict (as stored in ``config.json``) or as
+the dataclass itself; it never finalizes the run folder.
+
+To add an experiment: write ``hesslab/experiments/<paper>.py`` with its config class and
+``run`` function, then add one :class:`ExperimentSpec` entry to :data:`EXPERIMENTS`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hesslab.errors import ConfigurationError
+from hesslab.experiments import sagun2017
+from hesslab.report.run import RunDir
+
+__all__ = ["EXPERIMENTS", "ExperimentSpec", "Progress", "get_experiment", "list_experiments"]
+
+#: ``progress(description, fraction_done)``, ``fraction_done`` in ``[0, 1]``.
+Progress = Callable[[str, float], None]
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value: JSON (``[1, 2]``, ``0.5``, ``true``, ``null``), a Python
+    literal (``(16, 16)``, ``None``), or else the string itself."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of the field's ``default`` (lists become tuples)."""
+    if isinstance(value, str) and not isinstance(default, str):
+        value = _parse_value(value)
+    if value is None:
+        return None
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigurationError(f"{name} must be true or false, got {value!r}")
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigurationError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, tuple):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = (value,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigurationError(f"{name} must be a list, got {value!r}")
+        return _freeze(value)
+    return _freeze(value)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """One reproducible experiment: what it is, how to configure it, how to run it.
+
+    Attributes:
+        name: registry key and run-folder name, e.g. ``"sagun2017"``.
+        title: heading of the report.
+        paper: the citation (authors, year, title).
+        arxiv: the arXiv identifier, e.g. ``"1706.04454"``.
+        description: one paragraph: what is reproduced, on what data.
+        config_type: frozen dataclass of every knob, with ``smoke()`` and ``full()``
+            class methods returning instances.
+        runner: ``runner(run_dir, config_instance, progress) -> dict`` writes the
+            experiment's figures, numbers and claims into ``run_dir`` (without finalizing
+            it) and returns a small JSON-ready result dict.
+        smoke_seconds: expected wall time of the smoke size on 2 CPU cores (measured).
+        full_seconds: expected wall time of the full size on 2 CPU cores (measured or
+            estimated, see the experiment module's docstring).
+    """
+
+    name: str
+    title: str
+    paper: str
+    arxiv: str
+    description: str
+    config_type: type
+    runner: Callable[[RunDir, Any, Progress | None], dict[str, Any]]
+    smoke_seconds: float
+    full_seconds: float
+
+    def config_object(
+        self,
+        smoke: bool = False,
+        overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    ) -> Any:
+        """The config dataclass: the smoke or full size with ``overrides`` applied.
+
+        Args:
+            smoke: start from ``config_type.smoke()`` instead of ``config_type.full()``.
+            overrides: field -> value, or ``"field=value"`` strings (values parsed as
+                JSON or Python literals, e.g. ``"ks=[3,5]"``, ``"widths=(32, 32)"``).
+
+        Raises:
+            ConfigurationError: an unknown field or a value of the wrong type.
+        """
+        base = self.config_type.smoke() if smoke else self.config_type.full()
+        if not overrides:
+            return base
+        if not isinstance(overrides, Mapping):
+            pairs = {}
+            for item in overrides:
+                key, sep, val = str(item).partition("=")
+                if not sep:
+                    raise ConfigurationError(f"override {item!r} must look like field=value")
+                pairs[key.strip()] = val.strip()
+            overrides = pairs
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        changes = {}
+        for key, value in overrides.items():
+            if key not in fields:
+                raise ConfigurationError(
+                    f"{self.name} has no setting {key!r}; settings: {', '.join(sorted(fields))}"
+                )
+            changes[key] = _coerce(key, value, fields[key])
+        return dataclasses.replace(base, **changes)
+
+    def config(
+        self,
+        smoke: bool = False,
+        overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """The run's config as a JSON-ready dict (store it as the run folder's config).
+
+        Same arguments as :meth:`config_object`.
+        """
+        obj = self.config_object(smoke=smoke, overrides=overrides)
+        return {f.name: _to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+    def default_config(self, smoke: bool = False) -> dict[str, Any]:
+        """The smoke or full config as a dict, without overrides."""
+        return self.config(smoke=smoke)
+
+    def run(
+        self,
+        run_dir: RunDir,
+        config: Mapping[str, Any] | Any,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Run the experiment into ``run_dir`` (created by the caller, not finalized here).
+
+        Args:
+            run_dir: the run folder, normally created with ``config`` as its config.
+            config: a dict from :meth:`config` (or the dataclass itself).
+            progress: optional ``progress(description, fraction_done)``.
+
+        Returns:
+            The experiment's result dict (headline numbers, e.g. outlier counts).
+        """
+        if isinstance(config, Mapping):
+            known = {f.name for f in dataclasses.fields(self.config_type)}
+            unknown = set(config) - known
+            if unknown:
+                raise ConfigurationError(
+                    f"{self.name} has no setting(s) {', '.join(sorted(unknown))}"
+                )
+            defaults = self.config_type.full()
+            config = dataclasses.replace(
+                defaults,
+                **{k: _coerce(k, v, getattr(defaults, k)) for k, v in config.items()},
+            )
+        elif not isinstance(config, self.config_type):
+            raise ConfigurationError(
+                f"config must be a dict or a {self.config_type.__name__}, got "
+                f"{type(config).__name__}"
+            )
+        return self.runner(run_dir, config, progress)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description for ``hesslab list``."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "paper": self.paper,
+            "arxiv": self.arxiv,
+            "description": self.description,
+            "smoke_seconds": self.smoke_seconds,
+            "full_seconds": self.full_seconds,
+        }
+
+
+EXPERIMENTS: dict[str, ExperimentSpec] = {
+    "sagun2017": ExperimentSpec(
+        name="sagun2017",
+        title="Bulk and outliers of the Hessian (Sagun et al. 2017)",
+        paper=(
+            "Sagun, Evci, Guney, Dauphin, Bottou (2017), Empirical Analysis of the Hessian "
+            "of Over-Parametrized Neural Networks"
+        ),
+        arxiv="1706.04454",
+        description=(
+            "Exact Hessian spectra of small ReLU MLPs trained on Gaussian mixtures with k "
+            "classes (and an MLP on digits): a bulk near zero plus about k outliers; width "
+            "sweep (bulk grows, outliers stay), data sweep (outliers move), Gauss-Newton vs "
+            "Hessian outliers, and the line between small- and large-batch solutions."
+        ),
+        config_type=sagun2017.Sagun2017Config,
+        runner=sagun2017.run,
+        smoke_seconds=sagun2017.SMOKE_SECONDS,
+        full_seconds=sagun2017.FULL_SECONDS,
+    ),
+}
+"""Every experiment ``hesslab reproduce`` knows, by name."""
+
+
+def get_experiment(name: str) -> ExperimentSpec:
+    """The spec of experiment ``name``; a clear error listing the known names otherwise."""
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        raise ConfigurationError(
+            f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}"
+        ) from None
+
+
+def list_experiments() -> list[dict[str, Any]]:
+    """One summary dict per experiment (name, title, paper, arXiv id, expected run times)."""
+    return [spec.summary() for spec in EXPERIMENTS.values()]

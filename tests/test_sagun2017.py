@@ -1,0 +1,126 @@
+"""The sagun2017 reproduction (smoke size) and the experiment registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from hesslab.errors import ConfigurationError
+from hesslab.experiments import EXPERIMENTS, get_experiment, list_experiments
+from hesslab.experiments.sagun2017 import (
+    Sagun2017Config,
+    count_outliers_eigengap,
+)
+from hesslab.report.run import RunDir
+
+SECTIONS = (
+    "1. Bulk and outliers",
+    "2. Width sweep (fixed data)",
+    "3. Data sweep (fixed architecture)",
+    "4. Gauss-Newton vs Hessian",
+    "5. Small-batch vs large-batch solutions",
+)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec = EXPERIMENTS["sagun2017"]
+        cfg = spec.config(smoke=True)
+        run = RunDir.create(
+            tmp_path_factory.mktemp("runs"), "sagun2017", config=cfg, command=["hesslab"]
+        )
+        calls: list[tuple[str, float]] = []
+        result = spec.run(run, cfg, progress=lambda desc, frac: calls.append((desc, frac)))
+        run.finalize()
+    finally:
+        torch.set_num_threads(threads)
+    return run, result, calls
+
+
+def test_headline_outliers_equal_k(smoke_run):
+    _, result, _ = smoke_run
+    assert result["outliers"] == {3: 3, 5: 5}
+
+
+def test_every_part_wrote_figure_claim_and_table(smoke_run):
+    run, _, _ = smoke_run
+    for section in SECTIONS:
+        assert any(f["section"] == section for f in run.figures), section
+        assert any(c["section"] == section for c in run.claims), section
+        assert any(t["section"] == section for t in run.tables), section
+    for f in run.figures:
+        assert (run.path / f["file"]).stat().st_size > 1000
+
+
+def test_report_contains_figures_and_results_parse(smoke_run):
+    run, result, _ = smoke_run
+    html = (run.path / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= len(run.figures) >= 5
+    saved = json.loads((run.path / "results.json").read_text())
+    assert saved["status"] == "complete"
+    assert {c["section"] for c in saved["claims"]} == set(SECTIONS)
+    loaded = RunDir.load(run.path)
+    assert "part1/k3/seed0/eigenvalues" in loaded.arrays
+    json.dumps(result, default=str)  # the result dict is JSON-friendly
+
+
+def test_result_numbers_are_sane(smoke_run):
+    _, result, calls = smoke_run
+    assert result["ggn"]["overlap"][3] > 0.9
+    line = result["line"]
+    assert len(line["t"]) >= 11 and min(line["t"]) < 0 < 1 < max(line["t"])
+    assert math.isfinite(line["barrier"]) and math.isfinite(line["barrier_test"])
+    assert all(v is None or isinstance(v, bool) for v in result["claims"].values())
+    fractions = [f for _, f in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+
+
+def test_outlier_rule():
+    v = torch.tensor([10.0, 9.0, 8.5, 1.0, 0.9, 0.5, 0.0, -0.1])
+    assert count_outliers_eigengap(v, 6) == (3, pytest.approx(8.5))
+    assert count_outliers_eigengap(v.flip(0), 6)[0] == 3  # order does not matter
+    assert count_outliers_eigengap(torch.tensor([1.0, -1.0]), 3)[0] == 0
+
+
+def test_registry_interface():
+    spec = get_experiment("sagun2017")
+    assert spec.arxiv == "1706.04454"
+    smoke, full = spec.config(smoke=True), spec.config(smoke=False)
+    assert smoke["ks"] == [3, 5] and full["ks"] == list(range(2, 11))
+    json.dumps(full)
+    assert spec.default_config(smoke=True) == smoke
+    cfg = spec.config(smoke=True, overrides=["ks=[3]", "widths=(8, 8)", "grad_tol=1e-4"])
+    assert cfg["ks"] == [3] and cfg["widths"] == [8, 8] and cfg["grad_tol"] == 1e-4
+    obj = spec.config_object(smoke=True, overrides={"seeds": [1, 2]})
+    assert isinstance(obj, Sagun2017Config) and obj.seeds == (1, 2)
+    with pytest.raises(ConfigurationError, match="no setting"):
+        spec.config(overrides={"nonsense": 1})
+    with pytest.raises(ConfigurationError, match="integer"):
+        spec.config(overrides={"steps": "1.5"})
+    with pytest.raises(ConfigurationError, match="unknown experiment"):
+        get_experiment("nope")
+    names = [e["name"] for e in list_experiments()]
+    assert "sagun2017" in names
+    assert all(e["smoke_seconds"] > 0 and e["full_seconds"] > 0 for e in list_experiments())
+    # every field of the config is in the dict, and the dict round-trips
+    assert set(smoke) == {f.name for f in dataclasses.fields(Sagun2017Config)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_headline_other_seeds(tmp_path, seed):
+    """The smoke headline holds for seeds 1 and 2 too (parts 1 only)."""
+    spec = EXPERIMENTS["sagun2017"]
+    cfg = spec.config_object(smoke=True, overrides={"seeds": [seed], "digits": False})
+    from hesslab.experiments import sagun2017
+
+    run = RunDir.create(tmp_path / "run", config=spec.config(smoke=True), command=["x"])
+    out = sagun2017._part1(cfg, run, sagun2017._Progress(None, 10))
+    assert {k: v[0] for k, v in out["counts"].items()} == {3: 3, 5: 5}
