@@ -316,12 +316,16 @@ def spectral_density(
         normest = float(nodes.abs().max())
         if outliers.numel():
             normest = max(normest, float(outliers.abs().max()))
-        locked = (ritz_res <= converged_tol * normest) & (weights > 0)
-        locked &= weights * P <= 20.0
-        # a probe whose recurrence ended early, or whose every node converged, has a rule
-        # that is exact as it stands
-        exact = (steps < m) | (locked | (weights == 0)).all(dim=1)
-        locked[exact] = False
+        conv = (ritz_res <= converged_tol * normest) & (weights > 0)
+        locked = conv & (weights * P <= 20.0)
+        # a recurrence that spanned the whole (deflated) space has P - r simple eigenvalues
+        # as nodes: all get 1/P, the measure is exact. One that closed an invariant
+        # subspace earlier (every node converged) may hold multiple eigenvalues: its rule
+        # is exact as it stands and nothing is locked.
+        full = steps >= P - deflate
+        closed = ~full & ((steps < m) | (conv | (weights == 0)).all(dim=1))
+        locked[closed] = False
+        locked[full] = weights[full] > 0
     info["num_locked"] = locked.sum(dim=1)
     return SpectralDensity(
         nodes=nodes,
