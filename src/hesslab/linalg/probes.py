@@ -1,0 +1,288 @@
+"""Random probe vectors, and the float64 product engine the stochastic estimators share.
+
+Every estimator in :mod:`hesslab.linalg` draws its probes here, so that the only source
+of randomness is the ``generator`` argument (STYLE rule 2) and the same generator state
+gives bit-identical probes on every run.
+
+Distributions of a probe ``v`` in ``R^P`` (all satisfy ``E[v v^T] = I``):
+
+* ``"rademacher"``: i.i.d. entries ``+-1`` with probability 1/2 (Hutchinson, 1989). Lowest
+  variance for ``v^T A v`` among i.i.d. distributions: ``Var = 2(||A||_F^2 - sum_i a_ii^2)``.
+* ``"gaussian"``: i.i.d. standard normal entries (Girard, 1989); ``Var = 2 ||A||_F^2``.
+* ``"sphere"``: uniform on the sphere of radius ``sqrt(P)``; ``Var = 2P/(P+2) (||A||_F^2 -
+  tr(A)^2/P)``. Rotation invariant, which XTrace and the deflated estimators exploit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from hesslab.errors import ConfigurationError
+from hesslab.operators.base import LinearOperator, as_operator
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "Engine",
+    "KrylovBasis",
+    "default_generator",
+    "draw_probes",
+    "mean_stderr",
+    "remainder_samples",
+]
+
+Distribution = Literal["rademacher", "gaussian", "sphere"]
+
+#: The probe distributions understood by :func:`draw_probes`.
+DISTRIBUTIONS: tuple[str, ...] = ("rademacher", "gaussian", "sphere")
+
+
+def default_generator(generator: torch.Generator | None = None) -> torch.Generator:
+    """Return ``generator`` or, when it is ``None``, a new CPU generator seeded from OS entropy.
+
+    A fresh ``torch.Generator()`` always starts from the same default seed, so every
+    unseeded call would reuse the same probes; seeding from entropy avoids that. Pass a
+    seeded generator (``torch.Generator().manual_seed(0)``) for reproducible results.
+    """
+    if generator is None:
+        generator = torch.Generator()
+        generator.seed()
+        return generator
+    if not isinstance(generator, torch.Generator):
+        raise ConfigurationError(
+            f"generator must be a torch.Generator, got {type(generator).__name__}; "
+            "create one with torch.Generator().manual_seed(seed)"
+        )
+    return generator
+
+
+def check_distribution(distribution: str) -> str:
+    """Validate a probe distribution name and return it."""
+    if distribution not in DISTRIBUTIONS:
+        raise ConfigurationError(
+            f"unknown probe distribution {distribution!r}; choose one of {DISTRIBUTIONS}"
+        )
+    return distribution
+
+
+def draw_probes(
+    size: int,
+    num_probes: int,
+    *,
+    distribution: Distribution = "rademacher",
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Draw a block of ``K`` random probe vectors of length ``P``.
+
+    Samples are drawn on the generator's device (so a CPU generator gives the same probes
+    whatever the target device) and then moved to ``device`` in ``dtype``.
+
+    Args:
+        size: ``P``, the length of each probe.
+        num_probes: ``K``, the number of probes (columns).
+        distribution: ``"rademacher"``, ``"gaussian"`` or ``"sphere"`` (radius ``sqrt(P)``).
+        generator: the source of randomness; ``None`` gives a fresh entropy-seeded one.
+        dtype: dtype of the returned block (usually ``op.dtype``).
+        device: device of the returned block (usually ``op.device``).
+
+    Returns:
+        A ``[P, K]`` tensor whose columns satisfy ``E[v v^T] = I``.
+    """
+    check_distribution(distribution)
+    if size <= 0 or num_probes < 0:
+        raise ConfigurationError(
+            f"need size > 0 and num_probes >= 0, got size={size}, num_probes={num_probes}"
+        )
+    generator = default_generator(generator)
+    gdev = generator.device
+    shape = (int(size), int(num_probes))
+    if distribution == "rademacher":
+        V = torch.randint(0, 2, shape, generator=generator, device=gdev).to(torch.float64)
+        V = V.mul_(2.0).sub_(1.0)
+    else:
+        V = torch.randn(shape, generator=generator, device=gdev, dtype=torch.float64)
+        if distribution == "sphere" and num_probes > 0:
+            V = V * (math.sqrt(size) / torch.linalg.vector_norm(V, dim=0, keepdim=True))
+    return V.to(device=torch.device(device), dtype=dtype)
+
+
+def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """Return ``int(value)`` or raise ConfigurationError when it is not an int >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class Engine:
+    """Applies an operator to float64 blocks in chunks and counts the columns applied.
+
+    Products run in ``op.dtype`` on ``op.device``; their results are converted to float64
+    (all estimator arithmetic is float64, on ``op.device``). Probes are drawn in
+    ``op.dtype`` and then converted, so the float64 probe is exactly the vector applied.
+    """
+
+    def __init__(
+        self,
+        op: LinearOperator,
+        *,
+        distribution: str,
+        generator: torch.Generator | None,
+        block_size: int | None,
+    ) -> None:
+        self.op = as_operator(op)
+        if self.op.shape[0] != self.op.shape[1]:
+            raise ConfigurationError(f"operator must be square, got shape {self.op.shape}")
+        self.P = self.op.shape[0]
+        self.device = self.op.device
+        self.distribution = check_distribution(distribution)
+        self.generator = default_generator(generator)
+        self.block_size = (
+            None if block_size is None else check_positive_int("block_size", block_size)
+        )
+        self.num_matvecs = 0
+
+    def apply(self, V: Tensor) -> Tensor:
+        """Return ``A @ V`` in float64 for a float64 block ``V`` of shape ``[P, K]``."""
+        K = V.shape[1]
+        if K == 0:
+            return torch.zeros(self.P, 0, dtype=torch.float64, device=self.device)
+        step = K if self.block_size is None else self.block_size
+        outs = []
+        for start in range(0, K, step):
+            Vc = V[:, start : start + step].to(self.op.dtype).contiguous()
+            outs.append(self.op.matmat(Vc).to(dtype=torch.float64, device=self.device))
+        self.num_matvecs += K
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def probes(self, K: int, distribution: str | None = None) -> Tensor:
+        """Draw ``K`` probes (float64, on the operator's device, exactly representable)."""
+        V = draw_probes(
+            self.P,
+            K,
+            distribution=distribution or self.distribution,
+            generator=self.generator,
+            dtype=self.op.dtype,
+            device=self.device,
+        )
+        return V.to(torch.float64)
+
+    def unit_block(self, start: int, stop: int) -> Tensor:
+        """Columns ``start..stop-1`` of the identity, float64 on the operator's device."""
+        E = torch.zeros(self.P, stop - start, dtype=torch.float64, device=self.device)
+        idx = torch.arange(start, stop, device=self.device)
+        E[idx, idx - start] = 1.0
+        return E
+
+
+def orthonormalize(W: Tensor, Q: Tensor | None = None, *, rtol: float = 1e-10) -> Tensor:
+    """Orthonormal basis of the part of ``range(W)`` orthogonal to ``range(Q)``.
+
+    Two passes of block Gram-Schmidt against ``Q`` then an SVD that drops directions whose
+    singular value is below ``rtol`` times the largest column norm of ``W`` (numerical
+    rank deficiency, e.g. an invariant subspace has been found). May return 0 columns.
+    """
+    scale = float(torch.linalg.vector_norm(W, dim=0).max()) if W.numel() else 0.0
+    if scale == 0.0:
+        return W[:, :0]
+    if Q is not None and Q.shape[1] > 0:
+        for _ in range(2):
+            W = W - Q @ (Q.T @ W)
+    U, S, _ = torch.linalg.svd(W, full_matrices=False)
+    keep = S > rtol * scale
+    U = U[:, keep]
+    if Q is not None and Q.shape[1] > 0 and U.shape[1] > 0:
+        U = U - Q @ (Q.T @ U)
+        U, _ = torch.linalg.qr(U)
+    return U
+
+
+class KrylovBasis:
+    """Orthonormal basis ``Q`` of a block Krylov space with the products ``Z = A Q``.
+
+    ``K_q(A, Omega) = span[Omega, A Omega, ..., A^{q-1} Omega]`` is built one block at a
+    time by block Lanczos with full reorthogonalisation: ``Q_1 = orth(Omega)``,
+    ``Q_{j+1} = orth((I - Q Q^T) A Q_j)``. Each :meth:`extend` applies ``A`` to the newest
+    block (``b`` products) and so gives ``tr(Q^T A Q) = sum_j tr(Q_j^T A Q_j)`` exactly for
+    all blocks built so far: a Krylov space of dimension ``d`` costs ``d`` products.
+    """
+
+    def __init__(self, engine: Engine, start: Tensor) -> None:
+        self.engine = engine
+        P = engine.P
+        self.Q = torch.zeros(P, 0, dtype=torch.float64, device=engine.device)
+        self.Z = torch.zeros(P, 0, dtype=torch.float64, device=engine.device)
+        self._next = orthonormalize(start)
+        self.trace_part = 0.0
+
+    @property
+    def dim(self) -> int:
+        """Dimension ``d`` of the space whose products are known."""
+        return self.Q.shape[1]
+
+    @property
+    def next_block_size(self) -> int:
+        """Number of products the next :meth:`extend` costs (0 when the space is invariant)."""
+        return self._next.shape[1]
+
+    def extend(self, max_cols: int | None = None) -> int:
+        """Apply ``A`` to the next block (at most ``max_cols`` columns); return columns added."""
+        Qn = self._next if max_cols is None else self._next[:, :max_cols]
+        if Qn.shape[1] == 0:
+            return 0
+        Zn = self.engine.apply(Qn)
+        self.trace_part += float((Qn * Zn).sum())
+        self.Q = torch.cat([self.Q, Qn], dim=1)
+        self.Z = torch.cat([self.Z, Zn], dim=1)
+        self._next = orthonormalize(Zn, self.Q)
+        return Qn.shape[1]
+
+
+def remainder_samples(
+    X: Tensor,
+    AX: Tensor,
+    Q: Tensor,
+    Z: Tensor,
+    *,
+    normalize: bool,
+    kind: str = "trace",
+) -> Tensor:
+    """Per-probe Hutchinson samples for the operator deflated by ``range(Q)``.
+
+    With ``x = (I - Q Q^T) v`` and ``A x = A v - Z (Q^T v)`` (no new products):
+
+    * ``kind="trace"``: ``x^T A x``, an unbiased sample of ``tr((I-QQ^T) A (I-QQ^T))``.
+    * ``kind="frobenius"``: ``||A x||^2``, an unbiased sample of ``||A (I - Q Q^T)||_F^2``.
+
+    ``normalize=True`` (Gaussian or spherical probes, independent of ``Q``) uses that
+    ``x / ||x||`` is uniform on the unit sphere of the ``n = P - d`` dimensional complement
+    and returns ``n * x^T A x / ||x||^2`` (resp. ``n ||A x||^2 / ||x||^2``): still unbiased,
+    with the smaller variance of spherical probes (Epperly, Tropp & Webber, 2024).
+    """
+    if Q.shape[1] > 0:
+        C = Q.T @ X
+        Xp = X - Q @ C
+        AXp = AX - Z @ C
+    else:
+        Xp, AXp = X, AX
+    if kind == "trace":
+        s = (Xp * AXp).sum(0)
+    else:
+        s = (AXp * AXp).sum(0)
+    if normalize:
+        n = X.shape[0] - Q.shape[1]
+        s = s * (n / (Xp * Xp).sum(0))
+    return s
+
+
+def mean_stderr(samples: Tensor) -> tuple[float, float]:
+    """Sample mean and its standard error ``std(ddof=1)/sqrt(n)`` (``inf`` for one sample)."""
+    n = samples.numel()
+    mean = float(samples.mean())
+    if n < 2:
+        return mean, math.inf
+    return mean, float(samples.std(unbiased=True)) / math.sqrt(n)

@@ -1,0 +1,453 @@
+"""Stochastic trace estimation: ``tr(A)`` and ``tr(A^2)`` from matrix-vector products.
+
+Methods of :func:`trace` (``N = num_matvecs`` operator columns in all):
+
+* ``"hutchinson"`` (Hutchinson, 1989): ``tr(A) ~ (1/N) sum_k v_k^T A v_k``. Error
+  ``~ sqrt(2/N) ||A||_F``, whatever the spectrum.
+* ``"hutch++"`` (Meyer, Musco, Musco & Woodruff, SOSA 2021): ``Q = orth(A S)`` from ``N/3``
+  probes, ``tr(Q^T A Q)`` exactly (``N/3`` products), Hutchinson with ``N/3`` probes on the
+  deflated remainder ``(I-QQ^T) A (I-QQ^T)``. Error ``~ ||A - A_{N/3}||_F / sqrt(N/3)``.
+* ``"xtrace"`` (Epperly, Tropp & Webber, SIMAX 2024): ``N/2`` probes ``Omega``, ``Q =
+  orth(A Omega)``; for each ``i`` the Hutch++ estimate whose sketch is ``A Omega`` without
+  column ``i`` and whose Hutchinson probe is ``omega_i``, averaged over ``i`` (exchangeable
+  leave-one-out). All ``N/2`` estimates come from ``A Omega`` and ``A Q`` by rank-one
+  downdating of the QR factorisation, in ``O(P N^2)`` work.
+* ``"krylov"`` (default; block-Krylov deflation, the ``f(A) = A`` case of Krylov-aware trace
+  estimation, Chen & Hallman, SIMAX 2023; Meyer et al. 2021 §4): a block Krylov space
+  ``K_q(A, Omega) = span[Omega, A Omega, ..., A^{q-1} Omega]`` of dimension ``d`` costs only
+  ``d`` products (block Lanczos with full reorthogonalisation; ``tr(Q^T A Q)`` comes for free
+  from the products that build the space), against ``2d`` for the Hutch++ sketch, and a
+  Krylov space resolves outlying eigenvalues far better than one product ``A S``. The
+  remainder is estimated by Hutchinson on ``(I-QQ^T) A (I-QQ^T)``. The split between ``d``
+  and the ``N - d`` remainder probes is chosen adaptively: ``N/4`` remainder probes are drawn
+  first (pilot), their products are re-deflated for free after every Krylov block (``A x =
+  A v - (A Q)(Q^T v)``), and the space grows while the predicted variance
+  ``s^2(d) / (N - d)`` of the final estimate decreases.
+* ``"exact"``: ``sum_i e_i^T A e_i`` with ``P`` unit vectors (small ``P`` only).
+
+Why ``"krylov"`` is the default (measured in ``tests/test_trace.py`` and on the Hessian of a
+trained 64-32-32-10 MLP on digits, P = 3466, 96 products, 200 seeds): mean ``|rel. error|``
+Hutchinson 5.5%, Hutch++ 0.52%, XTrace 0.43%, krylov 0.046%. On a flat spectrum (no
+decay) it costs at most ~10% more error than Hutchinson, while Hutch++ costs ~70%.
+
+Every method reports an honest standard error: the sample standard deviation of the i.i.d.
+Hutchinson samples over ``sqrt(#samples)`` (the deflated part is exact), and for XTrace the
+paper's estimate, the standard deviation of the leave-one-out estimates over ``sqrt(N/2)``.
+All arithmetic is float64 on the operator's device whatever ``op.dtype`` is.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from hesslab.errors import ConfigurationError
+from hesslab.linalg.probes import (
+    Engine,
+    KrylovBasis,
+    check_positive_int,
+    mean_stderr,
+    orthonormalize,
+    remainder_samples,
+)
+from hesslab.linalg.results import TraceEstimate
+from hesslab.operators.base import LinearOperator
+
+__all__ = ["frobenius_sq", "trace"]
+
+TraceMethod = Literal["krylov", "hutch++", "hutchinson", "xtrace", "exact"]
+TRACE_METHODS: tuple[str, ...] = ("krylov", "hutch++", "hutchinson", "xtrace", "exact")
+FROBENIUS_METHODS: tuple[str, ...] = ("krylov", "hutchinson", "exact")
+
+
+# --------------------------------------------------------------------------- helpers
+class _Deflated:
+    """State of a deflated Hutchinson estimate: exact part on ``range(Q)`` + remainder probes."""
+
+    def __init__(self, engine: Engine, Q: Tensor, Z: Tensor, exact_part: float, kind: str):
+        self.engine, self.Q, self.Z, self.exact_part, self.kind = engine, Q, Z, exact_part, kind
+        self.normalize = engine.distribution != "rademacher" and Q.shape[1] > 0
+        self.samples = torch.zeros(0, dtype=torch.float64, device=engine.device)
+
+    def add_probes(self, X: Tensor, AX: Tensor) -> None:
+        s = remainder_samples(X, AX, self.Q, self.Z, normalize=self.normalize, kind=self.kind)
+        self.samples = torch.cat([self.samples, s])
+
+    def draw(self, K: int) -> None:
+        if K > 0:
+            X = self.engine.probes(K)
+            self.add_probes(X, self.engine.apply(X))
+
+    def estimate(self) -> tuple[float, float]:
+        mean, se = mean_stderr(self.samples)
+        return self.exact_part + mean, se
+
+
+def _krylov_deflation(
+    engine: Engine, num_matvecs: int, kind: str, krylov_block: int | None
+) -> tuple[_Deflated, dict]:
+    """Block-Krylov deflation with an adaptive split (see the module docstring)."""
+    N = num_matvecs
+    m_min = max(2, math.ceil(N / 4))
+    b = krylov_block if krylov_block is not None else max(1, min(16, round(N / 12)))
+    b = min(b, engine.P, N - m_min)
+    X0 = engine.probes(m_min)
+    AX0 = engine.apply(X0)
+    if b < 1:
+        empty = torch.zeros(engine.P, 0, dtype=torch.float64, device=engine.device)
+        st = _Deflated(engine, empty, empty, 0.0, kind)
+        st.add_probes(X0, AX0)
+        st.draw(N - engine.num_matvecs)
+        return st, {"krylov_dim": 0, "krylov_block": 0, "num_samples": st.samples.numel()}
+    kb = KrylovBasis(engine, engine.probes(b, "gaussian"))
+    norm = engine.distribution != "rademacher"
+    s0 = remainder_samples(X0, AX0, kb.Q, kb.Z, normalize=False, kind=kind)
+    var = {0: float(s0.var())}
+    best = var[0] / N
+    history = [(0, best)]
+    blocks = 0
+    while kb.next_block_size > 0:
+        room = N - m_min - kb.dim
+        if room < 1:
+            break
+        kb.extend(max_cols=room)
+        blocks += 1
+        s = remainder_samples(X0, AX0, kb.Q, kb.Z, normalize=norm, kind=kind)
+        var[kb.dim] = float(s.var())
+        v = var[kb.dim] / (N - kb.dim)
+        history.append((kb.dim, v))
+        # the first block (random directions) deflates nothing by itself: judge from the 2nd
+        if blocks >= 2:
+            if v >= best:
+                break
+            best = v
+    # keep the prefix of the basis whose pilot remainder variance is smallest (d = 0: the
+    # deflation did not pay, e.g. a flat spectrum; plain Hutchinson with the probes left)
+    d = min(var, key=lambda k: (var[k], k))
+    Q, Z = kb.Q[:, :d], kb.Z[:, :d]
+    if kind == "trace":
+        exact = float((Q * Z).sum())
+    else:
+        exact = float((Z * Z).sum())
+    st = _Deflated(engine, Q, Z, exact, kind)
+    st.add_probes(X0, AX0)
+    st.draw(N - engine.num_matvecs)
+    info = {
+        "krylov_dim": d,
+        "krylov_block": b,
+        "krylov_products": kb.dim,
+        "num_samples": st.samples.numel(),
+        "exact_part": exact,
+        "split_history": history,
+    }
+    return st, info
+
+
+def _xtrace_estimates(
+    Omega: Tensor, Y: Tensor, Q: Tensor, Z: Tensor, *, normalize: bool
+) -> tuple[Tensor, str]:
+    """The ``m`` leave-one-out XTrace estimates from ``Y = A Omega``, ``Q``, ``Z = A Q``.
+
+    For column ``i``, ``P_i`` projects onto ``range(Y_{-i})``, a subspace of ``range(Q)``.
+    With ``Y = Q R`` (``R`` square and invertible when ``Y`` has full rank ``m``), the unit
+    vector ``s_i = R^{-T} e_i / ||R^{-T} e_i||`` spans the part of ``range(R)`` orthogonal
+    to every other column, so ``P_i = Q (I - s_i s_i^T) Q^T`` (rank-one downdate). With
+    ``H = Q^T A Q``, ``W = Q^T Omega``, ``c_i = s_i^T w_i``, ``u_i = w_i - c_i s_i`` and
+    ``x_i = (I - P_i) omega_i = omega_i - Q u_i``:
+
+        ``tr(A P_i) = tr H - s_i^T H s_i``,
+        ``x_i^T A x_i = omega_i^T y_i - 2 u_i^T r_i + u_i^T H u_i``,
+        ``||x_i||^2 = ||omega_i||^2 - ||w_i||^2 + c_i^2``,
+
+    and the estimate is ``tr(A P_i) + x_i^T A x_i`` (times ``n/||x_i||^2`` on the
+    ``n = P - m + 1`` dimensional complement for rotation-invariant probes). When ``Y`` is
+    rank deficient each ``P_i`` is formed from an SVD of ``R`` without column ``i``.
+    """
+    P, m = Omega.shape
+    H = Q.T @ Z
+    H = 0.5 * (H + H.T)
+    W = Q.T @ Omega
+    R = Q.T @ Y
+    oy = (Omega * Y).sum(0)
+    om2 = (Omega * Omega).sum(0)
+    if Q.shape[1] == m:
+        Sinv = torch.linalg.solve(R.T, torch.eye(m, dtype=R.dtype, device=R.device))
+        S = Sinv / torch.linalg.vector_norm(Sinv, dim=0, keepdim=True)
+        c = (S * W).sum(0)
+        U = W - S * c
+        lowrank = torch.trace(H) - (S * (H @ S)).sum(0)
+        xAx = oy - 2.0 * (U * R).sum(0) + (U * (H @ U)).sum(0)
+        xx = om2 - (W * W).sum(0) + c * c
+        n = torch.full_like(xx, float(P - m + 1))
+        path = "downdate"
+    else:
+        lowrank = torch.empty(m, dtype=torch.float64, device=Omega.device)
+        xAx, xx, n = torch.empty_like(lowrank), torch.empty_like(lowrank), torch.empty_like(lowrank)
+        for i in range(m):
+            Ui = orthonormalize(torch.cat([R[:, :i], R[:, i + 1 :]], dim=1))
+            ci = Ui @ (Ui.T @ W[:, i])
+            lowrank[i] = torch.trace(Ui.T @ H @ Ui)
+            xAx[i] = oy[i] - 2.0 * (ci @ R[:, i]) + ci @ (H @ ci)
+            xx[i] = om2[i] - ci @ ci
+            n[i] = P - Ui.shape[1]
+        path = "rank-deficient"
+    if normalize:
+        safe = xx > 0
+        xAx = torch.where(safe, xAx * n / torch.where(safe, xx, torch.ones_like(xx)), 0.0)
+    return lowrank + xAx, path
+
+
+class _XTrace:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        P = engine.P
+        self.Omega = torch.zeros(P, 0, dtype=torch.float64, device=engine.device)
+        self.Y, self.Q, self.Z = self.Omega, self.Omega, self.Omega
+        self.normalize = engine.distribution != "rademacher"
+        self.path = ""
+
+    def add(self, m: int) -> None:
+        e = self.engine
+        Om = e.probes(m)
+        Y = e.apply(Om)
+        Qa = orthonormalize(Y, self.Q)
+        Za = e.apply(Qa)
+        self.Omega = torch.cat([self.Omega, Om], 1)
+        self.Y = torch.cat([self.Y, Y], 1)
+        self.Q = torch.cat([self.Q, Qa], 1)
+        self.Z = torch.cat([self.Z, Za], 1)
+
+    def estimate(self) -> tuple[float, float, Tensor]:
+        est, self.path = _xtrace_estimates(
+            self.Omega, self.Y, self.Q, self.Z, normalize=self.normalize
+        )
+        mean, se = mean_stderr(est)
+        return mean, se, est
+
+
+def _exact(engine: Engine, kind: str) -> float:
+    P = engine.P
+    step = engine.block_size or 256
+    total = 0.0
+    for start in range(0, P, step):
+        E = engine.unit_block(start, min(P, start + step))
+        AE = engine.apply(E)
+        total += float((E * AE).sum()) if kind == "trace" else float((AE * AE).sum())
+    return total
+
+
+def _check_common(
+    num_matvecs: int, method: str, methods: tuple[str, ...], rtol: float | None
+) -> None:
+    check_positive_int("num_matvecs", num_matvecs)
+    if method not in methods:
+        raise ConfigurationError(f"unknown method {method!r}; choose one of {methods}")
+    if rtol is not None and not (isinstance(rtol, (int, float)) and rtol > 0):
+        raise ConfigurationError(f"rtol must be a positive number or None, got {rtol!r}")
+
+
+# --------------------------------------------------------------------------- public
+def trace(
+    op: LinearOperator | Tensor,
+    num_matvecs: int = 96,
+    *,
+    method: TraceMethod = "krylov",
+    distribution: Literal["rademacher", "gaussian", "sphere"] = "rademacher",
+    generator: torch.Generator | None = None,
+    rtol: float | None = None,
+    max_matvecs: int | None = None,
+    block_size: int | None = None,
+    krylov_block: int | None = None,
+    callback: Callable[[TraceEstimate], None] | None = None,
+) -> TraceEstimate:
+    """Estimate ``tr(A)`` of a symmetric operator from ``num_matvecs`` products.
+
+    See the module docstring for the methods and their references. In short:
+    ``"krylov"`` (default) = block-Krylov deflation + Hutchinson on the remainder, with an
+    adaptive split (Chen & Hallman, 2023); ``"hutch++"`` (Meyer et al., 2021); ``"xtrace"``
+    (Epperly, Tropp & Webber, 2024); ``"hutchinson"`` (Hutchinson, 1989); ``"exact"``.
+
+    Args:
+        op: the operator ``A`` (``[P, P]``), or anything :func:`~hesslab.as_operator` takes.
+        num_matvecs: budget ``N`` of operator columns (the initial budget in adaptive mode).
+            At least 3 for ``"krylov"``/``"hutch++"``, 4 for ``"xtrace"``. Ignored by
+            ``"exact"`` (which applies ``P`` unit vectors).
+        method: ``"krylov"``, ``"hutch++"``, ``"hutchinson"``, ``"xtrace"`` or ``"exact"``.
+        distribution: probe distribution, ``"rademacher"``, ``"gaussian"`` or ``"sphere"``.
+            For Gaussian/spherical probes the deflated estimators use the rotation-invariant
+            normalisation ``n x^T A x / ||x||^2`` of the XTrace paper.
+        generator: source of randomness (``None``: fresh entropy-seeded generator).
+        rtol: adaptive mode: after the initial budget keep adding probes in blocks until
+            ``stderr <= rtol * |value|`` or ``max_matvecs`` products have been used. For
+            ``"krylov"``/``"hutch++"`` the deflation space is kept and only remainder probes
+            are added; for ``"xtrace"`` each block adds probes and their sketch columns.
+        max_matvecs: cap on products in adaptive mode (default ``10 * num_matvecs``).
+        block_size: at most this many columns per operator call (memory bound; default all
+            at once); also the number of probes per adaptive round (default ``N/4``).
+        krylov_block: block width ``b`` of the Krylov space for ``"krylov"`` (default
+            ``round(N/12)`` clipped to ``[1, 16]``: 8 for ``N = 96``).
+        callback: called with the current :class:`TraceEstimate` after the initial budget
+            and after every adaptive round.
+
+    Returns:
+        :class:`~hesslab.linalg.results.TraceEstimate` with ``value``, ``stderr``,
+        ``num_matvecs``, ``seconds``, ``method``, the per-probe (or leave-one-out)
+        ``samples`` behind the standard error (float64, CPU), and ``info`` (``krylov_dim``,
+        ``rtol_met``, ...).
+
+    Raises:
+        ConfigurationError: unknown method or distribution, or a budget too small.
+
+    Example:
+        >>> est = trace(H, 96, generator=torch.Generator().manual_seed(0))
+        >>> est.value, est.stderr
+    """
+    return _run(
+        op, num_matvecs, "trace", method, TRACE_METHODS, distribution, generator, rtol,
+        max_matvecs, block_size, krylov_block, callback,
+    )  # fmt: skip
+
+
+def frobenius_sq(
+    op: LinearOperator | Tensor,
+    num_matvecs: int = 96,
+    *,
+    method: Literal["krylov", "hutchinson", "exact"] = "krylov",
+    distribution: Literal["rademacher", "gaussian", "sphere"] = "rademacher",
+    generator: torch.Generator | None = None,
+    rtol: float | None = None,
+    max_matvecs: int | None = None,
+    block_size: int | None = None,
+    krylov_block: int | None = None,
+    callback: Callable[[TraceEstimate], None] | None = None,
+) -> TraceEstimate:
+    """Estimate ``tr(A^2) = ||A||_F^2 = sum_i lambda_i^2`` of a symmetric operator.
+
+    * ``"hutchinson"``: ``tr(A^2) = E ||A v||^2`` for ``E[v v^T] = I``; the samples are
+      ``||A v_k||^2`` and the standard error is their std over ``sqrt(N)``.
+    * ``"krylov"`` (default): with a block Krylov basis ``Q`` and ``Z = A Q`` (``d``
+      products), ``||A||_F^2 = ||A Q||_F^2 + ||A (I - Q Q^T)||_F^2``; the first term is exact,
+      the second is Hutchinson on ``||A (I - QQ^T) v||^2`` with ``A (I-QQ^T) v = A v - Z Q^T v``
+      (same adaptive split as :func:`trace`). Far lower variance on spiked spectra, where
+      ``||A||_F^2`` is dominated by a few outliers.
+    * ``"exact"``: ``sum_i ||A e_i||^2`` over the ``P`` unit vectors.
+
+    Arguments and return value as in :func:`trace` (``method`` is ``"krylov"``,
+    ``"hutchinson"`` or ``"exact"``). This is the ``tr(A^2)`` input of the
+    Wolkowicz–Styan bounds (:func:`hesslab.linalg.bounds.wolkowicz_styan`).
+    """
+    return _run(
+        op, num_matvecs, "frobenius", method, FROBENIUS_METHODS, distribution, generator,
+        rtol, max_matvecs, block_size, krylov_block, callback,
+    )  # fmt: skip
+
+
+def _run(
+    op,
+    num_matvecs: int,
+    kind: str,
+    method: str,
+    methods: tuple[str, ...],
+    distribution: str,
+    generator,
+    rtol,
+    max_matvecs,
+    block_size,
+    krylov_block,
+    callback,
+) -> TraceEstimate:
+    t0 = time.perf_counter()
+    _check_common(num_matvecs, method, methods, rtol)
+    engine = Engine(op, distribution=distribution, generator=generator, block_size=block_size)
+    if krylov_block is not None:
+        krylov_block = check_positive_int("krylov_block", krylov_block)
+    N = num_matvecs
+    cap = 10 * N if max_matvecs is None else check_positive_int("max_matvecs", max_matvecs)
+    step = block_size if block_size is not None else max(2, N // 4)
+    info: dict = {"distribution": distribution, "kind": kind}
+
+    def snapshot(value: float, stderr: float, samples: Tensor | None) -> TraceEstimate:
+        return TraceEstimate(
+            value=float(value),
+            stderr=float(stderr),
+            num_matvecs=engine.num_matvecs,
+            seconds=time.perf_counter() - t0,
+            method=method,
+            samples=None if samples is None else samples.detach().to("cpu", torch.float64),
+            info=dict(info),
+        )
+
+    if method == "exact":
+        return snapshot(_exact(engine, kind), 0.0, None)
+
+    if method == "xtrace":
+        if N < 4:
+            raise ConfigurationError(f"xtrace needs num_matvecs >= 4, got {N}")
+        xt = _XTrace(engine)
+        xt.add(min(N // 2, engine.P))
+
+        def estimate():
+            v, se, est = xt.estimate()
+            info["path"] = xt.path
+            info["num_probes"] = xt.Omega.shape[1]
+            return v, se, est
+
+        def extend(k: int) -> None:
+            xt.add(max(1, k // 2))
+
+        cost = 2
+    else:
+        if method == "hutchinson":
+            empty = torch.zeros(engine.P, 0, dtype=torch.float64, device=engine.device)
+            st = _Deflated(engine, empty, empty, 0.0, kind)
+            st.draw(N)
+        elif method == "hutch++":
+            if N < 3:
+                raise ConfigurationError(f"hutch++ needs num_matvecs >= 3, got {N}")
+            s = min(N // 3, engine.P)
+            S = engine.probes(s)
+            Q = orthonormalize(engine.apply(S))
+            Z = engine.apply(Q)
+            st = _Deflated(engine, Q, Z, float((Q * Z).sum()), kind)
+            st.draw(N - engine.num_matvecs)
+            info["sketch_dim"] = Q.shape[1]
+        else:  # krylov
+            if N < 3:
+                raise ConfigurationError(f"krylov needs num_matvecs >= 3, got {N}")
+            st, kinfo = _krylov_deflation(engine, N, kind, krylov_block)
+            info.update(kinfo)
+
+        def estimate():
+            v, se = st.estimate()
+            info["num_samples"] = st.samples.numel()
+            return v, se, st.samples
+
+        def extend(k: int) -> None:
+            st.draw(k)
+
+        cost = 1
+
+    value, stderr, samples = estimate()
+    if rtol is not None:
+        if callback is not None:
+            callback(snapshot(value, stderr, samples))
+        while stderr > rtol * abs(value):
+            room = cap - engine.num_matvecs
+            k = min(step, room)
+            if k < cost:
+                break
+            extend(k)
+            value, stderr, samples = estimate()
+            if callback is not None and stderr > rtol * abs(value):
+                callback(snapshot(value, stderr, samples))
+        info["rtol"] = rtol
+        info["rtol_met"] = bool(stderr <= rtol * abs(value))
+    result = snapshot(value, stderr, samples)
+    if callback is not None:
+        callback(result)
+    return result
