@@ -135,20 +135,25 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for k in [int(s) for s in args.ks.split(",")]:
-        rows = {}
-        for name in ("arpack", "arpack tol=0", "hesslab"):
-            mvs, secs, ress = [], [], []
-            for seed in range(seeds):
+        names = ("arpack", "arpack tol=0", "hesslab")
+        runs: dict[str, list[tuple[int, float, float]]] = {n: [] for n in names}
+        for seed in range(seeds):  # interleaved, so load from other processes hits all alike
+            for name in names:
                 if name == "hesslab":
                     res, sec = run_hesslab(op, k, args.tol, seed)
                     mv, vals, vecs = res.num_matvecs, res.values.numpy(), res.vectors.cpu()
                 else:
                     tol = 0.0 if name.endswith("tol=0") else args.tol
                     vals, vecs, mv, sec = run_arpack(op, k, tol, seed)
-                mvs.append(mv)
-                secs.append(sec)
-                ress.append(true_rel_residual(op, vals, vecs, lam1))
-            rows[name] = (statistics.median(mvs), statistics.median(secs), max(ress))
+                runs[name].append((mv, sec, true_rel_residual(op, vals, vecs, lam1)))
+        rows = {
+            n: (
+                statistics.median(r[0] for r in runs[n]),
+                statistics.median(r[1] for r in runs[n]),
+                max(r[2] for r in runs[n]),
+            )
+            for n in names
+        }
         a_mv, a_s, _ = rows["arpack"]
         for name, (mv, sec, res) in rows.items():
             lines.append(

@@ -101,12 +101,13 @@ def test_block_agrees_with_single(b: int) -> None:
 
 def test_auto_block_size_rule() -> None:
     assert auto_block_size(1, 1000) == 1
-    assert auto_block_size(9, 1000) == 1
-    assert auto_block_size(10, 1000) == 4
+    assert auto_block_size(20, 1000) == 1
+    assert auto_block_size(3, 1000, "cuda") == 1
     assert auto_block_size(4, 1000, "cuda") == 4
-    assert auto_block_size(20, 3) == 3
+    assert auto_block_size(20, 3, "cuda") == 3
     A = with_spectrum(SPECTRA["spiked"], seed=7)
-    assert eigenpairs(A, 10, tol=1e-6, block_size="auto", generator=gen()).info["block_size"] == 4
+    res = eigenpairs(A, 10, tol=1e-6, block_size="auto", generator=gen())
+    assert res.info["block_size"] == 1
 
 
 def test_model_hessian() -> None:
@@ -128,7 +129,9 @@ def test_float32_operator_accumulates_in_float64() -> None:
     rel = (res.values - expected(lam, 3, "largest")).abs() / lam.abs().max()
     assert float(rel.max()) < 1e-6
     assert res.info["residual_kind"] == "true"
-    assert res.num_matvecs == res.info.get("lanczos_matvecs", res.num_matvecs)
+    ritz_only = eigenpairs(op, 3, tol=1e-5, generator=gen())
+    assert res.num_matvecs == ritz_only.num_matvecs + 3  # the true residuals are counted
+    assert torch.equal(res.values, ritz_only.values)
 
 
 def test_same_seed_bit_identical() -> None:

@@ -295,7 +295,7 @@ def spectral_density(
             basis_device=basis_device,
         )
         num_matvecs += eig.num_matvecs
-        U = eig.vectors.to(dtype=torch.float64, device=bdev)
+        U, _ = torch.linalg.qr(eig.vectors.to(dtype=torch.float64, device=bdev))
         outliers = eig.values.clone()
         outlier_res = eig.residual_norms.clone()
         info["deflation_converged"] = eig.converged

@@ -122,21 +122,23 @@ def _order(theta: Tensor, which: str) -> Tensor:
 
 
 def auto_block_size(k: int, P: int, device: torch.device | str = "cpu") -> int:
-    """The block size ``block_size="auto"`` picks: ``4`` when ``k >= 10`` (``k >= 4`` on a
-    GPU), else ``1`` (never more than ``P``).
+    """The block size ``block_size="auto"`` picks: ``1`` on a CPU; on a GPU ``4`` when
+    ``k >= 4`` (never more than ``P``), else ``1``.
 
-    Measured with ``bench/eigen.py --block`` on a trained-MLP Hessian (P = 3,466, tol 1e-6):
-    operator columns (block products) to convergence were, for ``b = 1, 2, 4, 8``:
-    ``k=5``: 33, 44 (22), 64 (16), 107 (13); ``k=10``: 42, 56 (28), 76 (19), 133 (17);
-    ``k=20``: 63, 76 (38), 96 (24), 139 (17). A block method needs more columns, but a
-    product of ``K`` columns costs about ``1 + rho (K - 1)`` single products, with
-    ``rho ~ 0.4`` for neural-net HVPs on a CPU (2.5x cheaper per column in large blocks)
-    and ``rho ~ 0.1`` on a GPU. Under that model ``b = 4`` costs 0.99x (k=10) and 0.84x
-    (k=20) of ``b = 1`` on a CPU, and 0.63x (k=5), 0.59x (k=10) on a GPU; ``b = 8`` never
-    did better than ``b = 4``. Blocks also find eigenvalues of multiplicity up to ``b``.
+    Measured with ``python bench/eigen.py --block`` on the trained-MLP Hessian (P = 3,466,
+    float64, tol 1e-6, 2 CPU threads): operator columns (block products) to convergence
+    for ``b = 1, 2, 4, 8`` were ``k=1``: 14, 20 (10), 32 (8), 64 (8); ``k=5``: 25, 34 (17),
+    48 (12), 80 (10); ``k=10``: 32, 42 (21), 60 (15), 96 (12); ``k=20``: 55, 66 (33),
+    88 (22), 120 (15). A block method needs more columns; it wins only if a product of
+    ``K`` columns costs well under ``K`` single products. For that operator on the CPU a
+    block of 2, 4, 8 cost 2.1x, 3.0x, 6.6x a single product, and the measured time to
+    convergence was lowest with ``b = 1`` for every ``k``, hence ``1`` on a CPU. On a
+    GPU, where a ``K``-column HVP costs about ``1 + 0.1 (K - 1)`` single products (a model,
+    not measured in this benchmark), ``b = 4`` costs 0.62x (k=5), 0.61x (k=10) and 0.52x
+    (k=20) of ``b = 1`` and ``b = 8`` is no better. Blocks also find eigenvalues of
+    multiplicity up to ``b``: pass ``block_size`` explicitly when that matters.
     """
-    threshold = 4 if torch.device(device).type == "cuda" else 10
-    if k < threshold:
+    if torch.device(device).type != "cuda" or k < 4:
         return 1
     return int(min(4, P))
 
