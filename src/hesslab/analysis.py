@@ -1,0 +1,348 @@
+"""The main analysis job: the curvature summary of one model at one point.
+
+:func:`analyze` takes an :class:`~hesslab.Objective` and writes into a
+:class:`~hesslab.report.RunDir`: top and bottom Hessian eigenpairs (Lanczos, with
+residuals), trace and ``tr(H^2)`` with standard errors and the Wolkowicz–Styan bounds they
+imply, the spectral density (stochastic Lanczos quadrature, Ghorbani et al. 2019),
+per-layer summaries (diagonal blocks ``H[l, l]``, Sankar et al. 2021), and Gauss–Newton
+vs Hessian outliers (Sagun et al. 2017). When ``P`` is small enough the exact spectrum
+(dense float64 ``eigh``) is computed too and every estimate is compared against it.
+
+``hesslab demo`` and ``hesslab analyze`` are thin wrappers around this function.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from hesslab.errors import ConfigurationError
+from hesslab.linalg.bounds import wolkowicz_styan
+from hesslab.linalg.density import spectral_density, wasserstein1
+from hesslab.linalg.lanczos import eigenpairs
+from hesslab.linalg.trace import frobenius_sq, trace
+from hesslab.measures.spectrum import count_outliers
+from hesslab.objective import Objective
+from hesslab.operators.ggn import GGNOperator
+from hesslab.operators.hessian import HessianOperator
+from hesslab.report import plots
+from hesslab.report.run import RunDir
+
+__all__ = ["PARTS", "AnalysisConfig", "analyze"]
+
+PARTS = ("eig", "trace", "density", "layers", "ggn")
+
+S_EIG = "Top and bottom eigenvalues"
+S_TRACE = "Trace, tr(H²) and eigenvalue bounds"
+S_DENSITY = "Spectral density"
+S_LAYERS = "Layerwise Hessians"
+S_GGN = "Gauss–Newton vs Hessian"
+S_EXACT = "Check against the exact spectrum"
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Knobs of :func:`analyze` (every one is recorded in the run's config).
+
+    Attributes:
+        what: parts to run, a subset of :data:`PARTS`.
+        k_top: number of top eigenpairs.
+        k_bottom: number of bottom eigenpairs.
+        tol: relative residual tolerance of the eigensolver.
+        trace_matvecs: product budget of the trace and ``tr(H^2)`` estimates.
+        density_steps: Lanczos steps of the spectral density.
+        density_probes: probe vectors of the spectral density.
+        layer_k: top eigenpairs per layer.
+        exact_limit: compute the exact spectrum (dense ``eigh``) when ``P`` is at most this.
+        seed: seed of every random choice (probe vectors, start vectors).
+    """
+
+    what: tuple[str, ...] = PARTS
+    k_top: int = 20
+    k_bottom: int = 3
+    tol: float = 1e-6
+    trace_matvecs: int = 96
+    density_steps: int = 90
+    density_probes: int = 1
+    layer_k: int = 1
+    exact_limit: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [w for w in self.what if w not in PARTS]
+        if bad:
+            raise ConfigurationError(f"unknown analysis part(s) {bad}; choose from {PARTS}")
+        if self.k_top < 1 or self.k_bottom < 0:
+            raise ConfigurationError("k_top must be >= 1 and k_bottom >= 0")
+
+
+def _record_eigen(run: RunDir, section: str, name: str, res: Any) -> None:
+    """One summary scalar (the extreme eigenvalue with the run's diagnostics) + a table."""
+    run.add_result(section, name, res, max_scalars=0)
+    run.add_scalar(
+        section,
+        f"{name}[0]",
+        float(res.values[0]),
+        num_matvecs=res.num_matvecs,
+        seconds=res.seconds,
+        converged=f"{int(res.converged.sum())}/{len(res.values)}",
+        method=res.method,
+        tol=res.tol,
+    )
+    rows = [
+        {"rank": i + 1, "λ": float(v), "residual ‖Hv − λv‖": float(r), "converged": bool(c)}
+        for i, (v, r, c) in enumerate(
+            zip(res.values, res.residual_norms, res.converged, strict=True)
+        )
+    ]
+    run.add_table(section, name, rows)
+
+
+def _gen(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def analyze(
+    objective: Objective,
+    run: RunDir,
+    config: AnalysisConfig | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the curvature analysis of ``objective`` and record everything in ``run``.
+
+    Args:
+        objective: the model, loss and data at the point to analyse.
+        run: the run folder to write into (not finalised here).
+        config: what to compute (default :class:`AnalysisConfig`).
+        progress: called with a short description before each part.
+
+    Returns:
+        A summary dict of the headline numbers (also in ``run``'s results).
+    """
+    cfg = config or AnalysisConfig()
+    timings: dict[str, float] = {}
+    clock = {"name": None, "t": time.perf_counter()}
+
+    def note(msg: str) -> None:
+        now = time.perf_counter()
+        if clock["name"] is not None:
+            timings[clock["name"]] = timings.get(clock["name"], 0.0) + now - clock["t"]
+        clock["name"], clock["t"] = msg, now
+        if progress is not None:
+            progress(msg)
+
+    H = HessianOperator(objective)
+    P = H.shape[0]
+    dev = H.device
+    summary: dict[str, Any] = {"P": P, "N": objective.num_data}
+    run.add_text(
+        S_EIG,
+        f"Hessian of the mean loss over N = {objective.num_data} points, P = {P} parameters, "
+        f"{objective.space.dtype}. Eigenpairs by thick-restart Lanczos with full "
+        f"reorthogonalization, stopped when every residual ‖Hv − λv‖ ≤ {cfg.tol:g}·‖H‖.",
+    )
+    exact = None
+    if cfg.exact_limit and P <= cfg.exact_limit:
+        note("exact spectrum (dense eigh)")
+        t0 = time.perf_counter()
+        D = H.to_dense().to(torch.float64)
+        exact = torch.linalg.eigvalsh((D + D.T) / 2).cpu()
+        summary["exact_seconds"] = time.perf_counter() - t0
+        run.add_array("exact_eigenvalues", exact.numpy())
+    top = None
+    if "eig" in cfg.what:
+        note("top eigenpairs")
+        top = eigenpairs(H, cfg.k_top, "largest", tol=cfg.tol, generator=_gen(cfg.seed, dev))
+        _record_eigen(run, S_EIG, "λ top", top)
+        summary["lambda_max"] = float(top.values[0])
+        summary["top_eigenvalues"] = top.values.tolist()
+        bottom = None
+        if cfg.k_bottom:
+            note("bottom eigenpairs")
+            bottom = eigenpairs(
+                H, cfg.k_bottom, "smallest", tol=cfg.tol, generator=_gen(cfg.seed + 1, dev)
+            )
+            _record_eigen(run, S_EIG, "λ bottom", bottom)
+            summary["lambda_min"] = float(bottom.values[0])
+        outl = count_outliers(top.values)
+        run.add_scalar(S_EIG, "outliers among top-k", outl.count, method=outl.method)
+        summary["outliers"] = int(outl.count)
+        fig = plots.plot_eigenvalues(
+            top.values.numpy(),
+            errors=top.residual_norms.numpy(),
+            title=f"Top-{cfg.k_top} Hessian eigenvalues (bars: residual norms)",
+        )
+        run.add_figure(S_EIG, "top_eigenvalues", fig, "Ranked top eigenvalues of H.")
+    if "trace" in cfg.what:
+        note("trace and tr(H²)")
+        tr = trace(H, cfg.trace_matvecs, generator=_gen(cfg.seed + 2, dev))
+        tr2 = frobenius_sq(H, cfg.trace_matvecs, generator=_gen(cfg.seed + 3, dev))
+        run.add_result(S_TRACE, "tr H", tr)
+        run.add_result(S_TRACE, "tr H²", tr2)
+        bounds = wolkowicz_styan((tr, tr2, P))
+        run.add_result(S_TRACE, "Wolkowicz–Styan", bounds)
+        summary["trace"] = (tr.value, tr.stderr)
+        summary["trace_sq"] = (tr2.value, tr2.stderr)
+        run.add_text(
+            S_TRACE,
+            f"Trace by `{tr.method}` and tr(H²) by `{tr2.method}` with {cfg.trace_matvecs} "
+            "products each; the Wolkowicz–Styan bounds (1980) on λ_max and λ_min follow from "
+            "the two traces alone, with the ranges they span when each trace moves by its "
+            "standard error.",
+        )
+    if "density" in cfg.what:
+        note("spectral density")
+        dens = spectral_density(
+            H, cfg.density_steps, cfg.density_probes, generator=_gen(cfg.seed + 4, dev)
+        )
+        grid = dens.grid()
+        values = dens.evaluate(grid)
+        run.add_array("density/grid", np.asarray(grid))
+        run.add_array("density/values", np.asarray(values))
+        nodes, weights = dens.nodes_and_weights()
+        run.add_array("density/nodes", np.asarray(nodes))
+        run.add_array("density/weights", np.asarray(weights))
+        run.add_scalar(
+            S_DENSITY,
+            "SLQ products",
+            dens.num_matvecs,
+            seconds=dens.seconds,
+            num_steps=cfg.density_steps,
+            num_probes=cfg.density_probes,
+        )
+        fig = plots.plot_density(
+            np.asarray(grid),
+            np.asarray(values),
+            eigenvalues=None if exact is None else exact.numpy(),
+            outliers=None if top is None else top.values.numpy(),
+            title="Hessian eigenvalue density (SLQ)",
+        )
+        run.add_figure(
+            S_DENSITY,
+            "density",
+            fig,
+            "Gaussian-broadened SLQ density; dashed: "
+            "Lanczos top eigenvalues"
+            + ("; histogram: exact spectrum." if exact is not None else "."),
+        )
+        if exact is not None:
+            w1 = wasserstein1(nodes, weights, exact, torch.full_like(exact, 1.0 / P))
+            width = float(exact[-1] - exact[0])
+            run.add_scalar(S_DENSITY, "W1(SLQ, exact) / spectral width", w1 / width)
+            summary["density_w1_rel"] = w1 / width
+    if "layers" in cfg.what:
+        note("layerwise Hessians")
+        rows = []
+        blocks = H.blocks()
+        for i, (name, block) in enumerate(blocks.items()):
+            res = eigenpairs(
+                block,
+                min(cfg.layer_k, block.shape[0]),
+                "largest",
+                tol=cfg.tol,
+                generator=_gen(cfg.seed + 10 + i, dev),
+            )
+            btr = trace(
+                block,
+                min(cfg.trace_matvecs, 3 * block.shape[0]),
+                generator=_gen(cfg.seed + 100 + i, dev),
+            )
+            rows.append(
+                {
+                    "layer": name,
+                    "P": block.shape[0],
+                    "λ_max": float(res.values[0]),
+                    "trace": btr.value,
+                    "trace stderr": btr.stderr,
+                    "matvecs": res.num_matvecs + btr.num_matvecs,
+                }
+            )
+        run.add_table(S_LAYERS, "per-layer summary", rows)
+        fig = plots.plot_layer_summary(
+            [r["layer"] for r in rows],
+            {"λ_max": [r["λ_max"] for r in rows], "trace": [r["trace"] for r in rows]},
+        )
+        run.add_figure(
+            S_LAYERS,
+            "layers",
+            fig,
+            "Top eigenvalue and trace of each diagonal block H[l, l] (weight with its bias).",
+        )
+        summary["layers"] = rows
+    if "ggn" in cfg.what and objective.loss.kind != "custom":
+        note("Gauss–Newton vs Hessian")
+        G = GGNOperator(objective)
+        k = cfg.k_top
+        g_top = eigenpairs(G, k, "largest", tol=cfg.tol, generator=_gen(cfg.seed + 5, dev))
+        h_top = top or eigenpairs(H, k, "largest", tol=cfg.tol, generator=_gen(cfg.seed, dev))
+        U_h = h_top.vectors.to(torch.float64)
+        U_g = g_top.vectors.to(torch.float64)
+        overlap = float((U_h.T @ U_g).square().sum() / k)
+        _record_eigen(run, S_GGN, "λ top (GGN)", g_top)
+        run.add_scalar(S_GGN, f"top-{k} subspace overlap ‖U_Hᵀ U_G‖²_F / k", overlap)
+        summary["ggn_overlap"] = overlap
+        fig = plots.plot_spectra_comparison(
+            {"Hessian": h_top.values.numpy(), "Gauss–Newton": g_top.values.numpy()},
+            title="Top eigenvalues: Hessian vs Gauss–Newton",
+        )
+        run.add_figure(
+            S_GGN,
+            "ggn_vs_hessian",
+            fig,
+            "The outliers of H come from the Gauss–Newton term (Sagun et al. 2017).",
+        )
+        run.add_claim(
+            S_GGN,
+            "Sagun et al. (2017): the outliers of the Hessian come from the Gauss–Newton term",
+            f"top-{k} subspace overlap {overlap:.3f}; λ_max H = {float(h_top.values[0]):.4g}, "
+            f"λ_max G = {float(g_top.values[0]):.4g}",
+            holds=overlap > 0.5,
+        )
+    if exact is not None:
+        rows = []
+        if top is not None:
+            ex_top = exact.flip(0)[: cfg.k_top]
+            rel = ((top.values - ex_top).abs() / ex_top.abs().clamp_min(1e-300)).max()
+            rows.append(
+                {
+                    "quantity": f"top-{cfg.k_top} eigenvalues",
+                    "max rel. error": float(rel),
+                    "estimate": float(top.values[0]),
+                    "exact": float(ex_top[0]),
+                }
+            )
+        if "trace" in cfg.what:
+            t_ex = float(exact.sum())
+            rows.append(
+                {
+                    "quantity": "trace",
+                    "max rel. error": abs(tr.value - t_ex) / abs(t_ex),
+                    "estimate": tr.value,
+                    "exact": t_ex,
+                    "within 3 stderr": abs(tr.value - t_ex) <= 3 * tr.stderr,
+                }
+            )
+            t2_ex = float(exact.square().sum())
+            rows.append(
+                {
+                    "quantity": "tr(H²)",
+                    "max rel. error": abs(tr2.value - t2_ex) / abs(t2_ex),
+                    "estimate": tr2.value,
+                    "exact": t2_ex,
+                    "within 3 stderr": abs(tr2.value - t2_ex) <= 3 * tr2.stderr,
+                }
+            )
+        run.add_table(S_EXACT, "estimates vs exact", rows)
+        summary["exact_check"] = rows
+    note("done")
+    for name, secs in timings.items():
+        run.add_scalar("Run", f"seconds: {name}", secs, unit="s")
+    summary["seconds"] = timings
+    summary["config"] = asdict(cfg)
+    return summary

@@ -1,0 +1,205 @@
+"""Smoke tests of every CLI command: exit codes, run folders, reports, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hesslab.cli import main
+from hesslab.report.run import RunDir
+
+FAST = ["--k", "3", "--k-bottom", "1", "--trace-matvecs", "24", "--density-steps", "20", "--quiet"]
+
+
+def _run_dir(out):
+    dirs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def _check_run_folder(path):
+    for name in ("config.json", "results.json", "arrays.npz", "report.html"):
+        assert (path / name).is_file(), name
+    cfg = json.loads((path / "config.json").read_text())
+    assert "seed" in cfg and "command" in cfg
+    results = json.loads((path / "results.json").read_text())
+    html = (path / "report.html").read_text()
+    figures = sorted((path / "figures").glob("*.png"))
+    assert figures
+    # every figure is embedded in the self-contained page
+    assert html.count("data:image/png;base64,") >= len(figures)
+    assert "http://" not in html and "https://" not in html
+    return cfg, results, html
+
+
+def test_demo_small(tmp_path, capsys):
+    rc = main(
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "2",
+            "--widths",
+            "12",
+            "--exact-limit",
+            "4000",
+            *FAST,
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and "λ_max" in out
+    path = _run_dir(tmp_path)
+    cfg, results, html = _check_run_folder(path)
+    run = RunDir.load(path)
+    # the exact spectrum was computed and the Lanczos top eigenvalues agree with it
+    exact = run.arrays["exact_eigenvalues"]
+    lam = run.scalar("Top and bottom eigenvalues", "λ top[0]")["value"]
+    assert abs(lam - exact[-1]) <= 1e-5 * abs(exact[-1])
+    assert "Gauss–Newton" in html
+
+
+def _write_model(tmp_path):
+    f = tmp_path / "mymodel.py"
+    f.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),"
+        " torch.nn.Linear(8, 3))\n"
+    )
+    return f
+
+
+def test_analyze_own_model_and_file_data(tmp_path, capsys):
+    f = _write_model(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 2, generator=g)
+    y = torch.randint(0, 3, (40,), generator=g)
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    out = tmp_path / "runs"
+    rc = main(
+        [
+            "analyze",
+            "--model",
+            f"{f}:build",
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--dtype",
+            "float64",
+            "--out",
+            str(out),
+            "--batch-size",
+            "16",
+            "--exact-limit",
+            "100",
+            *FAST,
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    cfg, results, html = _check_run_folder(_run_dir(out))
+    assert cfg["config"]["batch_size"] == 16 if "config" in cfg else True
+    # weights file and a parameter subset
+    model = __import__("torch").nn.Sequential(
+        torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    )
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    out2 = tmp_path / "runs2"
+    rc = main(
+        [
+            "analyze",
+            "--model",
+            f"{f}:build",
+            "--weights",
+            str(tmp_path / "w.pt"),
+            "--data",
+            "blobs",
+            "--params",
+            "2.*",
+            "--what",
+            "eig,trace",
+            "--out",
+            str(out2),
+            *FAST,
+        ]
+    )
+    assert rc == 0
+    summary = json.loads((_run_dir(out2) / "results.json").read_text())
+    assert summary
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["analyze", "--model", "nofile.py:f", "--data", "digits"], "does not exist"),
+        (["analyze", "--model", "nocolon", "--data", "digits"], "file.py:factory"),
+        (["reproduce", "nonsense"], "unknown experiment"),
+        (["report", "/nonexistent/run"], "not a hesslab run folder"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hesslab: error:") and message in err
+    assert "\n" not in err
+
+
+def test_bad_data_and_parts(tmp_path, capsys):
+    f = _write_model(tmp_path)
+    assert main(["analyze", "--model", f"{f}:build", "--data", "no-such-data"]) == 2
+    assert "hesslab: error:" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                f"{f}:build",
+                "--data",
+                "blobs",
+                "--what",
+                "magic",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert "unknown analysis part" in capsys.readouterr().err
+
+
+def test_list_and_report(tmp_path, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "sagun2017" in out
+    # rebuild a report from a run folder
+    main(
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--what",
+            "eig",
+            "--exact-limit",
+            "0",
+            *FAST,
+        ]
+    )
+    capsys.readouterr()
+    path = _run_dir(tmp_path)
+    (path / "report.html").unlink()
+    assert main(["report", str(path)]) == 0
+    assert (path / "report.html").is_file()
+
+
+def test_help_for_every_command(capsys):
+    for cmd in ([], ["demo"], ["analyze"], ["reproduce"], ["list"], ["report"]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--help"])
+        assert e.value.code == 0
+        assert "usage" in capsys.readouterr().out
