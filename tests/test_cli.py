@@ -183,6 +183,8 @@ def test_list_and_report(tmp_path, capsys):
             str(tmp_path),
             "--epochs",
             "1",
+            "--widths",
+            "8",
             "--what",
             "eig",
             "--exact-limit",
