@@ -1,0 +1,103 @@
+"""count_outliers and effective_rank on synthetic (Sagun et al. 2017-like) spectra."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hesslab.errors import ConfigurationError
+from hesslab.measures.spectrum import OutlierCount, count_outliers, effective_rank
+
+
+def sagun_like(k: int, P: int = 2000, seed: int = 0) -> torch.Tensor:
+    """k outliers spread over a decade above a bulk near 0 (with negative values)."""
+    g = torch.Generator().manual_seed(seed)
+    outliers = torch.logspace(1, 0, k, dtype=torch.float64) * (
+        1 + 0.1 * torch.rand(k, generator=g, dtype=torch.float64)
+    )
+    bulk = 0.05 * torch.rand(P - k, generator=g, dtype=torch.float64) ** 3
+    bulk -= 0.01 * torch.rand(P - k, generator=g, dtype=torch.float64) ** 2
+    v = torch.cat([outliers, bulk])
+    return v[torch.randperm(P, generator=g)]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 10, 20])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gap_counts_classes(k, seed):
+    v = sagun_like(k, seed=seed)
+    r = count_outliers(v)
+    assert isinstance(r, OutlierCount) and r.method == "gap"
+    assert r.count == k and int(r) == k
+    top = torch.sort(v, descending=True).values
+    assert float(top[k]) < r.threshold < float(top[k - 1])
+    # top-k eigenvalues only (as from eigenpairs), with a few bulk values included
+    assert count_outliers(top[: k + 5]).count == k
+    assert count_outliers(top[: k + 5].numpy()).count == k
+
+
+@pytest.mark.parametrize("k", [2, 5, 10])
+def test_edge_counts_classes_on_compact_bulk(k):
+    g = torch.Generator().manual_seed(k)
+    bulk = 0.02 * torch.randn(1000, generator=g, dtype=torch.float64)  # compact bulk
+    v = torch.cat([torch.linspace(5.0, 1.0, k, dtype=torch.float64), bulk])
+    r = count_outliers(v, method="edge")
+    assert r.count == k and r.method == "edge"
+    assert r.threshold == pytest.approx(float(bulk.median()) + 10 * 1.4826 * 0.0135, rel=0.3)
+
+
+def test_no_outliers():
+    g = torch.Generator().manual_seed(0)
+    flat = 1.0 + 0.1 * torch.rand(500, generator=g, dtype=torch.float64)
+    assert count_outliers(flat).count == 0
+    assert count_outliers(-torch.ones(10)).count == 0
+
+
+def test_density_input():
+    v = sagun_like(4, P=400)
+    nodes, weights = v, torch.full_like(v, 1.0 / 400)
+    assert count_outliers((nodes, weights), method="edge", dimension=400).count == 4
+
+    class Density:
+        def __init__(self):
+            self.nodes, self.weights, self.dimension = nodes, weights, 400
+
+    assert count_outliers(Density(), method="gap").count == 4
+    with pytest.raises(ConfigurationError):
+        count_outliers((nodes, weights))  # no dimension
+
+
+def test_effective_rank():
+    v = torch.tensor([2.0, 2.0, 2.0, 0.0, 0.0])
+    assert effective_rank(v) == pytest.approx(3.0)
+    assert effective_rank(v, method="participation") == pytest.approx(3.0)
+    assert effective_rank(v, method="threshold") == 3.0
+    # negative eigenvalues: |lambda| by default, clipped on request
+    w = np.array([4.0, -4.0, 1e-9])
+    assert effective_rank(w) == pytest.approx(2.0, rel=1e-6)
+    assert effective_rank(w, negative="clip") == pytest.approx(1.0, rel=1e-6)
+    # entropy rank of a geometric spectrum lies between 1 and n and is not an integer
+    g = 0.5 ** torch.arange(10, dtype=torch.float64)
+    e = effective_rank(g)
+    assert 1.0 < e < 10.0 and not math.isclose(e, round(e))
+    assert effective_rank(g, method="participation") < e  # dominated by the top value
+    assert effective_rank(torch.zeros(4)) == 0.0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: count_outliers(torch.tensor([])),
+        lambda: count_outliers(torch.tensor([1.0, float("nan")])),
+        lambda: count_outliers(torch.ones(3), method="kde"),
+        lambda: count_outliers(torch.ones(3), min_ratio=0.5),
+        lambda: count_outliers("abc"),
+        lambda: effective_rank(torch.ones(3), method="x"),
+        lambda: effective_rank(torch.ones(3), negative="x"),
+    ],
+)
+def test_bad_input(call):
+    with pytest.raises(ConfigurationError):
+        call()
