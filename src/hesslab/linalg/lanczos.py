@@ -266,7 +266,7 @@ def eigenpairs(
     def apply(X: Tensor) -> Tensor:
         nonlocal num_matvecs
         num_matvecs += X.shape[1]
-        Y = op.matmat(X.to(dtype=op.dtype, device=op.device))
+        Y = op.matmat(X.to(dtype=op.dtype, device=op.device).contiguous())
         return Y.detach().to(dtype=f64, device=bdev)
 
     # ------------------------------------------------------------ start block
@@ -515,7 +515,11 @@ def lanczos_quadrature(
         if idx.numel() == 0:
             break
         Xa = basis[idx, :, j].T  # [P, Ka]
-        Wa = op.matmat(Xa.to(dtype=op.dtype, device=op.device)).detach().to(dtype=f64, device=bdev)
+        Wa = (
+            op.matmat(Xa.to(dtype=op.dtype, device=op.device).contiguous())
+            .detach()
+            .to(dtype=f64, device=bdev)
+        )
         num_matvecs += Xa.shape[1]
         if U is not None:
             _, Wa = _orthogonalize(U, Wa)
