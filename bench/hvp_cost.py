@@ -18,20 +18,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from problems import make_problem  # noqa: E402
+from hesslab import Objective
+from hesslab.operators import HESSIAN_MODES, HessianOperator
+from problems import make_problem
 
-from hesslab import Objective  # noqa: E402
-from hesslab.operators import HESSIAN_MODES, HessianOperator  # noqa: E402
 
-
-def _median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def _interleaved(fns: dict, reps: int) -> dict:
+    """Median seconds of each callable, run interleaved A B C A B C ... after a warm-up."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: dict = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -39,26 +41,26 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = ap.parse_args()
-    reps = 3 if args.quick else 7
+    reps = 5 if args.quick else 15
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     for pname in ("P1", "P3"):
         prob = make_problem(pname, dtype=dtype, steps=100)
         obj = Objective(prob.model, "ce", (prob.x, prob.y))
-        t_grad = _median_time(obj.gradient, reps)
         P = obj.space.size
         g = torch.Generator().manual_seed(0)
         for K in (1, 16):
             V = torch.randn(P, K, generator=g).to(dtype)
-            costs = {}
-            for mode in HESSIAN_MODES:
-                op = HessianOperator(obj, mode=mode, cache_graph=True)
-                costs[mode] = _median_time(lambda op=op: op.matmat(V), reps) / K / t_grad
+            ops = {m: HessianOperator(obj, mode=m, cache_graph=True) for m in HESSIAN_MODES}
             auto = HessianOperator(obj)
             auto.matmat(V)  # makes the choice
             chosen = auto.chosen_mode("single" if K == 1 else "block")
-            costs["auto"] = _median_time(lambda: auto.matmat(V), reps) / K / t_grad
+            fns = {m: (lambda op=op, V=V: op.matmat(V)) for m, op in ops.items()}
+            fns["auto"] = lambda auto=auto, V=V: auto.matmat(V)
+            fns["gradient"] = obj.gradient
+            secs = _interleaved(fns, reps)
+            costs = {m: secs[m] / K / secs["gradient"] for m in [*HESSIAN_MODES, "auto"]}
             best = min(costs[m] for m in HESSIAN_MODES)
             rows.append((prob.description, P, K, costs, chosen, costs["auto"] / best))
     head = "| problem | P | K | " + " | ".join(HESSIAN_MODES) + " | auto (choice) | auto / best |"
