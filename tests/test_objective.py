@@ -65,11 +65,13 @@ def test_at_and_restrict():
 def test_snapshot_is_independent_of_later_training():
     model, x, y, C = make("tanh_mlp")
     obj = Objective(model, "ce", (x, y))
-    v0 = obj.value()
+    sub = Objective(model, "ce", (x, y), params="2.*")  # the first layer is frozen
+    v0, s0 = obj.value(), sub.value()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     assert obj.value() == v0
+    assert sub.value() == s0
 
 
 def test_determinism_check_batchnorm_train():

@@ -231,7 +231,7 @@ class Objective:
         self.device = torch.device(device) if device is not None else first.device
         self.theta: dict[str, Tensor] = {n: named[n].detach().clone() for n in names}
         self.frozen: dict[str, Tensor] = {
-            n: p.detach() for n, p in named.items() if n not in self.theta
+            n: p.detach().clone() for n, p in named.items() if n not in self.theta
         }
         self.frozen.update({n: b.detach().clone() for n, b in model.named_buffers()})
         self._data = self._normalize_data(data)
