@@ -81,7 +81,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
 def test_shards_partition_the_data():
     for n, w in [(23, 2), (10, 3), (5, 5), (3, 4)]:
         parts = [list(shard_indices(n, r, w)) for r in range(w)]
-        assert sum(parts, []) == list(range(n))
+        assert [i for part in parts for i in part] == list(range(n))
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
