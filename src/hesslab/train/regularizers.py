@@ -1,0 +1,497 @@
+r"""Differentiable curvature penalties for any training loop.
+
+Two penalties on the Hessian ``H_B = ∇²_θ L_B(θ)`` of the *current minibatch* loss, each
+estimated with ``K`` random probes and differentiated through the Hessian-vector products
+(double backprop), so ``(L_B + penalty).backward()`` descends both:
+
+* :class:`HessianTracePenalty` (Sankar, Khasbage, Vigneswaran, Balasubramanian, AAAI
+  2021, arXiv:2012.03801): ``γ · (1/K) Σᵢ vᵢᵀ H_B vᵢ``, an unbiased Hutchinson estimate of
+  ``γ · tr H_B`` (Rademacher or Gaussian ``vᵢ``, ``E[v vᵀ] = I``).
+* :class:`WSBoundPenalty` (the "HSR" idea): ``γ · U`` with the Wolkowicz–Styan upper
+  bound ``λ_max ≤ U = μ + s √(P−1)``, ``μ = tr H / P``, ``s² = tr H²/P − μ²`` (Wolkowicz &
+  Styan, 1980), where ``tr H ≈ (1/K) Σ vᵢᵀHvᵢ`` and ``tr H² ≈ (1/K) Σ ‖Hvᵢ‖²`` use the same
+  probes. Lowering ``U`` pushes down ``λ_max`` and narrows the spread of the spectrum.
+
+Both act on all parameters, an explicit subset (names, glob patterns, submodules), or the
+middle of the network: ``selection="middle"`` is the paper's rule (of the ``n`` parameter
+tensors in model order, those with index in ``[⌊n/4⌋, ⌊3n/4⌋]``, both ends included; the
+probes are zero elsewhere, so the penalty is the trace of the diagonal block ``H_SS``),
+``selection="middle-layers"`` the same rule over the layers of
+:func:`hesslab.layer_groups` (a layer's weight and bias together). On a subset the
+penalty is that of the block ``H_SS``, but its gradient reaches every parameter (the
+block depends on all of them).
+
+Computation per active step and probe ``v`` (``g = ∇_S L_B`` built with
+``create_graph=True``): ``Hv = ∇_S (gᵀv)`` again with ``create_graph=True``; then
+``vᵀHv`` (and ``‖Hv‖²``) are ordinary differentiable tensors. The cost is one
+forward/backward plus ``K`` double-backward passes, so ``every=`` (the paper's ``freq``)
+and ``start_step=`` switch the penalty on only at some steps.
+
+Usage in a training loop::
+
+    penalty = HessianTracePenalty(gamma=1e-3, num_probes=10, selection="middle", seed=0)
+    for step, (x, y) in enumerate(loader):
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        total = loss + penalty(model, (x, y), F.cross_entropy, step, loss=loss)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+
+Passing ``loss=`` reuses the loop's forward pass (no second forward; BatchNorm running
+statistics are updated once). Without it the penalty runs its own forward pass on the
+model as it is (train or eval mode, never changed), on copies of the model's buffers
+(BatchNorm running statistics stay untouched), so it leaves no state behind besides what
+``backward()`` accumulates in ``.grad``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from hesslab.errors import ConfigurationError, DataError, ParameterSelectionError
+from hesslab.params import layer_groups, select_parameters
+from hesslab.train.fit import resolve_loss
+
+__all__ = [
+    "HessianTracePenalty",
+    "PenaltyRecord",
+    "WSBoundPenalty",
+    "middle_layer_parameters",
+    "middle_parameters",
+]
+
+logger = logging.getLogger(__name__)
+
+Selection = str | nn.Module | Iterable[str | nn.Module] | None
+LossFn = str | Callable[[Tensor, Tensor], Tensor]
+_RULES = ("all", "middle", "middle-layers")
+
+
+@dataclass(frozen=True)
+class PenaltyRecord:
+    """One active call of a penalty.
+
+    Attributes:
+        step: the training step passed to the call.
+        value: the unscaled estimate: ``tr H_B`` (trace penalty) or the bound ``U``
+            (WS penalty), for the selected block.
+        penalty: ``gamma * value``, the number added to the loss.
+        stderr: standard error of the trace estimate over the probes (``0`` for one probe).
+        trace: the estimate of ``tr H_B`` (mean of ``vᵢᵀ H_B vᵢ``).
+        trace_sq: the estimate of ``tr H_B²`` (mean of ``‖H_B vᵢ‖²``; ``nan`` for the
+            trace penalty, which does not form it).
+        num_probes: ``K``.
+        dimension: ``P``, the number of selected parameters.
+        seconds: wall time of the call (forward, gradient and ``K`` Hessian products;
+            the later ``backward()`` of the caller is not included).
+    """
+
+    step: int
+    value: float
+    penalty: float
+    stderr: float
+    trace: float
+    trace_sq: float
+    num_probes: int
+    dimension: int
+    seconds: float
+
+
+def _middle_indices(n: int) -> range:
+    """Indices ``⌊n/4⌋ ..= ⌊3n/4⌋`` (both ends included), clipped to ``0..n-1``."""
+    return range(n // 4, min(3 * n // 4, n - 1) + 1)
+
+
+def middle_parameters(model: nn.Module, params: Selection = None) -> list[str]:
+    """The paper's middle rule over parameter *tensors* (Sankar et al., 2021).
+
+    Of the ``n`` selected parameter tensors in model order (``params`` as in
+    :func:`hesslab.select_parameters`, default all trainable ones), keep those with index
+    in ``[⌊n/4⌋, ⌊3n/4⌋]`` (both ends included). For LeNet (10 tensors: five layers'
+    weights and biases) that is indices 2..7: ``conv2``, ``fc1`` and ``fc2``.
+
+    Returns:
+        The selected names, in model order.
+    """
+    names = select_parameters(model, params)
+    return [names[i] for i in _middle_indices(len(names))]
+
+
+def middle_layer_parameters(model: nn.Module, params: Selection = None) -> list[str]:
+    """The middle rule over *layers*: the groups of :func:`hesslab.layer_groups`.
+
+    Of the ``L`` layers (modules owning parameters, a weight with its bias) that hold
+    selected parameters, keep those with index in ``[⌊L/4⌋, ⌊3L/4⌋]`` (both ends), with
+    all their selected parameters.
+
+    Returns:
+        The selected names, in model order.
+    """
+    chosen = set(select_parameters(model, params))
+    groups = [[n for n in names if n in chosen] for names in layer_groups(model).values()]
+    groups = [g for g in groups if g]
+    keep = {n for i in _middle_indices(len(groups)) for n in groups[i]}
+    return [n for n, _ in model.named_parameters() if n in keep]
+
+
+def _resolve_names(model: nn.Module, params: Selection, selection: Any) -> list[str]:
+    if isinstance(selection, str) and selection in _RULES:
+        if selection == "all":
+            return select_parameters(model, params)
+        if selection == "middle":
+            return middle_parameters(model, params)
+        return middle_layer_parameters(model, params)
+    if params is not None:
+        raise ConfigurationError(
+            f"selection={selection!r} is an explicit selection and params= is given too; "
+            f"pass the names in one of them, or use selection in {_RULES} with params=."
+        )
+    return select_parameters(model, selection)
+
+
+def _draw(K: int, P: int, distribution: str, generator: torch.Generator, like: Tensor) -> Tensor:
+    gdev = generator.device
+    if distribution == "rademacher":
+        V = torch.randint(0, 2, (K, P), generator=generator, device=gdev).to(like.dtype)
+        V = V.mul_(2).sub_(1)
+    else:
+        V = torch.randn(K, P, generator=generator, device=gdev, dtype=like.dtype)
+    return V.to(like.device)
+
+
+class _ProbePenalty:
+    """Shared machinery: selection, probes, the double-backprop products, records."""
+
+    #: whether ``‖Hv‖²`` is needed (the WS bound); the trace penalty skips it.
+    _needs_sq = False
+
+    def __init__(
+        self,
+        params: Selection = None,
+        num_probes: int = 10,
+        *,
+        gamma: float = 1e-3,
+        distribution: str = "rademacher",
+        every: int = 1,
+        start_step: int = 0,
+        selection: Any = "all",
+        probes: Tensor | None = None,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        keep_history: bool = True,
+    ) -> None:
+        if int(num_probes) < 1:
+            raise ConfigurationError(f"num_probes must be at least 1, got {num_probes}.")
+        if distribution not in ("rademacher", "gaussian"):
+            raise ConfigurationError(
+                f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}."
+            )
+        if int(every) < 1:
+            raise ConfigurationError(f"every must be a positive number of steps, got {every}.")
+        if int(start_step) < 0:
+            raise ConfigurationError(f"start_step must be non-negative, got {start_step}.")
+        if not math.isfinite(float(gamma)):
+            raise ConfigurationError(f"gamma must be a finite number, got {gamma}.")
+        if probes is not None and (not isinstance(probes, Tensor) or probes.ndim != 2):
+            raise ConfigurationError(
+                "probes must be a [K, P] tensor (one flat probe per row over the selected "
+                "parameters, in model order) or None to draw fresh probes each call."
+            )
+        self.params = params
+        self.num_probes = int(num_probes) if probes is None else int(probes.shape[0])
+        self.gamma = float(gamma)
+        self.distribution = distribution
+        self.every = int(every)
+        self.start_step = int(start_step)
+        self.selection = selection
+        self.probes = probes
+        self.generator = generator if generator is not None else torch.Generator()
+        if generator is None:
+            self.generator.manual_seed(int(seed))
+        self.keep_history = keep_history
+        self.history: list[PenaltyRecord] = []
+        self.last_value: float | None = None
+        self.last_penalty: float | None = None
+        self.last_seconds: float | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    def active(self, step: int) -> bool:
+        """Whether the penalty is on at ``step``: ``step ≥ start_step`` and
+        ``(step − start_step)`` a multiple of ``every``."""
+        return step >= self.start_step and (step - self.start_step) % self.every == 0
+
+    def names(self, model: nn.Module) -> list[str]:
+        """The names of the parameters the probes live on, in model order."""
+        return _resolve_names(model, self.params, self.selection)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        batch: Sequence[Any],
+        loss_fn: LossFn = "ce",
+        step: int = 0,
+        *,
+        loss: Tensor | None = None,
+    ) -> Tensor:
+        """The penalty on this minibatch: a differentiable scalar to add to the loss.
+
+        Args:
+            model: the network being trained (its own parameters are used; the
+                gradient of the result w.r.t. them is exact).
+            batch: ``(inputs, targets)``.
+            loss_fn: ``"ce"``, ``"mse"`` or ``loss_fn(outputs, targets) -> mean loss``.
+            step: the training step (for ``every``/``start_step``).
+            loss: the minibatch loss already computed by the loop with a graph
+                (``loss_fn(model(x), y)``); reused instead of a second forward pass.
+
+        Returns:
+            ``gamma * estimate`` (a 0-dim tensor with a graph), or a zero tensor without a
+            graph when the penalty is off at ``step``.
+        """
+        ref = next(iter(model.parameters()), None)
+        if ref is None:
+            raise ConfigurationError("the model has no parameters.")
+        if not self.active(step):
+            return torch.zeros((), device=ref.device, dtype=ref.dtype)
+        t0 = time.perf_counter()
+        names = self.names(model)
+        named = dict(model.named_parameters())
+        tensors = [named[n] for n in names]
+        if loss is None:
+            loss = self._own_forward(model, batch, loss_fn)
+        est = self._estimate(loss, tensors, step)
+        return self._finish(est, step, t0)
+
+    def evaluate_at(
+        self,
+        model: nn.Module,
+        batch: Sequence[Any],
+        loss_fn: LossFn,
+        values: Mapping[str, Tensor],
+        step: int = 0,
+    ) -> Tensor:
+        """The penalty as a function of parameter values (``torch.func.functional_call``).
+
+        ``values`` maps parameter names to tensors (missing ones: the model's own); the
+        result is differentiable w.r.t. them (used for ``torch.autograd.gradcheck``).
+        The penalty is always evaluated (``every``/``start_step`` ignored) and nothing is
+        recorded.
+        """
+        names = self.names(model)
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise ParameterSelectionError(
+                f"values lack the selected parameters {missing}; pass a tensor for each."
+            )
+        x, y = _unpack(batch)
+        out = functional_call(model, dict(values), (x,))
+        loss = resolve_loss(loss_fn)(out, y)
+        est = self._estimate(loss, [values[n] for n in names], step, record=False)
+        return self.gamma * est["value"]
+
+    # ------------------------------------------------------------------ internals
+
+    def _own_forward(self, model: nn.Module, batch: Sequence[Any], loss_fn: LossFn) -> Tensor:
+        x, y = _unpack(batch)
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        # copies of the buffers absorb any in-place update (BatchNorm running statistics)
+        out = functional_call(model, buffers, (x,)) if buffers else model(x)
+        return resolve_loss(loss_fn)(out, y)
+
+    def _probes(self, P: int, like: Tensor) -> Tensor:
+        if self.probes is not None:
+            if self.probes.shape[1] != P:
+                raise ConfigurationError(
+                    f"probes have {self.probes.shape[1]} columns but the selection has "
+                    f"P = {P} parameters; pass a [K, {P}] tensor."
+                )
+            return self.probes.to(device=like.device, dtype=like.dtype)
+        return _draw(self.num_probes, P, self.distribution, self.generator, like)
+
+    def _estimate(
+        self, loss: Tensor, tensors: list[Tensor], step: int, record: bool = True
+    ) -> dict[str, Any]:
+        if loss.ndim != 0:
+            raise DataError(
+                f"the loss must be a scalar (mean over the batch), got shape {tuple(loss.shape)}."
+            )
+        if not loss.requires_grad:
+            raise ConfigurationError(
+                "the loss has no graph: compute it with gradients enabled from the model's "
+                "parameters (not under torch.no_grad())."
+            )
+        sizes = [t.numel() for t in tensors]
+        P = sum(sizes)
+        grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
+        grads = [
+            torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors, strict=True)
+        ]
+        V = self._probes(P, tensors[0])
+        quad, sq = [], []
+        for v in V:
+            parts = [p.view_as(t) for p, t in zip(v.split(sizes), tensors, strict=True)]
+            gv = sum((g * p).sum() for g, p in zip(grads, parts, strict=True))
+            if not gv.requires_grad:  # the loss is linear in the selection: H = 0
+                hv = [torch.zeros_like(t) for t in tensors]
+            else:
+                hv = torch.autograd.grad(gv, tensors, create_graph=True, allow_unused=True)
+                hv = [
+                    torch.zeros_like(t) if h is None else h
+                    for h, t in zip(hv, tensors, strict=True)
+                ]
+            quad.append(sum((h * p).sum() for h, p in zip(hv, parts, strict=True)))
+            if self._needs_sq:
+                sq.append(sum(h.square().sum() for h in hv))
+        q = torch.stack([torch.as_tensor(a, device=V.device, dtype=V.dtype) for a in quad])
+        tr = q.mean()
+        tr_sq = torch.stack(sq).mean() if sq else None
+        K = q.shape[0]
+        stderr = float(q.detach().std() / math.sqrt(K)) if K > 1 else 0.0
+        return {
+            "value": self._combine(tr, tr_sq, P),
+            "trace": tr,
+            "trace_sq": tr_sq,
+            "stderr": stderr,
+            "P": P,
+            "K": K,
+        }
+
+    def _combine(self, tr: Tensor, tr_sq: Tensor | None, P: int) -> Tensor:
+        raise NotImplementedError
+
+    def _finish(self, est: dict[str, Any], step: int, t0: float) -> Tensor:
+        value = est["value"]
+        out = self.gamma * value
+        seconds = time.perf_counter() - t0
+        rec = PenaltyRecord(
+            step=int(step),
+            value=float(value.detach()),
+            penalty=float(out.detach()),
+            stderr=est["stderr"],
+            trace=float(est["trace"].detach()),
+            trace_sq=float("nan") if est["trace_sq"] is None else float(est["trace_sq"].detach()),
+            num_probes=est["K"],
+            dimension=est["P"],
+            seconds=seconds,
+        )
+        self.last_value, self.last_penalty, self.last_seconds = rec.value, rec.penalty, seconds
+        if self.keep_history:
+            self.history.append(rec)
+        return out
+
+    def series(self, key: str = "value") -> list[float]:
+        """``key`` of every recorded call, e.g. ``penalty.series("seconds")``."""
+        return [getattr(r, key) for r in self.history]
+
+
+def _unpack(batch: Sequence[Any]) -> tuple[Any, Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise DataError(
+            "batch must be a pair (inputs, targets); pass loss= with your own loss for other "
+            "batch formats."
+        )
+    return batch[0], batch[1]
+
+
+class HessianTracePenalty(_ProbePenalty):
+    r"""``γ · (1/K) Σᵢ vᵢᵀ H_B vᵢ``: the Hessian-trace regularizer (Sankar et al., 2021).
+
+    ``H_B`` is the Hessian of the minibatch loss w.r.t. the selected parameters (the block
+    ``H_SS``); ``vᵢ`` are Rademacher or Gaussian probes (``E[vvᵀ] = I``, so the estimate is
+    unbiased for ``tr H_SS``). The result is differentiated through the Hessian-vector
+    products (double backprop), so ``backward()`` gives ``∇_θ(γ · estimate)`` for all
+    parameters θ. The paper adds it every ``freq = 50`` steps after a start epoch with
+    ``γ = 1e-3`` and ``K = 10`` (LeNet/MNIST).
+
+    Args:
+        params: the parameters the probes live on: ``None`` (all trainable), names,
+            glob patterns, submodules (see :func:`hesslab.select_parameters`).
+        num_probes: ``K`` (the paper's ``m``).
+        gamma: ``γ``, the weight of the penalty.
+        distribution: ``"rademacher"`` or ``"gaussian"``.
+        every: the penalty is on every this many steps (the paper's ``freq``).
+        start_step: first step at which it is on.
+        selection: ``"all"``, ``"middle"`` (paper's tensor rule, see
+            :func:`middle_parameters`), ``"middle-layers"`` (see
+            :func:`middle_layer_parameters`), both applied within ``params``; or an
+            explicit selection (names/globs/modules, then ``params`` must be ``None``).
+        probes: fixed ``[K, P]`` probes (flat over the selection, in model order) used at
+            every call instead of random ones (tests, gradient checks).
+        seed: seed of the probe generator (ignored with ``generator``).
+        generator: ``torch.Generator`` for the probes (its device is used to draw; the
+            probes are moved to the parameters' device).
+        keep_history: keep a :class:`PenaltyRecord` per active call in :attr:`history`.
+
+    Attributes:
+        last_value: last estimate of ``tr H_B`` (unscaled), ``None`` before the first call.
+        last_penalty: last ``γ ·`` estimate.
+        last_seconds: wall time of the last active call.
+        history: the :class:`PenaltyRecord` of every active call.
+
+    References:
+        Sankar, Khasbage, Vigneswaran, Balasubramanian (2021), "A Deeper Look at the
+        Hessian Eigenspectrum of Deep Neural Networks and its Applications to
+        Regularization", AAAI, arXiv:2012.03801. Hutchinson (1989).
+    """
+
+    _needs_sq = False
+
+    def _combine(self, tr: Tensor, tr_sq: Tensor | None, P: int) -> Tensor:
+        return tr
+
+
+class WSBoundPenalty(_ProbePenalty):
+    r"""``γ · U``: the Wolkowicz–Styan upper bound on ``λ_max(H_B)``, differentiated.
+
+    With ``P`` selected parameters, ``t₁ = (1/K) Σ vᵢᵀ H vᵢ ≈ tr H`` and
+    ``t₂ = (1/K) Σ ‖H vᵢ‖² ≈ tr H²`` from the same probes,
+
+        ``μ = t₁ / P``,  ``s² = t₂ / P − μ²``,  ``U = μ + √(max(s², 0) + ε) · √(P − 1)``,
+
+    and ``λ_max(H) ≤ U`` for the exact traces (Wolkowicz & Styan, 1980). ``ε``
+    (``eps``) keeps the square root differentiable at ``s² = 0``. Descending ``U``
+    (θ ← θ − η(∇L + γ∇U), the "HSR" regularization, docs/PAPERS.md §4) lowers both the mean
+    and the spread of the spectrum, hence ``λ_max`` and ``λ_max − λ_min``. ``t₁`` and
+    ``t₂`` are unbiased; ``U`` is a nonlinear function of them and is consistent (exact
+    as ``K → ∞``, or with the probes ``√P · I``).
+
+    Args:
+        params, num_probes, gamma, distribution, every, start_step, selection, probes,
+            seed, generator, keep_history: as for :class:`HessianTracePenalty`.
+        eps: ``ε`` inside the square root.
+
+    Attributes:
+        last_value: last bound ``U`` (unscaled); see also :attr:`history` (with ``t₁``,
+            ``t₂``).
+
+    References:
+        Wolkowicz, Styan (1980), "Bounds for eigenvalues using traces", Linear Algebra
+        Appl. 29. docs/PAPERS.md §4 (HSR regularization).
+    """
+
+    _needs_sq = True
+
+    def __init__(
+        self, params: Selection = None, num_probes: int = 10, *, eps: float = 1e-12, **kwargs: Any
+    ) -> None:
+        super().__init__(params, num_probes, **kwargs)
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise ConfigurationError(f"eps must be a finite non-negative number, got {eps}.")
+        self.eps = float(eps)
+
+    def _combine(self, tr: Tensor, tr_sq: Tensor | None, P: int) -> Tensor:
+        assert tr_sq is not None
+        mu = tr / P
+        s2 = tr_sq / P - mu * mu
+        return mu + torch.sqrt(s2.clamp_min(0) + self.eps) * math.sqrt(max(P - 1, 0))
