@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -159,6 +160,7 @@ def eigenpairs(
     return_vectors: bool = True,
     true_residuals: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> EigenResult:
     """``k`` eigenpairs of a symmetric operator by thick-restart (block) Lanczos.
 
@@ -209,6 +211,11 @@ def eigenpairs(
         callback: called after every product with a dict: ``num_matvecs``,
             ``num_restarts``, ``basis_size``, ``ritz_values``, ``residual_norms``,
             ``converged``, ``norm_estimate`` (wanted pairs, float64 CPU tensors).
+        checkpoint: a file path. The full solver state (basis, projected matrix,
+            counters, generator state) is saved there atomically after every thick
+            restart; a later call with the same arguments and the same file resumes from
+            it and returns bit-identical results to an uninterrupted run (products are
+            deterministic). The file is removed when the solver returns normally.
 
     Returns:
         :class:`~hesslab.linalg.results.EigenResult` with ``values`` ``[k]`` (largest first
@@ -297,6 +304,44 @@ def eigenpairs(
     num_restarts = 0
     step = 0
     first_breakdown: int | None = None
+    ckpt_key = {"P": P, "k": k, "which": which, "tol": float(tol), "m": m, "b": b}
+    if checkpoint is not None and os.path.exists(checkpoint):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("key") != ckpt_key:
+            raise ConfigurationError(
+                f"checkpoint {checkpoint} was written by eigenpairs with {state.get('key')}, "
+                f"not {ckpt_key}; use the same arguments or remove the file"
+            )
+        V.copy_(state["V"].to(bdev))
+        H.copy_(state["H"])
+        s, n, num_matvecs, num_restarts = (
+            state["s"],
+            state["n"],
+            state["num_matvecs"],
+            state["num_restarts"],
+        )
+        step, first_breakdown, normest = state["step"], state["first_breakdown"], state["normest"]
+        generator.set_state(state["generator"])
+
+    def save_checkpoint() -> None:
+        if checkpoint is None:
+            return
+        state = {
+            "key": ckpt_key,
+            "V": V.cpu(),
+            "H": H.clone(),
+            "s": s,
+            "n": n,
+            "num_matvecs": num_matvecs,
+            "num_restarts": num_restarts,
+            "step": step,
+            "first_breakdown": first_breakdown,
+            "normest": normest,
+            "generator": generator.get_state(),
+        }
+        tmp = f"{os.fspath(checkpoint)}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, checkpoint)
 
     while True:
         step += 1
@@ -361,7 +406,10 @@ def eigenpairs(
         H[:nk, nk : nk + bq] = coupling.T
         s, n = nk, nk + bq
         num_restarts += 1
+        save_checkpoint()
 
+    if checkpoint is not None and os.path.exists(checkpoint):
+        os.remove(checkpoint)
     values = theta[wanted].clone()
     residuals = res_all[wanted].clone()
     converged = residuals <= tol * normest
