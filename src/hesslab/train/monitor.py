@@ -1,0 +1,665 @@
+"""Track the Hessian spectrum through training: :class:`SpectrumMonitor` and its sinks.
+
+A monitor measures, every ``every`` steps, a chosen set of spectral quantities of the
+full-data Hessian at the model's *current* weights, without touching the model: it
+builds :class:`hesslab.Objective` (which snapshots the parameters and evaluates the model
+functionally) and runs the estimators of :mod:`hesslab.linalg` on
+:class:`~hesslab.HessianOperator`. Each measurement is a frozen :class:`Measurement`
+holding values, their errors and diagnostics; sinks write them out
+(:class:`JsonlSink`, :class:`RunDirSink`, :class:`TensorBoardSink`).
+
+Use it from a plain PyTorch loop::
+
+    monitor = SpectrumMonitor((x, y), "ce", every=50, k=5, sinks=[JsonlSink("m.jsonl")])
+    for step in range(1000):
+        ...                                  # optimizer step
+        model.eval(); monitor.step(model, step); model.train()
+
+or as a callback of :func:`hesslab.train.fit` (``fit(..., callbacks=[monitor])``): the
+trainer calls ``monitor(model, step, info)`` in eval mode.
+
+Quantities (keys of :attr:`Measurement.values`; errors under the same key in
+:attr:`Measurement.errors`):
+
+``lambda_max`` / ``top_k``
+    ``lambda/1..k`` (``lambda_max`` = ``lambda/1``), errors = Lanczos residual norms
+    ``||H v - lambda v||`` (a bound on each eigenvalue's error). Warm-started from the
+    previous measurement's eigenvectors (``v0=``); see *warm starts* below.
+``bottom``
+    ``lambda_min`` (smallest eigenvalue), warm-started too.
+``trace`` / ``trace_sq``
+    ``tr H`` and ``tr H^2`` (:func:`hesslab.trace`, :func:`hesslab.frobenius_sq`), errors
+    = standard errors.
+``ws_bounds``
+    Wolkowicz–Styan bounds ``ws/lambda_max_lower``, ``ws/lambda_max_upper``,
+    ``ws/lambda_min_lower``, ``ws/lambda_min_upper`` from those traces.
+``logdet``
+    ``sum_{i<=r} log lambda_i`` of the top-``r`` block (``r = logdet_rank``, default
+    ``k``), NaN when one of them is not positive (logged in diagnostics).
+``effective_rank``
+    ``(tr H)^2 / tr H^2``, the participation-ratio effective rank of the whole spectrum
+    (exact for PSD ``H``), error by first-order propagation of the two stderrs.
+``ipr``
+    ``ipr/1..k`` of the top eigenvectors, ``ipr_null`` = ``3/(P+2)``, and per layer
+    ``ipr/<layer>/1..k`` (each vector restricted to the layer and renormalised).
+``displacement``
+    vector form ``disp_prev/i`` and ``disp_ref/i`` = ``2(1 - |<v_i(t'), v_i(t)>|)`` against
+    the previous measurement and the reference time ``t_w`` (the first measurement at
+    ``step >= reference_step``), and the subspace form ``subdisp_prev``, ``subdisp_ref``
+    = ``1 - ||U(t')^T U(t)||_F^2 / k``.
+``layers``
+    per layer (``op.blocks(layer_groups)``): ``layer/<name>/lambda_max`` (warm-started) and
+    ``layer/<name>/trace``; with ``layer_density=True`` also the layer's SLQ density's
+    ``layer/<name>/w1_to_full`` (:func:`~hesslab.measures.distances.spectrum_w1`).
+``moment_overlap``
+    ``moment_overlap`` = ``||U_H^T U_M||_F^2 / k``, top-``k`` eigenvectors of ``H`` and of the
+    gradient second moment ``M`` (Li et al., 2019).
+``grad_alignment``
+    ``grad_alignment`` = ``||U_H^T g||^2 / ||g||^2`` for the full-batch gradient ``g``.
+
+Warm starts: the top-``k`` Lanczos run is started from the previous eigenvectors. With
+``compare_cold`` the same eigenproblem is also solved from a random start and both
+product counts (``diagnostics["matvecs"]["top_k"]`` and ``["top_k_cold"]``) and the
+largest eigenvalue difference are recorded; :meth:`SpectrumMonitor.warm_start_summary`
+totals them.
+
+Randomness: every stochastic estimate in the measurement at step ``s`` uses its own
+generator seeded with :func:`measurement_seed` ``(seed, s, name)``, so a measurement is
+reproducible on its own (and comparable to a direct call with the same seed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from hesslab.errors import ConfigurationError
+from hesslab.io import append_jsonl
+from hesslab.linalg import (
+    eigenpairs,
+    frobenius_sq,
+    spectral_density,
+    trace,
+    wolkowicz_styan,
+)
+from hesslab.measures.distances import spectrum_w1
+from hesslab.measures.eigvec import (
+    displacement,
+    gradient_alignment,
+    ipr,
+    ipr_null,
+    subspace_displacement,
+    subspace_overlap,
+)
+from hesslab.objective import Objective
+from hesslab.operators import HessianOperator, gradient_moment
+from hesslab.params import layer_groups as _layer_groups
+
+__all__ = [
+    "QUANTITIES",
+    "JsonlSink",
+    "Measurement",
+    "RunDirSink",
+    "Sink",
+    "SpectrumMonitor",
+    "TensorBoardSink",
+    "measurement_seed",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Every quantity a monitor can measure (see the module docstring).
+QUANTITIES = (
+    "lambda_max",
+    "top_k",
+    "bottom",
+    "trace",
+    "trace_sq",
+    "ws_bounds",
+    "logdet",
+    "effective_rank",
+    "ipr",
+    "displacement",
+    "layers",
+    "moment_overlap",
+    "grad_alignment",
+)
+
+
+def measurement_seed(seed: int, step: int, name: str) -> int:
+    """Seed of the generator the measurement at ``step`` uses for quantity ``name``.
+
+    ``(seed * 1_000_003 + step * 7_919 + crc32(name)) mod 2^62``: a direct call such as
+    ``trace(op, generator=torch.Generator().manual_seed(measurement_seed(s, t, "trace")))``
+    reproduces the monitor's number exactly.
+    """
+    return (int(seed) * 1_000_003 + int(step) * 7_919 + zlib.crc32(name.encode())) % (2**62)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measurement of the spectrum.
+
+    Attributes:
+        step: the training step it was taken at.
+        values: quantity name -> value (see the module docstring for the names).
+        errors: quantity name -> error (residual norm for eigenvalues, standard error
+            for trace estimates); only for quantities that have one.
+        diagnostics: ``matvecs`` (per quantity, incl. ``top_k_cold`` when compared),
+            ``converged`` flags, ``seconds`` per quantity, ``warm_started``, notes.
+        seconds: wall time of the whole measurement.
+    """
+
+    step: int
+    values: dict[str, float]
+    errors: dict[str, float]
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        """A flat JSON-ready dict: ``step``, ``seconds``, values, ``<name>_err`` errors."""
+        out: dict[str, Any] = {"step": self.step, "seconds": self.seconds}
+        out.update(self.values)
+        out.update({f"{k}_err": v for k, v in self.errors.items()})
+        return out
+
+
+# --------------------------------------------------------------------------------- sinks
+
+
+class Sink(Protocol):
+    """Receives every :class:`Measurement`; ``close()`` at the end (optional)."""
+
+    def write(self, measurement: Measurement) -> None: ...
+
+
+class JsonlSink:
+    """Append each measurement as one JSON line (``Measurement.record()``) to ``path``.
+
+    Lines are written with :func:`hesslab.io.append_jsonl`: each record is one flushed
+    write; a torn last line is skipped by :func:`hesslab.io.read_jsonl`. With
+    ``diagnostics=True`` the record also holds the diagnostics under ``"diagnostics"``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, diagnostics: bool = False) -> None:
+        self.path = Path(path)
+        self.diagnostics = diagnostics
+
+    def write(self, measurement: Measurement) -> None:
+        rec = measurement.record()
+        if self.diagnostics:
+            rec["diagnostics"] = measurement.diagnostics
+        append_jsonl(self.path, rec)
+
+
+class RunDirSink:
+    """Log each measurement into a :class:`hesslab.report.run.RunDir` (``metrics.jsonl``)."""
+
+    def __init__(self, run_dir: Any) -> None:
+        if not hasattr(run_dir, "log_metrics"):
+            raise ConfigurationError(
+                "RunDirSink needs a hesslab.report.RunDir (with log_metrics); got "
+                f"{type(run_dir).__name__}"
+            )
+        self.run_dir = run_dir
+
+    def write(self, measurement: Measurement) -> None:
+        rec = measurement.record()
+        rec.pop("step")
+        rec["measure_seconds"] = rec.pop("seconds")
+        self.run_dir.log_metrics(measurement.step, **rec)
+
+
+class TensorBoardSink:
+    """Write values (and errors as ``<name>_err``) as TensorBoard scalars.
+
+    Imports :mod:`torch.utils.tensorboard` lazily; raises
+    :class:`~hesslab.errors.ConfigurationError` if the ``tensorboard`` package is missing.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ConfigurationError(
+                "TensorBoardSink needs the 'tensorboard' package (pip install tensorboard); "
+                "or use JsonlSink/RunDirSink instead"
+            ) from exc
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def write(self, measurement: Measurement) -> None:
+        rec = measurement.record()
+        step = rec.pop("step")
+        for name, value in rec.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ------------------------------------------------------------------------------- monitor
+
+
+class SpectrumMonitor:
+    """Measure the Hessian spectrum every ``every`` steps (see the module docstring).
+
+    Args:
+        data: the data the Hessian is taken over (anything :class:`hesslab.Objective`
+            accepts: a batch ``(x, y)``, a list of batches, a DataLoader without shuffle,
+            or a :class:`~hesslab.data.TensorData`).
+        loss_fn: ``"ce"``, ``"mse"`` or a criterion (as for :class:`~hesslab.Objective`).
+        every: measure when ``step % every == 0``.
+        quantities: names from :data:`QUANTITIES`.
+        k: number of top eigenpairs (``top_k``, ``ipr``, ``displacement``, overlaps).
+        params: parameter selection of the objective (``None``: all trainable).
+        layer_groups: ``{layer: [parameter names]}`` for per-layer quantities (default
+            :func:`hesslab.layer_groups` of the model).
+        sinks: where measurements go (objects with ``write(measurement)``).
+        seed: base seed of every stochastic estimate (see :func:`measurement_seed`).
+        generator: alternatively, a generator from which the base seed is drawn once.
+        reference_step: ``t_w``; the first measurement at ``step >= reference_step`` is
+            the reference of ``disp_ref``/``subdisp_ref`` (default: the first one).
+        tol: relative residual tolerance of the eigensolvers.
+        trace_matvecs: budget of each trace estimate (``trace``, ``trace_sq``, layer
+            traces).
+        trace_method: method of :func:`hesslab.trace` (``"exact"`` for small ``P``).
+        logdet_rank: ``r`` of ``logdet`` (default ``k``).
+        block_size: Lanczos block size for ``top_k`` (``None``: single vector; the warm
+            start then sums the previous vectors into one start vector).
+        warm_start: start each eigensolve from the previous measurement's vectors.
+        compare_cold: ``True``: also solve every top-``k`` problem from a random start and
+            record both product counts; an int ``n``: do it every ``n``-th measurement.
+        layer_density: with ``layers``, also SLQ densities of the blocks and the full
+            Hessian, and their ``spectrum_w1`` distance.
+        density_steps: Lanczos steps of those densities.
+        moment_kind: ``kind`` of :func:`hesslab.gradient_moment` for ``moment_overlap``.
+        loss_kwargs: extra keyword arguments of :class:`~hesslab.Objective`.
+
+    Attributes:
+        measurements: every :class:`Measurement` so far, in order.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        loss_fn: Any = "ce",
+        *,
+        every: int = 100,
+        quantities: Sequence[str] = ("lambda_max", "trace"),
+        k: int = 5,
+        params: Any = None,
+        layer_groups: Mapping[str, Sequence[str]] | None = None,
+        sinks: Iterable[Any] = (),
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        reference_step: int | None = None,
+        tol: float = 1e-6,
+        trace_matvecs: int = 96,
+        trace_method: str = "krylov",
+        logdet_rank: int | None = None,
+        block_size: int | None = None,
+        warm_start: bool = True,
+        compare_cold: bool | int = False,
+        layer_density: bool = False,
+        density_steps: int = 60,
+        moment_kind: str = "second_moment",
+        loss_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise ConfigurationError(f"every must be a positive int, got {every!r}")
+        if isinstance(quantities, str):
+            quantities = (quantities,)
+        unknown = [q for q in quantities if q not in QUANTITIES]
+        if unknown:
+            raise ConfigurationError(f"unknown quantities {unknown}; choose from {QUANTITIES}")
+        if not isinstance(k, int) or k < 1:
+            raise ConfigurationError(f"k must be a positive int, got {k!r}")
+        if hasattr(data, "x") and hasattr(data, "y") and not isinstance(data, tuple):
+            data = (data.x, data.y)  # TensorData
+        self.data = data
+        self.loss_fn = loss_fn
+        self.every = every
+        self.quantities = tuple(quantities)
+        self.k = k
+        self.params = params
+        self.layer_groups = None if layer_groups is None else dict(layer_groups)
+        self.sinks = list(sinks)
+        if generator is not None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        self.seed = int(seed)
+        self.reference_step = reference_step
+        self.tol = tol
+        self.trace_matvecs = trace_matvecs
+        self.trace_method = trace_method
+        self.logdet_rank = logdet_rank
+        self.block_size = block_size
+        self.warm_start = warm_start
+        self.compare_cold = compare_cold
+        self.layer_density = layer_density
+        self.density_steps = density_steps
+        self.moment_kind = moment_kind
+        self.loss_kwargs = dict(loss_kwargs or {})
+        self.measurements: list[Measurement] = []
+        self._prev_U: Tensor | None = None
+        self._ref_U: Tensor | None = None
+        self._ref_step: int | None = None
+        self._prev_bottom: Tensor | None = None
+        self._prev_layer: dict[str, Tensor] = {}
+        self._count = 0
+
+    # ---------------------------------------------------------------- callbacks
+    def __call__(self, model: nn.Module, step: int, info: Mapping[str, Any] | None = None) -> None:
+        """Callback form for :func:`hesslab.train.fit` (never stops training)."""
+        self.step(model, step)
+        return None
+
+    def step(self, model: nn.Module, step: int) -> dict[str, float] | None:
+        """Measure if ``step % every == 0``; returns the values (or ``None``).
+
+        The model is not modified (parameters, ``.grad``, ``requires_grad``, train/eval
+        flags). Train-mode dropout or BatchNorm is refused by the objective's determinism
+        check: call ``model.eval()`` before.
+        """
+        if step % self.every != 0:
+            return None
+        m = self.measure(model, step)
+        return m.values
+
+    @property
+    def reference(self) -> tuple[int | None, Tensor | None]:
+        """``(t_w, U(t_w))``: the reference step and its top-``k`` eigenvectors."""
+        return self._ref_step, self._ref_U
+
+    def warm_start_summary(self) -> dict[str, float]:
+        """Total products of warm-started and cold top-``k`` solves where both were run."""
+        warm = cold = n = 0
+        diff = 0.0
+        for m in self.measurements:
+            mv = m.diagnostics.get("matvecs", {})
+            if "top_k_cold" in mv and m.diagnostics.get("warm_started"):
+                warm += mv["top_k"]
+                cold += mv["top_k_cold"]
+                diff = max(diff, m.diagnostics.get("top_k_cold_max_abs_diff", 0.0))
+                n += 1
+        return {
+            "num_compared": n,
+            "matvecs_warm": warm,
+            "matvecs_cold": cold,
+            "saving": 1.0 - warm / cold if cold else float("nan"),
+            "max_abs_eigenvalue_diff": diff,
+        }
+
+    def close(self) -> None:
+        """Close the sinks that have a ``close()``."""
+        for s in self.sinks:
+            if hasattr(s, "close"):
+                s.close()
+
+    # ---------------------------------------------------------------- measuring
+    def _gen(self, step: int, name: str) -> torch.Generator:
+        return torch.Generator().manual_seed(measurement_seed(self.seed, step, name))
+
+    def measure(self, model: nn.Module, step: int) -> Measurement:
+        """Measure now (regardless of ``every``), record, send to the sinks, return."""
+        t0 = time.perf_counter()
+        q = set(self.quantities)
+        values: dict[str, float] = {}
+        errors: dict[str, float] = {}
+        mv: dict[str, int] = {}
+        secs: dict[str, float] = {}
+        conv: dict[str, bool] = {}
+        notes: list[str] = []
+        diag: dict[str, Any] = {"matvecs": mv, "seconds": secs, "converged": conv, "notes": notes}
+
+        obj = Objective(model, self.loss_fn, self.data, self.params, **self.loss_kwargs)
+        op = HessianOperator(obj)
+        P = obj.space.size
+        diag["P"] = P
+        k = min(self.k, P)
+
+        wants_k = q & {"top_k", "ipr", "displacement", "logdet", "moment_overlap", "grad_alignment"}
+        need_top = wants_k | (q & {"lambda_max"})
+        U = None
+        top = None
+        if need_top:
+            kk = k if wants_k else 1
+            if self.logdet_rank is not None and "logdet" in q:
+                kk = max(kk, min(self.logdet_rank, P))
+            v0 = None
+            if self.warm_start and self._prev_U is not None and self._prev_U.shape[0] == P:
+                v0 = self._prev_U[:, :kk]
+            diag["warm_started"] = v0 is not None
+            t = time.perf_counter()
+            top = eigenpairs(
+                op,
+                kk,
+                "largest",
+                tol=self.tol,
+                v0=v0,
+                generator=self._gen(step, "top_k"),
+                block_size=self.block_size,
+            )
+            secs["top_k"] = time.perf_counter() - t
+            mv["top_k"] = top.num_matvecs
+            conv["top_k"] = top.all_converged
+            for i in range(kk):
+                values[f"lambda/{i + 1}"] = float(top.values[i])
+                errors[f"lambda/{i + 1}"] = float(top.residual_norms[i])
+            values["lambda_max"] = values["lambda/1"]
+            errors["lambda_max"] = errors["lambda/1"]
+            U = top.vectors.detach().to(torch.float64)
+            if v0 is not None and self._compare_now():
+                t = time.perf_counter()
+                cold = eigenpairs(
+                    op,
+                    kk,
+                    "largest",
+                    tol=self.tol,
+                    generator=self._gen(step, "top_k_cold"),
+                    block_size=self.block_size,
+                )
+                secs["top_k_cold"] = time.perf_counter() - t
+                mv["top_k_cold"] = cold.num_matvecs
+                diag["top_k_cold_values"] = [float(x) for x in cold.values]
+                diag["top_k_cold_max_abs_diff"] = float((cold.values - top.values).abs().max())
+
+        if "bottom" in q:
+            v0 = self._prev_bottom if self.warm_start else None
+            if v0 is not None and v0.shape[0] != P:
+                v0 = None
+            t = time.perf_counter()
+            bot = eigenpairs(
+                op, 1, "smallest", tol=self.tol, v0=v0, generator=self._gen(step, "bottom")
+            )
+            secs["bottom"] = time.perf_counter() - t
+            mv["bottom"] = bot.num_matvecs
+            conv["bottom"] = bot.all_converged
+            values["lambda_min"] = float(bot.values[0])
+            errors["lambda_min"] = float(bot.residual_norms[0])
+            self._prev_bottom = bot.vectors.detach()
+
+        tr = trsq = None
+        if q & {"trace", "ws_bounds", "effective_rank"}:
+            t = time.perf_counter()
+            tr = trace(
+                op, self.trace_matvecs, method=self.trace_method, generator=self._gen(step, "trace")
+            )
+            secs["trace"] = time.perf_counter() - t
+            mv["trace"] = tr.num_matvecs
+            values["trace"], errors["trace"] = tr.value, tr.stderr
+        if q & {"trace_sq", "ws_bounds", "effective_rank"}:
+            t = time.perf_counter()
+            method = "exact" if self.trace_method == "exact" else "krylov"
+            if self.trace_method == "hutchinson":
+                method = "hutchinson"
+            trsq = frobenius_sq(
+                op, self.trace_matvecs, method=method, generator=self._gen(step, "trace_sq")
+            )
+            secs["trace_sq"] = time.perf_counter() - t
+            mv["trace_sq"] = trsq.num_matvecs
+            values["trace_sq"], errors["trace_sq"] = trsq.value, trsq.stderr
+        if "ws_bounds" in q and tr is not None and trsq is not None:
+            b = wolkowicz_styan((tr, trsq, P))
+            for name in ("lambda_max_lower", "lambda_max_upper", "lambda_min_lower"):
+                values[f"ws/{name}"] = float(getattr(b, name))
+            values["ws/lambda_min_upper"] = float(b.lambda_min_upper)
+            notes.extend(b.notes)
+        if "effective_rank" in q and tr is not None and trsq is not None:
+            if trsq.value > 0:
+                r = tr.value**2 / trsq.value
+                values["effective_rank"] = r
+                errors["effective_rank"] = r * math.sqrt(
+                    (2 * tr.stderr / max(abs(tr.value), 1e-300)) ** 2
+                    + (trsq.stderr / trsq.value) ** 2
+                )
+            else:
+                values["effective_rank"] = float("nan")
+        if "logdet" in q and top is not None:
+            r = min(self.logdet_rank or k, top.values.numel())
+            vals = top.values[:r].to(torch.float64)
+            if bool((vals > 0).all()):
+                values["logdet"] = float(torch.log(vals).sum())
+                errors["logdet"] = float((top.residual_norms[:r] / vals).sum())
+            else:
+                values["logdet"] = float("nan")
+                notes.append(f"logdet: one of the top {r} eigenvalues is <= 0")
+
+        groups = None
+        if q & {"ipr", "layers"}:
+            groups = self.layer_groups
+            if groups is None:
+                mine = set(obj.space.names)
+                groups = {
+                    g: [n for n in names if n in mine] for g, names in _layer_groups(model).items()
+                }
+                groups = {g: n for g, n in groups.items() if n}
+        if "ipr" in q and U is not None:
+            Uk = U[:, :k]
+            glob = ipr(Uk)
+            for i in range(k):
+                values[f"ipr/{i + 1}"] = float(glob[i])
+            values["ipr_null"] = ipr_null(P)
+            if groups:
+                per = ipr(Uk, groups, space=obj.space)
+                for g, vals in per.items():
+                    for i in range(k):
+                        values[f"ipr/{g}/{i + 1}"] = float(vals[i])
+        if "displacement" in q and U is not None:
+            Uk = U[:, :k]
+            if self._prev_U is not None and self._prev_U.shape == Uk.shape:
+                prev = self._prev_U.to(torch.float64)
+                d = displacement(prev, Uk)
+                for i in range(k):
+                    values[f"disp_prev/{i + 1}"] = float(d[i])
+                values["subdisp_prev"] = subspace_displacement(prev, Uk)
+            if self._ref_U is None and (self.reference_step is None or step >= self.reference_step):
+                self._ref_U, self._ref_step = Uk.clone(), step
+            if self._ref_U is not None and self._ref_U.shape == Uk.shape:
+                d = displacement(self._ref_U, Uk)
+                for i in range(k):
+                    values[f"disp_ref/{i + 1}"] = float(d[i])
+                values["subdisp_ref"] = subspace_displacement(self._ref_U, Uk)
+                diag["reference_step"] = self._ref_step
+        if "grad_alignment" in q and U is not None:
+            g = obj.gradient()
+            values["grad_alignment"] = gradient_alignment(g, U[:, :k])
+            values["grad_norm"] = float(g.norm())
+        if "moment_overlap" in q and U is not None:
+            t = time.perf_counter()
+            M = gradient_moment(obj, kind=self.moment_kind)
+            mres = eigenpairs(M, k, "largest", tol=self.tol, generator=self._gen(step, "moment"))
+            secs["moment_overlap"] = time.perf_counter() - t
+            mv["moment"] = mres.num_matvecs
+            conv["moment"] = mres.all_converged
+            values["moment_overlap"] = subspace_overlap(U[:, :k], mres.vectors)
+            values["moment_lambda_max"] = float(mres.values[0])
+        if "layers" in q and groups:
+            self._layers(op, groups, step, values, errors, mv, secs)
+
+        if U is not None:
+            self._prev_U = top.vectors.detach()
+        self._count += 1
+        meas = Measurement(
+            step=int(step),
+            values=values,
+            errors=errors,
+            diagnostics=diag,
+            seconds=time.perf_counter() - t0,
+        )
+        self.measurements.append(meas)
+        for s in self.sinks:
+            s.write(meas)
+        logger.debug("spectrum monitor step %d: %s", step, values)
+        return meas
+
+    def _compare_now(self) -> bool:
+        c = self.compare_cold
+        if isinstance(c, bool):
+            return c
+        return isinstance(c, int) and c > 0 and self._count % c == 0
+
+    def _layers(
+        self,
+        op: HessianOperator,
+        groups: Mapping[str, Sequence[str]],
+        step: int,
+        values: dict[str, float],
+        errors: dict[str, float],
+        mv: dict[str, int],
+        secs: dict[str, float],
+    ) -> None:
+        t = time.perf_counter()
+        blocks = op.blocks({g: list(n) for g, n in groups.items()})
+        total = 0
+        full_density = None
+        if self.layer_density:
+            full_density = spectral_density(
+                op, min(self.density_steps, op.shape[0]), generator=self._gen(step, "density")
+            )
+            total += full_density.num_matvecs
+        for g, block in blocks.items():
+            Pg = block.shape[0]
+            prev = self._prev_layer.get(g) if self.warm_start else None
+            res = eigenpairs(
+                block,
+                1,
+                "largest",
+                tol=self.tol,
+                v0=prev,
+                generator=self._gen(step, f"layer/{g}/lambda"),
+            )
+            self._prev_layer[g] = res.vectors.detach()
+            values[f"layer/{g}/lambda_max"] = float(res.values[0])
+            errors[f"layer/{g}/lambda_max"] = float(res.residual_norms[0])
+            method = self.trace_method if Pg > 3 else "exact"
+            tr = trace(
+                block,
+                min(self.trace_matvecs, max(Pg, 3)),
+                method=method,
+                generator=self._gen(step, f"layer/{g}/trace"),
+            )
+            values[f"layer/{g}/trace"] = tr.value
+            errors[f"layer/{g}/trace"] = tr.stderr
+            total += res.num_matvecs + tr.num_matvecs
+            if full_density is not None:
+                dens = spectral_density(
+                    block,
+                    min(self.density_steps, Pg),
+                    generator=self._gen(step, f"layer/{g}/density"),
+                )
+                total += dens.num_matvecs
+                values[f"layer/{g}/w1_to_full"] = spectrum_w1(dens, full_density)
+        mv["layers"] = total
+        secs["layers"] = time.perf_counter() - t
