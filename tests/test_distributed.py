@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +92,74 @@ def test_requires_initialised_process_group():
     model, x, y, _ = make("tanh_mlp")
     with pytest.raises(ConfigurationError, match="torchrun"):
         DistributedOperator(HessianOperator(Objective(model, "ce", (x, y))))
+
+
+def test_cli_analyze_under_torchrun(tmp_path):
+    """`hesslab analyze` under torchrun gives the single-process numbers; rank 0 writes."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    model = tmp_path / "m.py"
+    model.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),"
+        " torch.nn.Linear(8, 3))\n"
+    )
+    common = [
+        "analyze",
+        "--model",
+        f"{model}:build",
+        "--data",
+        "blobs",
+        "--dtype",
+        "float64",
+        "--quiet",
+        "--what",
+        "eig,trace",
+        "--k",
+        "3",
+        "--k-bottom",
+        "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "hesslab.cli",
+            *common,
+            "--out",
+            str(tmp_path / "dist"),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "hesslab.cli", *common, "--out", str(tmp_path / "single")],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    (dist_run,) = (tmp_path / "dist").iterdir()
+    (single_run,) = (tmp_path / "single").iterdir()
+    a = json.loads((dist_run / "results.json").read_text())
+    b = json.loads((single_run / "results.json").read_text())
+
+    def scalar(res, name):
+        return next(s["value"] for s in res["scalars"] if s["name"] == name)
+
+    for name in ("λ top[0]", "λ bottom[0]", "tr H"):
+        assert abs(scalar(a, name) - scalar(b, name)) <= 1e-9 * abs(scalar(b, name)), name
+    assert json.loads((dist_run / "config.json").read_text())["config"]["processes"] == 2

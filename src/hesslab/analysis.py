@@ -28,6 +28,7 @@ from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.trace import frobenius_sq, trace
 from hesslab.measures.spectrum import count_outliers
 from hesslab.objective import Objective
+from hesslab.operators.base import LinearOperator
 from hesslab.operators.ggn import GGNOperator
 from hesslab.operators.hessian import HessianOperator
 from hesslab.report import plots
@@ -113,6 +114,7 @@ def analyze(
     config: AnalysisConfig | None = None,
     *,
     progress: Callable[[str], None] | None = None,
+    wrap: Callable[[LinearOperator], LinearOperator] | None = None,
 ) -> dict[str, Any]:
     """Run the curvature analysis of ``objective`` and record everything in ``run``.
 
@@ -121,6 +123,9 @@ def analyze(
         run: the run folder to write into (not finalised here).
         config: what to compute (default :class:`AnalysisConfig`).
         progress: called with a short description before each part.
+        wrap: applied to every operator before use, e.g.
+            ``hesslab.distributed.DistributedOperator`` when each rank's objective holds a
+            shard of the data.
 
     Returns:
         A summary dict of the headline numbers (also in ``run``'s results).
@@ -137,13 +142,16 @@ def analyze(
         if progress is not None:
             progress(msg)
 
-    H = HessianOperator(objective)
+    wrap = wrap or (lambda op: op)
+    H_local = HessianOperator(objective)
+    H = wrap(H_local)
     P = H.shape[0]
     dev = H.device
-    summary: dict[str, Any] = {"P": P, "N": objective.num_data}
+    N = getattr(H, "num_total", objective.num_data)  # all shards under DistributedOperator
+    summary: dict[str, Any] = {"P": P, "N": N}
     run.add_text(
         S_EIG,
-        f"Hessian of the mean loss over N = {objective.num_data} points, P = {P} parameters, "
+        f"Hessian of the mean loss over N = {N} points, P = {P} parameters, "
         f"{objective.space.dtype}. Eigenpairs by thick-restart Lanczos with full "
         f"reorthogonalization, stopped when every residual ‖Hv − λv‖ ≤ {cfg.tol:g}·‖H‖.",
     )
@@ -239,7 +247,7 @@ def analyze(
     if "layers" in cfg.what:
         note("layerwise Hessians")
         rows = []
-        blocks = H.blocks()
+        blocks = {name: wrap(b) for name, b in H_local.blocks().items()}
         for i, (name, block) in enumerate(blocks.items()):
             res = eigenpairs(
                 block,
@@ -277,7 +285,7 @@ def analyze(
         summary["layers"] = rows
     if "ggn" in cfg.what and objective.loss.kind != "custom":
         note("Gauss–Newton vs Hessian")
-        G = GGNOperator(objective)
+        G = wrap(GGNOperator(objective))
         k = cfg.k_top
         g_top = eigenpairs(G, k, "largest", tol=cfg.tol, generator=_gen(cfg.seed + 5, dev))
         h_top = top or eigenpairs(H, k, "largest", tol=cfg.tol, generator=_gen(cfg.seed, dev))

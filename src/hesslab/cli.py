@@ -227,6 +227,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise DataError(f"data {args.data!r} has no {args.split!r} split")
     if args.max_points and len(part) > args.max_points:
         part = part.subset(torch.arange(args.max_points))
+    num_points = len(part)
+    wrap, rank, world = _setup_distributed(args, device)
+    if world > 1:
+        from hesslab.distributed import shard_indices
+
+        part = part.subset(torch.tensor(list(shard_indices(len(part), rank, world))))
     batches = part.loader(args.batch_size) if args.batch_size else (part.x, part.y)
     obj = Objective(model, args.loss, batches, params=args.params, device=device)
     cfg = _analysis_config(args, exact_limit=args.exact_limit)
@@ -236,7 +242,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         "weights": args.weights,
         "data": args.data,
         "split": args.split,
-        "num_points": len(part),
+        "num_points": num_points,
         "loss": args.loss,
         "params": args.params,
         "device": str(device),
@@ -244,13 +250,47 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "batch_size": args.batch_size,
         "analysis": cfg,
+        "processes": world,
     }
+    if rank != 0:  # every rank computes; only rank 0 writes the run folder
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            analyze(obj, RunDir.create(tmp, "analyze", config), cfg, wrap=wrap)
+        return 0
     stages = _Stages(len(cfg.what) + 2, "analyze", args.quiet)
     run = RunDir.create(args.out, "analyze", config, title=f"hesslab analyze: {args.model}")
-    summary = analyze(obj, run, cfg, progress=stages)
+    summary = analyze(obj, run, cfg, progress=stages, wrap=wrap)
     stages.close()
     _finish(run, summary, time.perf_counter() - t0)
     return 0
+
+
+def _setup_distributed(args: argparse.Namespace, device: torch.device) -> tuple[Any, int, int]:
+    """Join the process group when launched by torchrun (or with ``--distributed``).
+
+    Returns ``(wrap, rank, world_size)``; ``wrap`` turns a shard's operator into the
+    operator over all shards (:class:`hesslab.distributed.DistributedOperator`).
+    """
+    import os
+
+    import torch.distributed as dist
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not (args.distributed or launched):
+        return None, 0, 1
+    if not dist.is_available():
+        raise ConfigurationError("--distributed needs a PyTorch build with torch.distributed")
+    if "RANK" not in os.environ:
+        raise ConfigurationError(
+            "--distributed must run under torchrun, e.g. "
+            "torchrun --nproc_per_node 2 -m hesslab.cli analyze ..."
+        )
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    from hesslab.distributed import DistributedOperator
+
+    return DistributedOperator, dist.get_rank(), dist.get_world_size()
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -401,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default=None, help="parameter subset, e.g. 'layers.2.*'")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="float32 or float64")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over torchrun processes (auto-detected under torchrun)",
+    )
     _add_analysis_options(p, exact_limit=0)
     p.set_defaults(func=cmd_analyze)
 
