@@ -250,7 +250,7 @@ def _figure(alphas: np.ndarray, rows: list[dict[str, Any]], title: str) -> Any:
     ax.set_ylabel("value")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", ncol=2, framealpha=0.85)
+    ax.legend(fontsize=7, loc="center", bbox_to_anchor=(0.5, 0.4), ncol=2, framealpha=0.85)
     return fig
 
 
