@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,7 +220,7 @@ class ExperimentSpec:
         }
 
 
-EXPERIMENTS: dict[str, ExperimentSpec] = {
+_BUILTIN: dict[str, ExperimentSpec] = {
     "sagun2017": ExperimentSpec(
         name="sagun2017",
         title="Bulk and outliers of the Hessian (Sagun et al. 2017)",
@@ -240,7 +241,37 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
         full_seconds=sagun2017.FULL_SECONDS,
     ),
 }
-"""Every experiment ``hesslab reproduce`` knows, by name."""
+
+#: Experiments defined in their own module as ``module.<attribute>`` (an ExperimentSpec).
+#: They are imported on first access, so a module may import :class:`ExperimentSpec` from
+#: here without an import cycle.
+_LAZY: dict[str, tuple[str, str]] = {
+    "wei2019": ("hesslab.experiments.wei2019", "SPEC"),
+    "displacement": ("hesslab.experiments.displacement", "SPEC"),
+}
+
+
+class _Registry(Mapping[str, ExperimentSpec]):
+    """Read-only ``{name: ExperimentSpec}`` that imports each experiment module on access."""
+
+    def __getitem__(self, name: str) -> ExperimentSpec:
+        if name in _BUILTIN:
+            return _BUILTIN[name]
+        if name not in _LAZY:
+            raise KeyError(name)
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from _BUILTIN
+        yield from _LAZY
+
+    def __len__(self) -> int:
+        return len(_BUILTIN) + len(_LAZY)
+
+
+EXPERIMENTS: Mapping[str, ExperimentSpec] = _Registry()
+"""Every experiment ``hesslab reproduce`` knows, by name (``hesslab list`` order)."""
 
 
 def get_experiment(name: str) -> ExperimentSpec:
