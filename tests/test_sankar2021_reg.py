@@ -111,11 +111,14 @@ def test_plot_variants_is_a_figure():
 
 @pytest.mark.slow
 def test_smoke_trace_penalty_lowers_trace(tmp_path):
-    """Smoke size (seed 0): the middle-layer penalty lowers the trace, accuracy is kept."""
+    """Smoke size (seed 0): the middle-layer penalty lowers the trace, accuracy is kept.
+
+    (The full-network penalty's trace, 45.2 vs 46.6 with stderr about 1.2, is too close to
+    assert a direction on one seed; the multi-seed full size reports it.)
+    """
     _, result, _ = _run(SPEC, tmp_path)
     s = result["summary"]
     assert s["middle"]["trace"][0] < 0.9 * s["none"]["trace"][0]
-    assert s["full"]["trace"][0] < s["none"]["trace"][0]
     assert result["accuracy_kept"]["middle"] and result["accuracy_kept"]["full"]
 
 
