@@ -1,0 +1,161 @@
+"""The li2019 reproduction: smoke headline and the exactness of the one-step prediction."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import hesslab
+from hesslab.errors import ConfigurationError
+from hesslab.experiments import li2019
+from hesslab.objective import batch_loss
+from hesslab.report.run import RunDir
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class _Quadratic(nn.Module):
+    """Per-sample loss ``lᵢ(θ) = ½θᵀAθ − bᵢᵀθ`` (rows of the input are ``bᵢ``)."""
+
+    def __init__(self, A: torch.Tensor, theta: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("A", A)
+        self.theta = nn.Parameter(theta.clone())
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.theta @ self.A @ self.theta - b @ self.theta
+
+
+def _quadratic(N: int = 6, P: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(P, P, generator=g, dtype=torch.float64)
+    A = X @ X.T + 0.5 * torch.eye(P, dtype=torch.float64)
+    b = torch.randn(N, P, generator=g, dtype=torch.float64)
+    theta = torch.randn(P, generator=g, dtype=torch.float64)
+    model = _Quadratic(A, theta)
+    loss = batch_loss(lambda model_fn, batch: model_fn(batch[0]).mean())
+    obj = hesslab.Objective(model, loss, (b, torch.zeros(N, dtype=torch.float64)))
+    L = lambda th: float((0.5 * th @ A @ th - b @ th).mean())  # noqa: E731
+    return obj, A, b, theta, L
+
+
+@pytest.mark.parametrize("replacement", [False, True])
+def test_prediction_exact_on_quadratic(replacement):
+    """E_B[L(θ − ηDg_B)] − L(θ) by enumerating every minibatch equals the formula."""
+    obj, A, b, theta, L = _quadratic()
+    N, B, lr = b.shape[0], 3, 0.3
+    G = li2019.all_sample_gradients(obj)
+    assert torch.allclose(G, (A @ theta)[:, None] - b.T, atol=1e-12)
+    M = li2019.minibatch_moment(G, B, replacement=replacement)
+    M_lib = hesslab.gradient_moment(
+        obj, kind="minibatch", batch_size=B, replacement=replacement
+    ).to_dense()
+    assert torch.allclose(M, M_lib, atol=1e-12)
+    H = hesslab.hessian(obj).to_dense()
+    assert torch.allclose(H, A, atol=1e-12)
+    gbar = G.mean(1)
+    batches = (
+        itertools.product(range(N), repeat=B)
+        if replacement
+        else itertools.combinations(range(N), B)
+    )
+    batches = list(batches)
+    d = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    for pre in (None, d):
+        D = torch.ones_like(gbar) if pre is None else pre
+        exact = sum(L(theta - lr * D * G[:, list(s)].mean(1)) for s in batches) / len(batches)
+        exact -= L(theta)
+        pred = li2019.predicted_change(gbar, A, M, lr, pre)
+        assert pred == pytest.approx(exact, rel=1e-10, abs=1e-12)
+
+
+def test_sampled_change_unbiased_on_quadratic():
+    obj, A, b, theta, L = _quadratic(N=8, P=3, seed=1)
+    G = li2019.all_sample_gradients(obj)
+    B, lr = 2, 0.2
+    pred = li2019.predicted_change(G.mean(1), A, li2019.minibatch_moment(G, B), lr)
+    s = li2019.sampled_change(obj, G, B, lr, 20000, torch.Generator().manual_seed(0))
+    assert abs(s["mean"] - pred) < 4 * s["stderr"]
+    assert abs(s["cv_mean"] - pred) < 4 * s["cv_stderr"]
+    with pytest.raises(ConfigurationError):
+        li2019.minibatch_moment(G, 0)
+
+
+def test_loss_at_matches_objective():
+    obj, A, b, theta, L = _quadratic()
+    thetas = torch.randn(5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got = li2019.loss_at(obj, thetas)
+    assert torch.allclose(got, torch.tensor([L(t) for t in thetas], dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, _one_thread):
+    spec = li2019.SPEC
+    cfg = spec.config(smoke=True)
+    run = RunDir.create(tmp_path_factory.mktemp("runs"), "li2019", config=cfg, command=["x"])
+    calls: list[float] = []
+    result = spec.run(run, cfg, progress=lambda desc, frac: calls.append(frac))
+    run.finalize()
+    return run, result, calls
+
+
+def test_smoke_overlap_headline(smoke_run):
+    """Top-k(H) and top-k(M_B) overlap far above the random null k/P, every run."""
+    _, result, _ = smoke_run
+    ov = result["overlap"]
+    assert ov["min_end_overlap"] > max(0.5, 10 * ov["null"])
+    for row in ov["table"]:
+        assert row["random end"] < 3 * row["k/P"]
+    rep = result["repeats"]
+    for s in rep["summary"].values():
+        assert s["overlap_end_q05"] > max(0.4, 5 * rep["null"])
+        assert s["random_end_median"] < 2 * rep["null"]
+    assert result["claims"]["overlap_strong"] and result["claims"]["repeats_overlap_strong"]
+
+
+def test_smoke_prediction_headline(smoke_run):
+    """At η = 0.01/λ_max the prediction is within 5% of the sampled mean (and 4 stderr of
+    the plain sample mean); Tr(HM_B) by Hutchinson agrees with the exact value."""
+    _, result, _ = smoke_run
+    for e in result["prediction"]["entries"]:
+        p = e["points"][0]
+        assert p["kind"] == "SGD"
+        assert abs(p["actual_cv"] - p["predicted"]) < 0.05 * abs(p["predicted"])
+        assert abs(p["actual"] - p["predicted"]) < 4 * p["actual_se"]
+        assert e["moment_library_rel_diff"] < 1e-10
+        t, se = e["trace_HM_hutchinson"], e["trace_HM_hutchinson_se"]
+        assert abs(t - e["trace_HM_exact"]) < 4 * se
+    assert result["claims"]["prediction_matches"]
+
+
+def test_smoke_invariance_and_report(smoke_run):
+    run, result, calls = smoke_run
+    inv = result["invariance"]
+    assert inv["max_rel_change"] < 1e-8
+    assert inv["trace_ratio"] > 2
+    assert inv["loss_rel_change"] < 1e-10
+    assert result["claims"]["invariant"]
+    assert calls and calls[-1] == pytest.approx(1.0)
+    for f in run.figures:
+        assert (run.path / f["file"]).stat().st_size > 1000
+    assert len(run.claims) >= 5
+
+
+def test_config_sizes_and_spec():
+    smoke, full = li2019.Li2019Config.smoke(), li2019.Li2019Config.full()
+    assert full.repeats > smoke.repeats and len(full.batch_sizes) > len(smoke.batch_sizes)
+    assert li2019.SPEC.name == "li2019"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        smoke.seed = 1  # type: ignore[misc]
+    with pytest.raises(ConfigurationError):
+        li2019.run(None, dataclasses.replace(smoke, widths=()))  # type: ignore[arg-type]
