@@ -249,6 +249,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "wei2019": ("hesslab.experiments.wei2019", "SPEC"),
     "displacement": ("hesslab.experiments.displacement", "SPEC"),
     "li2019": ("hesslab.experiments.li2019", "SPEC"),
+    "sankar2021": ("hesslab.experiments.sankar2021", "SPEC"),
     "dinh2017": ("hesslab.experiments.dinh2017", "SPEC"),
 }
 
