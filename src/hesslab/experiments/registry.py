@@ -251,6 +251,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "li2019": ("hesslab.experiments.li2019", "SPEC"),
     "sankar2021": ("hesslab.experiments.sankar2021", "SPEC"),
     "dinh2017": ("hesslab.experiments.dinh2017", "SPEC"),
+    "sankar2021-reg": ("hesslab.experiments.sankar2021_reg", "SPEC"),
+    "wsbound-reg": ("hesslab.experiments.sankar2021_reg", "WSBOUND_SPEC"),
 }
 
 
