@@ -81,14 +81,3 @@ def tiny_mlp_hessian(seed: int = 0, hidden: int = 8) -> Tensor:
 
     H = hessian(loss)(theta)
     return (0.5 * (H + H.T)).detach()
-
-
-def one_thread():
-    """Generator for a module fixture: small-matrix Krylov tests run fastest (and least
-    disturbed by other processes) on one intra-op thread; restores the setting after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)

@@ -15,14 +15,6 @@ from hesslab.linalg.results import BoundsResult
 from hesslab.linalg.trace import frobenius_sq, trace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def with_spectrum(lam: torch.Tensor, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     n = lam.numel()

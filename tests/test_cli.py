@@ -205,3 +205,32 @@ def test_help_for_every_command(capsys):
             main([*cmd, "--help"])
         assert e.value.code == 0
         assert "usage" in capsys.readouterr().out
+
+
+def test_reproduce_smoke_through_the_cli(tmp_path, capsys):
+    """`hesslab reproduce NAME --smoke` runs the registered experiment into a run folder."""
+    rc = main(["reproduce", "dinh2017", "--smoke", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "[holds]" in out and "report:" in out
+    path = _run_dir(tmp_path)
+    cfg, results, html = _check_run_folder(path)
+    run = RunDir.load(path)
+    assert run.status == "complete"
+    assert run.claims and all(c["holds"] is not None for c in run.claims)
+    # a bad override is a one-line error
+    assert (
+        main(
+            [
+                "reproduce",
+                "dinh2017",
+                "--smoke",
+                "--set",
+                "no_such_field=1",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    assert "hesslab: error:" in capsys.readouterr().err

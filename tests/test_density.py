@@ -11,9 +11,7 @@ from hesslab.errors import ConfigurationError
 from hesslab.linalg.density import spectral_density, wasserstein1
 from hesslab.linalg.lanczos import lanczos_quadrature
 from hesslab.operators.base import as_operator
-from tests.spectra import one_thread, spiked_bulk, tiny_mlp_hessian, with_spectrum
-
-_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+from tests.spectra import spiked_bulk, tiny_mlp_hessian, with_spectrum
 
 
 def gen(seed: int = 0) -> torch.Generator:

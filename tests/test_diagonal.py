@@ -17,14 +17,6 @@ P = 150
 SEEDS = 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @functools.cache
 def spiked() -> torch.Tensor:
     g = torch.Generator().manual_seed(5)

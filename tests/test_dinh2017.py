@@ -5,19 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 
 from hesslab.experiments import dinh2017
 from hesslab.experiments.dinh2017 import Dinh2017Config
 from hesslab.report.run import RunDir
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,9 @@ import dataclasses
 import math
 
 import pytest
-import torch
 
 from hesslab.experiments.displacement import SPEC, DisplacementConfig, run
 from hesslab.report.run import RunDir
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_spec_and_configs():

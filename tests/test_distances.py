@@ -12,14 +12,6 @@ from hesslab.linalg import spectral_density
 from hesslab.measures.distances import as_measure, sankar_density_distance, spectrum_w1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _spectrum(P: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.concatenate([rng.gamma(0.5, 0.1, P - 3), [5.0, 7.0, 9.0]])

@@ -21,14 +21,6 @@ from hesslab.measures.eigvec import (
 from hesslab.params import ParamSpace
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _orth(P: int, k: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.linalg.qr(torch.randn(P, k, generator=g, dtype=torch.float64))[0]

@@ -15,15 +15,6 @@ from hesslab.models import lenet, mlp, resnet_small
 from hesslab.train.fit import FitResult, evaluate, fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models train fastest single-threaded, and the CI machine's cores are shared.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def split():
     return digits()

@@ -8,9 +8,7 @@ import torch
 from hesslab.errors import ConfigurationError
 from hesslab.linalg.lanczos import auto_block_size, eigenpairs
 from hesslab.operators.base import DenseOperator, FunctionOperator
-from tests.spectra import cases, one_thread, spiked_bulk, tiny_mlp_hessian, with_spectrum
-
-_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+from tests.spectra import cases, spiked_bulk, tiny_mlp_hessian, with_spectrum
 
 SPECTRA = cases()
 

@@ -21,14 +21,6 @@ from hesslab.models import lenet, mlp
 from hesslab.reparam import rescale
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def setup():
     g = torch.Generator().manual_seed(0)

@@ -16,14 +16,6 @@ from hesslab.objective import batch_loss
 from hesslab.report.run import RunDir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Quadratic(nn.Module):
     """Per-sample loss ``lᵢ(θ) = ½θᵀAθ − bᵢᵀθ`` (rows of the input are ``bᵢ``)."""
 

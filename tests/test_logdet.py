@@ -10,9 +10,7 @@ import torch
 from hesslab.errors import ConfigurationError, HesslabError
 from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.logdet import logdet, logdet_slq
-from tests.spectra import one_thread, spiked_bulk, tiny_mlp_hessian, with_spectrum
-
-_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+from tests.spectra import spiked_bulk, tiny_mlp_hessian, with_spectrum
 
 
 def gen(seed: int = 0) -> torch.Generator:

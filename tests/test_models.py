@@ -11,16 +11,6 @@ from hesslab.data import digits
 from hesslab.errors import ConfigurationError
 from hesslab.models import MODELS, build_model, init_parameters, lenet, mlp, resnet_small
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run fastest single-threaded, and the CI machine's cores are shared.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # name -> (constructor, input shape)
 CASES = {
     "mlp-digits": (lambda seed=0, **k: mlp(64, (32, 32), 10, seed=seed, **k), (1, 8, 8)),

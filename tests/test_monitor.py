@@ -26,14 +26,6 @@ from hesslab.train.monitor import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _problem(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(60, 6, generator=g, dtype=torch.float64)

@@ -18,14 +18,6 @@ from hesslab.train.optim import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _params(P: int, seed: int = 0) -> list[torch.nn.Parameter]:
     g = torch.Generator().manual_seed(seed)
     w = torch.nn.Parameter(torch.randn(P - 2, dtype=torch.float64, generator=g))

@@ -8,9 +8,7 @@ import torch
 from hesslab.errors import ConfigurationError
 from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.power import power_iteration
-from tests.spectra import one_thread, spiked_bulk, with_spectrum
-
-_threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+from tests.spectra import spiked_bulk, with_spectrum
 
 
 def gen(seed: int = 0) -> torch.Generator:

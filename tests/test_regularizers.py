@@ -20,14 +20,6 @@ from hesslab.train.regularizers import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(dtype=torch.float64):
     g = torch.Generator().manual_seed(0)
     model = mlp(3, (4,), 3, activation="tanh", seed=0, dtype=dtype)

@@ -15,14 +15,6 @@ from hesslab.reparam import parameter_scales, rescale, rescale_pair, scalable_la
 from hesslab.train import fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs().max() / b.abs().max()).detach())
 

@@ -28,19 +28,14 @@ SECTIONS = (
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        spec = EXPERIMENTS["sagun2017"]
-        cfg = spec.config(smoke=True)
-        run = RunDir.create(
-            tmp_path_factory.mktemp("runs"), "sagun2017", config=cfg, command=["hesslab"]
-        )
-        calls: list[tuple[str, float]] = []
-        result = spec.run(run, cfg, progress=lambda desc, frac: calls.append((desc, frac)))
-        run.finalize()
-    finally:
-        torch.set_num_threads(threads)
+    spec = EXPERIMENTS["sagun2017"]
+    cfg = spec.config(smoke=True)
+    run = RunDir.create(
+        tmp_path_factory.mktemp("runs"), "sagun2017", config=cfg, command=["hesslab"]
+    )
+    calls: list[tuple[str, float]] = []
+    result = spec.run(run, cfg, progress=lambda desc, frac: calls.append((desc, frac)))
+    run.finalize()
     return run, result, calls
 
 

@@ -7,19 +7,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from hesslab.errors import ConfigurationError, HesslabError
 from hesslab.experiments import sankar2021
 from hesslab.report.run import RunDir
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

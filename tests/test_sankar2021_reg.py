@@ -6,7 +6,6 @@ import dataclasses
 import json
 
 import pytest
-import torch
 
 from hesslab.data import digits
 from hesslab.errors import ConfigurationError
@@ -21,14 +20,6 @@ from hesslab.experiments.sankar2021_reg import (
 from hesslab.models import lenet
 from hesslab.report.run import RunDir
 from hesslab.train.regularizers import HessianTracePenalty
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _run(spec, tmp_path, smoke=True, overrides=None):

@@ -22,14 +22,6 @@ from hesslab.reparam import rescale
 from hesslab.train import fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _quadratic(A: torch.Tensor) -> hesslab.Objective:
     """``L(θ) = ½ θᵀAθ`` at ``θ = 0`` as an Objective (a bias-free linear model)."""
     P = A.shape[0]

@@ -12,14 +12,6 @@ from hesslab.experiments import wei2019
 from hesslab.report.run import RunDir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, _one_thread):
     spec = wei2019.SPEC

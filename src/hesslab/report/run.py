@@ -663,8 +663,7 @@ class RunDir:
     def flush(self, *, report: bool = False) -> None:
         """Checkpoint: write ``results.json`` and ``arrays.npz`` (and optionally the report)."""
         results = self.results()
-        if self._arrays or (self.path / ARRAYS_FILE).exists():
-            save_npz(self.path / ARRAYS_FILE, **self._arrays)
+        save_npz(self.path / ARRAYS_FILE, **self._arrays)  # always there, maybe empty
         write_json(self.path / RESULTS_FILE, results)
         if report:
             self.write_report()
