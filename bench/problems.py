@@ -45,8 +45,16 @@ def make_problem(name: str, *, dtype: torch.dtype = torch.float64, steps: int = 
         desc = "small ResNet with BatchNorm (eval) on 8x8 digits"
     else:
         raise KeyError(name)
-    res = fit(model, split.train, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=64,
-              steps=steps, seed=0)
+    res = fit(
+        model,
+        split.train,
+        optimizer="sgd",
+        lr=0.05,
+        momentum=0.9,
+        batch_size=64,
+        steps=steps,
+        seed=0,
+    )
     trained = res.model.eval().to(dtype)
     x = split.train.x.to(dtype)
     return Problem(name, trained, x, split.train.y, desc)

@@ -1,0 +1,941 @@
+"""Side-by-side benchmark of hesslab against PyHessian, curvlinops, hessian-eigenthings and
+BackPACK (issue 5).
+
+Run (after ``bench/install_peers.sh``)::
+
+    .venv/bin/python bench/peers --quick    # P1 only, density at 100 products (~2 min)
+    .venv/bin/python bench/peers            # P1-P4 (see PLAN; ~1 h on 2 shared cores)
+
+Writes ``bench/results/peers.md``, ``peers.json`` and ``peers.png`` (``peers_quick.*``
+with ``--quick`` unless ``--out`` is given) and prints the markdown.
+
+Protocol: every problem is trained once with fixed seeds (``bench/problems.py``) and saved
+by ``prepare.py`` in a fresh interpreter, which also computes the ground truth; every
+library then loads the same float64 weights. Each measurement runs in its own forked child
+process (peak memory = the child's ``ru_maxrss`` from ``os.wait4``), methods are interleaved
+A B C A B C over the repeats, and tables give medians over >= 3 runs with ratios to hesslab
+from the same run. A method that raises, crashes or times out is recorded as a failure
+with its error message. Wall times are end to end from the loaded model: building the
+library's operator (and whatever it does there) plus the algorithm. Products are the
+Hessian-vector products the algorithm applies, counted by wrapping each library's product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import importlib.metadata as md
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+BENCH = HERE.parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(HERE), str(BENCH)]
+
+import harness  # noqa: E402
+from harness import HESSLAB, fmt, markdown_table  # noqa: E402
+
+PEER_MODULES = ("pyhessian", "curvlinops", "hessian_eigenthings", "backpack")
+DISTS = (
+    "torch",
+    "hesslab",
+    "pyhessian",
+    "hessian-eigenthings",
+    "curvlinops-for-pytorch",
+    "backpack-for-pytorch",
+    "scipy",
+    "numpy",
+)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # row label, unique within a measure
+    library: str
+    settings: str
+    module: str
+    func: str
+    kwargs: tuple = ()
+
+    def call_kwargs(self) -> dict:
+        return dict(self.kwargs)
+
+
+TOPK = [
+    Method(
+        HESSLAB, "hesslab", "eigenpairs: thick-restart Lanczos, tol=1e-6", "lib_hesslab", "topk"
+    ),
+    Method(
+        "curvlinops + ARPACK",
+        "curvlinops",
+        "scipy eigsh(H.to_scipy(), which='LA'), tol=0",
+        "lib_curvlinops",
+        "topk",
+    ),
+    Method(
+        "pyhessian",
+        "pyhessian",
+        "eigenvalues(): power iteration, maxIter=100, tol=1e-3",
+        "lib_pyhessian",
+        "topk",
+    ),
+    Method(
+        "eigenthings power",
+        "hessian-eigenthings",
+        "deflated_power_iteration: max_iter=100, tol=1e-4",
+        "lib_eigenthings",
+        "topk_power",
+    ),
+    Method(
+        "eigenthings lanczos",
+        "hessian-eigenthings",
+        "lanczos: max_iter=2k, tol=1e-4, which='LM'",
+        "lib_eigenthings",
+        "topk_lanczos",
+    ),
+]
+TRACE = [
+    Method(HESSLAB, "hesslab", "trace: krylov (default), stderr", "lib_hesslab", "trace"),
+    Method(
+        "pyhessian hutchinson", "pyhessian", "trace(maxIter=96, tol=0)", "lib_pyhessian", "trace"
+    ),
+    Method(
+        "curvlinops hutchinson",
+        "curvlinops",
+        "hutchinson_trace",
+        "lib_curvlinops",
+        "trace_hutchinson",
+    ),
+    Method("curvlinops hutch++", "curvlinops", "hutchpp_trace", "lib_curvlinops", "trace_hutchpp"),
+    Method("curvlinops xtrace", "curvlinops", "xtrace", "lib_curvlinops", "trace_xtrace"),
+    Method(
+        "eigenthings hutch++",
+        "hessian-eigenthings",
+        "trace (hutch++ default), stderr",
+        "lib_eigenthings",
+        "trace",
+    ),
+    Method(
+        "backpack DiagHessian",
+        "backpack",
+        "exact diagonal, no HVPs (not a 96-product estimator)",
+        "lib_backpack",
+        "trace_diag",
+    ),
+]
+DENSITY = [
+    Method(
+        HESSLAB,
+        "hesslab",
+        "spectral_density(num_steps=budget, num_probes=1)",
+        "lib_hesslab",
+        "density",
+    ),
+    Method(
+        "pyhessian", "pyhessian", "density(iter=100, n_v=budget/100)", "lib_pyhessian", "density"
+    ),
+    Method(
+        "pyhessian (torch.eig shim)",
+        "pyhessian",
+        "same, torch.eig -> torch.linalg.eigh (patched by the bench)",
+        "lib_pyhessian",
+        "density",
+        (("shim", True),),
+    ),
+    Method(
+        "curvlinops",
+        "curvlinops",
+        "fast_lanczos(ncv=100) x budget/100",
+        "lib_curvlinops",
+        "density",
+    ),
+    Method(
+        "eigenthings",
+        "hessian-eigenthings",
+        "spectral_density: 1x100 steps at 100, defaults 10x80 at 800",
+        "lib_eigenthings",
+        "density",
+    ),
+]
+COST = [
+    Method(
+        HESSLAB, "hesslab", "H @ v (mode='auto', after its first product)", "lib_hesslab", "cost"
+    ),
+    Method(
+        "pyhessian",
+        "pyhessian",
+        "hessian_vector_product on the cached gradient graph",
+        "lib_pyhessian",
+        "cost",
+    ),
+    Method(
+        "curvlinops", "curvlinops", "H @ v (torch.func jvp of jacrev)", "lib_curvlinops", "cost"
+    ),
+    Method(
+        "eigenthings",
+        "hessian-eigenthings",
+        "op.matvec (rebuilds the graph per product)",
+        "lib_eigenthings",
+        "cost",
+    ),
+    Method(
+        "backpack",
+        "backpack",
+        "hessianfree.hvp.hessian_vector_product(loss, params, v)",
+        "lib_backpack",
+        "cost",
+    ),
+]
+
+
+# What the full run measures per problem on a CPU (issue 5: density on P1 only). P4's
+# float64 convolutions cost seconds per product on CPU, so it gets the product cost only.
+PLAN: dict[str, dict[str, Any]] = {
+    "P1": {"measures": ["topk", "trace", "density", "cost"], "cost_reps": 20, "cost_block": 16},
+    "P2": {"measures": ["topk", "trace", "cost"], "cost_reps": 20, "cost_block": 16},
+    "P3": {"measures": ["topk", "trace", "cost"], "cost_reps": 10, "cost_block": 16},
+    "P4": {"measures": ["cost"], "cost_reps": 3, "cost_block": 0},
+}
+
+
+# --------------------------------------------------------------------------- children
+def _child(problem_path: str, threads: int, module: str, func: str, kwargs: dict) -> dict:
+    """Runs in the forked child: load the saved problem, call the runner."""
+    import warnings
+
+    from common import load_problem
+
+    warnings.simplefilter("ignore")  # peers' deprecation/user warnings would flood the log
+    prob = load_problem(problem_path, threads)
+    mod = importlib.import_module(module)
+    return getattr(mod, func)(prob, **kwargs)
+
+
+def _baseline(problem_path: str, threads: int) -> dict:
+    from common import load_problem
+
+    prob = load_problem(problem_path, threads)
+    return {"num_params": prob.num_params}
+
+
+def _preimport() -> dict[str, str]:
+    """Import torch, hesslab, the runners and the peers before forking (no numerics)."""
+    status = {}
+    for mod in (
+        "torch",
+        "numpy",
+        "scipy.sparse.linalg",
+        "hesslab",
+        "common",
+        "eigen",
+        "lib_hesslab",
+        "lib_pyhessian",
+        "lib_curvlinops",
+        "lib_eigenthings",
+        "lib_backpack",
+        *PEER_MODULES,
+    ):
+        try:
+            importlib.import_module(mod)
+            status[mod] = "ok"
+        except Exception as exc:
+            status[mod] = f"{type(exc).__name__}: {exc}"
+    return status
+
+
+# --------------------------------------------------------------------------- prepare
+def _cache_key() -> str:
+    h = hashlib.sha256()
+    files = sorted((ROOT / "src" / "hesslab").rglob("*.py"))
+    files += [BENCH / "problems.py", HERE / "prepare.py"]
+    for f in files:
+        h.update(str(f.relative_to(ROOT)).encode())
+        h.update(f.read_bytes())
+    try:
+        h.update(md.version("torch").encode())
+    except md.PackageNotFoundError:
+        pass
+    return h.hexdigest()[:16]
+
+
+def prepare(problem: str, cache: Path, threads: int, need_truth: bool) -> tuple[Path, dict]:
+    model_path, truth_path = cache / f"{problem}.pt", cache / f"{problem}_truth.json"
+    have = truth_path.exists() and (
+        not need_truth or json.loads(truth_path.read_text()).get("top") is not None
+    )
+    if not (model_path.exists() and have):
+        what = "training + ground truth" if need_truth else "training"
+        print(f"[peers] preparing {problem} ({what}) in {cache}", flush=True)
+        cmd = [sys.executable, str(HERE / "prepare.py"), problem, str(cache)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        if not need_truth:
+            cmd.append("--no-truth")
+        subprocess.run(cmd, check=True)
+    return model_path, json.loads(truth_path.read_text())
+
+
+# --------------------------------------------------------------------------- running
+def _run(methods, reps, problem_path, threads, timeout, params_list, log, label):
+    """Interleave: for each params (k, budget, seed...) and repeat, every method once."""
+    records: dict[tuple, list[dict]] = {}
+    for params in params_list:
+        for rep in range(reps):
+            for m in methods:
+                kwargs = {**m.call_kwargs(), **params}
+                if "seed" in kwargs:
+                    kwargs["seed"] = kwargs["seed"] + rep
+                out = harness.run_isolated(
+                    _child,
+                    str(problem_path),
+                    threads,
+                    m.module,
+                    m.func,
+                    kwargs,
+                    timeout=timeout,
+                )
+                out["method"], out["params"] = m.name, kwargs
+                key = (m.name, *[(k, v) for k, v in params.items() if k != "seed"])
+                records.setdefault(key, []).append(out)
+                state = "ok" if out.get("ok") else "FAILED " + out.get("error", "")
+                log(f"{label} {m.name} {kwargs}: {state} ({out['elapsed_s']:.1f} s)")
+    return records
+
+
+def _strip(rec: dict) -> dict:
+    """A run record for the JSON file: drop large arrays and tracebacks."""
+    return {k: v for k, v in rec.items() if k not in ("nodes", "weights", "traceback")}
+
+
+def bench_problem(name: str, args, cache: Path, log) -> dict[str, Any]:
+    plan = PLAN.get(name, PLAN["P2"])
+    measures = args.measures or plan["measures"]
+    cost_reps = args.cost_reps or plan["cost_reps"]
+    cost_block = plan["cost_block"] if args.cost_block is None else args.cost_block
+    need_truth = any(m in measures for m in ("topk", "trace", "density"))
+    path, truth = prepare(name, cache, args.threads, need_truth)
+    reps, timeout = args.reps, args.timeout
+    res: dict[str, Any] = {
+        "truth": {k: v for k, v in truth.items() if k != "eigs"},
+        "measures": measures,
+    }
+    base = harness.run_isolated(_baseline, str(path), args.threads, timeout=timeout)
+    res["baseline_rss_mb"] = base["peak_rss_mb"]
+    raw: list[dict] = []
+    top = truth.get("top")
+    skip = set(args.skip)
+
+    def keep(ms):
+        return [m for m in ms if m.name not in skip and m.library not in skip]
+
+    if "topk" in measures:
+        res["topk"] = {}
+        for k in args.ks:
+            recs = _run(
+                keep(TOPK),
+                reps,
+                path,
+                args.threads,
+                timeout,
+                [{"k": k, "seed": 0}],
+                log,
+                f"{name} top-{k}",
+            )
+            rows = {}
+            for m in keep(TOPK):
+                runs = recs[(m.name, ("k", k))]
+                raw += [_strip(r) for r in runs]
+                rows[m.name] = {
+                    **harness.summarize_topk(runs, top, k),
+                    "library": m.library,
+                    "settings": m.settings,
+                }
+            harness.add_ratios(rows, ["products", "wall_s", "rel_error"])
+            res["topk"][str(k)] = rows
+    if "trace" in measures:
+        recs = _run(
+            keep(TRACE),
+            args.seeds,
+            path,
+            args.threads,
+            timeout,
+            [{"budget": args.trace_budget, "seed": 0}],
+            log,
+            f"{name} trace",
+        )
+        rows = {}
+        for m in keep(TRACE):
+            runs = recs[(m.name, ("budget", args.trace_budget))]
+            raw += [_strip(r) for r in runs]
+            rows[m.name] = {
+                **harness.summarize_trace(runs, truth["trace"]),
+                "library": m.library,
+                "settings": m.settings,
+            }
+        harness.add_ratios(rows, ["mean_rel_error", "wall_s"])
+        res["trace"] = rows
+    if "density" in measures and "eigs" in truth:
+        res["density"] = {}
+        for budget in args.density_budgets:
+            recs = _run(
+                keep(DENSITY),
+                reps,
+                path,
+                args.threads,
+                timeout,
+                [{"budget": budget, "seed": 0}],
+                log,
+                f"{name} density",
+            )
+            rows = {}
+            for m in keep(DENSITY):
+                runs = recs[(m.name, ("budget", budget))]
+                raw += [_strip(r) for r in runs]
+                rows[m.name] = {
+                    **harness.summarize_density(runs, truth["eigs"]),
+                    "library": m.library,
+                    "settings": m.settings,
+                }
+                ok = [r for r in runs if r.get("ok")]
+                if ok:  # one measure per method for the plot
+                    rows[m.name]["example"] = {"nodes": ok[0]["nodes"], "weights": ok[0]["weights"]}
+            harness.add_ratios(rows, ["w1_over_width", "wall_s"])
+            res["density"][str(budget)] = rows
+    if "cost" in measures:
+        cparams = {"reps": cost_reps, "block": cost_block}
+        recs = _run(keep(COST), reps, path, args.threads, timeout, [cparams], log, f"{name} cost")
+        rows = {}
+        for m in keep(COST):
+            runs = recs[(m.name, ("reps", cost_reps), ("block", cost_block))]
+            raw += [_strip(r) for r in runs]
+            rows[m.name] = {
+                **harness.summarize_cost(runs),
+                "library": m.library,
+                "settings": m.settings,
+            }
+        harness.add_ratios(rows, ["hvp_over_grad"])
+        res["cost"] = rows
+    res["runs"] = raw
+    if "eigs" in truth:
+        res["exact_eigs"] = truth["eigs"]
+    return res
+
+
+# --------------------------------------------------------------------------- report
+def _mem(row: dict, base: float) -> str:
+    peak = row.get("peak_rss_mb")
+    if peak is None:
+        return "-"
+    return f"{peak:.0f} (+{peak - base:.0f})"
+
+
+def _note(row: dict) -> str:
+    return f"FAILED: {row['failure']}" if row.get("failure") else ""
+
+
+def targets(p1: dict) -> list[str]:
+    """The issue's targets for hesslab on P1, judged on this run's numbers."""
+    out = []
+
+    def peers(rows):
+        return {n: r for n, r in rows.items() if n != HESSLAB and r.get("ok_runs")}
+
+    t1 = p1.get("topk", {}).get("1", {})
+    if HESSLAB in t1:
+        h = t1[HESSLAB]
+        walls = {n: r["wall_s"] for n, r in peers(t1).items() if r["wall_s"] is not None}
+        accurate = {n: w for n, w in walls.items() if (t1[n]["rel_error"] or 1) <= 1e-6}
+        fastest = min(walls, key=walls.get) if walls else None
+        fastest_acc = min(accurate, key=accurate.get) if accurate else None
+        faster = h["wall_s"] is not None and all(h["wall_s"] < w for w in walls.values())
+        met = (h["rel_error"] or 1) <= 1e-6 and (h["products"] or 1e9) <= 21 and faster
+        out.append(
+            f"- top-1 (target: rel. error <= 1e-6 in <= 21 products, less wall time than every "
+            f"peer): {fmt(h['rel_error'], '.1e')} in {fmt(h['products'], 'g')} products, "
+            f"{fmt(h['wall_s'], '.3f')} s; fastest peer {fastest} "
+            f"{fmt(walls.get(fastest), '.3f')} s (rel. error "
+            f"{fmt(t1[fastest]['rel_error'] if fastest else None, '.1e')}); fastest peer at "
+            f"<= 1e-6: {fastest_acc} {fmt(accurate.get(fastest_acc), '.3f')} s -> "
+            f"{'met' if met else 'NOT met'}"
+        )
+    t5 = p1.get("topk", {}).get("5", {})
+    if HESSLAB in t5:
+        h = t5[HESSLAB]
+        met = (h["rel_error"] or 1) <= 1e-6 and (h["products"] or 1e9) <= 34
+        out.append(
+            f"- top-5 (target: <= 34 products at <= 1e-6): {fmt(h['products'], 'g')} products, "
+            f"rel. error {fmt(h['rel_error'], '.1e')} -> {'met' if met else 'NOT met'}"
+        )
+    tr = p1.get("trace", {})
+    if HESSLAB in tr:
+        h = tr[HESSLAB]
+        est = {n: r for n, r in peers(tr).items() if not r.get("exact")}
+        best = min((r["mean_rel_error"] for r in est.values()), default=None)
+        below = best is None or (h["mean_rel_error"] or 1) < best
+        cover = h["covered"] is not None and h["covered"] == h["ok_runs"]
+        out.append(
+            f"- trace at 96 products (target: below every peer, error bar covering the truth): "
+            f"mean |rel. error| {fmt(h['mean_rel_error'], '.2e')} vs best peer estimator "
+            f"{fmt(best, '.2e')}; error bar covered the truth in {fmt(h['covered'])}/"
+            f"{h['ok_runs']} seeds -> {'met' if below and cover else 'NOT met'}"
+            + (
+                " (BackPACK's exact DiagHessian is not a 96-product estimator; see its row)"
+                if any(r.get("exact") for r in peers(tr).values())
+                else ""
+            )
+        )
+    d = p1.get("density", {}).get("100", {})
+    if HESSLAB in d:
+        h = d[HESSLAB]
+        met = (h["w1_over_width"] or 1) < 8e-4
+        out.append(
+            f"- density at 100 products (target: W1/width < 8e-4): "
+            f"{fmt(h['w1_over_width'], '.2e')} -> {'met' if met else 'NOT met'}"
+        )
+    return out
+
+
+def render(results: dict) -> str:
+    meta = results["meta"]
+    L = [
+        "# hesslab vs PyHessian, curvlinops, hessian-eigenthings, BackPACK (issue 5)",
+        "",
+        f"Generated by `{meta['command']}` on {meta['date']}"
+        + (f" ({meta['total_s'] / 60:.1f} min)." if meta.get("total_s") else "."),
+        f"Machine: {meta['cpu']}, {meta['cpus']} CPUs, {meta['threads']} torch thread(s) per "
+        f"measurement, Python {meta['python']}; load average at start {meta['load_start']}, "
+        f"at end {meta['load_end']} (a shared machine: compare ratios from the same run). "
+        f"Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
+        "",
+        "Protocol: every library gets the same trained float64 model and full data (one "
+        "batch) with mean cross-entropy; each measurement is its own forked process; methods "
+        f"interleaved; medians over {meta['reps']} runs (trace: {meta['seeds']} seeds). "
+        "Products = Hessian-vector products applied by the algorithm, counted by wrapping each "
+        "library's product (setup products such as curvlinops' determinism check and "
+        "hesslab's mode timing are in the wall time, not the count). Wall = end to end from "
+        "the loaded model (operator construction + algorithm); PyTorch's own one-time "
+        f"per-process start-up ({meta['torch_warmup_s']:.1f} s here: lazy imports on the first "
+        "autograd.grad, functorch set-up) is paid once before forking, by plain torch code, "
+        "so no library is charged for it. Peak RSS = the child's "
+        "ru_maxrss in MB, (+ above a child that only loads the problem). Ratios `/ hesslab` "
+        "use medians from this run. Rel. error of top-k = max over the k eigenvalues.",
+        "",
+    ]
+    if meta.get("missing"):
+        L += [f"Not importable here (their rows fail): {meta['missing']}", ""]
+    for pname, res in results["problems"].items():
+        tr = res["truth"]
+        base = res["baseline_rss_mb"]
+        L += [
+            f"## {pname}: {tr['description']} (P = {tr['num_params']:,}, N = {tr['num_data']})",
+            "",
+            (
+                f"Ground truth: top eigenvalues {tr['top_kind']}; trace {tr['trace_kind']} "
+                f"= {tr['trace']:.6g}; lambda_1 = {tr['top'][0]:.6g}."
+                if tr.get("top")
+                else "Ground truth: not needed (measured here: " + ", ".join(res["measures"]) + ")."
+            ),
+            "",
+        ]
+        for k, rows in res.get("topk", {}).items():
+            L += [f"### Top-{k} eigenvalues", ""]
+            L += markdown_table(
+                [
+                    "method",
+                    "settings",
+                    "products",
+                    "wall (s)",
+                    "rel. error",
+                    "products / hesslab",
+                    "wall / hesslab",
+                    "peak RSS MB",
+                    "note",
+                ],
+                [
+                    [
+                        n,
+                        r["settings"],
+                        fmt(r["products"], "g"),
+                        fmt(r["wall_s"], ".3f"),
+                        fmt(r["rel_error"], ".1e"),
+                        fmt(r["products_vs_hesslab"], ".2f"),
+                        fmt(r["wall_s_vs_hesslab"], ".2f"),
+                        _mem(r, base),
+                        _note(r),
+                    ]
+                    for n, r in rows.items()
+                ],
+            )
+            L.append("")
+        if "trace" in res:
+            L += [
+                f"### Trace with {results['meta']['trace_budget']} products "
+                f"(true trace {tr['trace']:.6g})",
+                "",
+            ]
+            rows = res["trace"]
+            L += markdown_table(
+                [
+                    "method",
+                    "settings",
+                    "products",
+                    "mean \\|rel. error\\|",
+                    "max \\|rel. error\\|",
+                    "error bar covers truth",
+                    "wall (s)",
+                    "error / hesslab",
+                    "peak RSS MB",
+                    "note",
+                ],
+                [
+                    [
+                        n,
+                        r["settings"],
+                        fmt(r["products"], "g"),
+                        fmt(r["mean_rel_error"], ".2e"),
+                        fmt(r["max_rel_error"], ".2e"),
+                        (
+                            "exact method"
+                            if r.get("exact")
+                            else f"{r['covered']}/{r['ok_runs']}"
+                            if r["error_bar"]
+                            else "no error bar"
+                        ),
+                        fmt(r["wall_s"], ".3f"),
+                        fmt(r["mean_rel_error_vs_hesslab"], ".2f"),
+                        _mem(r, base),
+                        _note(r),
+                    ]
+                    for n, r in rows.items()
+                ],
+            )
+            L.append("")
+        for budget, rows in res.get("density", {}).items():
+            L += [
+                f"### Spectral density with {budget} products: W1 to the exact eigenvalues "
+                "/ spectral width",
+                "",
+            ]
+            L += markdown_table(
+                [
+                    "method",
+                    "settings",
+                    "products",
+                    "W1 / width",
+                    "wall (s)",
+                    "W1 / hesslab",
+                    "peak RSS MB",
+                    "note",
+                ],
+                [
+                    [
+                        n,
+                        r["settings"],
+                        fmt(r["products"], "g"),
+                        fmt(r["w1_over_width"], ".2e"),
+                        fmt(r["wall_s"], ".3f"),
+                        fmt(r["w1_over_width_vs_hesslab"], ".2f"),
+                        _mem(r, base),
+                        _note(r),
+                    ]
+                    for n, r in rows.items()
+                ],
+            )
+            L.append("")
+        if "cost" in res:
+            L += ["### Cost of one product relative to one full-data gradient (same process)", ""]
+            rows = res["cost"]
+            L += markdown_table(
+                [
+                    "library",
+                    "product",
+                    "HVP / gradient",
+                    "per column in a block of 16",
+                    "HVP (ms)",
+                    "gradient (ms)",
+                    "HVP cost / hesslab",
+                    "peak RSS MB",
+                    "note",
+                ],
+                [
+                    [
+                        n,
+                        r["settings"],
+                        fmt(r["hvp_over_grad"], ".2f"),
+                        fmt(r["block_over_grad"], ".2f"),
+                        fmt(r["hvp_ms"], ".2f"),
+                        fmt(r["grad_ms"], ".2f"),
+                        fmt(r["hvp_over_grad_vs_hesslab"], ".2f"),
+                        _mem(r, base),
+                        _note(r),
+                    ]
+                    for n, r in rows.items()
+                ],
+            )
+            L.append("")
+    if "P1" in results["problems"]:
+        L += ["## Targets of issue 5 (P1, this run)", "", *targets(results["problems"]["P1"]), ""]
+    return "\n".join(L)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    probs = results["problems"]
+    p1 = probs.get("P1", next(iter(probs.values())))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    # (a) top-k: error vs products
+    ax = axes[0, 0]
+    for k, marker in (("1", "o"), ("5", "s")):
+        for i, (n, r) in enumerate(p1.get("topk", {}).get(k, {}).items()):
+            if r["products"] is None or r["rel_error"] is None:
+                continue
+            ax.scatter(
+                r["products"],
+                max(r["rel_error"], 1e-16),
+                marker=marker,
+                color=f"C{i}",
+                label=f"{n} (top-{k})",
+                s=60,
+            )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="Hessian-vector products",
+        ylabel="max rel. error of top-k",
+        title="P1 top-1 (o) / top-5 (s)",
+    )
+    ax.axhline(1e-6, color="grey", lw=0.8, ls="--")
+    ax.legend(fontsize=7)
+    # (b) trace errors (estimators only; exact methods are annotated)
+    ax = axes[0, 1]
+    rows = {n: r for n, r in p1.get("trace", {}).items() if r["mean_rel_error"] is not None}
+    est = [n for n in rows if not rows[n].get("exact")]
+    ax.barh(est, [100 * rows[n]["mean_rel_error"] for n in est], color="C0", label="mean")
+    ax.scatter(
+        [100 * rows[n]["max_rel_error"] for n in est],
+        est,
+        color="C3",
+        marker="|",
+        s=200,
+        label="max",
+    )
+    for n in est:
+        r = rows[n]
+        bar = f"covers {r['covered']}/{r['ok_runs']}" if r["error_bar"] else "no error bar"
+        ax.annotate(
+            bar,
+            (100 * r["max_rel_error"], n),
+            xytext=(6, -3),
+            textcoords="offset points",
+            fontsize=7,
+        )
+    exact = [n for n in rows if rows[n].get("exact")]
+    title = f"P1 trace, {results['meta']['trace_budget']} products"
+    if exact:
+        title += f" ({', '.join(exact)}: exact)"
+    ax.set(xlabel="|rel. error| of the trace, % (5 seeds)", title=title)
+    ax.set_xlim(0, 1.35 * max([100 * rows[n]["max_rel_error"] for n in est] or [1]))
+    ax.legend(fontsize=7, loc="lower right")
+    # (c) density: CDFs at the smallest budget against the exact one
+    ax = axes[1, 0]
+    eigs = np.sort(np.asarray(p1.get("exact_eigs", []), dtype=float))
+    dens = p1.get("density", {})
+    if eigs.size and dens:
+        b = min(dens, key=int)
+        ax.step(
+            eigs,
+            np.arange(1, eigs.size + 1) / eigs.size,
+            where="post",
+            color="k",
+            lw=2,
+            label="exact",
+        )
+        order = [n for n in dens[b] if n != HESSLAB] + [n for n in dens[b] if n == HESSLAB]
+        for n in order:  # hesslab last, on top
+            r, i = dens[b][n], list(dens[b]).index(n)
+            ex = r.get("example")
+            if not ex:
+                continue
+            x, w = np.asarray(ex["nodes"], float), np.asarray(ex["weights"], float)
+            keep = np.isfinite(x) & (w > 0)
+            o = np.argsort(x[keep])
+            cdf = np.cumsum(w[keep][o]) / w[keep].sum()
+            ax.step(
+                x[keep][o],
+                cdf,
+                where="post",
+                color=f"C{i}",
+                ls="--" if n == HESSLAB else "-",
+                lw=2 if n == HESSLAB else 1,
+                label=f"{n}: W1/width {fmt(r['w1_over_width'], '.1e')}",
+            )
+        lo, hi = np.quantile(eigs, [0.0, 1.0])
+        ax.set(
+            xlim=(lo, hi),
+            xscale="symlog",
+            xlabel="eigenvalue (symlog)",
+            ylabel="cumulative spectral measure",
+            title=f"P1 spectral measure, {b} products",
+        )
+        ax.set_xscale("symlog", linthresh=1e-4)
+        ax.legend(fontsize=7)
+    # (d) product cost
+    ax = axes[1, 1]
+    libs = sorted({n for r in probs.values() for n in r.get("cost", {})})
+    width = 0.8 / max(1, len(probs))
+    for j, (pname, res) in enumerate(probs.items()):
+        vals = [res.get("cost", {}).get(n, {}).get("hvp_over_grad") for n in libs]
+        ax.bar(np.arange(len(libs)) + j * width, [v if v else 0 for v in vals], width, label=pname)
+    ax.set_xticks(
+        np.arange(len(libs)) + width * (len(probs) - 1) / 2, libs, rotation=20, fontsize=8
+    )
+    ax.set(ylabel="one HVP / one gradient", title="cost of a product")
+    ax.legend(fontsize=7)
+    fig.suptitle(
+        f"hesslab vs peers ({results['meta']['cpu']}, {results['meta']['threads']} thread(s))",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for d in DISTS:
+        try:
+            out[d] = md.version(d)
+        except md.PackageNotFoundError:
+            out[d] = "not installed"
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="P1 only")
+    ap.add_argument("--problems", nargs="+", default=None, help="default P1 P2 P3 P4")
+    ap.add_argument(
+        "--measures",
+        nargs="+",
+        default=None,
+        choices=["topk", "trace", "density", "cost"],
+        help="default: per problem (P1 all; P2, P3 topk trace cost; P4 cost)",
+    )
+    ap.add_argument("--skip", nargs="*", default=[], help="method names or libraries to skip")
+    ap.add_argument("--ks", nargs="+", type=int, default=[1, 5])
+    ap.add_argument("--reps", type=int, default=3, help="runs per method (>= 3)")
+    ap.add_argument("--seeds", type=int, default=5, help="trace seeds")
+    ap.add_argument("--trace-budget", type=int, default=96)
+    ap.add_argument(
+        "--density-budgets", nargs="+", type=int, default=None, help="default 100 800 (quick: 100)"
+    )
+    ap.add_argument("--cost-reps", type=int, default=None, help="timed repeats per child")
+    ap.add_argument("--cost-block", type=int, default=None, help="block width (0: none)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per child")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per child")
+    ap.add_argument(
+        "--cache-dir",
+        default=None,
+        help="trained problems + truth (default ~/.cache/hesslab/bench-peers/KEY)",
+    )
+    ap.add_argument("--out", default=None, help="output stem (default bench/results/peers)")
+    args = ap.parse_args(argv)
+    if args.problems is None:
+        args.problems = ["P1"] if args.quick else ["P1", "P2", "P3", "P4"]
+    if args.density_budgets is None:
+        args.density_budgets = [100] if args.quick else [100, 800]
+    if args.quick and args.cost_reps is None:
+        args.cost_reps = 10
+    if args.reps < 3:
+        ap.error("--reps must be >= 3 (medians of at least three runs)")
+    default_stem = "peers_quick" if args.quick else "peers"
+    stem = Path(args.out) if args.out else BENCH / "results" / default_stem
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    cache = (
+        Path(args.cache_dir)
+        if args.cache_dir
+        else (
+            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+            / "hesslab"
+            / "bench-peers"
+            / _cache_key()
+        )
+    )
+    cache.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[peers {time.time() - t_start:7.1f}s] {msg}", flush=True)
+
+    imports = _preimport()
+    missing = {m: s for m, s in imports.items() if s != "ok"}
+    if missing:
+        log(f"not importable: {missing} (their rows will be recorded as failures)")
+    from common import warm_torch
+
+    warm_s = warm_torch()
+    log(f"PyTorch warm-up (lazy imports, functorch) before forking: {warm_s:.1f} s")
+    meta = {
+        "command": "python bench/peers" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "versions": _versions(),
+        "load_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "reps": args.reps,
+        "seeds": args.seeds,
+        "trace_budget": args.trace_budget,
+        "missing": missing,
+        "torch_warmup_s": warm_s,
+    }
+    results: dict[str, Any] = {"meta": meta, "problems": {}}
+    for pname in args.problems:
+        results["problems"][pname] = bench_problem(pname, args, cache, log)
+    meta["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    meta["total_s"] = time.time() - t_start
+    text = render(results)
+    print(text)
+    stem.with_suffix(".md").write_text(text + "\n")
+    slim = json.loads(json.dumps(results, default=str))
+    for res in slim["problems"].values():
+        res.pop("exact_eigs", None)
+        for rows in res.get("density", {}).values():
+            for row in rows.values():
+                row.pop("example", None)
+    stem.with_suffix(".json").write_text(json.dumps(slim, indent=1) + "\n")
+    try:
+        plot(results, stem.with_suffix(".png"))
+    except Exception as exc:
+        log(f"plot failed: {type(exc).__name__}: {exc}")
+    log(f"wrote {stem}.md/.json/.png in {meta['total_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
