@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hesslab-installed
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench bench-quick peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-bench: $(STAMP)
+# Peer libraries go into the same .venv without touching its torch (bench/install_peers.sh).
+peers: $(STAMP)
+	bash bench/install_peers.sh $(VENV)
+
+# Everything side by side (about 20 minutes); bench-quick: problem P1 only (a few minutes).
+bench: peers
 	$(BIN)/python bench/hvp_cost.py
 	$(BIN)/python bench/eigen.py
+	$(BIN)/python bench/distributed.py
+	$(BIN)/python bench/peers
+
+bench-quick: peers
+	$(BIN)/python bench/hvp_cost.py --quick
+	$(BIN)/python bench/peers --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
