@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from hesslab.data import digits
+from hesslab.experiments.registry import ExperimentSpec
 from hesslab.linalg import eigenpairs, trace
 from hesslab.measures.sharpness import (
     epsilon_sharpness,
@@ -60,7 +61,7 @@ from hesslab.reparam import rescale_pair, scalable_layers
 from hesslab.report.run import RunDir
 from hesslab.train import fit
 
-__all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "SPEC", "Dinh2017Config", "run"]  # noqa: F822
+__all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "SPEC", "Dinh2017Config", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -480,30 +481,21 @@ def run(
     }
 
 
-def __getattr__(name: str) -> Any:
-    """``SPEC``, the registry entry (``EXPERIMENTS["dinh2017"] = dinh2017.SPEC``), built
-    lazily (PEP 562) so that ``registry.py`` can import this module before it defines
-    :class:`~hesslab.experiments.registry.ExperimentSpec` without an import cycle."""
-    if name != "SPEC":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from hesslab.experiments.registry import ExperimentSpec
-
-    spec = ExperimentSpec(
-        name="dinh2017",
-        title="Sharp minima can generalize: rescaling moves flatness (Dinh et al. 2017)",
-        paper=("Dinh, Pascanu, Bengio, Bengio (2017), Sharp Minima Can Generalize For Deep Nets"),
-        arxiv="1703.04933",
-        description=(
-            "Function-preserving rescalings T_α of trained ReLU networks on digits (an MLP; "
-            "in the full size also a convnet): outputs and test accuracy stay the same while "
-            "λ_max, tr(H) and ε-sharpness move by orders of magnitude; scale-invariant "
-            "measures (Σθ²H_jj, λ_max(ΘHΘ), per-tensor normalized λ_max and trace) stay "
-            "constant."
-        ),
-        config_type=Dinh2017Config,
-        runner=run,
-        smoke_seconds=SMOKE_SECONDS,
-        full_seconds=FULL_SECONDS,
-    )
-    globals()["SPEC"] = spec
-    return spec
+#: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
+SPEC = ExperimentSpec(
+    name="dinh2017",
+    title="Sharp minima can generalize: rescaling moves flatness (Dinh et al. 2017)",
+    paper=("Dinh, Pascanu, Bengio, Bengio (2017), Sharp Minima Can Generalize For Deep Nets"),
+    arxiv="1703.04933",
+    description=(
+        "Function-preserving rescalings T_α of trained ReLU networks on digits (an MLP; "
+        "in the full size also a convnet): outputs and test accuracy stay the same while "
+        "λ_max, tr(H) and ε-sharpness move by orders of magnitude; scale-invariant "
+        "measures (Σθ²H_jj, λ_max(ΘHΘ), per-tensor normalized λ_max and trace) stay "
+        "constant."
+    ),
+    config_type=Dinh2017Config,
+    runner=run,
+    smoke_seconds=SMOKE_SECONDS,
+    full_seconds=FULL_SECONDS,
+)

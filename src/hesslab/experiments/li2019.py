@@ -66,6 +66,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hesslab.data import gaussian_mixture, with_label_noise
 from hesslab.errors import ConfigurationError
+from hesslab.experiments.registry import ExperimentSpec
 from hesslab.linalg import eigenpairs, trace
 from hesslab.measures import scale_invariant_trace, subspace_overlap
 from hesslab.models import mlp
@@ -85,7 +86,7 @@ __all__ = [
     "predicted_change",
     "run",
     "sampled_change",
-]  # and SPEC (lazy)
+]
 
 logger = logging.getLogger(__name__)
 
@@ -943,31 +944,23 @@ def run(
     }
 
 
-def __getattr__(name: str) -> Any:
-    """``SPEC``, the registry entry, built lazily (PEP 562) so that ``registry.py`` can
-    import this module without an import cycle."""
-    if name != "SPEC":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from hesslab.experiments.registry import ExperimentSpec
-
-    spec = ExperimentSpec(
-        name="li2019",
-        title="Hessian and gradient second moment under SGD (Li et al. 2019)",
-        paper=(
-            "Li, Gu, Zhou, Chen, Banerjee (2019), Hessian based analysis of SGD for Deep "
-            "Nets: Dynamics and Generalization"
-        ),
-        arxiv="1907.10732",
-        description=(
-            "Overlap of the top-k subspaces of H and the minibatch gradient second moment M_B "
-            "over SGD training for several batch sizes and random-label fractions; predicted "
-            "(−η‖∇L‖² + η²/2·Tr(HM_B)) vs sampled one-step loss change; quantile bands over "
-            "many tiny nets trained with vmap; invariance of Σθ²H_jj under layer rescaling."
-        ),
-        config_type=Li2019Config,
-        runner=run,
-        smoke_seconds=SMOKE_SECONDS,
-        full_seconds=FULL_SECONDS,
-    )
-    globals()["SPEC"] = spec
-    return spec
+#: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
+SPEC = ExperimentSpec(
+    name="li2019",
+    title="Hessian and gradient second moment under SGD (Li et al. 2019)",
+    paper=(
+        "Li, Gu, Zhou, Chen, Banerjee (2019), Hessian based analysis of SGD for Deep "
+        "Nets: Dynamics and Generalization"
+    ),
+    arxiv="1907.10732",
+    description=(
+        "Overlap of the top-k subspaces of H and the minibatch gradient second moment M_B "
+        "over SGD training for several batch sizes and random-label fractions; predicted "
+        "(−η‖∇L‖² + η²/2·Tr(HM_B)) vs sampled one-step loss change; quantile bands over "
+        "many tiny nets trained with vmap; invariance of Σθ²H_jj under layer rescaling."
+    ),
+    config_type=Li2019Config,
+    runner=run,
+    smoke_seconds=SMOKE_SECONDS,
+    full_seconds=FULL_SECONDS,
+)

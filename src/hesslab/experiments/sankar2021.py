@@ -80,6 +80,7 @@ from torch import nn
 
 from hesslab.data import balanced_subset, digits
 from hesslab.errors import ConfigurationError
+from hesslab.experiments.registry import ExperimentSpec
 from hesslab.linalg import eigenpairs, spectral_density, trace
 from hesslab.linalg.density import SpectralDensity
 from hesslab.measures import sankar_density_distance, spectrum_w1
@@ -97,7 +98,7 @@ __all__ = [
     "plot_layer_densities",
     "run",
     "spearman",
-]  # and SPEC (lazy)
+]
 
 logger = logging.getLogger(__name__)
 
@@ -760,33 +761,25 @@ def run(
     return {"models": models, "claims": claims, "seconds": seconds, "config": asdict(cfg)}
 
 
-def __getattr__(name: str) -> Any:
-    """``SPEC``, the registry entry, built lazily (PEP 562) so that ``registry.py`` can
-    import this module without an import cycle."""
-    if name != "SPEC":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from hesslab.experiments.registry import ExperimentSpec
-
-    spec = ExperimentSpec(
-        name="sankar2021",
-        title="Layerwise vs full Hessian spectra over training (Sankar et al. 2021)",
-        paper=(
-            "Sankar, Khasbage, Vigneswaran, Balasubramanian (AAAI 2021), A Deeper Look at the "
-            "Hessian Eigenspectrum of Deep Neural Networks and its Applications to "
-            "Regularization"
-        ),
-        arxiv="2012.03801",
-        description=(
-            "A LeNet-style CNN and an MLP trained on digits with SGD + momentum; after every "
-            "epoch, SLQ densities of the full Hessian and of each weight layer's diagonal "
-            "block on a class-balanced subset; distance of each layer to the full spectrum "
-            "vs depth (1-Wasserstein on a normalized axis, and the authors' code variant), "
-            "and λ_max / trace trends, full and layerwise."
-        ),
-        config_type=Sankar2021Config,
-        runner=run,
-        smoke_seconds=SMOKE_SECONDS,
-        full_seconds=FULL_SECONDS,
-    )
-    globals()["SPEC"] = spec
-    return spec
+#: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
+SPEC = ExperimentSpec(
+    name="sankar2021",
+    title="Layerwise vs full Hessian spectra over training (Sankar et al. 2021)",
+    paper=(
+        "Sankar, Khasbage, Vigneswaran, Balasubramanian (AAAI 2021), A Deeper Look at the "
+        "Hessian Eigenspectrum of Deep Neural Networks and its Applications to "
+        "Regularization"
+    ),
+    arxiv="2012.03801",
+    description=(
+        "A LeNet-style CNN and an MLP trained on digits with SGD + momentum; after every "
+        "epoch, SLQ densities of the full Hessian and of each weight layer's diagonal "
+        "block on a class-balanced subset; distance of each layer to the full spectrum "
+        "vs depth (1-Wasserstein on a normalized axis, and the authors' code variant), "
+        "and λ_max / trace trends, full and layerwise."
+    ),
+    config_type=Sankar2021Config,
+    runner=run,
+    smoke_seconds=SMOKE_SECONDS,
+    full_seconds=FULL_SECONDS,
+)

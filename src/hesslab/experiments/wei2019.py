@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hesslab.data import balanced_subset, digits
+from hesslab.experiments.registry import ExperimentSpec
 from hesslab.models import mlp
 from hesslab.objective import Objective
 from hesslab.operators import hessian
@@ -87,7 +88,7 @@ __all__ = [
     "Wei2019Config",
     "run",
     "toy_hessian",
-]  # and SPEC (lazy)
+]
 
 logger = logging.getLogger(__name__)
 
@@ -819,31 +820,23 @@ def run(
     return {"toy": toy, "mlp": mlp_res, "seconds": seconds, "config": asdict(cfg)}
 
 
-def __getattr__(name: str) -> Any:
-    """``SPEC``, the registry entry, built lazily (PEP 562) so that ``registry.py`` can
-    import this module without an import cycle."""
-    if name != "SPEC":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from hesslab.experiments.registry import ExperimentSpec
-
-    spec = ExperimentSpec(
-        name="wei2019",
-        title="How noise shapes the Hessian in a degenerate valley (Wei & Schwab 2019)",
-        paper=(
-            "Wei, Schwab (2019), How noise affects the Hessian spectrum in overparameterized "
-            "neural networks"
-        ),
-        arxiv="1910.00195",
-        description=(
-            "Toy valleys ½(Πwᵢ − 1)² started on the valley and an MLP on a non-realizable digits "
-            "subset at its minimum, continued with GD, SGD (label noise / minibatches), GD + "
-            "isotropic noise and GD + minibatch-covariance (H-shaped) noise: Tr H falls under "
-            "SGD-like noise, log det of the non-degenerate block under isotropic noise, GD stays."
-        ),
-        config_type=Wei2019Config,
-        runner=run,
-        smoke_seconds=SMOKE_SECONDS,
-        full_seconds=FULL_SECONDS,
-    )
-    globals()["SPEC"] = spec
-    return spec
+#: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
+SPEC = ExperimentSpec(
+    name="wei2019",
+    title="How noise shapes the Hessian in a degenerate valley (Wei & Schwab 2019)",
+    paper=(
+        "Wei, Schwab (2019), How noise affects the Hessian spectrum in overparameterized "
+        "neural networks"
+    ),
+    arxiv="1910.00195",
+    description=(
+        "Toy valleys ½(Πwᵢ − 1)² started on the valley and an MLP on a non-realizable digits "
+        "subset at its minimum, continued with GD, SGD (label noise / minibatches), GD + "
+        "isotropic noise and GD + minibatch-covariance (H-shaped) noise: Tr H falls under "
+        "SGD-like noise, log det of the non-degenerate block under isotropic noise, GD stays."
+    ),
+    config_type=Wei2019Config,
+    runner=run,
+    smoke_seconds=SMOKE_SECONDS,
+    full_seconds=FULL_SECONDS,
+)
