@@ -36,7 +36,7 @@ lint: $(STAMP)
 peers: $(STAMP)
 	bash bench/install_peers.sh $(VENV)
 
-# Everything side by side (about 20 minutes); bench-quick: problem P1 only (a few minutes).
+# Everything side by side (about an hour on 2 cores); bench-quick: problem P1 only (~2 min).
 bench: peers
 	$(BIN)/python bench/hvp_cost.py
 	$(BIN)/python bench/eigen.py
