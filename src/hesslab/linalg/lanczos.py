@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,11 +41,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hesslab.errors import ConfigurationError
+from hesslab.errors import ConfigurationError, HesslabError
 from hesslab.linalg.results import EigenResult
 from hesslab.operators.base import LinearOperator, as_operator
 
-__all__ = ["auto_block_size", "eigenpairs", "lanczos_quadrature"]
+__all__ = ["BasisStorageError", "auto_block_size", "eigenpairs", "lanczos_quadrature"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,11 @@ def _randn(P: int, j: int, generator: torch.Generator, device: torch.device) -> 
     return Z.to(device)
 
 
-def _orthogonalize(V: Tensor, W: Tensor) -> tuple[Tensor, Tensor]:
+def _orthogonalize(V: Tensor | _DiskColumns, W: Tensor) -> tuple[Tensor, Tensor]:
     """Project ``W`` onto the orthogonal complement of the orthonormal columns of ``V``.
+
+    ``V`` is a tensor or a :class:`_DiskColumns` view of a memory-mapped basis (then the
+    two products run chunk by chunk on ``W``'s device).
 
     Classical Gram–Schmidt twice (a third pass when the second pass still removed more
     than half of some column's norm). Returns the accumulated coefficients ``C = V^T W``
@@ -85,8 +89,8 @@ def _orthogonalize(V: Tensor, W: Tensor) -> tuple[Tensor, Tensor]:
         return C, W
     for p in range(3):
         before = torch.linalg.vector_norm(W, dim=0)
-        D = V.T @ W
-        W = W - V @ D
+        D = V.T @ W if isinstance(V, Tensor) else V.tmm(W)
+        W = W - (V @ D if isinstance(V, Tensor) else V.mm(D))
         C = C + D
         if p >= 1:
             after = torch.linalg.vector_norm(W, dim=0)
@@ -109,6 +113,205 @@ def _as_matrix(x: Any, P: int, name: str) -> Tensor:
     if not bool(torch.isfinite(X).all()):
         raise ConfigurationError(f"{name} contains NaN or inf; pass finite start vectors")
     return X
+
+
+# ------------------------------------------------------------------- basis storage
+#: Default device budget of one chunk of a memory-mapped basis (``basis_chunk=None``).
+_CHUNK_BYTES = 256 * 2**20
+#: Unlink the basis file right after mapping it (POSIX keeps the mapping valid).
+_UNLINK_EARLY = os.name == "posix"
+
+
+class BasisStorageError(HesslabError, OSError):
+    """The memory-mapped Krylov basis (``basis_device="disk"``) could not be created."""
+
+
+class _DiskColumns:
+    """Columns ``[:n]`` of a basis stored transposed (``Vt [m, P]``, one row per vector,
+    usually memory-mapped), optionally followed by ``extra`` columns already on ``device``.
+
+    Provides the two products of :func:`_orthogonalize` without ever holding more than
+    about ``chunk`` basis vectors on ``device``: ``V^T W`` by chunks of ``chunk`` vectors
+    (each entry one full-length dot product) and ``V D`` by chunks of rows (each entry one
+    full-length sum over the vectors).
+    """
+
+    def __init__(
+        self, Vt: Tensor, n: int, chunk: int, device: torch.device, extra: Tensor | None = None
+    ) -> None:
+        self.Vt, self.n, self.chunk, self.device = Vt, n, chunk, device
+        self.extra = extra
+        self.P = Vt.shape[1]
+        q = 0 if extra is None else extra.shape[1]
+        self.shape = (self.P, n + q)
+
+    def with_columns(self, Q: Tensor) -> _DiskColumns:
+        extra = Q if self.extra is None else torch.cat([self.extra, Q], dim=1)
+        return _DiskColumns(self.Vt, self.n, self.chunk, self.device, extra)
+
+    def tmm(self, W: Tensor) -> Tensor:
+        """``V^T W`` (``[n(+q), j]`` on ``W``'s device)."""
+        parts = [
+            self.Vt[a : min(a + self.chunk, self.n)].to(W.device) @ W
+            for a in range(0, self.n, self.chunk)
+        ]
+        if self.extra is not None:
+            parts.append(self.extra.T @ W)
+        if not parts:
+            return torch.zeros(0, W.shape[1], dtype=W.dtype, device=W.device)
+        return torch.cat(parts, dim=0)
+
+    def mm(self, D: Tensor) -> Tensor:
+        """``V D`` (``[P, j]`` on ``D``'s device)."""
+        return _rows_times(self.Vt, self.n, D[: self.n], self.chunk) + (
+            0 if self.extra is None else self.extra @ D[self.n :]
+        )
+
+
+def _rows_times(Vt: Tensor, n: int, Y: Tensor, chunk: int) -> Tensor:
+    """``Vt[:n].T @ Y`` by chunks of rows, each at most ``chunk * P`` numbers on the device."""
+    P = Vt.shape[1]
+    out = torch.empty(P, Y.shape[1], dtype=Y.dtype, device=Y.device)
+    if n == 0:
+        return out.zero_()
+    rows = max(1, (chunk * P) // n)
+    for r in range(0, P, rows):
+        out[r : r + rows] = Vt[:n, r : r + rows].T.to(Y.device) @ Y
+    return out
+
+
+class _MemoryBasis:
+    """The Krylov basis ``V [P, m]`` as one tensor on ``device`` (the default storage)."""
+
+    def __init__(self, P: int, m: int, device: torch.device, pin: bool) -> None:
+        self.V = torch.zeros(P, m, dtype=torch.float64, device=device, pin_memory=pin)
+        self.device = self.V.device
+
+    def cols(self, a: int, b: int) -> Tensor:
+        return self.V[:, a:b]
+
+    def view(self, n: int) -> Tensor:
+        return self.V[:, :n]
+
+    def put(self, a: int, Q: Tensor) -> None:
+        self.V[:, a : a + Q.shape[1]] = Q
+
+    def combine(self, n: int, Y: Tensor) -> Tensor:
+        return self.V[:, :n] @ Y.to(self.device)
+
+    def restart(self, n: int, Yk: Tensor) -> None:
+        nk = Yk.shape[1]
+        self.V[:, :nk] = self.V[:, :n] @ Yk.to(self.device)
+        self.V[:, nk:] = 0
+
+    def state(self) -> Tensor:
+        return self.V.cpu()
+
+    def load(self, V: Tensor) -> None:
+        self.V.copy_(V.to(self.device))
+
+    def close(self) -> None:
+        pass
+
+
+class _DiskBasis:
+    """The Krylov basis in a memory-mapped float64 file, one contiguous row per vector.
+
+    Products and the arithmetic on the newest block run on ``device``; at most ``chunk``
+    basis vectors (or the equivalent number of rows) are on ``device`` at a time. The file
+    is created in ``directory`` (default: the system temporary directory), unlinked at
+    once on POSIX systems (so nothing is left behind even if the process is killed) and
+    removed by :meth:`close` otherwise.
+    """
+
+    def __init__(
+        self,
+        P: int,
+        m: int,
+        device: torch.device,
+        chunk: int,
+        directory: str | os.PathLike[str] | None,
+        shape: tuple[int, ...] | None = None,
+    ) -> None:
+        shape = (m, P) if shape is None else shape
+        nbytes = 8 * math.prod(shape)
+        try:
+            fd, path = tempfile.mkstemp(prefix="hesslab-basis-", suffix=".f64", dir=directory)
+        except OSError as exc:
+            raise BasisStorageError(
+                f"cannot create the memory-mapped Krylov basis in {directory or 'the temp dir'}"
+                f" ({exc}); pass basis_dir= an existing writable directory"
+            ) from exc
+        self.path: str | None = path
+        try:
+            try:
+                if hasattr(os, "posix_fallocate") and nbytes:
+                    os.posix_fallocate(fd, 0, nbytes)  # no SIGBUS later on a full disk
+                else:
+                    os.ftruncate(fd, nbytes)
+            finally:
+                os.close(fd)
+            mm = np.memmap(path, dtype=np.float64, mode="r+", shape=shape) if nbytes else None
+        except OSError as exc:
+            self.close()
+            raise BasisStorageError(
+                f"cannot allocate {nbytes / 2**30:.2f} GiB for the memory-mapped Krylov basis "
+                f"in {os.path.dirname(path)} ({exc}); free disk space or pass another basis_dir="
+            ) from exc
+        if _UNLINK_EARLY:
+            os.remove(path)  # the mapping stays valid; the space is freed when it is dropped
+            self.path = None
+        self.store = torch.zeros(shape, dtype=torch.float64) if mm is None else torch.from_numpy(mm)
+        self.Vt = self.store  # [m, P] for eigenpairs
+        self.device, self.chunk, self.P = device, chunk, P
+
+    def cols(self, a: int, b: int) -> Tensor:
+        return self.Vt[a:b].T.to(self.device)
+
+    def view(self, n: int) -> _DiskColumns:
+        return _DiskColumns(self.Vt, n, self.chunk, self.device)
+
+    def put(self, a: int, Q: Tensor) -> None:
+        self.Vt[a : a + Q.shape[1]] = Q.T.to("cpu")
+
+    def combine(self, n: int, Y: Tensor) -> Tensor:
+        return _rows_times(self.Vt, n, Y.to(self.device), self.chunk)
+
+    def restart(self, n: int, Yk: Tensor) -> None:
+        nk = Yk.shape[1]
+        Yk = Yk.to(self.device)
+        rows = max(1, (self.chunk * self.P) // max(n, 1))
+        for r in range(0, self.P, rows):
+            # each chunk of rows is read completely before it is overwritten
+            block = self.Vt[:n, r : r + rows].T.to(self.device) @ Yk
+            self.Vt[:nk, r : r + rows] = block.T.to("cpu")
+        # columns >= nk are never read before they are overwritten: no zeroing pass
+
+    def state(self) -> Tensor:
+        # a [P, m] view; torch.save writes the numbers, not a reference to the mapping
+        return self.Vt.T
+
+    def load(self, V: Tensor) -> None:
+        self.Vt.copy_(V.T)
+
+    def close(self) -> None:
+        self.Vt = self.store = None  # type: ignore[assignment]
+        if self.path is not None:
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
+
+
+def _chunk_columns(basis_chunk: int | None, P: int, m: int) -> int:
+    if basis_chunk is None:
+        return int(max(1, min(m, _CHUNK_BYTES // (8 * P))))
+    if not isinstance(basis_chunk, (int, np.integer)) or basis_chunk < 1:
+        raise ConfigurationError(
+            f"basis_chunk must be a positive int (basis vectors per transfer), got {basis_chunk!r}"
+        )
+    return int(basis_chunk)
 
 
 def _order(theta: Tensor, which: str) -> Tensor:
@@ -157,6 +360,8 @@ def eigenpairs(
     generator: torch.Generator | None = None,
     block_size: int | str | None = None,
     basis_device: torch.device | str | None = None,
+    basis_dir: str | os.PathLike[str] | None = None,
+    basis_chunk: int | None = None,
     return_vectors: bool = True,
     true_residuals: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
@@ -204,8 +409,25 @@ def eigenpairs(
             unseeded one). The same seed gives bit-identical results.
         block_size: ``None``/``1`` single-vector Lanczos; an int ``b``: block Lanczos;
             ``"auto"``: :func:`auto_block_size`.
-        basis_device: where the Krylov basis lives (default ``op.device``); e.g. ``"cpu"``
-            to keep a large basis off the GPU while products run there.
+        basis_device: where the Krylov basis (``P x max_basis`` float64) lives: a device
+            (default ``op.device``), e.g. ``"cpu"`` to keep a large basis off the GPU while
+            products run there (the basis is then in pinned host memory when ``op`` is on
+            CUDA, and reorthogonalization runs on the CPU); or ``"disk"``: a memory-mapped
+            file (see ``basis_dir``) for a basis that fits neither beside the model on the
+            device nor in host memory. With ``"disk"`` the products, the newest block and
+            all arithmetic run on ``op.device``, and basis vectors travel there
+            ``basis_chunk`` at a time (for reorthogonalization, restarts and the Ritz
+            vectors), so the device holds ``O(P * (basis_chunk + block_size + k))`` numbers
+            rather than ``O(P * max_basis)``; the host needs only page cache. Results equal
+            the in-memory ones up to rounding (the chunked products sum in another order):
+            same product counts, eigenvalues agreeing to ~1e-13 relative.
+        basis_dir: directory of the memory-mapped basis file with ``basis_device="disk"``
+            (default: the system temporary directory, ``$TMPDIR``). The file's space is
+            reserved up front (a full disk fails here, not midway), and on POSIX systems
+            it is unlinked right after mapping, so nothing is left behind even if the
+            process is killed; elsewhere it is removed when the solver returns or raises.
+        basis_chunk: basis vectors per transfer with ``basis_device="disk"`` (default:
+            as many as fit in 256 MiB, at least 1).
         return_vectors: also return the eigenvectors (in ``op.dtype`` on ``op.device``).
         true_residuals: report true residual norms (``k`` extra matvecs), see above.
         callback: called after every product with a dict: ``num_matvecs``,
@@ -215,7 +437,10 @@ def eigenpairs(
             counters, generator state) is saved there atomically after every thick
             restart; a later call with the same arguments and the same file resumes from
             it and returns bit-identical results to an uninterrupted run (products are
-            deterministic). The file is removed when the solver returns normally.
+            deterministic). The file is removed when the solver returns normally. The
+            saved basis is a plain tensor in every ``basis_device`` mode (a ``"disk"``
+            basis is written out, not referenced), so a checkpoint written with one mode
+            resumes in another.
 
     Returns:
         :class:`~hesslab.linalg.results.EigenResult` with ``values`` ``[k]`` (largest first
@@ -226,6 +451,8 @@ def eigenpairs(
 
     Raises:
         ConfigurationError: invalid ``k``, ``which``, ``tol``, budgets or start vectors.
+        BasisStorageError: the ``"disk"`` basis file cannot be created (missing directory,
+            no space).
     """
     t0 = time.perf_counter()
     op = as_operator(op)
@@ -265,7 +492,10 @@ def eigenpairs(
             "increase max_matvecs"
         )
     generator = _default_generator(generator)
-    bdev = op.device if basis_device is None else torch.device(basis_device)
+    disk = isinstance(basis_device, str) and basis_device == "disk"
+    chunk = _chunk_columns(basis_chunk, P, m)
+    bdev = op.device if basis_device is None or disk else torch.device(basis_device)
+    wdev = op.device if disk else bdev  # where the newest block and products live
     f64 = torch.float64
 
     num_matvecs = 0
@@ -274,172 +504,190 @@ def eigenpairs(
         nonlocal num_matvecs
         num_matvecs += X.shape[1]
         Y = op.matmat(X.to(dtype=op.dtype, device=op.device).contiguous())
-        return Y.detach().to(dtype=f64, device=bdev)
+        return Y.detach().to(dtype=f64, device=wdev)
 
     # ------------------------------------------------------------ start block
     if v0 is not None:
-        X0 = _as_matrix(v0, P, "v0").to(dtype=f64, device=bdev)
+        X0 = _as_matrix(v0, P, "v0").to(dtype=f64, device=wdev)
         norms = torch.linalg.vector_norm(X0, dim=0)
         X0 = X0[:, norms > 0] / norms[norms > 0]
         if b == 1:
             X0 = X0.sum(dim=1, keepdim=True) if X0.shape[1] else X0
         elif X0.shape[1] > b:
-            G = torch.zeros(X0.shape[1], b, dtype=f64, device=bdev)
+            G = torch.zeros(X0.shape[1], b, dtype=f64, device=wdev)
             G[torch.arange(X0.shape[1]), torch.arange(X0.shape[1]) % b] = 1.0
             X0 = X0 @ G
         if X0.shape[1] < b:
-            X0 = torch.cat([X0, _randn(P, b - X0.shape[1], generator, bdev)], dim=1)
+            X0 = torch.cat([X0, _randn(P, b - X0.shape[1], generator, wdev)], dim=1)
     else:
-        X0 = _randn(P, b, generator, bdev)
+        X0 = _randn(P, b, generator, wdev)
 
-    V = torch.zeros(P, m, dtype=f64, device=bdev)
-    H = torch.zeros(m, m, dtype=f64)
-    normest = 0.0
-    Q0, _, _ = _new_block(
-        X0, V[:, :0], min(b, P), float(torch.linalg.vector_norm(X0, dim=0).max()), generator
-    )
-    bq = Q0.shape[1]
-    V[:, :bq] = Q0
-    s, n = 0, bq
-    num_restarts = 0
-    step = 0
-    first_breakdown: int | None = None
-    ckpt_key = {"P": P, "k": k, "which": which, "tol": float(tol), "m": m, "b": b}
-    if checkpoint is not None and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state.get("key") != ckpt_key:
-            raise ConfigurationError(
-                f"checkpoint {checkpoint} was written by eigenpairs with {state.get('key')}, "
-                f"not {ckpt_key}; use the same arguments or remove the file"
-            )
-        V.copy_(state["V"].to(bdev))
-        H.copy_(state["H"])
-        s, n, num_matvecs, num_restarts = (
-            state["s"],
-            state["n"],
-            state["num_matvecs"],
-            state["num_restarts"],
+    basis: _MemoryBasis | _DiskBasis
+    if disk:
+        basis = _DiskBasis(P, m, op.device, chunk, basis_dir)
+    else:
+        pin = bdev.type == "cpu" and op.device.type == "cuda" and torch.cuda.is_available()
+        basis = _MemoryBasis(P, m, bdev, pin)
+    try:
+        H = torch.zeros(m, m, dtype=f64)
+        normest = 0.0
+        Q0, _, _ = _new_block(
+            X0,
+            basis.view(0),
+            min(b, P),
+            float(torch.linalg.vector_norm(X0, dim=0).max()),
+            generator,
         )
-        step, first_breakdown, normest = state["step"], state["first_breakdown"], state["normest"]
-        generator.set_state(state["generator"])
-
-    def save_checkpoint() -> None:
-        if checkpoint is None:
-            return
-        state = {
-            "key": ckpt_key,
-            "V": V.cpu(),
-            "H": H.clone(),
-            "s": s,
-            "n": n,
-            "num_matvecs": num_matvecs,
-            "num_restarts": num_restarts,
-            "step": step,
-            "first_breakdown": first_breakdown,
-            "normest": normest,
-            "generator": generator.get_state(),
-        }
-        tmp = f"{os.fspath(checkpoint)}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, checkpoint)
-
-    while True:
-        step += 1
-        W = apply(V[:, s:n])
-        col_norm = float(torch.linalg.vector_norm(W, dim=0).max())
-        C, W = _orthogonalize(V[:, :n], W)
-        Cc = C.cpu()
-        H[:n, s:n] = Cc
-        H[s:n, :n] = Cc.T
-        blk = H[s:n, s:n].clone()
-        H[s:n, s:n] = 0.5 * (blk + blk.T)
-        theta, Y = torch.linalg.eigh(H[:n, :n])
-        normest = max(normest, float(theta.abs().max()))
-        Q, R, filled = _new_block(W, V[:, :n], min(b, P - n), max(normest, col_norm), generator)
-        if filled and first_breakdown is None:
-            first_breakdown = step
-        bq = Q.shape[1]
-        R = R.cpu()
-        res_all = (
-            torch.linalg.vector_norm(R @ Y[s:n, :], dim=0)
-            if R.numel()
-            else (torch.zeros(n, dtype=f64))
-        )
-        order = _order(theta, which)
-        wanted = order[:k]
-        conv = res_all[wanted] <= tol * normest
-        if callback is not None:
-            callback(
-                {
-                    "num_matvecs": num_matvecs,
-                    "num_restarts": num_restarts,
-                    "basis_size": n,
-                    "ritz_values": theta[wanted].clone(),
-                    "residual_norms": res_all[wanted].clone(),
-                    "converged": conv.clone(),
-                    "norm_estimate": normest,
-                }
+        bq = Q0.shape[1]
+        basis.put(0, Q0)
+        s, n = 0, bq
+        num_restarts = 0
+        step = 0
+        first_breakdown: int | None = None
+        ckpt_key = {"P": P, "k": k, "which": which, "tol": float(tol), "m": m, "b": b}
+        if checkpoint is not None and os.path.exists(checkpoint):
+            state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=disk)
+            if state.get("key") != ckpt_key:
+                raise ConfigurationError(
+                    f"checkpoint {checkpoint} was written by eigenpairs with {state.get('key')}, "
+                    f"not {ckpt_key}; use the same arguments or remove the file"
+                )
+            basis.load(state["V"])
+            del state["V"]
+            H.copy_(state["H"])
+            s, n, num_matvecs, num_restarts = (
+                state["s"],
+                state["n"],
+                state["num_matvecs"],
+                state["num_restarts"],
             )
-        # after an invariant subspace, the Krylov space of the random continuation vector
-        # gets as many steps as the first one took before convergence may be declared
-        # (it may hold further copies of found eigenvalues, or larger ones)
-        explored = first_breakdown is None or step >= 2 * first_breakdown
-        if (bool(conv.all()) and explored) or bq == 0 or num_matvecs + bq > max_matvecs:
-            break
-        if n + bq <= m:
-            V[:, n : n + bq] = Q
-            H[n : n + bq, s:n] = R
-            H[s:n, n : n + bq] = R.T
-            s, n = n, n + bq
-            continue
-        # thick restart: keep the nk Ritz vectors nearest the wanted end, then Q
-        nk = _keep_count(k, n, m, b, int(conv.sum()))
-        keep = order[:nk]
-        Yk = Y[:, keep]
-        V[:, :nk] = V[:, :n] @ Yk.to(bdev)
-        V[:, nk:] = 0
-        V[:, nk : nk + bq] = Q
-        H.zero_()
-        H[:nk, :nk] = torch.diag(theta[keep])
-        coupling = R @ Y[s:n, keep]
-        H[nk : nk + bq, :nk] = coupling
-        H[:nk, nk : nk + bq] = coupling.T
-        s, n = nk, nk + bq
-        num_restarts += 1
-        save_checkpoint()
+            step, first_breakdown, normest = (
+                state["step"],
+                state["first_breakdown"],
+                state["normest"],
+            )
+            generator.set_state(state["generator"])
 
-    if checkpoint is not None and os.path.exists(checkpoint):
-        os.remove(checkpoint)
-    values = theta[wanted].clone()
-    residuals = res_all[wanted].clone()
-    converged = residuals <= tol * normest
-    vectors = None
-    info: dict[str, Any] = {"block_size": b, "max_basis": m, "residual_kind": "ritz"}
-    if return_vectors or true_residuals:
-        X = V[:, :n] @ Y[:, wanted].to(bdev)
-        if true_residuals:
-            AX = apply(X)
-            true_res = torch.linalg.vector_norm(AX - X * values.to(bdev), dim=0).cpu()
-            info["ritz_residual_norms"] = residuals
-            info["residual_kind"] = "true"
-            residuals = true_res
-            converged = residuals <= tol * normest
-        if return_vectors:
-            vectors = X.to(dtype=op.dtype, device=op.device)
-    return EigenResult(
-        values=values,
-        vectors=vectors,
-        residual_norms=residuals,
-        converged=converged,
-        num_matvecs=num_matvecs,
-        seconds=time.perf_counter() - t0,
-        method="lanczos" if b == 1 else "block-lanczos",
-        which=which,
-        tol=float(tol),
-        norm_estimate=normest,
-        num_restarts=num_restarts,
-        info=info,
-    )
+        def save_checkpoint() -> None:
+            if checkpoint is None:
+                return
+            state = {
+                "key": ckpt_key,
+                "V": basis.state(),
+                "H": H.clone(),
+                "s": s,
+                "n": n,
+                "num_matvecs": num_matvecs,
+                "num_restarts": num_restarts,
+                "step": step,
+                "first_breakdown": first_breakdown,
+                "normest": normest,
+                "generator": generator.get_state(),
+            }
+            tmp = f"{os.fspath(checkpoint)}.tmp"
+            torch.save(state, tmp)
+            os.replace(tmp, checkpoint)
+
+        while True:
+            step += 1
+            W = apply(basis.cols(s, n))
+            col_norm = float(torch.linalg.vector_norm(W, dim=0).max())
+            C, W = _orthogonalize(basis.view(n), W)
+            Cc = C.cpu()
+            H[:n, s:n] = Cc
+            H[s:n, :n] = Cc.T
+            blk = H[s:n, s:n].clone()
+            H[s:n, s:n] = 0.5 * (blk + blk.T)
+            theta, Y = torch.linalg.eigh(H[:n, :n])
+            normest = max(normest, float(theta.abs().max()))
+            Q, R, filled = _new_block(
+                W, basis.view(n), min(b, P - n), max(normest, col_norm), generator
+            )
+            if filled and first_breakdown is None:
+                first_breakdown = step
+            bq = Q.shape[1]
+            R = R.cpu()
+            res_all = (
+                torch.linalg.vector_norm(R @ Y[s:n, :], dim=0)
+                if R.numel()
+                else (torch.zeros(n, dtype=f64))
+            )
+            order = _order(theta, which)
+            wanted = order[:k]
+            conv = res_all[wanted] <= tol * normest
+            if callback is not None:
+                callback(
+                    {
+                        "num_matvecs": num_matvecs,
+                        "num_restarts": num_restarts,
+                        "basis_size": n,
+                        "ritz_values": theta[wanted].clone(),
+                        "residual_norms": res_all[wanted].clone(),
+                        "converged": conv.clone(),
+                        "norm_estimate": normest,
+                    }
+                )
+            # after an invariant subspace, the Krylov space of the random continuation vector
+            # gets as many steps as the first one took before convergence may be declared
+            # (it may hold further copies of found eigenvalues, or larger ones)
+            explored = first_breakdown is None or step >= 2 * first_breakdown
+            if (bool(conv.all()) and explored) or bq == 0 or num_matvecs + bq > max_matvecs:
+                break
+            if n + bq <= m:
+                basis.put(n, Q)
+                H[n : n + bq, s:n] = R
+                H[s:n, n : n + bq] = R.T
+                s, n = n, n + bq
+                continue
+            # thick restart: keep the nk Ritz vectors nearest the wanted end, then Q
+            nk = _keep_count(k, n, m, b, int(conv.sum()))
+            keep = order[:nk]
+            Yk = Y[:, keep]
+            basis.restart(n, Yk)
+            basis.put(nk, Q)
+            H.zero_()
+            H[:nk, :nk] = torch.diag(theta[keep])
+            coupling = R @ Y[s:n, keep]
+            H[nk : nk + bq, :nk] = coupling
+            H[:nk, nk : nk + bq] = coupling.T
+            s, n = nk, nk + bq
+            num_restarts += 1
+            save_checkpoint()
+
+        if checkpoint is not None and os.path.exists(checkpoint):
+            os.remove(checkpoint)
+        values = theta[wanted].clone()
+        residuals = res_all[wanted].clone()
+        converged = residuals <= tol * normest
+        vectors = None
+        info: dict[str, Any] = {"block_size": b, "max_basis": m, "residual_kind": "ritz"}
+        if return_vectors or true_residuals:
+            X = basis.combine(n, Y[:, wanted])
+            if true_residuals:
+                AX = apply(X)
+                true_res = torch.linalg.vector_norm(AX - X * values.to(X.device), dim=0).cpu()
+                info["ritz_residual_norms"] = residuals
+                info["residual_kind"] = "true"
+                residuals = true_res
+                converged = residuals <= tol * normest
+            if return_vectors:
+                vectors = X.to(dtype=op.dtype, device=op.device)
+        return EigenResult(
+            values=values,
+            vectors=vectors,
+            residual_norms=residuals,
+            converged=converged,
+            num_matvecs=num_matvecs,
+            seconds=time.perf_counter() - t0,
+            method="lanczos" if b == 1 else "block-lanczos",
+            which=which,
+            tol=float(tol),
+            norm_estimate=normest,
+            num_restarts=num_restarts,
+            info=info,
+        )
+    finally:
+        basis.close()
 
 
 def _keep_count(k: int, n: int, m: int, b: int, num_converged: int) -> int:
@@ -454,7 +702,7 @@ def _keep_count(k: int, n: int, m: int, b: int, num_converged: int) -> int:
 
 
 def _new_block(
-    W: Tensor, V: Tensor, width: int, scale: float, generator: torch.Generator
+    W: Tensor, V: Tensor | _DiskColumns, width: int, scale: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, int]:
     """Orthonormal block ``Q`` (``[P, <= width]``), ``R`` with ``W ~= Q R``, and the number
     of random columns added.
@@ -482,18 +730,21 @@ def _new_block(
         R = S[:r, None] * Zh[:r]
     need = width - Q.shape[1]
     if need > 0:
-        fill = _random_orthonormal(P, need, torch.cat([V, Q], dim=1), generator)
+        VQ = torch.cat([V, Q], dim=1) if isinstance(V, Tensor) else V.with_columns(Q)
+        fill = _random_orthonormal(P, need, VQ, generator)
         R = torch.cat([R, torch.zeros(fill.shape[1], bw, dtype=f64, device=W.device)], 0)
         Q = torch.cat([Q, fill], dim=1)
         return Q, R, fill.shape[1]
     return Q, R, 0
 
 
-def _random_orthonormal(P: int, j: int, V: Tensor, generator: torch.Generator) -> Tensor:
+def _random_orthonormal(
+    P: int, j: int, V: Tensor | _DiskColumns, generator: torch.Generator
+) -> Tensor:
     """``j`` (or fewer, if the space is exhausted) random orthonormal columns ``_|_ V``."""
     j = min(j, P - V.shape[1])
     if j <= 0:
-        return V[:, :0]
+        return torch.zeros(P, 0, dtype=torch.float64, device=V.device)
     Z = _randn(P, j, generator, V.device)
     _, Z = _orthogonalize(V, Z)
     Qz, Rz = torch.linalg.qr(Z)
