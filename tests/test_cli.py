@@ -234,3 +234,32 @@ def test_reproduce_smoke_through_the_cli(tmp_path, capsys):
         == 2
     )
     assert "hesslab: error:" in capsys.readouterr().err
+
+
+def test_demo_resume_reuses_the_trained_model(tmp_path, monkeypatch, capsys):
+    import hesslab.analysis as analysis_mod
+    import hesslab.train as train_mod
+
+    argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--widths", "6", *FAST]
+    argv += ["--what", "eig,trace"]
+    real_trace = analysis_mod.trace
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(analysis_mod, "trace", interrupted)
+    assert main(argv) == 130
+    path = _run_dir(tmp_path)
+    assert (path / "checkpoints" / "training.done.pt").exists()
+    monkeypatch.setattr(analysis_mod, "trace", real_trace)
+
+    def no_training(*a, **kw):
+        raise AssertionError("the model was trained again")
+
+    monkeypatch.setattr(train_mod, "fit", no_training)
+    assert main([*argv, "--resume", str(path)]) == 0
+    run = RunDir.load(path)
+    assert run.status == "complete"
+    assert run.scalar("Trace, tr(H²) and eigenvalue bounds", "tr H")["value"] is not None
+    assert len(run.metrics()) > 0
+    assert not (path / "checkpoints").exists()

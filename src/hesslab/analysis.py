@@ -9,19 +9,32 @@ vs Hessian outliers (Sagun et al. 2017). When ``P`` is small enough the exact sp
 (dense float64 ``eigh``) is computed too and every estimate is compared against it.
 
 ``hesslab demo`` and ``hesslab analyze`` are thin wrappers around this function.
+
+Preemption: with ``checkpoint_dir``, every finished stage (an eigensolve, a trace
+estimate, the density, one layer, ...) is saved there as ``<stage>.done.pt`` and the
+long solvers checkpoint their state to ``<stage>.pt`` while they run (after every
+Lanczos restart, after every SLQ probe). Calling :func:`analyze` again with the same
+objective, configuration and folder loads the finished stages, resumes the interrupted
+one and records exactly the numbers of an uninterrupted run: every stochastic stage has
+its own generator seeded from ``config.seed`` and the stage, so skipping stages changes
+no later randomness. ``hesslab analyze/demo --resume RUN_DIR`` use this.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from hesslab.errors import ConfigurationError
+from hesslab.io import atomic_torch_save
 from hesslab.linalg.bounds import wolkowicz_styan
 from hesslab.linalg.density import spectral_density, wasserstein1
 from hesslab.linalg.lanczos import eigenpairs
@@ -34,7 +47,9 @@ from hesslab.operators.hessian import HessianOperator
 from hesslab.report import plots
 from hesslab.report.run import RunDir
 
-__all__ = ["PARTS", "AnalysisConfig", "analyze"]
+__all__ = ["PARTS", "AnalysisConfig", "StageStore", "analyze"]
+
+T = TypeVar("T")
 
 PARTS = ("eig", "trace", "density", "layers", "ggn")
 
@@ -108,6 +123,56 @@ def _gen(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+class StageStore:
+    """Finished stages and solver checkpoints of one resumable job, in one folder.
+
+    ``store.run("eig_top", lambda ckpt: eigenpairs(..., checkpoint=ckpt))`` returns the
+    saved result when ``<folder>/eig_top.done.pt`` exists; otherwise it calls the
+    function with the solver checkpoint path ``<folder>/eig_top.pt`` (or ``None`` for a
+    store without folder), saves the result atomically and returns it. Every saved
+    stage carries ``key`` (what identifies the job, e.g. its configuration); a stage saved
+    under another key raises :class:`~hesslab.errors.ConfigurationError`.
+
+    Args:
+        folder: where the files go (created when needed); ``None`` stores nothing.
+        key: JSON-like description of the job; compared on every load.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str] | None, key: Any = None) -> None:
+        self.folder = None if folder is None else Path(folder)
+        self.key = key
+
+    def checkpoint(self, stage: str) -> Path | None:
+        """Path of the solver checkpoint of ``stage`` (``None`` without folder)."""
+        if self.folder is None:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder / f"{stage}.pt"
+
+    def load(self, stage: str) -> tuple[bool, Any]:
+        """``(True, result)`` when ``stage`` was finished, else ``(False, None)``."""
+        if self.folder is None or not (self.folder / f"{stage}.done.pt").exists():
+            return False, None
+        path = self.folder / f"{stage}.done.pt"
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("key") != self.key:
+            raise ConfigurationError(
+                f"{path} belongs to a job with another configuration; resume with the "
+                f"configuration it was written with, or delete {self.folder} to start afresh"
+            )
+        return True, saved["result"]
+
+    def run(self, stage: str, fn: Callable[[Path | None], T]) -> T:
+        """The result of ``stage``: loaded when finished before, else computed and saved."""
+        done, result = self.load(stage)
+        if done:
+            return result
+        result = fn(self.checkpoint(stage))
+        if self.folder is not None:
+            atomic_torch_save(self.folder / f"{stage}.done.pt", {"key": self.key, "result": result})
+        return result
+
+
 def analyze(
     objective: Objective,
     run: RunDir,
@@ -115,6 +180,7 @@ def analyze(
     *,
     progress: Callable[[str], None] | None = None,
     wrap: Callable[[LinearOperator], LinearOperator] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run the curvature analysis of ``objective`` and record everything in ``run``.
 
@@ -126,6 +192,9 @@ def analyze(
         wrap: applied to every operator before use, e.g.
             ``hesslab.distributed.DistributedOperator`` when each rank's objective holds a
             shard of the data.
+        checkpoint_dir: folder for finished stages and solver checkpoints (see the
+            module docstring); a second call with the same folder resumes. Delete the
+            folder once the run is finalized. ``None``: nothing is saved.
 
     Returns:
         A summary dict of the headline numbers (also in ``run``'s results).
@@ -149,6 +218,7 @@ def analyze(
     dev = H.device
     N = getattr(H, "num_total", objective.num_data)  # all shards under DistributedOperator
     summary: dict[str, Any] = {"P": P, "N": N}
+    store = StageStore(checkpoint_dir, {"P": P, "N": N, "config": asdict(cfg)})
     run.add_text(
         S_EIG,
         f"Hessian of the mean loss over N = {N} points, P = {P} parameters, "
@@ -158,23 +228,39 @@ def analyze(
     exact = None
     if cfg.exact_limit and P <= cfg.exact_limit:
         note("exact spectrum (dense eigh)")
-        t0 = time.perf_counter()
-        D = H.to_dense().to(torch.float64)
-        exact = torch.linalg.eigvalsh((D + D.T) / 2).cpu()
-        summary["exact_seconds"] = time.perf_counter() - t0
+
+        def dense_spectrum(_: Any) -> tuple[Tensor, float]:
+            t0 = time.perf_counter()
+            D = H.to_dense().to(torch.float64)
+            return torch.linalg.eigvalsh((D + D.T) / 2).cpu(), time.perf_counter() - t0
+
+        exact, summary["exact_seconds"] = store.run("exact", dense_spectrum)
         run.add_array("exact_eigenvalues", exact.numpy())
+
+    def top_eigenpairs(ckpt: Path | None) -> Any:
+        gen = _gen(cfg.seed, dev)
+        return eigenpairs(H, cfg.k_top, "largest", tol=cfg.tol, generator=gen, checkpoint=ckpt)
+
     top = None
     if "eig" in cfg.what:
         note("top eigenpairs")
-        top = eigenpairs(H, cfg.k_top, "largest", tol=cfg.tol, generator=_gen(cfg.seed, dev))
+        top = store.run("eig_top", top_eigenpairs)
         _record_eigen(run, S_EIG, "λ top", top)
         summary["lambda_max"] = float(top.values[0])
         summary["top_eigenvalues"] = top.values.tolist()
         bottom = None
         if cfg.k_bottom:
             note("bottom eigenpairs")
-            bottom = eigenpairs(
-                H, cfg.k_bottom, "smallest", tol=cfg.tol, generator=_gen(cfg.seed + 1, dev)
+            bottom = store.run(
+                "eig_bottom",
+                lambda ckpt: eigenpairs(
+                    H,
+                    cfg.k_bottom,
+                    "smallest",
+                    tol=cfg.tol,
+                    generator=_gen(cfg.seed + 1, dev),
+                    checkpoint=ckpt,
+                ),
             )
             _record_eigen(run, S_EIG, "λ bottom", bottom)
             summary["lambda_min"] = float(bottom.values[0])
@@ -189,8 +275,13 @@ def analyze(
         run.add_figure(S_EIG, "top_eigenvalues", fig, "Ranked top eigenvalues of H.")
     if "trace" in cfg.what:
         note("trace and tr(H²)")
-        tr = trace(H, cfg.trace_matvecs, generator=_gen(cfg.seed + 2, dev))
-        tr2 = frobenius_sq(H, cfg.trace_matvecs, generator=_gen(cfg.seed + 3, dev))
+        tr = store.run(
+            "trace", lambda _: trace(H, cfg.trace_matvecs, generator=_gen(cfg.seed + 2, dev))
+        )
+        tr2 = store.run(
+            "trace_sq",
+            lambda _: frobenius_sq(H, cfg.trace_matvecs, generator=_gen(cfg.seed + 3, dev)),
+        )
         run.add_result(S_TRACE, "tr H", tr)
         run.add_result(S_TRACE, "tr H²", tr2)
         bounds = wolkowicz_styan((tr, tr2, P))
@@ -206,8 +297,15 @@ def analyze(
         )
     if "density" in cfg.what:
         note("spectral density")
-        dens = spectral_density(
-            H, cfg.density_steps, cfg.density_probes, generator=_gen(cfg.seed + 4, dev)
+        dens = store.run(
+            "density",
+            lambda ckpt: spectral_density(
+                H,
+                cfg.density_steps,
+                cfg.density_probes,
+                generator=_gen(cfg.seed + 4, dev),
+                checkpoint=ckpt,
+            ),
         )
         grid = dens.grid()
         values = dens.evaluate(grid)
@@ -249,17 +347,25 @@ def analyze(
         rows = []
         blocks = {name: wrap(b) for name, b in H_local.blocks().items()}
         for i, (name, block) in enumerate(blocks.items()):
-            res = eigenpairs(
-                block,
-                min(cfg.layer_k, block.shape[0]),
-                "largest",
-                tol=cfg.tol,
-                generator=_gen(cfg.seed + 10 + i, dev),
+            res = store.run(
+                f"layer{i}_eig",
+                lambda ckpt, i=i, block=block: eigenpairs(
+                    block,
+                    min(cfg.layer_k, block.shape[0]),
+                    "largest",
+                    tol=cfg.tol,
+                    generator=_gen(cfg.seed + 10 + i, dev),
+                    return_vectors=False,
+                    checkpoint=ckpt,
+                ),
             )
-            btr = trace(
-                block,
-                min(cfg.trace_matvecs, 3 * block.shape[0]),
-                generator=_gen(cfg.seed + 100 + i, dev),
+            btr = store.run(
+                f"layer{i}_trace",
+                lambda _, i=i, block=block: trace(
+                    block,
+                    min(cfg.trace_matvecs, 3 * block.shape[0]),
+                    generator=_gen(cfg.seed + 100 + i, dev),
+                ),
             )
             rows.append(
                 {
@@ -287,8 +393,13 @@ def analyze(
         note("Gauss–Newton vs Hessian")
         G = wrap(GGNOperator(objective))
         k = cfg.k_top
-        g_top = eigenpairs(G, k, "largest", tol=cfg.tol, generator=_gen(cfg.seed + 5, dev))
-        h_top = top or eigenpairs(H, k, "largest", tol=cfg.tol, generator=_gen(cfg.seed, dev))
+        g_top = store.run(
+            "ggn_top",
+            lambda ckpt: eigenpairs(
+                G, k, "largest", tol=cfg.tol, generator=_gen(cfg.seed + 5, dev), checkpoint=ckpt
+            ),
+        )
+        h_top = top or store.run("eig_top", top_eigenpairs)
         U_h = h_top.vectors.to(torch.float64)
         U_g = g_top.vectors.to(torch.float64)
         overlap = float((U_h.T @ U_g).square().sum() / k)

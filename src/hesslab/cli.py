@@ -8,6 +8,11 @@ Commands::
     hesslab list                       what can be reproduced, with expected run times
     hesslab report RUN_DIR             rebuild a run's report.html from its saved files
 
+``demo`` and ``analyze`` save every finished stage and the state of the running solver
+under ``RUN_DIR/checkpoints/`` (removed when the run completes); after a crash or a
+preemption, the same command with ``--resume RUN_DIR`` continues where it stopped and
+records the numbers an uninterrupted run would have.
+
 Errors in arguments or data end the program with a one-line message and exit code 2.
 """
 
@@ -15,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +36,8 @@ from hesslab.errors import ConfigurationError, DataError, HesslabError
 __all__ = ["main"]
 
 log = logging.getLogger("hesslab.cli")
+
+CHECKPOINTS_DIR = "checkpoints"
 
 DEMO_DESCRIPTION = (
     "A 64-32-32-10 ReLU MLP trained on scikit-learn's digits for a few seconds, then the "
@@ -89,14 +98,56 @@ def _analysis_config(args: argparse.Namespace, *, exact_limit: int) -> Any:
         tol=args.tol,
         trace_matvecs=args.trace_matvecs,
         density_steps=args.density_steps,
+        density_probes=args.density_probes,
         seed=args.seed,
         exact_limit=exact_limit,
     )
 
 
+def _open_run(args: argparse.Namespace, name: str, config: dict[str, Any], **kw: Any) -> Any:
+    """A new run folder, or with ``--resume`` the given one (``None`` if it is complete).
+
+    A resumed run keeps its ``config.json``; the command line must describe the same run
+    (same model, data, analysis options and seed), else :class:`ConfigurationError`
+    names the settings that differ.
+    """
+    from hesslab.io import read_json, to_jsonable
+    from hesslab.report.run import RunDir
+
+    if not args.resume:
+        return RunDir.create(args.out, name, config, **kw)
+    path = Path(args.resume)
+    if not (path / "config.json").is_file():
+        raise DataError(f"--resume {path}: not a hesslab run folder (no config.json)")
+    stored = read_json(path / "config.json").get("config", {})
+    now = json.loads(json.dumps(to_jsonable(config)))
+    differ = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+    if differ:
+        details = "; ".join(
+            f"{k}: {stored.get(k)!r} in the run, {now.get(k)!r} now" for k in differ
+        )
+        raise ConfigurationError(
+            f"--resume {path}: the run was started with other settings ({details}); "
+            f"repeat the command that started it (see {path / 'config.json'}) with --resume"
+        )
+    results = path / "results.json"
+    if results.is_file() and read_json(results).get("status") == "complete":
+        return None
+    return RunDir.reopen(path)
+
+
+def _already_complete(args: argparse.Namespace) -> int:
+    from hesslab.report.run import rebuild_report
+
+    _out(f"{args.resume} is already complete; nothing to resume")
+    _out(f"report: {rebuild_report(args.resume)}")
+    return 0
+
+
 def _finish(run: Any, summary: dict[str, Any], seconds: float) -> None:
     run.add_scalar("Run", "wall time", seconds, unit="s")
     path = run.finalize()
+    shutil.rmtree(run.path / CHECKPOINTS_DIR, ignore_errors=True)
     lines = [f"P = {summary['P']} parameters, N = {summary['N']} points"]
     if "lambda_max" in summary:
         lines.append(f"λ_max = {summary['lambda_max']:.6g}")
@@ -116,28 +167,19 @@ def _finish(run: Any, summary: dict[str, Any], seconds: float) -> None:
 # --------------------------------------------------------------------- commands
 def cmd_demo(args: argparse.Namespace) -> int:
     from hesslab import Objective, data, models
-    from hesslab.analysis import analyze
-    from hesslab.report.run import RunDir
+    from hesslab.analysis import StageStore, analyze
     from hesslab.train import fit
 
     t0 = time.perf_counter()
-    stages = _Stages(7, "demo", args.quiet)
-    stages("training")
-    split = data.digits(flat=True, seed=args.seed, dtype=torch.float64)
     widths = [int(w) for w in args.widths.split(",") if w.strip()]
-    model = models.mlp(64, widths, 10, seed=args.seed, dtype=torch.float64)
-    res = fit(
-        model,
-        split.train,
-        optimizer="sgd",
-        lr=0.05,
-        momentum=0.9,
-        batch_size=64,
-        epochs=args.epochs,
-        seed=args.seed,
-        eval_data=split.test,
-    )
     cfg = _analysis_config(args, exact_limit=args.exact_limit)
+    training = {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "batch_size": 64,
+        "epochs": args.epochs,
+    }
     config = {
         "command": "demo",
         "seed": args.seed,
@@ -146,31 +188,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "data": "digits (scikit-learn, 8x8, standardised; train split 1347 points)",
         "model": "mlp 64-32-32-10 relu",
         "loss": "ce",
-        "training": {
-            "optimizer": "sgd",
-            "lr": 0.05,
-            "momentum": 0.9,
-            "batch_size": 64,
-            "epochs": args.epochs,
-        },
+        "training": training,
         "analysis": cfg,
     }
-    run = RunDir.create(
-        args.out, "demo", config, title="hesslab demo: digits MLP", description=DEMO_DESCRIPTION
+    run = _open_run(
+        args, "demo", config, title="hesslab demo: digits MLP", description=DEMO_DESCRIPTION
     )
+    if run is None:
+        return _already_complete(args)
+    stages = _Stages(7, "demo", args.quiet)
+    stages("training")
+    split = data.digits(flat=True, seed=args.seed, dtype=torch.float64)
+    model = models.mlp(64, widths, 10, seed=args.seed, dtype=torch.float64)
+
+    def train(_: Any) -> dict[str, Any]:
+        res = fit(
+            model,
+            split.train,
+            optimizer="sgd",
+            lr=0.05,
+            momentum=0.9,
+            batch_size=64,
+            epochs=args.epochs,
+            seed=args.seed,
+            eval_data=split.test,
+        )
+        (run.path / "metrics.jsonl").unlink(missing_ok=True)  # a retrained run logs afresh
+        for rec in res.history:
+            run.log_metrics(rec["step"], loss=rec["loss"], accuracy=rec.get("accuracy"))
+        return {
+            "state_dict": {k: v.detach().cpu().clone() for k, v in res.model.state_dict().items()},
+            "seconds": res.seconds,
+            "train_accuracy": res.final_train_accuracy,
+            "test_accuracy": res.final_test_accuracy,
+            "train_loss": res.final_train_loss,
+        }
+
+    trained = StageStore(run.path / CHECKPOINTS_DIR, {"widths": widths, **config}).run(
+        "training", train
+    )
+    model.load_state_dict(trained["state_dict"])
+    model.eval()
     run.add_text(
         "Training",
-        f"SGD (lr 0.05, momentum 0.9, batch 64) for {args.epochs} epochs in {res.seconds:.1f} s.",
+        f"SGD (lr 0.05, momentum 0.9, batch 64) for {args.epochs} epochs in "
+        f"{trained['seconds']:.1f} s.",
     )
-    run.add_scalar("Training", "train accuracy", res.final_train_accuracy)
-    run.add_scalar("Training", "test accuracy", res.final_test_accuracy)
-    run.add_scalar("Training", "train loss", res.final_train_loss)
-    for rec in res.history:
-        run.log_metrics(rec["step"], loss=rec["loss"], accuracy=rec.get("accuracy"))
-    obj = Objective(res.model, "ce", (split.train.x, split.train.y))
-    summary = analyze(obj, run, cfg, progress=stages)
+    run.add_scalar("Training", "train accuracy", trained["train_accuracy"])
+    run.add_scalar("Training", "test accuracy", trained["test_accuracy"])
+    run.add_scalar("Training", "train loss", trained["train_loss"])
+    obj = Objective(model, "ce", (split.train.x, split.train.y))
+    summary = analyze(obj, run, cfg, progress=stages, checkpoint_dir=run.path / CHECKPOINTS_DIR)
     stages.close()
-    _out(f"digits MLP: test accuracy {res.final_test_accuracy:.3f}")
+    _out(f"digits MLP: test accuracy {trained['test_accuracy']:.3f}")
     _finish(run, summary, time.perf_counter() - t0)
     return 0
 
@@ -229,6 +299,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         part = part.subset(torch.arange(args.max_points))
     num_points = len(part)
     wrap, rank, world = _setup_distributed(args, device)
+    if world > 1 and args.resume:
+        raise ConfigurationError(
+            "--resume is not supported under torchrun yet (only single-process runs write "
+            "checkpoints); rerun the job without --resume"
+        )
     if world > 1:
         from hesslab.distributed import shard_indices
 
@@ -258,9 +333,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             analyze(obj, RunDir.create(tmp, "analyze", config), cfg, wrap=wrap)
         return 0
+    run = _open_run(args, "analyze", config, title=f"hesslab analyze: {args.model}")
+    if run is None:
+        return _already_complete(args)
     stages = _Stages(len(cfg.what) + 2, "analyze", args.quiet)
-    run = RunDir.create(args.out, "analyze", config, title=f"hesslab analyze: {args.model}")
-    summary = analyze(obj, run, cfg, progress=stages, wrap=wrap)
+    ckpt = run.path / CHECKPOINTS_DIR if world == 1 else None
+    summary = analyze(obj, run, cfg, progress=stages, wrap=wrap, checkpoint_dir=ckpt)
     stages.close()
     _finish(run, summary, time.perf_counter() - t0)
     return 0
@@ -375,11 +453,19 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, exact_limit: int) -> No
     g.add_argument("--tol", type=float, default=1e-6, help="relative residual tolerance")
     g.add_argument("--trace-matvecs", type=int, default=96, help="products for tr H, tr H²")
     g.add_argument("--density-steps", type=int, default=90, help="Lanczos steps of the density")
+    g.add_argument("--density-probes", type=int, default=1, help="probes of the density")
     g.add_argument(
         "--exact-limit",
         type=int,
         default=exact_limit,
         help=f"also compute the exact spectrum when P <= this (default {exact_limit})",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run in RUN_DIR (give the same options as the run "
+        "that created it): finished stages are reused, the interrupted one resumes from "
+        "its checkpoint",
     )
 
 

@@ -41,6 +41,7 @@ from hesslab.errors import ConfigurationError, DataError
 __all__ = [
     "append_jsonl",
     "as_float",
+    "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
     "load_npz",
@@ -125,6 +126,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | Iterable[byte
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_write_bytes`).
+
+    Used for resumable state (solver checkpoints, finished stages of a run): a job killed
+    while saving leaves the previous complete file. Read it back with
+    ``torch.load(path, weights_only=False)``.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_text(

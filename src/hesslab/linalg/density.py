@@ -21,7 +21,9 @@ num_probes=1``. Full reorthogonalization keeps the nodes free of ghost copies.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
+from hesslab.io import atomic_torch_save
 from hesslab.linalg.lanczos import _default_generator, eigenpairs, lanczos_quadrature
 from hesslab.linalg.results import TraceEstimate
 from hesslab.operators.base import as_operator
@@ -216,6 +219,7 @@ def spectral_density(
     converged_tol: float | None = 1e-4,
     basis_device: torch.device | str | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> SpectralDensity:
     """Spectral density of a symmetric operator by stochastic Lanczos quadrature.
 
@@ -256,13 +260,28 @@ def spectral_density(
             eigenvalue (see above); ``None`` disables.
         basis_device: where Lanczos bases live (default ``op.device``); SLQ keeps
             ``K x P x m`` float64 numbers.
-        callback: called after every Lanczos step with ``{"step", "num_matvecs"}``.
+        callback: called after every Lanczos step with ``{"step", "num_matvecs"}``
+            (with a checkpoint also ``"probe"``, the 0-based probe being run).
+        checkpoint: a file path. The probes then run one after another (one column per
+            product, ``P x m`` basis numbers instead of ``K x P x m``) and the state (the
+            deflation, the generator state before the probes were drawn, every finished
+            probe's nodes, weights, residuals and step count, products and seconds so far)
+            is saved there atomically after the deflation and after every probe. A later
+            call with the same arguments, the same generator (seed) and the same file skips
+            the finished probes and returns bit-identical nodes and weights to an
+            uninterrupted run with this file, leaving the generator in the same state
+            (products are deterministic). The deflation eigensolve checkpoints itself to
+            ``<checkpoint>.deflate``. The file is removed when the call returns normally.
+            With ``num_probes = 1`` the result is also bit-identical to a call without
+            checkpoint; with several probes it agrees with the block run to rounding
+            (a block product need not equal ``K`` single products bit for bit).
 
     Returns:
         :class:`SpectralDensity`.
 
     Raises:
-        ConfigurationError: invalid sizes or distribution.
+        ConfigurationError: invalid sizes or distribution, or a checkpoint written by a
+            call with other arguments or another generator.
     """
     t0 = time.perf_counter()
     op = as_operator(op)
@@ -277,15 +296,35 @@ def spectral_density(
         raise ConfigurationError(f"num_probes must be a positive int, got {num_probes!r}")
     if not isinstance(deflate, (int, np.integer)) or not 0 <= deflate < P:
         raise ConfigurationError(f"deflate must be an int in [0, P={P}), got {deflate!r}")
+    entry_state = None if generator is None else _state_digest(generator)
     generator = _default_generator(generator)
     bdev = op.device if basis_device is None else torch.device(basis_device)
     m = int(min(num_steps, P - deflate))
+    K = int(num_probes)
     num_matvecs = 0
     U = None
     outliers = torch.zeros(0, dtype=torch.float64)
     outlier_res = torch.zeros(0, dtype=torch.float64)
     info: dict[str, Any] = {}
-    if deflate > 0:
+    key = {
+        "P": P,
+        "dtype": str(op.dtype),
+        "num_steps": m,
+        "num_probes": K,
+        "deflate": int(deflate),
+        "deflate_tol": float(deflate_tol),
+        "distribution": distribution,
+        "generator": entry_state,
+    }
+    state = _load_checkpoint(checkpoint, key) if checkpoint is not None else None
+    prior_seconds = 0.0 if state is None else float(state["seconds"])
+    if state is not None and state["deflation"] is not None:
+        d = state["deflation"]
+        U = d["U"].to(bdev)
+        outliers, outlier_res = d["outliers"], d["outlier_residuals"]
+        info["deflation_converged"] = d["converged"]
+        info["deflation_matvecs"] = d["num_matvecs"]
+    elif deflate > 0:
         eig = eigenpairs(
             op,
             int(deflate),
@@ -293,22 +332,80 @@ def spectral_density(
             tol=deflate_tol,
             generator=generator,
             basis_device=basis_device,
+            checkpoint=None if checkpoint is None else f"{os.fspath(checkpoint)}.deflate",
         )
-        num_matvecs += eig.num_matvecs
         U, _ = torch.linalg.qr(eig.vectors.to(dtype=torch.float64, device=bdev))
         outliers = eig.values.clone()
         outlier_res = eig.residual_norms.clone()
         info["deflation_converged"] = eig.converged
         info["deflation_matvecs"] = eig.num_matvecs
-    shape = (P, int(num_probes))
+    if "deflation_matvecs" in info:
+        num_matvecs += int(info["deflation_matvecs"])
+    if state is not None:
+        generator.set_state(state["generator"])
+    elif checkpoint is not None:
+        state = {
+            "key": key,
+            "deflation": None
+            if U is None
+            else {
+                "U": U.cpu(),
+                "outliers": outliers,
+                "outlier_residuals": outlier_res,
+                "converged": info["deflation_converged"],
+                "num_matvecs": info["deflation_matvecs"],
+            },
+            "generator": generator.get_state(),
+            "probes": [],
+            "seconds": time.perf_counter() - t0,
+        }
+        atomic_torch_save(checkpoint, state)
+    shape = (P, K)
     if distribution == "rademacher":
         V0 = torch.randint(0, 2, shape, generator=generator, device=generator.device)
         V0 = (2.0 * V0 - 1.0).to(torch.float64)
     else:
         V0 = torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device)
-    nodes, weights, ritz_res, steps, nmv = lanczos_quadrature(
-        op, V0.to(bdev), m, deflate=U, basis_device=bdev, callback=callback
-    )
+    if checkpoint is None:
+        nodes, weights, ritz_res, steps, nmv = lanczos_quadrature(
+            op, V0.to(bdev), m, deflate=U, basis_device=bdev, callback=callback
+        )
+    else:
+        assert state is not None
+        probes: list[dict[str, Any]] = state["probes"]
+        for kk in range(len(probes), K):
+            done = sum(p["num_matvecs"] for p in probes)
+
+            def step_callback(d: dict[str, Any], kk: int = kk, done: int = done) -> None:
+                if callback is not None:
+                    callback({**d, "probe": kk, "num_matvecs": done + d["num_matvecs"]})
+
+            x, w, r, st, n = lanczos_quadrature(
+                op,
+                V0[:, kk : kk + 1].to(bdev),
+                m,
+                deflate=U,
+                basis_device=bdev,
+                callback=step_callback,
+            )
+            probes.append(
+                {
+                    "nodes": x[0],
+                    "weights": w[0],
+                    "residuals": r[0],
+                    "steps": st[0],
+                    "num_matvecs": n,
+                }
+            )
+            state["seconds"] = prior_seconds + time.perf_counter() - t0
+            atomic_torch_save(checkpoint, state)
+        nodes = torch.stack([p["nodes"] for p in probes])
+        weights = torch.stack([p["weights"] for p in probes])
+        ritz_res = torch.stack([p["residuals"] for p in probes])
+        steps = torch.stack([p["steps"] for p in probes])
+        nmv = sum(int(p["num_matvecs"]) for p in probes)
+        if os.path.exists(checkpoint):
+            os.remove(checkpoint)
     num_matvecs += nmv
     if converged_tol is None:
         locked = torch.zeros_like(weights, dtype=torch.bool)
@@ -332,7 +429,7 @@ def spectral_density(
         weights=weights,
         dimension=P,
         num_matvecs=num_matvecs,
-        seconds=time.perf_counter() - t0,
+        seconds=prior_seconds + time.perf_counter() - t0,
         num_steps=m,
         steps=steps,
         outliers=outliers,
@@ -342,6 +439,33 @@ def spectral_density(
         distribution=distribution,
         info=info,
     )
+
+
+def _state_digest(generator: Any) -> str | None:
+    """A short digest of a generator's state (identifies the seed of a checkpointed run)."""
+    if not isinstance(generator, torch.Generator):
+        return None  # _default_generator raises the helpful error
+    return hashlib.sha256(generator.get_state().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def _load_checkpoint(checkpoint: str | os.PathLike[str], key: dict[str, Any]) -> Any:
+    """The saved state of :func:`spectral_density`, ``None`` when there is no file."""
+    if not os.path.exists(checkpoint):
+        return None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = state.get("key") if isinstance(state, dict) else None
+    if saved != key:
+        diff = (
+            {k: (saved.get(k), v) for k, v in key.items() if saved.get(k) != v}
+            if isinstance(saved, dict)
+            else saved
+        )
+        raise ConfigurationError(
+            f"checkpoint {os.fspath(checkpoint)} was written by spectral_density with other "
+            f"arguments (saved vs now: {diff}); call it with the same arguments and a "
+            "generator seeded the same way, or remove the file to start afresh"
+        )
+    return state
 
 
 def wasserstein1(

@@ -11,6 +11,7 @@ quadrature", SIAM J. Matrix Anal. Appl.) in :func:`logdet_slq`.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -107,6 +108,7 @@ def logdet_slq(
     *,
     generator: torch.Generator | None = None,
     distribution: str = "rademacher",
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> LogdetEstimate:
     """SLQ estimate of ``tr log(A + delta I) = log det(A + delta I)`` with its stderr.
 
@@ -124,6 +126,9 @@ def logdet_slq(
         num_probes: ``K``.
         generator: randomness for the probes.
         distribution: ``"rademacher"`` or ``"gaussian"``.
+        checkpoint: a file path; the SLQ state is saved there after every probe and a
+            later call with the same arguments resumes from it (see
+            :func:`~hesslab.linalg.density.spectral_density`).
 
     Returns:
         :class:`~hesslab.linalg.results.LogdetEstimate` with ``method="slq"``,
@@ -144,6 +149,7 @@ def logdet_slq(
         generator=generator,
         distribution=distribution,
         converged_tol=None,
+        checkpoint=checkpoint,
     )
     shifted = dens.nodes + shift
     used = dens.weights > 0

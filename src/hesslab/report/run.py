@@ -326,6 +326,23 @@ class RunDir:
         run._finalized = run._status in ("complete", "failed")
         return run
 
+    @classmethod
+    def reopen(cls, path: str | os.PathLike[str]) -> RunDir:
+        """Continue writing an unfinished run folder (``hesslab analyze --resume``).
+
+        ``config.json`` is kept as it is; the results start empty, to be recorded afresh
+        by the resumed job (``results.json``/``arrays.npz`` are replaced at the next
+        :meth:`flush`); ``metrics.jsonl`` and ``figures/`` stay.
+        """
+        path = Path(path)
+        if not (path / CONFIG_FILE).exists():
+            raise DataError(
+                f"{path} is not a hesslab run folder (no {CONFIG_FILE}); pass the folder a "
+                "hesslab command wrote"
+            )
+        (path / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
+        return cls(path, read_json(path / CONFIG_FILE))
+
     # ----------------------------------------------------------------- read access
 
     @property

@@ -1,0 +1,269 @@
+"""Checkpointed SLQ and resumable ``hesslab analyze``: an interrupted run resumes to the
+numbers of an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hesslab.cli import main
+from hesslab.errors import ConfigurationError
+from hesslab.linalg.density import spectral_density
+from hesslab.linalg.logdet import logdet_slq
+from hesslab.operators import FunctionOperator
+
+
+class _Stop(Exception):
+    pass
+
+
+def _operator(P: int = 120, *, fail_after: int | None = None):
+    g = torch.Generator().manual_seed(3)
+    Q, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([30.0, 20.0, 10.0]), torch.linspace(-1, 1, P - 3)])
+    A = (Q * lam.to(torch.float64)) @ Q.T
+    count = {"columns": 0}
+
+    def mm(V):
+        count["columns"] += V.shape[1]
+        if fail_after is not None and count["columns"] > fail_after:
+            raise _Stop
+        return A @ V
+
+    return FunctionOperator(mm, P, dtype=torch.float64), count
+
+
+def _density(op, ckpt, **kw):
+    gen = torch.Generator().manual_seed(7)
+    kw = {"num_steps": 15, "num_probes": 4, **kw}
+    res = spectral_density(op, generator=gen, checkpoint=ckpt, **kw)
+    return res, gen
+
+
+@pytest.mark.parametrize("deflate", [0, 2])
+def test_interrupted_slq_resumes_bit_identical(tmp_path, deflate):
+    op, _ = _operator()
+    ref, ref_gen = _density(op, tmp_path / "ref.pt", deflate=deflate)
+    assert not (tmp_path / "ref.pt").exists()
+    ckpt = tmp_path / "slq.pt"
+    deflation = ref.info.get("deflation_matvecs", 0)
+    # stop in the middle of the third probe
+    failing, _ = _operator(fail_after=deflation + 2 * 15 + 5)
+    with pytest.raises(_Stop):
+        _density(failing, ckpt, deflate=deflate)
+    state = torch.load(ckpt, weights_only=False)
+    assert len(state["probes"]) == 2
+    op2, count = _operator()
+    res, gen = _density(op2, ckpt, deflate=deflate)
+    assert count["columns"] == 2 * 15  # only the two missing probes ran
+    for name in ("nodes", "weights", "ritz_residuals", "steps", "locked", "outliers"):
+        assert torch.equal(getattr(res, name), getattr(ref, name)), name
+    assert res.num_matvecs == ref.num_matvecs
+    assert torch.equal(gen.get_state(), ref_gen.get_state())
+    assert not ckpt.exists()
+
+
+def test_checkpointed_slq_matches_the_block_run():
+    op, _ = _operator()
+    plain = spectral_density(op, 15, 1, generator=torch.Generator().manual_seed(1))
+    assert plain.num_probes == 1
+    multi = spectral_density(op, 15, 3, generator=torch.Generator().manual_seed(1))
+    op2, _ = _operator()
+    for K, ref in ((1, plain), (3, multi)):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            res = spectral_density(
+                op2, 15, K, generator=torch.Generator().manual_seed(1), checkpoint=f"{d}/c.pt"
+            )
+        if K == 1:
+            assert torch.equal(res.nodes, ref.nodes)
+        else:
+            torch.testing.assert_close(res.nodes, ref.nodes, rtol=0, atol=1e-9)
+
+
+def test_mismatched_slq_checkpoint_is_refused(tmp_path):
+    ckpt = tmp_path / "slq.pt"
+    failing, _ = _operator(fail_after=20)
+    with pytest.raises(_Stop):
+        _density(failing, ckpt)
+    assert ckpt.exists()
+    op, _ = _operator()
+    with pytest.raises(ConfigurationError, match="same arguments"):
+        _density(op, ckpt, num_steps=16)
+    with pytest.raises(ConfigurationError, match="seeded the same way"):
+        spectral_density(op, 15, 4, generator=torch.Generator().manual_seed(8), checkpoint=ckpt)
+    assert ckpt.exists()  # refused, not overwritten
+
+
+def test_logdet_slq_resumes(tmp_path):
+    P = 60
+    A = torch.diag(torch.linspace(1.0, 5.0, P, dtype=torch.float64))
+    count = {"n": 0}
+
+    def mm(V, limit=None):
+        count["n"] += V.shape[1]
+        if limit is not None and count["n"] > limit:
+            raise _Stop
+        return A @ V
+
+    kw = {"num_steps": 10, "num_probes": 3}
+    ref = logdet_slq(
+        FunctionOperator(mm, P, dtype=torch.float64),
+        generator=torch.Generator().manual_seed(0),
+        **kw,
+    )
+    ckpt = tmp_path / "ld.pt"
+    count["n"] = 0
+    with pytest.raises(_Stop):
+        logdet_slq(
+            FunctionOperator(lambda V: mm(V, 15), P, dtype=torch.float64),
+            generator=torch.Generator().manual_seed(0),
+            checkpoint=ckpt,
+            **kw,
+        )
+    res = logdet_slq(
+        FunctionOperator(mm, P, dtype=torch.float64),
+        generator=torch.Generator().manual_seed(0),
+        checkpoint=ckpt,
+        **kw,
+    )
+    torch.testing.assert_close(res.value, ref.value, rtol=1e-12, atol=0)
+    assert not ckpt.exists()
+
+
+# ------------------------------------------------------------------ hesslab analyze --resume
+def _analyze_argv(tmp_path, out):
+    f = tmp_path / "mymodel.py"
+    f.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),"
+        " torch.nn.Linear(8, 3))\n"
+    )
+    g = torch.Generator().manual_seed(0)
+    np.savez(
+        tmp_path / "d.npz",
+        x=torch.randn(40, 2, generator=g).numpy(),
+        y=torch.randint(0, 3, (40,), generator=g).numpy(),
+    )
+    return [
+        "analyze",
+        "--model",
+        f"{f}:build",
+        "--data",
+        str(tmp_path / "d.npz"),
+        "--dtype",
+        "float64",
+        "--out",
+        str(out),
+        "--exact-limit",
+        "100",
+        "--k",
+        "3",
+        "--k-bottom",
+        "1",
+        "--trace-matvecs",
+        "24",
+        "--density-steps",
+        "20",
+        "--density-probes",
+        "3",
+        "--quiet",
+    ]
+
+
+def _numbers(path):
+    results = json.loads((path / "results.json").read_text())
+    assert results["status"] == "complete"
+    scalars = {
+        (s["section"], s["name"]): (s["value"], s["stderr"])
+        for s in results["scalars"]
+        if s["section"] != "Run"
+    }
+    tables = {(t["section"], t["name"]): t["rows"] for t in results["tables"]}
+    with np.load(path / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return scalars, tables, arrays
+
+
+def _only_dir(out):
+    (path,) = [p for p in out.iterdir() if p.is_dir()]
+    return path
+
+
+def test_analyze_resume_after_interruption_gives_the_same_numbers(tmp_path, monkeypatch, capsys):
+    import hesslab.linalg.density as density_mod
+
+    ref_out = tmp_path / "ref"
+    assert main(_analyze_argv(tmp_path, ref_out)) == 0
+    ref = _only_dir(ref_out)
+    assert not (ref / "checkpoints").exists()  # removed once complete
+
+    # interrupt the density stage after its first probe (eigenpairs and traces done)
+    real = density_mod.lanczos_quadrature
+    calls = {"n": 0}
+
+    def interrupting(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(density_mod, "lanczos_quadrature", interrupting)
+    out = tmp_path / "runs"
+    assert main(_analyze_argv(tmp_path, out)) == 130
+    run = _only_dir(out)
+    ckpt = run / "checkpoints"
+    assert (ckpt / "eig_top.done.pt").exists() and (ckpt / "trace_sq.done.pt").exists()
+    assert len(torch.load(ckpt / "density.pt", weights_only=False)["probes"]) == 1
+    assert (
+        not (run / "results.json").exists()
+        or json.loads((run / "results.json").read_text())["status"] != "complete"
+    )
+
+    # a conflicting command line is refused and changes nothing
+    argv = _analyze_argv(tmp_path, out)
+    bad = [*argv[:-1], "--seed", "5", "--quiet", "--resume", str(run)]
+    capsys.readouterr()
+    assert main(bad) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert (ckpt / "density.pt").exists()
+
+    # resuming must not recompute the finished stages: the eigensolver is not called
+    monkeypatch.setattr(density_mod, "lanczos_quadrature", real)
+    import hesslab.analysis as analysis_mod
+
+    real_eigenpairs = analysis_mod.eigenpairs
+    solved = []
+
+    def no_eigenpairs(*a, **kw):
+        solved.append(kw["checkpoint"].stem)
+        assert kw["checkpoint"].stem not in ("eig_top", "eig_bottom"), "finished stage reran"
+        return real_eigenpairs(*a, **kw)
+
+    monkeypatch.setattr(analysis_mod, "eigenpairs", no_eigenpairs)
+    calls["n"] = 0
+    monkeypatch.setattr(density_mod, "lanczos_quadrature", interrupting)  # counts calls
+    calls["n"] = -10  # never reaches 2 again
+    assert main([*argv, "--resume", str(run)]) == 0
+    assert calls["n"] == -10 + 2  # only the two missing probes ran
+    assert "ggn_top" in solved  # the later stages did run
+    assert not ckpt.exists()
+    got_scalars, got_tables, got_arrays = _numbers(run)
+    ref_scalars, ref_tables, ref_arrays = _numbers(ref)
+    assert got_scalars == ref_scalars
+    assert got_tables == ref_tables
+    assert got_arrays.keys() == ref_arrays.keys()
+    for k in ref_arrays:
+        np.testing.assert_array_equal(got_arrays[k], ref_arrays[k], err_msg=k)
+    assert (run / "report.html").is_file()
+
+    # resuming a complete run says so
+    capsys.readouterr()
+    assert main([*argv, "--resume", str(run)]) == 0
+    assert "already complete" in capsys.readouterr().out
