@@ -588,7 +588,7 @@ def render(results: dict) -> str:
                     "method",
                     "settings",
                     "products",
-                    "mean \\|rel. error\\|",
+                    "mean \\|rel. error\\| (± s.e. over seeds)",
                     "max \\|rel. error\\|",
                     "error bar covers truth",
                     "wall (s)",
@@ -601,7 +601,12 @@ def render(results: dict) -> str:
                         n,
                         r["settings"],
                         fmt(r["products"], "g"),
-                        fmt(r["mean_rel_error"], ".2e"),
+                        fmt(r["mean_rel_error"], ".2e")
+                        + (
+                            f" ± {r['mean_rel_error_se']:.1e}"
+                            if r.get("mean_rel_error_se") and not r.get("exact")
+                            else ""
+                        ),
                         fmt(r["max_rel_error"], ".2e"),
                         (
                             "exact method"
@@ -747,7 +752,7 @@ def plot(results: dict, path: Path) -> None:
     title = f"P1 trace, {results['meta']['trace_budget']} products"
     if exact:
         title += f" ({', '.join(exact)}: exact)"
-    ax.set(xlabel="|rel. error| of the trace, % (5 seeds)", title=title)
+    ax.set(xlabel=f"|rel. error| of the trace, % ({results['meta']['seeds']} seeds)", title=title)
     ax.set_xlim(0, 1.35 * max([100 * rows[n]["max_rel_error"] for n in est] or [1]))
     ax.legend(fontsize=7, loc="lower right")
     # (c) density: CDFs at the smallest budget against the exact one

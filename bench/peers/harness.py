@@ -241,6 +241,11 @@ def summarize_trace(runs: list[dict], truth: float) -> dict[str, Any]:
         "products": median(r.get("products") for r in ok),
         "wall_s": median(r.get("wall_s") for r in ok),
         "mean_rel_error": float(np.mean(errs)) if errs else None,
+        # standard error of that mean over seeds: differences smaller than about twice
+        # this are not resolved by the number of seeds
+        "mean_rel_error_se": (
+            float(np.std(errs, ddof=1) / np.sqrt(len(errs))) if len(errs) > 1 else None
+        ),
         "max_rel_error": max(errs) if errs else None,
         "error_bar": bool(has_bar),
         "covered": sum(has_bar) if has_bar else None,
