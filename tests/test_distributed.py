@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,112 @@ def test_cli_analyze_under_torchrun(tmp_path):
     for name in ("λ top[0]", "λ bottom[0]", "tr H"):
         assert abs(scalar(a, name) - scalar(b, name)) <= 1e-9 * abs(scalar(b, name)), name
     assert json.loads((dist_run / "config.json").read_text())["config"]["processes"] == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL of a process group")
+def test_cli_resume_under_torchrun_after_kill(tmp_path):
+    """A torchrun `analyze` killed mid-run resumes with `--resume` on every rank.
+
+    Rank 0 writes the checkpoints; the other rank reads the same files on resume. Were
+    the ranks to disagree on which stages are finished, their collectives would not match
+    (a hang, caught by the timeout) or the numbers would differ from the reference.
+    """
+    import json
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    model = tmp_path / "m.py"
+    model.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),"
+        " torch.nn.Linear(16, 3))\n"
+    )
+    common = [
+        "analyze",
+        "--model",
+        f"{model}:build",
+        "--data",
+        "blobs",
+        "--dtype",
+        "float64",
+        "--quiet",
+        "--what",
+        "eig,trace,density",
+        "--k",
+        "3",
+        "--k-bottom",
+        "1",
+        "--density-steps",
+        "60",
+        "--density-probes",
+        "40",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                torchrun,
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                str(_free_port()),
+                "-m",
+                "hesslab.cli",
+                *common,
+                "--out",
+                str(tmp_path / "dist"),
+                *extra,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    proc = launch()
+    deadline = time.monotonic() + 240
+    ckpt = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        runs = list((tmp_path / "dist").glob("*/checkpoints/density.pt"))
+        if runs and len(torch.load(runs[0], weights_only=False)["probes"]) >= 3:
+            ckpt = runs[0].parent
+            break
+        time.sleep(0.05)
+    assert ckpt is not None, f"no density checkpoint before the run ended: {proc.poll()}"
+    os.killpg(proc.pid, signal.SIGKILL)  # preemption: every rank dies at once
+    proc.wait(timeout=30)
+    run = ckpt.parent
+    assert (ckpt / "eig_top.done.pt").exists() and (ckpt / "trace.done.pt").exists()
+    assert not (run / "results.json").exists() or (
+        json.loads((run / "results.json").read_text())["status"] != "complete"
+    )
+
+    resumed = launch("--resume", str(run))
+    _, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert not ckpt.exists()  # rank 0 removed the checkpoints once complete
+    subprocess.run(
+        [sys.executable, "-m", "hesslab.cli", *common, "--out", str(tmp_path / "single")],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    (single_run,) = (tmp_path / "single").iterdir()
+    a = json.loads((run / "results.json").read_text())
+    b = json.loads((single_run / "results.json").read_text())
+    assert a["status"] == "complete"
+
+    def scalar(res, name):
+        return next(s["value"] for s in res["scalars"] if s["name"] == name)
+
+    names = [s["name"] for s in b["scalars"] if s["name"].startswith(("λ", "tr", "density"))]
+    assert "tr H" in names
+    for name in names:
+        assert abs(scalar(a, name) - scalar(b, name)) <= 1e-8 * max(1.0, abs(scalar(b, name))), name

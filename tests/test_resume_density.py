@@ -242,8 +242,8 @@ def test_analyze_resume_after_interruption_gives_the_same_numbers(tmp_path, monk
     solved = []
 
     def no_eigenpairs(*a, **kw):
-        solved.append(kw["checkpoint"].stem)
-        assert kw["checkpoint"].stem not in ("eig_top", "eig_bottom"), "finished stage reran"
+        solved.append(kw["checkpoint"].path.stem)
+        assert kw["checkpoint"].path.stem not in ("eig_top", "eig_bottom"), "finished stage reran"
         return real_eigenpairs(*a, **kw)
 
     monkeypatch.setattr(analysis_mod, "eigenpairs", no_eigenpairs)
@@ -267,3 +267,48 @@ def test_analyze_resume_after_interruption_gives_the_same_numbers(tmp_path, monk
     capsys.readouterr()
     assert main([*argv, "--resume", str(run)]) == 0
     assert "already complete" in capsys.readouterr().out
+
+
+def test_read_only_checkpoint_resumes_without_writing(tmp_path):
+    """What the non-zero ranks of a torchrun job do: resume from rank 0's files, write none."""
+    import shutil
+
+    from hesslab.io import Checkpoint
+    from hesslab.linalg.lanczos import eigenpairs
+
+    def solve(op, ckpt):
+        return eigenpairs(
+            op,
+            4,
+            "largest",
+            tol=1e-10,
+            generator=torch.Generator().manual_seed(1),
+            max_basis=12,
+            checkpoint=ckpt,
+        )
+
+    ref = solve(_operator()[0], None)
+    # an eigensolve and an SLQ run interrupted part-way leave their checkpoints
+    eig_file, slq_file = tmp_path / "eig.pt", tmp_path / "slq.pt"
+    with pytest.raises(_Stop):
+        solve(_operator(fail_after=30)[0], eig_file)
+    with pytest.raises(_Stop):
+        _density(_operator(fail_after=40)[0], slq_file)
+    assert eig_file.exists() and slq_file.exists()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    for f in (eig_file, slq_file):
+        shutil.copy(f, ro / f.name)
+    before = {f.name: f.read_bytes() for f in ro.iterdir()}
+
+    op, count = _operator()
+    got = solve(op, Checkpoint(ro / "eig.pt", writable=False))
+    assert count["columns"] < ref.num_matvecs  # resumed, not restarted
+    assert torch.equal(got.values, solve(_operator()[0], eig_file).values)
+    assert torch.allclose(got.values, ref.values, rtol=1e-12, atol=0)
+    slq_ro, _ = _density(_operator()[0], Checkpoint(ro / "slq.pt", writable=False))
+    slq_rw, _ = _density(_operator()[0], slq_file)
+    assert torch.equal(slq_ro.nodes, slq_rw.nodes) and torch.equal(slq_ro.weights, slq_rw.weights)
+    # nothing written, nothing removed (the writable copies were removed on return)
+    assert {f.name: f.read_bytes() for f in ro.iterdir()} == before
+    assert not eig_file.exists() and not slq_file.exists()

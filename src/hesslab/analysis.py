@@ -17,7 +17,9 @@ Lanczos restart, after every SLQ probe). Calling :func:`analyze` again with the 
 objective, configuration and folder loads the finished stages, resumes the interrupted
 one and records exactly the numbers of an uninterrupted run: every stochastic stage has
 its own generator seeded from ``config.seed`` and the stage, so skipping stages changes
-no later randomness. ``hesslab analyze/demo --resume RUN_DIR`` use this.
+no later randomness. ``hesslab analyze/demo --resume RUN_DIR`` use this. Under torchrun
+every rank computes every stage; rank 0 writes the files and the other ranks
+(``write_checkpoints=False``) read the same ones on resume.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
-from hesslab.io import atomic_torch_save
+from hesslab.io import Checkpoint, atomic_torch_save
 from hesslab.linalg.bounds import wolkowicz_styan
 from hesslab.linalg.density import spectral_density, wasserstein1
 from hesslab.linalg.lanczos import eigenpairs
@@ -128,26 +130,34 @@ class StageStore:
 
     ``store.run("eig_top", lambda ckpt: eigenpairs(..., checkpoint=ckpt))`` returns the
     saved result when ``<folder>/eig_top.done.pt`` exists; otherwise it calls the
-    function with the solver checkpoint path ``<folder>/eig_top.pt`` (or ``None`` for a
-    store without folder), saves the result atomically and returns it. Every saved
-    stage carries ``key`` (what identifies the job, e.g. its configuration); a stage saved
-    under another key raises :class:`~hesslab.errors.ConfigurationError`.
+    function with the solver checkpoint ``<folder>/eig_top.pt`` (a
+    :class:`~hesslab.io.Checkpoint`, or ``None`` for a store without folder), saves the
+    result atomically and returns it. Every saved stage carries ``key`` (what identifies
+    the job, e.g. its configuration); a stage saved under another key raises
+    :class:`~hesslab.errors.ConfigurationError`.
 
     Args:
         folder: where the files go (created when needed); ``None`` stores nothing.
         key: JSON-like description of the job; compared on every load.
+        writable: ``False`` reads finished stages and solver checkpoints but never writes
+            or removes anything: the non-zero ranks of a torchrun job, which compute the
+            same stages as rank 0 and resume from what rank 0 wrote.
     """
 
-    def __init__(self, folder: str | os.PathLike[str] | None, key: Any = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str] | None, key: Any = None, *, writable: bool = True
+    ) -> None:
         self.folder = None if folder is None else Path(folder)
         self.key = key
+        self.writable = writable
 
-    def checkpoint(self, stage: str) -> Path | None:
-        """Path of the solver checkpoint of ``stage`` (``None`` without folder)."""
+    def checkpoint(self, stage: str) -> Checkpoint | None:
+        """The solver checkpoint of ``stage`` (``None`` without folder)."""
         if self.folder is None:
             return None
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return self.folder / f"{stage}.pt"
+        if self.writable:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        return Checkpoint(self.folder / f"{stage}.pt", self.writable)
 
     def load(self, stage: str) -> tuple[bool, Any]:
         """``(True, result)`` when ``stage`` was finished, else ``(False, None)``."""
@@ -162,13 +172,13 @@ class StageStore:
             )
         return True, saved["result"]
 
-    def run(self, stage: str, fn: Callable[[Path | None], T]) -> T:
+    def run(self, stage: str, fn: Callable[[Checkpoint | None], T]) -> T:
         """The result of ``stage``: loaded when finished before, else computed and saved."""
         done, result = self.load(stage)
         if done:
             return result
         result = fn(self.checkpoint(stage))
-        if self.folder is not None:
+        if self.folder is not None and self.writable:
             atomic_torch_save(self.folder / f"{stage}.done.pt", {"key": self.key, "result": result})
         return result
 
@@ -181,6 +191,7 @@ def analyze(
     progress: Callable[[str], None] | None = None,
     wrap: Callable[[LinearOperator], LinearOperator] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    write_checkpoints: bool = True,
 ) -> dict[str, Any]:
     """Run the curvature analysis of ``objective`` and record everything in ``run``.
 
@@ -195,6 +206,9 @@ def analyze(
         checkpoint_dir: folder for finished stages and solver checkpoints (see the
             module docstring); a second call with the same folder resumes. Delete the
             folder once the run is finalized. ``None``: nothing is saved.
+        write_checkpoints: ``False``: read ``checkpoint_dir`` (resume) but write nothing
+            there; for the ranks other than 0 of a torchrun job, which resume from the
+            files rank 0 writes (see :class:`StageStore`).
 
     Returns:
         A summary dict of the headline numbers (also in ``run``'s results).
@@ -218,7 +232,9 @@ def analyze(
     dev = H.device
     N = getattr(H, "num_total", objective.num_data)  # all shards under DistributedOperator
     summary: dict[str, Any] = {"P": P, "N": N}
-    store = StageStore(checkpoint_dir, {"P": P, "N": N, "config": asdict(cfg)})
+    store = StageStore(
+        checkpoint_dir, {"P": P, "N": N, "config": asdict(cfg)}, writable=write_checkpoints
+    )
     run.add_text(
         S_EIG,
         f"Hessian of the mean loss over N = {N} points, P = {P} parameters, "
@@ -237,7 +253,7 @@ def analyze(
         exact, summary["exact_seconds"] = store.run("exact", dense_spectrum)
         run.add_array("exact_eigenvalues", exact.numpy())
 
-    def top_eigenpairs(ckpt: Path | None) -> Any:
+    def top_eigenpairs(ckpt: Checkpoint | None) -> Any:
         gen = _gen(cfg.seed, dev)
         return eigenpairs(H, cfg.k_top, "largest", tol=cfg.tol, generator=gen, checkpoint=ckpt)
 

@@ -104,18 +104,15 @@ def _analysis_config(args: argparse.Namespace, *, exact_limit: int) -> Any:
     )
 
 
-def _open_run(args: argparse.Namespace, name: str, config: dict[str, Any], **kw: Any) -> Any:
-    """A new run folder, or with ``--resume`` the given one (``None`` if it is complete).
+def _check_resume(args: argparse.Namespace, config: dict[str, Any]) -> Path | None:
+    """With ``--resume``: the run folder, or ``None`` if the run is complete.
 
     A resumed run keeps its ``config.json``; the command line must describe the same run
     (same model, data, analysis options and seed), else :class:`ConfigurationError`
-    names the settings that differ.
+    names the settings that differ. Only reads, so every torchrun rank may call it.
     """
     from hesslab.io import read_json, to_jsonable
-    from hesslab.report.run import RunDir
 
-    if not args.resume:
-        return RunDir.create(args.out, name, config, **kw)
     path = Path(args.resume)
     if not (path / "config.json").is_file():
         raise DataError(f"--resume {path}: not a hesslab run folder (no config.json)")
@@ -133,7 +130,17 @@ def _open_run(args: argparse.Namespace, name: str, config: dict[str, Any], **kw:
     results = path / "results.json"
     if results.is_file() and read_json(results).get("status") == "complete":
         return None
-    return RunDir.reopen(path)
+    return path
+
+
+def _open_run(args: argparse.Namespace, name: str, config: dict[str, Any], **kw: Any) -> Any:
+    """A new run folder, or with ``--resume`` the given one (``None`` if it is complete)."""
+    from hesslab.report.run import RunDir
+
+    if not args.resume:
+        return RunDir.create(args.out, name, config, **kw)
+    path = _check_resume(args, config)
+    return None if path is None else RunDir.reopen(path)
 
 
 def _already_complete(args: argparse.Namespace) -> int:
@@ -299,11 +306,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         part = part.subset(torch.arange(args.max_points))
     num_points = len(part)
     wrap, rank, world = _setup_distributed(args, device)
-    if world > 1 and args.resume:
-        raise ConfigurationError(
-            "--resume is not supported under torchrun yet (only single-process runs write "
-            "checkpoints); rerun the job without --resume"
-        )
     if world > 1:
         from hesslab.distributed import shard_indices
 
@@ -331,13 +333,29 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            analyze(obj, RunDir.create(tmp, "analyze", config), cfg, wrap=wrap)
+            # read-only checkpoints: on resume the ones rank 0 wrote; on a fresh run a
+            # folder that stays empty (a checkpointed solver runs the same collectives
+            # as rank 0's, e.g. SLQ probes one by one)
+            ckpt_in = Path(tmp) / CHECKPOINTS_DIR
+            if args.resume:
+                resumed = _check_resume(args, config)
+                if resumed is None:
+                    return 0
+                ckpt_in = resumed / CHECKPOINTS_DIR
+            analyze(
+                obj,
+                RunDir.create(tmp, "analyze", config),
+                cfg,
+                wrap=wrap,
+                checkpoint_dir=ckpt_in,
+                write_checkpoints=False,
+            )
         return 0
     run = _open_run(args, "analyze", config, title=f"hesslab analyze: {args.model}")
     if run is None:
         return _already_complete(args)
     stages = _Stages(len(cfg.what) + 2, "analyze", args.quiet)
-    ckpt = run.path / CHECKPOINTS_DIR if world == 1 else None
+    ckpt = run.path / CHECKPOINTS_DIR
     summary = analyze(obj, run, cfg, progress=stages, wrap=wrap, checkpoint_dir=ckpt)
     stages.close()
     _finish(run, summary, time.perf_counter() - t0)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
-from hesslab.io import atomic_torch_save
+from hesslab.io import Checkpoint, as_checkpoint
 from hesslab.linalg.lanczos import _default_generator, eigenpairs, lanczos_quadrature
 from hesslab.linalg.results import TraceEstimate
 from hesslab.operators.base import as_operator
@@ -219,7 +219,7 @@ def spectral_density(
     converged_tol: float | None = 1e-4,
     basis_device: torch.device | str | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
 ) -> SpectralDensity:
     """Spectral density of a symmetric operator by stochastic Lanczos quadrature.
 
@@ -262,7 +262,9 @@ def spectral_density(
             ``K x P x m`` float64 numbers.
         callback: called after every Lanczos step with ``{"step", "num_matvecs"}``
             (with a checkpoint also ``"probe"``, the 0-based probe being run).
-        checkpoint: a file path. The probes then run one after another (one column per
+        checkpoint: a file path (or a :class:`hesslab.io.Checkpoint`; a read-only one
+            resumes without writing, as the non-zero ranks of a torchrun job do). The probes
+            then run one after another (one column per
             product, ``P x m`` basis numbers instead of ``K x P x m``) and the state (the
             deflation, the generator state before the probes were drawn, every finished
             probe's nodes, weights, residuals and step count, products and seconds so far)
@@ -316,6 +318,7 @@ def spectral_density(
         "distribution": distribution,
         "generator": entry_state,
     }
+    checkpoint = as_checkpoint(checkpoint)
     state = _load_checkpoint(checkpoint, key) if checkpoint is not None else None
     prior_seconds = 0.0 if state is None else float(state["seconds"])
     if state is not None and state["deflation"] is not None:
@@ -332,7 +335,7 @@ def spectral_density(
             tol=deflate_tol,
             generator=generator,
             basis_device=basis_device,
-            checkpoint=None if checkpoint is None else f"{os.fspath(checkpoint)}.deflate",
+            checkpoint=None if checkpoint is None else checkpoint.derived(".deflate"),
         )
         U, _ = torch.linalg.qr(eig.vectors.to(dtype=torch.float64, device=bdev))
         outliers = eig.values.clone()
@@ -359,7 +362,7 @@ def spectral_density(
             "probes": [],
             "seconds": time.perf_counter() - t0,
         }
-        atomic_torch_save(checkpoint, state)
+        checkpoint.save(state)
     shape = (P, K)
     if distribution == "rademacher":
         V0 = torch.randint(0, 2, shape, generator=generator, device=generator.device)
@@ -398,14 +401,13 @@ def spectral_density(
                 }
             )
             state["seconds"] = prior_seconds + time.perf_counter() - t0
-            atomic_torch_save(checkpoint, state)
+            checkpoint.save(state)
         nodes = torch.stack([p["nodes"] for p in probes])
         weights = torch.stack([p["weights"] for p in probes])
         ritz_res = torch.stack([p["residuals"] for p in probes])
         steps = torch.stack([p["steps"] for p in probes])
         nmv = sum(int(p["num_matvecs"]) for p in probes)
-        if os.path.exists(checkpoint):
-            os.remove(checkpoint)
+        checkpoint.remove()
     num_matvecs += nmv
     if converged_tol is None:
         locked = torch.zeros_like(weights, dtype=torch.bool)
@@ -448,11 +450,11 @@ def _state_digest(generator: Any) -> str | None:
     return hashlib.sha256(generator.get_state().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
-def _load_checkpoint(checkpoint: str | os.PathLike[str], key: dict[str, Any]) -> Any:
+def _load_checkpoint(checkpoint: Checkpoint, key: dict[str, Any]) -> Any:
     """The saved state of :func:`spectral_density`, ``None`` when there is no file."""
-    if not os.path.exists(checkpoint):
+    if not checkpoint.exists():
         return None
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = checkpoint.load()
     saved = state.get("key") if isinstance(state, dict) else None
     if saved != key:
         diff = (
@@ -461,7 +463,7 @@ def _load_checkpoint(checkpoint: str | os.PathLike[str], key: dict[str, Any]) ->
             else saved
         )
         raise ConfigurationError(
-            f"checkpoint {os.fspath(checkpoint)} was written by spectral_density with other "
+            f"checkpoint {checkpoint.path} was written by spectral_density with other "
             f"arguments (saved vs now: {diff}); call it with the same arguments and a "
             "generator seeded the same way, or remove the file to start afresh"
         )

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError, HesslabError
+from hesslab.io import Checkpoint, as_checkpoint
 from hesslab.linalg.results import EigenResult
 from hesslab.operators.base import LinearOperator, as_operator
 
@@ -365,7 +366,7 @@ def eigenpairs(
     return_vectors: bool = True,
     true_residuals: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
 ) -> EigenResult:
     """``k`` eigenpairs of a symmetric operator by thick-restart (block) Lanczos.
 
@@ -433,8 +434,10 @@ def eigenpairs(
         callback: called after every product with a dict: ``num_matvecs``,
             ``num_restarts``, ``basis_size``, ``ritz_values``, ``residual_norms``,
             ``converged``, ``norm_estimate`` (wanted pairs, float64 CPU tensors).
-        checkpoint: a file path. The full solver state (basis, projected matrix,
-            counters, generator state) is saved there atomically after every thick
+        checkpoint: a file path, or a :class:`hesslab.io.Checkpoint` (a read-only one
+            resumes without writing: the non-zero ranks of a torchrun job). The full
+            solver state (basis, projected matrix, counters, generator state, seconds so
+            far) is saved there atomically after every thick
             restart; a later call with the same arguments and the same file resumes from
             it and returns bit-identical results to an uninterrupted run (products are
             deterministic). The file is removed when the solver returns normally. The
@@ -545,12 +548,15 @@ def eigenpairs(
         step = 0
         first_breakdown: int | None = None
         ckpt_key = {"P": P, "k": k, "which": which, "tol": float(tol), "m": m, "b": b}
-        if checkpoint is not None and os.path.exists(checkpoint):
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=disk)
+        checkpoint = as_checkpoint(checkpoint)
+        prior_seconds = 0.0
+        if checkpoint is not None and checkpoint.exists():
+            state = checkpoint.load(mmap=disk)
             if state.get("key") != ckpt_key:
                 raise ConfigurationError(
-                    f"checkpoint {checkpoint} was written by eigenpairs with {state.get('key')}, "
-                    f"not {ckpt_key}; use the same arguments or remove the file"
+                    f"checkpoint {checkpoint.path} was written by eigenpairs with "
+                    f"{state.get('key')}, not {ckpt_key}; use the same arguments or remove "
+                    "the file"
                 )
             basis.load(state["V"])
             del state["V"]
@@ -567,9 +573,10 @@ def eigenpairs(
                 state["normest"],
             )
             generator.set_state(state["generator"])
+            prior_seconds = float(state.get("seconds", 0.0))
 
         def save_checkpoint() -> None:
-            if checkpoint is None:
+            if checkpoint is None or not checkpoint.writable:
                 return
             state = {
                 "key": ckpt_key,
@@ -583,10 +590,9 @@ def eigenpairs(
                 "first_breakdown": first_breakdown,
                 "normest": normest,
                 "generator": generator.get_state(),
+                "seconds": prior_seconds + time.perf_counter() - t0,
             }
-            tmp = f"{os.fspath(checkpoint)}.tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, checkpoint)
+            checkpoint.save(state)
 
         while True:
             step += 1
@@ -654,8 +660,8 @@ def eigenpairs(
             num_restarts += 1
             save_checkpoint()
 
-        if checkpoint is not None and os.path.exists(checkpoint):
-            os.remove(checkpoint)
+        if checkpoint is not None:
+            checkpoint.remove()
         values = theta[wanted].clone()
         residuals = res_all[wanted].clone()
         converged = residuals <= tol * normest
@@ -678,7 +684,7 @@ def eigenpairs(
             residual_norms=residuals,
             converged=converged,
             num_matvecs=num_matvecs,
-            seconds=time.perf_counter() - t0,
+            seconds=prior_seconds + time.perf_counter() - t0,
             method="lanczos" if b == 1 else "block-lanczos",
             which=which,
             tol=float(tol),
