@@ -30,6 +30,8 @@ from hesslab.operators.base import LinearOperator
 
 __all__ = [
     "DistributedOperator",
+    "all_reduce_mean",
+    "broadcast_int",
     "is_distributed",
     "is_main_process",
     "shard_indices",
@@ -44,6 +46,41 @@ def is_distributed() -> bool:
 def is_main_process() -> bool:
     """True on rank 0 (or when not running distributed)."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _comm_device(device: torch.device, group: Any = None) -> torch.device:
+    return device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+
+
+def all_reduce_mean(value: Tensor, num_local: int, *, group: Any = None) -> Tensor:
+    """The mean over all ranks' data of per-rank means: ``sum_r (N_r / N) value_r``.
+
+    ``value`` is this rank's mean over its ``num_local = N_r`` points (e.g. the gradient
+    of the shard's mean loss); the weights are exact for unequal shards. One
+    ``all_reduce``; every rank gets the same tensor (same dtype and device as ``value``).
+    """
+    dev = _comm_device(value.device, group)
+    flat = value.detach().reshape(-1)
+    packed = torch.cat(
+        [
+            flat.to(dev, torch.float64) * float(num_local),
+            flat.new_tensor([float(num_local)], dtype=torch.float64, device=dev),
+        ]
+    )
+    dist.all_reduce(packed, group=group)
+    total = float(packed[-1])
+    if total <= 0:
+        raise ConfigurationError("the shards hold no data points in total")
+    return (packed[:-1] / total).to(value.device, value.dtype).reshape(value.shape)
+
+
+def broadcast_int(value: int, *, src: int = 0, group: Any = None) -> int:
+    """Rank ``src``'s ``value`` on every rank (e.g. a seed drawn from a local generator)."""
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    if dist.get_backend(group) == "nccl":
+        t = t.cuda()
+    dist.broadcast(t, src=src, group=group)
+    return int(t.item())
 
 
 def shard_indices(num_points: int, rank: int, world_size: int) -> range:

@@ -66,6 +66,18 @@ totals them.
 Randomness: every stochastic estimate in the measurement at step ``s`` uses its own
 generator seeded with :func:`measurement_seed` ``(seed, s, name)``, so a measurement is
 reproducible on its own (and comparable to a direct call with the same seed).
+
+Data-parallel training (``torchrun``): with ``distributed=True`` every rank passes its own
+shard of the data; each operator is wrapped in
+:class:`~hesslab.distributed.DistributedOperator` (one all-reduce per product, exact
+``N_r / N`` weights), the gradient of ``grad_alignment`` is all-reduced with the same
+weights, the base seed is broadcast from rank 0 (so probes and start vectors agree), and
+every rank computes the same measurement while only rank 0 writes to the sinks. All ranks
+must call :meth:`SpectrumMonitor.step` at the same steps (the products are collective)::
+
+    idx = shard_indices(len(data), dist.get_rank(), dist.get_world_size())
+    monitor = SpectrumMonitor(data.subset(idx).loader(256), "ce", every=50,
+                              distributed=True, sinks=[JsonlSink("m.jsonl")])
 """
 
 from __future__ import annotations
@@ -75,7 +87,7 @@ import math
 import os
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,6 +115,7 @@ from hesslab.measures.eigvec import (
 )
 from hesslab.objective import Objective
 from hesslab.operators import HessianOperator, gradient_moment
+from hesslab.operators.base import LinearOperator
 from hesslab.params import layer_groups as _layer_groups
 
 __all__ = [
@@ -286,6 +299,15 @@ class SpectrumMonitor:
         density_steps: Lanczos steps of those densities.
         moment_kind: ``kind`` of :func:`hesslab.gradient_moment` for ``moment_overlap``.
         loss_kwargs: extra keyword arguments of :class:`~hesslab.Objective`.
+        distributed: ``data`` is this rank's shard of a ``torch.distributed`` job (e.g.
+            under ``torchrun``; the process group must be initialised first): measure the
+            curvature of the union of the shards and write to the sinks on rank 0 only
+            (see the module docstring). ``moment_overlap`` then needs
+            ``moment_kind="second_moment"``.
+        wrap: applied to every operator before use (the full Hessian, its layer blocks,
+            the gradient moment); default ``DistributedOperator`` with
+            ``distributed=True``, else none.
+        group: the process group of ``distributed`` (default: the world).
 
     Attributes:
         measurements: every :class:`Measurement` so far, in order.
@@ -316,6 +338,9 @@ class SpectrumMonitor:
         density_steps: int = 60,
         moment_kind: str = "second_moment",
         loss_kwargs: Mapping[str, Any] | None = None,
+        distributed: bool = False,
+        wrap: Callable[[LinearOperator], LinearOperator] | None = None,
+        group: Any = None,
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ConfigurationError(f"every must be a positive int, got {every!r}")
@@ -338,6 +363,32 @@ class SpectrumMonitor:
         self.sinks = list(sinks)
         if generator is not None:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        self.distributed = bool(distributed)
+        self.group = group
+        self._main = True
+        if self.distributed:
+            import torch.distributed as dist
+
+            from hesslab.distributed import DistributedOperator, broadcast_int
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise ConfigurationError(
+                    "distributed=True needs an initialised torch.distributed process group; "
+                    "launch with torchrun and call torch.distributed.init_process_group first"
+                )
+            if "moment_overlap" in quantities and moment_kind != "second_moment":
+                raise ConfigurationError(
+                    f"moment_kind={moment_kind!r} is not a mean over data points, so it cannot "
+                    "be summed over shards; use moment_kind='second_moment' with distributed=True"
+                )
+            seed = broadcast_int(int(seed), group=group)
+            self._main = dist.get_rank(group) == 0
+            if wrap is None:
+
+                def wrap(op: LinearOperator) -> LinearOperator:
+                    return DistributedOperator(op, group=group)
+
+        self._wrap: Callable[[LinearOperator], LinearOperator] = wrap or (lambda op: op)
         self.seed = int(seed)
         self.reference_step = reference_step
         self.tol = tol
@@ -401,8 +452,15 @@ class SpectrumMonitor:
             "max_abs_eigenvalue_diff": diff,
         }
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes to the sinks (rank 0, or not distributed)."""
+        return self._main
+
     def close(self) -> None:
-        """Close the sinks that have a ``close()``."""
+        """Close the sinks that have a ``close()`` (on the writing rank only)."""
+        if not self._main:
+            return
         for s in self.sinks:
             if hasattr(s, "close"):
                 s.close()
@@ -424,7 +482,8 @@ class SpectrumMonitor:
         diag: dict[str, Any] = {"matvecs": mv, "seconds": secs, "converged": conv, "notes": notes}
 
         obj = Objective(model, self.loss_fn, self.data, self.params, **self.loss_kwargs)
-        op = HessianOperator(obj)
+        H_local = HessianOperator(obj)
+        op = self._wrap(H_local)
         P = obj.space.size
         diag["P"] = P
         k = min(self.k, P)
@@ -574,11 +633,15 @@ class SpectrumMonitor:
                 diag["reference_step"] = self._ref_step
         if "grad_alignment" in q and U is not None:
             g = obj.gradient()
+            if self.distributed:
+                from hesslab.distributed import all_reduce_mean
+
+                g = all_reduce_mean(g, obj.num_data, group=self.group)
             values["grad_alignment"] = gradient_alignment(g, U[:, :k])
             values["grad_norm"] = float(g.norm())
         if "moment_overlap" in q and U is not None:
             t = time.perf_counter()
-            M = gradient_moment(obj, kind=self.moment_kind)
+            M = self._wrap(gradient_moment(obj, kind=self.moment_kind))
             mres = eigenpairs(M, k, "largest", tol=self.tol, generator=self._gen(step, "moment"))
             secs["moment_overlap"] = time.perf_counter() - t
             mv["moment"] = mres.num_matvecs
@@ -586,7 +649,7 @@ class SpectrumMonitor:
             values["moment_overlap"] = subspace_overlap(U[:, :k], mres.vectors)
             values["moment_lambda_max"] = float(mres.values[0])
         if "layers" in q and groups:
-            self._layers(op, groups, step, values, errors, mv, secs)
+            self._layers(H_local, groups, step, values, errors, mv, secs)
 
         if U is not None:
             self._prev_U = top.vectors.detach()
@@ -599,8 +662,9 @@ class SpectrumMonitor:
             seconds=time.perf_counter() - t0,
         )
         self.measurements.append(meas)
-        for s in self.sinks:
-            s.write(meas)
+        if self._main:
+            for s in self.sinks:
+                s.write(meas)
         logger.debug("spectrum monitor step %d: %s", step, values)
         return meas
 
@@ -621,12 +685,16 @@ class SpectrumMonitor:
         secs: dict[str, float],
     ) -> None:
         t = time.perf_counter()
-        blocks = op.blocks({g: list(n) for g, n in groups.items()})
+        blocks = {
+            g: self._wrap(b) for g, b in op.blocks({g: list(n) for g, n in groups.items()}).items()
+        }
         total = 0
         full_density = None
         if self.layer_density:
             full_density = spectral_density(
-                op, min(self.density_steps, op.shape[0]), generator=self._gen(step, "density")
+                self._wrap(op),
+                min(self.density_steps, op.shape[0]),
+                generator=self._gen(step, "density"),
             )
             total += full_density.num_matvecs
         for g, block in blocks.items():
