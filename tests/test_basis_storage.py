@@ -190,3 +190,19 @@ def test_cuda_operator_with_cpu_and_disk_basis(tmp_path):
     for r in (cpu, disk):
         assert r.num_matvecs == mem.num_matvecs and r.vectors.device.type == "cuda"
         assert torch.allclose(r.values, mem.values, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+def test_quadrature_with_disk_basis_matches_in_memory(tmp_path, deflate):
+    A = spiked(120)
+    op = lz.as_operator(A)
+    V0 = torch.randn(120, 4, generator=gen(6), dtype=torch.float64)
+    U = torch.linalg.eigh(A).eigenvectors[:, -2:] if deflate else None
+    mem = lz.lanczos_quadrature(op, V0, 25, deflate=U)
+    disk = lz.lanczos_quadrature(
+        op, V0, 25, deflate=U, basis_device="disk", basis_dir=tmp_path, basis_chunk=4
+    )
+    assert mem[3].tolist() == disk[3].tolist() and mem[4] == disk[4]
+    for a, b in zip(mem[:2], disk[:2], strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert list(tmp_path.iterdir()) == []

@@ -767,6 +767,8 @@ def lanczos_quadrature(
     *,
     deflate: Tensor | None = None,
     basis_device: torch.device | str | None = None,
+    basis_dir: str | os.PathLike[str] | None = None,
+    basis_chunk: int | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Run ``K`` independent Lanczos recurrences and return their Gauss quadratures.
@@ -786,7 +788,11 @@ def lanczos_quadrature(
         num_steps: ``m``.
         deflate: optional ``[P, r]`` orthonormal block (float64); the recurrences then run
             on ``(I - U U^T) A (I - U U^T)`` restricted to the complement of ``span(U)``.
-        basis_device: where the ``K`` bases live (default ``op.device``).
+        basis_device: where the ``K`` bases live (default ``op.device``), or ``"disk"``:
+            one memory-mapped file as in :func:`eigenpairs` (arithmetic on
+            ``op.device``, ``basis_chunk`` vectors at a time).
+        basis_dir: directory of that file (default: the system temporary directory).
+        basis_chunk: basis vectors per transfer with ``"disk"`` (default: 256 MiB worth).
         callback: called after every step with ``{"step", "num_matvecs"}``.
 
     Returns:
@@ -797,21 +803,50 @@ def lanczos_quadrature(
     """
     P = op.shape[0]
     f64 = torch.float64
-    bdev = op.device if basis_device is None else torch.device(basis_device)
+    disk = isinstance(basis_device, str) and basis_device == "disk"
+    bdev = op.device if basis_device is None or disk else torch.device(basis_device)
     V0 = V0.detach().to(dtype=f64, device=bdev)
     K = V0.shape[1]
     m = int(num_steps)
+    store: _DiskBasis | None = None
+    if disk:
+        chunk = _chunk_columns(basis_chunk, P, m)
+        store = _DiskBasis(P, m, op.device, chunk, basis_dir, shape=(K, m, P))
+    try:
+        return _quadrature(op, V0, m, deflate=deflate, bdev=bdev, store=store, callback=callback)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _quadrature(
+    op: LinearOperator,
+    V0: Tensor,
+    m: int,
+    *,
+    deflate: Tensor | None,
+    bdev: torch.device,
+    store: _DiskBasis | None,
+    callback: Callable[[dict[str, Any]], None] | None,
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """The body of :func:`lanczos_quadrature` (bases in memory, or in ``store [K, m, P]``)."""
+    P = op.shape[0]
+    f64 = torch.float64
+    K = V0.shape[1]
     U = None if deflate is None else deflate.to(dtype=f64, device=bdev)
     if U is not None:
         _, V0 = _orthogonalize(U, V0)
-    basis = torch.zeros(K, P, m, dtype=f64, device=bdev)
+    basis = torch.zeros(K, P, m if store is None else 0, dtype=f64, device=bdev)
     alpha = torch.zeros(K, m, dtype=f64)
     beta = torch.zeros(K, m, dtype=f64)
     steps = torch.zeros(K, dtype=torch.long)
     norms = torch.linalg.vector_norm(V0, dim=0)
     if bool((norms == 0).any()):
         raise ConfigurationError("a probe vector is zero (or lies in the deflated space)")
-    basis[:, :, 0] = (V0 / norms).T
+    if store is None:
+        basis[:, :, 0] = (V0 / norms).T
+    else:
+        store.store[:, 0] = (V0 / norms).T.cpu()
     active = torch.ones(K, dtype=torch.bool)
     num_matvecs = 0
     normest = 0.0
@@ -819,7 +854,7 @@ def lanczos_quadrature(
         idx = torch.nonzero(active).flatten()
         if idx.numel() == 0:
             break
-        Xa = basis[idx, :, j].T  # [P, Ka]
+        Xa = basis[idx, :, j].T if store is None else store.store[idx, j].T.to(bdev)  # [P, Ka]
         Wa = (
             op.matmat(Xa.to(dtype=op.dtype, device=op.device).contiguous())
             .detach()
@@ -831,7 +866,11 @@ def lanczos_quadrature(
         normest = max(normest, float(torch.linalg.vector_norm(Wa, dim=0).max()))
         for c, kk in enumerate(idx.tolist()):
             w = Wa[:, c : c + 1]
-            Vk = basis[kk, :, : j + 1]
+            Vk: Tensor | _DiskColumns = (
+                basis[kk, :, : j + 1]
+                if store is None
+                else _DiskColumns(store.store[kk], j + 1, store.chunk, bdev)
+            )
             C, w = _orthogonalize(Vk, w)
             a = float(C[j, 0])
             if U is not None:
@@ -843,8 +882,10 @@ def lanczos_quadrature(
             if j + 1 < m:
                 if bnorm <= _BREAKDOWN_RTOL * max(normest, abs(a), 1e-300) or j + 1 >= P:
                     active[kk] = False
-                else:
+                elif store is None:
                     basis[kk, :, j + 1] = w[:, 0] / bnorm
+                else:
+                    store.store[kk, j + 1] = (w[:, 0] / bnorm).cpu()
         if callback is not None:
             callback({"step": j + 1, "num_matvecs": num_matvecs})
     nodes = torch.zeros(K, m, dtype=f64)
