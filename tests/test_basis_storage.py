@@ -206,3 +206,30 @@ def test_quadrature_with_disk_basis_matches_in_memory(tmp_path, deflate):
     for a, b in zip(mem[:2], disk[:2], strict=True):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_spectral_density_with_disk_basis_matches_in_memory(tmp_path, checkpoint):
+    from hesslab.linalg.density import spectral_density
+
+    op = lz.as_operator(spiked(150))
+    kw = {"num_steps": 30, "num_probes": 3, "deflate": 2}
+    ck = (lambda name: tmp_path / name) if checkpoint else (lambda name: None)
+    mem = spectral_density(op, generator=gen(4), checkpoint=ck("mem.pt"), **kw)
+    basis_dir = tmp_path / "basis"
+    basis_dir.mkdir()
+    disk = spectral_density(
+        op,
+        generator=gen(4),
+        basis_device="disk",
+        basis_dir=basis_dir,
+        basis_chunk=5,
+        checkpoint=ck("disk.pt"),
+        **kw,
+    )
+    assert mem.num_matvecs == disk.num_matvecs
+    assert torch.equal(mem.steps, disk.steps)
+    assert torch.allclose(mem.outliers, disk.outliers, rtol=1e-10, atol=0)
+    assert torch.allclose(mem.nodes, disk.nodes, rtol=1e-9, atol=1e-11)
+    assert torch.allclose(mem.weights, disk.weights, rtol=1e-9, atol=1e-11)
+    assert list(basis_dir.iterdir()) == []

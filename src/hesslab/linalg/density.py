@@ -218,6 +218,8 @@ def spectral_density(
     deflate_tol: float = 1e-8,
     converged_tol: float | None = 1e-4,
     basis_device: torch.device | str | None = None,
+    basis_dir: str | os.PathLike[str] | None = None,
+    basis_chunk: int | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
 ) -> SpectralDensity:
@@ -259,7 +261,11 @@ def spectral_density(
         converged_tol: relative Ritz residual below which a node counts as an exact
             eigenvalue (see above); ``None`` disables.
         basis_device: where Lanczos bases live (default ``op.device``); SLQ keeps
-            ``K x P x m`` float64 numbers.
+            ``K x P x m`` float64 numbers. ``"disk"``: a memory-mapped file, moved to the
+            device ``basis_chunk`` vectors at a time (see
+            :func:`~hesslab.linalg.lanczos.eigenpairs`).
+        basis_dir: folder of the ``"disk"`` basis file (default: the temp folder).
+        basis_chunk: basis vectors per transfer with ``"disk"`` (default: 256 MiB worth).
         callback: called after every Lanczos step with ``{"step", "num_matvecs"}``
             (with a checkpoint also ``"probe"``, the 0-based probe being run).
         checkpoint: a file path (or a :class:`hesslab.io.Checkpoint`; a read-only one
@@ -300,7 +306,10 @@ def spectral_density(
         raise ConfigurationError(f"deflate must be an int in [0, P={P}), got {deflate!r}")
     entry_state = None if generator is None else _state_digest(generator)
     generator = _default_generator(generator)
-    bdev = op.device if basis_device is None else torch.device(basis_device)
+    disk = basis_device == "disk"
+    # small P x r / P x K tensors (deflation basis, probes) stay on the device with "disk"
+    bdev = op.device if basis_device is None or disk else torch.device(basis_device)
+    store = {"basis_device": basis_device, "basis_dir": basis_dir, "basis_chunk": basis_chunk}
     m = int(min(num_steps, P - deflate))
     K = int(num_probes)
     num_matvecs = 0
@@ -334,7 +343,7 @@ def spectral_density(
             "magnitude",
             tol=deflate_tol,
             generator=generator,
-            basis_device=basis_device,
+            **store,
             checkpoint=None if checkpoint is None else checkpoint.derived(".deflate"),
         )
         U, _ = torch.linalg.qr(eig.vectors.to(dtype=torch.float64, device=bdev))
@@ -371,7 +380,7 @@ def spectral_density(
         V0 = torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device)
     if checkpoint is None:
         nodes, weights, ritz_res, steps, nmv = lanczos_quadrature(
-            op, V0.to(bdev), m, deflate=U, basis_device=bdev, callback=callback
+            op, V0.to(bdev), m, deflate=U, **store, callback=callback
         )
     else:
         assert state is not None
@@ -388,7 +397,7 @@ def spectral_density(
                 V0[:, kk : kk + 1].to(bdev),
                 m,
                 deflate=U,
-                basis_device=bdev,
+                **store,
                 callback=step_callback,
             )
             probes.append(

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from hesslab.errors import ConfigurationError
+from hesslab.io import Checkpoint
 from hesslab.linalg.density import spectral_density
 from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.results import EigenResult, LogdetEstimate
@@ -108,7 +109,10 @@ def logdet_slq(
     *,
     generator: torch.Generator | None = None,
     distribution: str = "rademacher",
-    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
+    basis_device: torch.device | str | None = None,
+    basis_dir: str | os.PathLike[str] | None = None,
+    basis_chunk: int | None = None,
 ) -> LogdetEstimate:
     """SLQ estimate of ``tr log(A + delta I) = log det(A + delta I)`` with its stderr.
 
@@ -129,6 +133,8 @@ def logdet_slq(
         checkpoint: a file path; the SLQ state is saved there after every probe and a
             later call with the same arguments resumes from it (see
             :func:`~hesslab.linalg.density.spectral_density`).
+        basis_device, basis_dir, basis_chunk: where the Lanczos bases live (e.g.
+            ``"disk"``), as in :func:`~hesslab.linalg.density.spectral_density`.
 
     Returns:
         :class:`~hesslab.linalg.results.LogdetEstimate` with ``method="slq"``,
@@ -150,6 +156,9 @@ def logdet_slq(
         distribution=distribution,
         converged_tol=None,
         checkpoint=checkpoint,
+        basis_device=basis_device,
+        basis_dir=basis_dir,
+        basis_chunk=basis_chunk,
     )
     shifted = dens.nodes + shift
     used = dens.weights > 0
