@@ -132,6 +132,32 @@ def test_analyze_own_model_and_file_data(tmp_path, capsys):
     assert summary
 
 
+def test_analyze_with_disk_basis_gives_the_in_memory_numbers(tmp_path, capsys):
+    """`--basis-device disk` (memory-bounded runs): same numbers, no file left behind."""
+    f = _write_model(tmp_path)
+    basis_dir = tmp_path / "basis"
+    basis_dir.mkdir()
+    common = ["analyze", "--model", f"{f}:build", "--data", "blobs", "--dtype", "float64"]
+    common += ["--what", "eig,density", "--quiet", *FAST]
+    assert main([*common, "--out", str(tmp_path / "mem")]) == 0
+    argv = [*common, "--out", str(tmp_path / "disk"), "--basis-device", "disk"]
+    assert main([*argv, "--basis-dir", str(basis_dir)]) == 0, capsys.readouterr().err
+    mem = json.loads((_run_dir(tmp_path / "mem") / "results.json").read_text())
+    disk = json.loads((_run_dir(tmp_path / "disk") / "results.json").read_text())
+    cfg = json.loads((_run_dir(tmp_path / "disk") / "config.json").read_text())
+    assert cfg["config"]["analysis"]["basis_device"] == "disk"
+    values = {s["name"]: s["value"] for s in mem["scalars"] if isinstance(s["value"], float)}
+    got = {s["name"]: s["value"] for s in disk["scalars"] if s["name"] in values}
+    assert any(n.startswith("λ top") for n in values)
+    for name, v in values.items():
+        if "seconds" in name or "time" in name:
+            continue
+        assert abs(got[name] - v) <= 1e-9 * max(1.0, abs(v)), name
+    assert list(basis_dir.iterdir()) == []
+    assert main([*common, "--out", str(tmp_path / "x"), "--basis-device", "floppy"]) == 2
+    assert "basis_device" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

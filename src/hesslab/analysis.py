@@ -78,6 +78,11 @@ class AnalysisConfig:
         layer_k: top eigenpairs per layer.
         exact_limit: compute the exact spectrum (dense ``eigh``) when ``P`` is at most this.
         seed: seed of every random choice (probe vectors, start vectors).
+        basis_device: where the Krylov bases of the eigensolves and the density live:
+            ``None`` (the operator's device), ``"cpu"`` or ``"disk"`` (a memory-mapped
+            file; memory-bounded runs of large models, see
+            :func:`~hesslab.linalg.lanczos.eigenpairs`).
+        basis_dir: folder of the ``"disk"`` basis files (default: the temp folder).
     """
 
     what: tuple[str, ...] = PARTS
@@ -90,6 +95,8 @@ class AnalysisConfig:
     layer_k: int = 1
     exact_limit: int = 0
     seed: int = 0
+    basis_device: str | None = None
+    basis_dir: str | None = None
 
     def __post_init__(self) -> None:
         bad = [w for w in self.what if w not in PARTS]
@@ -97,6 +104,12 @@ class AnalysisConfig:
             raise ConfigurationError(f"unknown analysis part(s) {bad}; choose from {PARTS}")
         if self.k_top < 1 or self.k_bottom < 0:
             raise ConfigurationError("k_top must be >= 1 and k_bottom >= 0")
+        if self.basis_device not in (None, "cpu", "disk") and not str(self.basis_device).startswith(
+            "cuda"
+        ):
+            raise ConfigurationError(
+                f"basis_device must be None, 'cpu', 'cuda[:i]' or 'disk', got {self.basis_device!r}"
+            )
 
 
 def _record_eigen(run: RunDir, section: str, name: str, res: Any) -> None:
@@ -253,9 +266,13 @@ def analyze(
         exact, summary["exact_seconds"] = store.run("exact", dense_spectrum)
         run.add_array("exact_eigenvalues", exact.numpy())
 
+    basis = {"basis_device": cfg.basis_device, "basis_dir": cfg.basis_dir}
+
     def top_eigenpairs(ckpt: Checkpoint | None) -> Any:
         gen = _gen(cfg.seed, dev)
-        return eigenpairs(H, cfg.k_top, "largest", tol=cfg.tol, generator=gen, checkpoint=ckpt)
+        return eigenpairs(
+            H, cfg.k_top, "largest", tol=cfg.tol, generator=gen, checkpoint=ckpt, **basis
+        )
 
     top = None
     if "eig" in cfg.what:
@@ -276,6 +293,7 @@ def analyze(
                     tol=cfg.tol,
                     generator=_gen(cfg.seed + 1, dev),
                     checkpoint=ckpt,
+                    **basis,
                 ),
             )
             _record_eigen(run, S_EIG, "λ bottom", bottom)
@@ -321,6 +339,7 @@ def analyze(
                 cfg.density_probes,
                 generator=_gen(cfg.seed + 4, dev),
                 checkpoint=ckpt,
+                **basis,
             ),
         )
         grid = dens.grid()
@@ -373,6 +392,7 @@ def analyze(
                     generator=_gen(cfg.seed + 10 + i, dev),
                     return_vectors=False,
                     checkpoint=ckpt,
+                    **basis,
                 ),
             )
             btr = store.run(
@@ -412,7 +432,13 @@ def analyze(
         g_top = store.run(
             "ggn_top",
             lambda ckpt: eigenpairs(
-                G, k, "largest", tol=cfg.tol, generator=_gen(cfg.seed + 5, dev), checkpoint=ckpt
+                G,
+                k,
+                "largest",
+                tol=cfg.tol,
+                generator=_gen(cfg.seed + 5, dev),
+                checkpoint=ckpt,
+                **basis,
             ),
         )
         h_top = top or store.run("eig_top", top_eigenpairs)

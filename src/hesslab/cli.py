@@ -101,6 +101,8 @@ def _analysis_config(args: argparse.Namespace, *, exact_limit: int) -> Any:
         density_probes=args.density_probes,
         seed=args.seed,
         exact_limit=exact_limit,
+        basis_device=args.basis_device,
+        basis_dir=args.basis_dir,
     )
 
 
@@ -472,6 +474,13 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, exact_limit: int) -> No
     g.add_argument("--trace-matvecs", type=int, default=96, help="products for tr H, tr H²")
     g.add_argument("--density-steps", type=int, default=90, help="Lanczos steps of the density")
     g.add_argument("--density-probes", type=int, default=1, help="probes of the density")
+    g.add_argument(
+        "--basis-device",
+        default=None,
+        help="where Krylov bases live: cpu, cuda[:i] or disk (memory-mapped file; "
+        "for models whose basis does not fit beside them); default: the --device",
+    )
+    g.add_argument("--basis-dir", default=None, help="folder of the disk basis (default $TMPDIR)")
     g.add_argument(
         "--exact-limit",
         type=int,
