@@ -53,7 +53,13 @@ def test_hessian_all_modes_match_dense(name, loss, batched):
         _close(HessianOperator(obj, mode=mode).to_dense(), H_ref)
     H_auto = HessianOperator(obj)
     _close(H_auto.to_dense(), H_ref)
-    assert H_auto.chosen_mode("block") in hesslab.operators.HESSIAN_MODES
+    assert H_auto.chosen_mode("block") in (*hesslab.operators.HESSIAN_MODES, "columns")
+    # the "columns" choice for blocks (single products one after the other)
+    H_cols = HessianOperator(obj)
+    H_cols.mode_report["single"] = {"mode": "reverse-over-reverse"}
+    H_cols.mode_report["block"] = {"mode": "columns"}
+    _close(H_cols.to_dense(), H_ref)
+    assert H_cols.chosen_mode("block") == "columns"
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
