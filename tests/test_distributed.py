@@ -95,23 +95,23 @@ def test_requires_initialised_process_group():
         DistributedOperator(HessianOperator(Objective(model, "ce", (x, y))))
 
 
-def test_cli_analyze_under_torchrun(tmp_path):
-    """`hesslab analyze` under torchrun gives the single-process numbers; rank 0 writes."""
-    import json
+def _torchrun() -> str:
     import shutil
-    import subprocess
-    import sys
 
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    return shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+
+
+def _analyze_argv(tmp_path: Path, width: int, what: str, *extra: str) -> list[str]:
+    """`hesslab analyze` of a small tanh MLP (written to tmp_path) on the blobs data."""
     model = tmp_path / "m.py"
     model.write_text(
         "import torch\n"
         "def build():\n"
         "    torch.manual_seed(0)\n"
-        "    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),"
-        " torch.nn.Linear(8, 3))\n"
+        f"    return torch.nn.Sequential(torch.nn.Linear(2, {width}), torch.nn.Tanh(),"
+        f" torch.nn.Linear({width}, 3))\n"
     )
-    common = [
+    return [
         "analyze",
         "--model",
         f"{model}:build",
@@ -121,12 +121,22 @@ def test_cli_analyze_under_torchrun(tmp_path):
         "float64",
         "--quiet",
         "--what",
-        "eig,trace",
+        what,
         "--k",
         "3",
         "--k-bottom",
         "1",
+        *extra,
     ]
+
+
+def test_cli_analyze_under_torchrun(tmp_path):
+    """`hesslab analyze` under torchrun gives the single-process numbers; rank 0 writes."""
+    import json
+    import subprocess
+
+    torchrun = _torchrun()
+    common = _analyze_argv(tmp_path, 8, "eig,trace")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [
@@ -175,40 +185,13 @@ def test_cli_resume_under_torchrun_after_kill(tmp_path):
     (a hang, caught by the timeout) or the numbers would differ from the reference.
     """
     import json
-    import shutil
     import signal
     import subprocess
     import time
 
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    model = tmp_path / "m.py"
-    model.write_text(
-        "import torch\n"
-        "def build():\n"
-        "    torch.manual_seed(0)\n"
-        "    return torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),"
-        " torch.nn.Linear(16, 3))\n"
-    )
-    common = [
-        "analyze",
-        "--model",
-        f"{model}:build",
-        "--data",
-        "blobs",
-        "--dtype",
-        "float64",
-        "--quiet",
-        "--what",
-        "eig,trace,density",
-        "--k",
-        "3",
-        "--k-bottom",
-        "1",
-        "--density-steps",
-        "60",
-        "--density-probes",
-        "40",
-    ]
+    torchrun = _torchrun()
+    extra = ("--density-steps", "60", "--density-probes", "40")
+    common = _analyze_argv(tmp_path, 16, "eig,trace,density", *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def launch(*extra: str) -> subprocess.Popen:
