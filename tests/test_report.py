@@ -488,3 +488,19 @@ def test_report_renders_in_headless_chromium(full_run: RunDir, tmp_path: Path) -
     assert np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0).shape[0] > 50
     if os.environ.get("HESSLAB_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["HESSLAB_KEEP_SCREENSHOT"])
+
+
+def test_step_progress_reports_capped_fractions(caplog):
+    import logging
+
+    from hesslab.report.progress import StepProgress
+
+    seen = []
+    tick = StepProgress(lambda d, f: seen.append((d, f)), 4, logger=logging.getLogger("t"))
+    with caplog.at_level(logging.INFO, logger="t"):
+        tick("a")
+        tick("b", 2.0)
+        tick("c", 5.0)  # past the total: capped at 1
+    assert seen == [("a", 0.25), ("b", 0.75), ("c", 1.0)]
+    assert "b (3/4)" in caplog.text
+    StepProgress(None, 0)("no callback, total at least one")

@@ -58,6 +58,7 @@ from hesslab.models import lenet, mlp
 from hesslab.objective import Objective
 from hesslab.operators import hessian
 from hesslab.reparam import rescale_pair, scalable_layers
+from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import fit
 
@@ -150,17 +151,6 @@ class Dinh2017Config:
             trace_matvecs=96,
             convnet=True,
         )
-
-
-class _Progress:
-    def __init__(self, progress: Progress | None, total: float) -> None:
-        self.progress, self.total, self.done = progress, max(total, 1.0), 0.0
-
-    def __call__(self, desc: str, amount: float = 1.0) -> None:
-        self.done = min(self.total, self.done + amount)
-        logger.info("%s (%.0f%%)", desc, 100 * self.done / self.total)
-        if self.progress is not None:
-            self.progress(desc, self.done / self.total)
 
 
 def _measures(
@@ -261,7 +251,7 @@ def _sweep(
     hess_data: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor],
     cfg: Dinh2017Config,
-    tick: _Progress,
+    tick: StepProgress,
     what: str,
 ) -> dict[str, Any]:
     """Rescale ``model`` by ``T_α`` on its first two layers for every ``α``; measure."""
@@ -413,7 +403,9 @@ def run(
         ICML, arXiv:1703.04933.
     """
     cfg = config or Dinh2017Config.smoke()
-    tick = _Progress(progress, len(cfg.alphas) * (1 + int(cfg.convnet)) + 1 + int(cfg.convnet))
+    tick = StepProgress(
+        progress, len(cfg.alphas) * (1 + int(cfg.convnet)) + 1 + int(cfg.convnet), logger=logger
+    )
     dtype = torch.float64
     seconds: dict[str, float] = {}
     run_dir.add_text(

@@ -75,6 +75,7 @@ from hesslab.operators import gradient_moment, hessian, per_sample_gradients
 from hesslab.operators.base import FunctionOperator
 from hesslab.reparam import rescale
 from hesslab.report import plots
+from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 
 __all__ = [
@@ -867,17 +868,6 @@ def _part3(cfg: Li2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> d
 # ---------------------------------------------------------------------------------------
 
 
-class _Tick:
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, max(total, 1), 0
-
-    def __call__(self, desc: str) -> None:
-        self.done = min(self.total, self.done + 1)
-        logger.info("%s (%d/%d)", desc, self.done, self.total)
-        if self.progress is not None:
-            self.progress(desc, self.done / self.total)
-
-
 def _check(cfg: Li2019Config) -> None:
     _dtype(cfg)
     if not cfg.noise_fractions or not cfg.batch_sizes:
@@ -906,7 +896,7 @@ def run(
     cfg = config or Li2019Config.smoke()
     _check(cfg)
     n_runs = len(cfg.noise_fractions) * len(cfg.batch_sizes)
-    tick = _Tick(progress, 2 * n_runs + len(cfg.repeat_noise_fractions) + 1)
+    tick = StepProgress(progress, 2 * n_runs + len(cfg.repeat_noise_fractions) + 1, logger=logger)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     p1 = _part1(cfg, run_dir, tick)

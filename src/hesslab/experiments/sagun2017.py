@@ -63,6 +63,7 @@ from hesslab.data.datasets import Split
 from hesslab.models import mlp
 from hesslab.operators import ggn, hessian
 from hesslab.report import plots
+from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import evaluate, fit
 
@@ -387,22 +388,11 @@ def _set_flat(model: nn.Module, flat: Tensor) -> nn.Module:
     return out.eval()
 
 
-class _Progress:
-    def __init__(self, progress: Progress | None, total: float) -> None:
-        self.progress, self.total, self.done = progress, max(total, 1.0), 0.0
-
-    def __call__(self, desc: str, amount: float = 1.0) -> None:
-        self.done = min(self.total, self.done + amount)
-        logger.info("%s (%.0f%%)", desc, 100 * self.done / self.total)
-        if self.progress is not None:
-            self.progress(desc, self.done / self.total)
-
-
 # ---------------------------------------------------------------------------------------
 # parts
 
 
-def _part1(cfg: Sagun2017Config, run: RunDir, tick: _Progress) -> dict[str, Any]:
+def _part1(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, Any]:
     run.add_text(
         S1,
         "Exact Hessian spectra (dense `eigh`, float64) at the end of full-batch GD on "
@@ -542,7 +532,7 @@ def _part1(cfg: Sagun2017Config, run: RunDir, tick: _Progress) -> dict[str, Any]
     return {"counts": counts, "models": models, "digits": digits_out, "rows": rows}
 
 
-def _part2(cfg: Sagun2017Config, run: RunDir, tick: _Progress) -> dict[str, Any]:
+def _part2(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, Any]:
     k, seed = cfg.width_k, cfg.seeds[0]
     split = _mixture(cfg, k, seed)
     run.add_text(
@@ -626,7 +616,7 @@ def _part2(cfg: Sagun2017Config, run: RunDir, tick: _Progress) -> dict[str, Any]
     return {"P": Ps, "near_zero": zeros, "outliers": counts, "stability": stability}
 
 
-def _part3(cfg: Sagun2017Config, run: RunDir, tick: _Progress) -> dict[str, Any]:
+def _part3(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, Any]:
     seed = cfg.seeds[0]
     run.add_text(
         S3,
@@ -715,7 +705,7 @@ def _part3(cfg: Sagun2017Config, run: RunDir, tick: _Progress) -> dict[str, Any]
 
 
 def _part4(
-    cfg: Sagun2017Config, run: RunDir, tick: _Progress, models: dict[int, Any]
+    cfg: Sagun2017Config, run: RunDir, tick: StepProgress, models: dict[int, Any]
 ) -> dict[str, Any]:
     run.add_text(
         S4,
@@ -787,7 +777,7 @@ def _part4(
     return {"overlap": overlaps, "max_rel_diff": dict(zip(cfg.ggn_ks, rels, strict=False))}
 
 
-def _part5(cfg: Sagun2017Config, run: RunDir, tick: _Progress) -> dict[str, Any]:
+def _part5(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, Any]:
     k, seed = cfg.line_k, cfg.seeds[0]
     split = _mixture(
         cfg, k, seed, separation=cfg.line_separation, spread=cfg.line_spread,
@@ -918,7 +908,7 @@ def run(
         len(cfg.ks) * len(cfg.seeds) + int(cfg.digits) + len(cfg.width_sweep)
         + len(cfg.data_sweep) + len(cfg.ggn_ks) + 3
     )  # fmt: skip
-    tick = _Progress(progress, total)
+    tick = StepProgress(progress, total, logger=logger)
     del n_line
     seconds: dict[str, float] = {}
 

@@ -87,6 +87,7 @@ from hesslab.measures import sankar_density_distance, spectrum_w1
 from hesslab.models import lenet, mlp
 from hesslab.operators import hessian
 from hesslab.report import plots
+from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import fit
 
@@ -413,17 +414,6 @@ def _union_width(a: SpectralDensity, b: SpectralDensity) -> float:
     return hi - lo if hi > lo else 1.0
 
 
-class _Tick:
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, max(total, 1), 0
-
-    def __call__(self, desc: str) -> None:
-        self.done = min(self.total, self.done + 1)
-        logger.info("%s (%d/%d)", desc, self.done, self.total)
-        if self.progress is not None:
-            self.progress(desc, self.done / self.total)
-
-
 # ---------------------------------------------------------------------------------------
 # one model
 
@@ -728,7 +718,7 @@ def run(
     split = digits(flat=False, seed=cfg.seed)
     sub_data = balanced_subset(split.train, per_class=cfg.per_class, seed=cfg.seed)
     sub = (sub_data.x.to(_dtype(cfg)), sub_data.y)
-    tick = _Tick(progress, len(cfg.models) * (cfg.epochs + 1))
+    tick = StepProgress(progress, len(cfg.models) * (cfg.epochs + 1), logger=logger)
     run_dir.add_text(
         "Setup",
         "Layerwise Hessians = diagonal blocks H_ll of the Conv2d/Linear weights. SLQ with "

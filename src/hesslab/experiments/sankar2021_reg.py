@@ -82,6 +82,7 @@ from hesslab.linalg import eigenpairs, trace, wolkowicz_styan
 from hesslab.models import lenet
 from hesslab.operators import hessian
 from hesslab.report import plots
+from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import evaluate
 from hesslab.train.regularizers import HessianTracePenalty, WSBoundPenalty
@@ -411,23 +412,12 @@ def _mean_std(rows: list[dict[str, Any]], key: str) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-class _Tick:
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, max(total, 1), 0
-
-    def __call__(self, desc: str) -> None:
-        self.done += 1
-        logger.info("%s (%d/%d)", desc, self.done, self.total)
-        if self.progress is not None:
-            self.progress(desc, min(1.0, self.done / self.total))
-
-
 def _runs(cfg: Any, run_dir: RunDir, section: str, progress: Progress | None, *, ws: bool):
     split = digits(flat=False, seed=cfg.data_seed)
     steps_per_epoch = math.ceil(len(split.train) / cfg.batch_size)
     for variant in cfg.variants:  # fail on a bad variant before any training
         _make_penalty(cfg, variant, 0, steps_per_epoch)
-    tick = _Tick(progress, len(cfg.seeds) * len(cfg.variants))
+    tick = StepProgress(progress, len(cfg.seeds) * len(cfg.variants), logger=logger)
     rows: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}
     for seed in cfg.seeds:

@@ -79,6 +79,7 @@ from hesslab.models import mlp
 from hesslab.objective import Objective
 from hesslab.operators import hessian
 from hesslab.report import plots
+from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train.optim import HessianShapedNoiseGD, NoisyGD, SGDNoiseSampler
 
@@ -778,17 +779,6 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
     }
 
 
-class _Tick:
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, max(total, 1), 0
-
-    def __call__(self, desc: str) -> None:
-        self.done = min(self.total, self.done + 1)
-        logger.info("%s (%d/%d)", desc, self.done, self.total)
-        if self.progress is not None:
-            self.progress(desc, self.done / self.total)
-
-
 def run(
     run_dir: RunDir, config: Wei2019Config | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -803,7 +793,7 @@ def run(
         neural networks", arXiv:1910.00195.
     """
     cfg = config or Wei2019Config.smoke()
-    tick = _Tick(progress, len(cfg.toy_depths) + (5 if cfg.mlp else 0))
+    tick = StepProgress(progress, len(cfg.toy_depths) + (5 if cfg.mlp else 0), logger=logger)
     seconds = {}
     t = time.perf_counter()
     toy = _part1(cfg, run_dir, tick)

@@ -10,13 +10,14 @@ turns those calls into updates of a :func:`progress_bar` (tqdm, writing to stder
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
-__all__ = ["ProgressCallback", "progress_bar", "stderr_is_terminal"]
+__all__ = ["ProgressCallback", "StepProgress", "progress_bar", "stderr_is_terminal"]
 
 
 def stderr_is_terminal(stream: TextIO | None = None) -> bool:
@@ -102,3 +103,33 @@ class ProgressCallback:
                     {k: f"{v:.3g}" if isinstance(v, float) else v for k, v in shown.items()},
                     refresh=False,
                 )
+
+
+class StepProgress:
+    """Counts the steps of a long job and reports them to a ``progress(desc, fraction)``.
+
+    Each call ``tick(desc, amount=1.0)`` adds ``amount`` steps (capped at ``total``), logs
+    ``desc`` with the count at INFO level on ``logger`` and calls
+    ``progress(desc, done / total)`` when a progress function was given (the experiments'
+    ``progress=`` argument; the command line draws it as a bar).
+
+    Args:
+        progress: ``progress(description, fraction_done)``, or ``None``.
+        total: the number of steps (at least 1 is assumed).
+        logger: where the steps are logged (default this module's logger).
+    """
+
+    def __init__(
+        self,
+        progress: Callable[[str, float], None] | None,
+        total: float,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.progress, self.total, self.done = progress, max(float(total), 1.0), 0.0
+        self.logger = logger or logging.getLogger(__name__)
+
+    def __call__(self, desc: str, amount: float = 1.0) -> None:
+        self.done = min(self.total, self.done + amount)
+        self.logger.info("%s (%g/%g)", desc, self.done, self.total)
+        if self.progress is not None:
+            self.progress(desc, self.done / self.total)
