@@ -33,6 +33,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -528,6 +529,22 @@ def targets(p1: dict) -> list[str]:
     return out
 
 
+def _rows_table(
+    heads: list[str],
+    rows: dict[str, dict],
+    base: float,
+    cells: Callable[[dict], list[str]],
+    *,
+    first: tuple[str, str] = ("method", "settings"),
+) -> list[str]:
+    """One results table: name and settings, the measure's ``cells``, peak memory, note."""
+    lines = markdown_table(
+        [*first, *heads, "peak RSS MB", "note"],
+        [[n, r["settings"], *cells(r), _mem(r, base), _note(r)] for n, r in rows.items()],
+    )
+    return [*lines, ""]
+
+
 def render(results: dict) -> str:
     meta = results["meta"]
     L = [
@@ -572,145 +589,93 @@ def render(results: dict) -> str:
         ]
         for k, rows in res.get("topk", {}).items():
             L += [f"### Top-{k} eigenvalues", ""]
-            L += markdown_table(
-                [
-                    "method",
-                    "settings",
-                    "products",
-                    "wall (s)",
-                    "rel. error",
-                    "products / hesslab",
-                    "wall / hesslab",
-                    "peak RSS MB",
-                    "note",
-                ],
-                [
-                    [
-                        n,
-                        r["settings"],
-                        fmt(r["products"], "g"),
-                        fmt(r["wall_s"], ".3f"),
-                        fmt(r["rel_error"], ".1e"),
-                        fmt(r["products_vs_hesslab"], ".2f"),
-                        fmt(r["wall_s_vs_hesslab"], ".2f"),
-                        _mem(r, base),
-                        _note(r),
-                    ]
-                    for n, r in rows.items()
+            L += _rows_table(
+                ["products", "wall (s)", "rel. error", "products / hesslab", "wall / hesslab"],
+                rows,
+                base,
+                lambda r: [
+                    fmt(r["products"], "g"),
+                    fmt(r["wall_s"], ".3f"),
+                    fmt(r["rel_error"], ".1e"),
+                    fmt(r["products_vs_hesslab"], ".2f"),
+                    fmt(r["wall_s_vs_hesslab"], ".2f"),
                 ],
             )
-            L.append("")
         if "trace" in res:
             L += [
                 f"### Trace with {results['meta']['trace_budget']} products "
                 f"(true trace {tr['trace']:.6g})",
                 "",
             ]
-            rows = res["trace"]
-            L += markdown_table(
+            L += _rows_table(
                 [
-                    "method",
-                    "settings",
                     "products",
                     "mean \\|rel. error\\| (± s.e. over seeds)",
                     "max \\|rel. error\\|",
                     "error bar covers truth",
                     "wall (s)",
                     "error / hesslab",
-                    "peak RSS MB",
-                    "note",
                 ],
-                [
-                    [
-                        n,
-                        r["settings"],
-                        fmt(r["products"], "g"),
-                        fmt(r["mean_rel_error"], ".2e")
-                        + (
-                            f" ± {r['mean_rel_error_se']:.1e}"
-                            if r.get("mean_rel_error_se") and not r.get("exact")
-                            else ""
-                        ),
-                        fmt(r["max_rel_error"], ".2e"),
-                        (
-                            "exact method"
-                            if r.get("exact")
-                            else f"{r['covered']}/{r['ok_runs']}"
-                            if r["error_bar"]
-                            else "no error bar"
-                        ),
-                        fmt(r["wall_s"], ".3f"),
-                        fmt(r["mean_rel_error_vs_hesslab"], ".2f"),
-                        _mem(r, base),
-                        _note(r),
-                    ]
-                    for n, r in rows.items()
+                res["trace"],
+                base,
+                lambda r: [
+                    fmt(r["products"], "g"),
+                    fmt(r["mean_rel_error"], ".2e")
+                    + (
+                        f" ± {r['mean_rel_error_se']:.1e}"
+                        if r.get("mean_rel_error_se") and not r.get("exact")
+                        else ""
+                    ),
+                    fmt(r["max_rel_error"], ".2e"),
+                    (
+                        "exact method"
+                        if r.get("exact")
+                        else f"{r['covered']}/{r['ok_runs']}"
+                        if r["error_bar"]
+                        else "no error bar"
+                    ),
+                    fmt(r["wall_s"], ".3f"),
+                    fmt(r["mean_rel_error_vs_hesslab"], ".2f"),
                 ],
             )
-            L.append("")
         for budget, rows in res.get("density", {}).items():
             L += [
                 f"### Spectral density with {budget} products: W1 to the exact eigenvalues "
                 "/ spectral width",
                 "",
             ]
-            L += markdown_table(
-                [
-                    "method",
-                    "settings",
-                    "products",
-                    "W1 / width",
-                    "wall (s)",
-                    "W1 / hesslab",
-                    "peak RSS MB",
-                    "note",
-                ],
-                [
-                    [
-                        n,
-                        r["settings"],
-                        fmt(r["products"], "g"),
-                        fmt(r["w1_over_width"], ".2e"),
-                        fmt(r["wall_s"], ".3f"),
-                        fmt(r["w1_over_width_vs_hesslab"], ".2f"),
-                        _mem(r, base),
-                        _note(r),
-                    ]
-                    for n, r in rows.items()
+            L += _rows_table(
+                ["products", "W1 / width", "wall (s)", "W1 / hesslab"],
+                rows,
+                base,
+                lambda r: [
+                    fmt(r["products"], "g"),
+                    fmt(r["w1_over_width"], ".2e"),
+                    fmt(r["wall_s"], ".3f"),
+                    fmt(r["w1_over_width_vs_hesslab"], ".2f"),
                 ],
             )
-            L.append("")
         if "cost" in res:
             L += ["### Cost of one product relative to one full-data gradient (same process)", ""]
-            rows = res["cost"]
-            L += markdown_table(
+            L += _rows_table(
                 [
-                    "library",
-                    "product",
                     "HVP / gradient",
                     "per column in a block of 16",
                     "HVP (ms)",
                     "gradient (ms)",
                     "HVP cost / hesslab",
-                    "peak RSS MB",
-                    "note",
                 ],
-                [
-                    [
-                        n,
-                        r["settings"],
-                        fmt(r["hvp_over_grad"], ".2f"),
-                        fmt(r["block_over_grad"], ".2f"),
-                        fmt(r["hvp_ms"], ".2f"),
-                        fmt(r["grad_ms"], ".2f"),
-                        fmt(r["hvp_over_grad_vs_hesslab"], ".2f"),
-                        _mem(r, base),
-                        _note(r),
-                    ]
-                    for n, r in rows.items()
+                res["cost"],
+                base,
+                lambda r: [
+                    fmt(r["hvp_over_grad"], ".2f"),
+                    fmt(r["block_over_grad"], ".2f"),
+                    fmt(r["hvp_ms"], ".2f"),
+                    fmt(r["grad_ms"], ".2f"),
+                    fmt(r["hvp_over_grad_vs_hesslab"], ".2f"),
                 ],
+                first=("library", "product"),
             )
-            L.append("")
     if "P1" in results["problems"]:
         L += ["## Targets of issue 5 (P1, this run)", "", *targets(results["problems"]["P1"]), ""]
     return "\n".join(L)

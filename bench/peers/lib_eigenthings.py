@@ -37,13 +37,14 @@ def _operator(prob: Loaded):
     return he.LambdaOperator(matvec, op.size, op.device, op.dtype), count
 
 
-def topk_power(prob: Loaded, k: int, seed: int) -> dict:
+def _topk(prob: Loaded, solver: str, k: int, seed: int) -> dict:
+    """Run ``hessian_eigenthings.<solver>(op, k=k, seed=seed)`` and count its products."""
     import hessian_eigenthings as he
 
     t0 = time.perf_counter()
     op, count = _operator(prob)
     setup = time.perf_counter() - t0
-    res = he.deflated_power_iteration(op, k=k, seed=seed)
+    res = getattr(he, solver)(op, k=k, seed=seed)
     return {
         "values": to_list(res.eigenvalues),
         "products": count["n"],
@@ -51,22 +52,14 @@ def topk_power(prob: Loaded, k: int, seed: int) -> dict:
         "setup_s": setup,
         "converged": bool(res.converged.all()),
     }
+
+
+def topk_power(prob: Loaded, k: int, seed: int) -> dict:
+    return _topk(prob, "deflated_power_iteration", k, seed)
 
 
 def topk_lanczos(prob: Loaded, k: int, seed: int) -> dict:
-    import hessian_eigenthings as he
-
-    t0 = time.perf_counter()
-    op, count = _operator(prob)
-    setup = time.perf_counter() - t0
-    res = he.lanczos(op, k=k, seed=seed)
-    return {
-        "values": to_list(res.eigenvalues),
-        "products": count["n"],
-        "wall_s": time.perf_counter() - t0,
-        "setup_s": setup,
-        "converged": bool(res.converged.all()),
-    }
+    return _topk(prob, "lanczos", k, seed)
 
 
 def trace(prob: Loaded, budget: int, seed: int) -> dict:
