@@ -130,15 +130,11 @@ _SELECTION = {"full": "all", "middle": "middle", "middle-layers": "middle-layers
 
 
 @dataclass(frozen=True)
-class Sankar2021RegConfig:
-    """Every knob of ``sankar2021-reg``. Build with :meth:`smoke` or :meth:`full`.
+class _PenaltyTrainingConfig:
+    """The knobs the two penalty experiments share (LeNet on digits, SGD with a penalty).
 
     Attributes:
         seeds: seeds of the model initialisation, batch order and probes.
-        variants: ``"none"`` (no penalty), ``"full"`` (all parameters), ``"middle"``
-            (paper's tensor rule), ``"middle-layers"`` (layer rule; on LeNet both rules
-            pick conv2, fc1, fc2, so the two runs coincide: it is kept in the full size
-            as a check of that).
         epochs: training epochs.
         batch_size: minibatch size.
         lr: SGD learning rate.
@@ -154,13 +150,10 @@ class Sankar2021RegConfig:
         hidden: LeNet hidden widths.
         trace_matvecs: Hessian-vector products of the final trace estimate.
         lanczos_tol: relative residual tolerance of the final ``λ_max``.
-        acc_tol: largest drop of the mean test accuracy (absolute) that counts as "does
-            not hurt".
         data_seed: seed of the digits train/test split.
     """
 
     seeds: tuple[int, ...] = (0,)
-    variants: tuple[str, ...] = ("none", "full", "middle")
     epochs: int = 25
     batch_size: int = 64
     lr: float = 0.02
@@ -176,8 +169,27 @@ class Sankar2021RegConfig:
     hidden: tuple[int, int] = (120, 84)
     trace_matvecs: int = 30
     lanczos_tol: float = 1e-3
-    acc_tol: float = 0.01
     data_seed: int = 0
+
+
+@dataclass(frozen=True)
+class Sankar2021RegConfig(_PenaltyTrainingConfig):
+    """Every knob of ``sankar2021-reg``. Build with :meth:`smoke` or :meth:`full`.
+
+    Attributes:
+        variants: ``"none"`` (no penalty), ``"full"`` (all parameters), ``"middle"``
+            (paper's tensor rule), ``"middle-layers"`` (layer rule; on LeNet both rules
+            pick conv2, fc1, fc2, so the two runs coincide: it is kept in the full size
+            as a check of that).
+        acc_tol: largest drop of the mean test accuracy (absolute) that counts as "does
+            not hurt".
+        the others: as in :class:`_PenaltyTrainingConfig` (seeds, epochs, batch_size, lr,
+            momentum, milestones, lr_decay, gamma, num_probes, distribution, every,
+            start_epoch, channels, hidden, trace_matvecs, lanczos_tol, data_seed).
+    """
+
+    variants: tuple[str, ...] = ("none", "full", "middle")
+    acc_tol: float = 0.01
 
     @classmethod
     def smoke(cls) -> Sankar2021RegConfig:
@@ -197,39 +209,20 @@ class Sankar2021RegConfig:
 
 
 @dataclass(frozen=True)
-class WSBoundRegConfig:
+class WSBoundRegConfig(_PenaltyTrainingConfig):
     """Every knob of ``wsbound-reg`` (same training as :class:`Sankar2021RegConfig`).
 
     Attributes:
-        seeds, epochs, batch_size, lr, momentum, milestones, lr_decay, num_probes,
-        distribution, every, start_epoch, channels, hidden, trace_matvecs, lanczos_tol,
-        data_seed: as in :class:`Sankar2021RegConfig`.
         variants: ``"none"`` and ``"ws"`` (all parameters) and/or ``"ws-middle"``.
         gamma: ``γ`` of the bound penalty.
         eps: ``ε`` inside the square root of the bound.
         min_matvecs: most products for ``λ_min`` (Lanczos from the smallest end).
+        the others: as in :class:`_PenaltyTrainingConfig`.
     """
 
-    seeds: tuple[int, ...] = (0,)
     variants: tuple[str, ...] = ("none", "ws")
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 0.02
-    momentum: float = 0.9
-    milestones: tuple[int, ...] = (12,)
-    lr_decay: float = 0.1
-    gamma: float = 3e-3
     eps: float = 1e-12
-    num_probes: int = 4
-    distribution: str = "rademacher"
-    every: int = 2
-    start_epoch: int = 12
-    channels: tuple[int, int] = (6, 16)
-    hidden: tuple[int, int] = (120, 84)
-    trace_matvecs: int = 30
-    lanczos_tol: float = 1e-3
     min_matvecs: int = 150
-    data_seed: int = 0
 
     @classmethod
     def smoke(cls) -> WSBoundRegConfig:
