@@ -211,17 +211,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = models.mlp(64, widths, 10, seed=args.seed, dtype=torch.float64)
 
     def train(_: Any) -> dict[str, Any]:
-        res = fit(
-            model,
-            split.train,
-            optimizer="sgd",
-            lr=0.05,
-            momentum=0.9,
-            batch_size=64,
-            epochs=args.epochs,
-            seed=args.seed,
-            eval_data=split.test,
-        )
+        # the recorded training settings are the ones used
+        res = fit(model, split.train, **training, seed=args.seed, eval_data=split.test)
         (run.path / "metrics.jsonl").unlink(missing_ok=True)  # a retrained run logs afresh
         for rec in res.history:
             run.log_metrics(rec["step"], loss=rec["loss"], accuracy=rec.get("accuracy"))
