@@ -11,7 +11,9 @@ Commands::
 ``demo`` and ``analyze`` save every finished stage and the state of the running solver
 under ``RUN_DIR/checkpoints/`` (removed when the run completes); after a crash or a
 preemption, the same command with ``--resume RUN_DIR`` continues where it stopped and
-records the numbers an uninterrupted run would have.
+records the numbers an uninterrupted run would have. ``reproduce`` saves each finished
+part of the reproduction there (parts are coarse: an interrupted part, which may take
+minutes at full size, runs again from its start).
 
 Errors in arguments or data end the program with a one-line message and exit code 2.
 """
@@ -402,9 +404,9 @@ def _secs(s: float | None) -> str:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from hesslab.analysis import StageStore
     from hesslab.experiments import get_experiment
     from hesslab.report.progress import progress_bar
-    from hesslab.report.run import RunDir
 
     spec = get_experiment(args.name)
     overrides = list(args.set or [])
@@ -412,13 +414,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         overrides.append(f"seeds=[{args.seed}]")
     cfg = spec.config(smoke=args.smoke, overrides=overrides)
     t0 = time.perf_counter()
-    run = RunDir.create(
-        args.out,
+    run = _open_run(
+        args,
         args.name + ("-smoke" if args.smoke else ""),
         cfg,
         title=spec.title + (" (smoke size)" if args.smoke else ""),
         description=spec.description,
     )
+    if run is None:
+        return _already_complete(args)
+    # every finished part is saved here, so that --resume RUN_DIR skips it
+    stages = StageStore(run.path / CHECKPOINTS_DIR, cfg)
     bar = progress_bar(100, args.name, enabled=False if args.quiet else None, unit="%")
 
     def progress(desc: str, fraction: float) -> None:
@@ -426,7 +432,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         bar.update(max(0, round(100 * fraction) - bar.n))
 
     try:
-        spec.run(run, cfg, progress=progress)
+        spec.run(run, cfg, progress=progress, stages=stages)
     except BaseException as e:
         bar.close()
         run.finalize(status="failed", error=f"{type(e).__name__}: {e}")
@@ -434,6 +440,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     bar.close()
     run.add_scalar("Run", "wall time", time.perf_counter() - t0, unit="s")
     path = run.finalize()
+    shutil.rmtree(run.path / CHECKPOINTS_DIR, ignore_errors=True)
     for c in run.claims:
         mark = {True: "holds", False: "does NOT hold", None: "undecided"}[c.get("holds")]
         _out(f"  [{mark}] {c['claim']} — measured: {c['measured']}")
@@ -567,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set 'ks=[3,5]' (repeatable)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted reproduction in RUN_DIR (give the same name, --smoke "
+        "and --set/--seed options as the run that created it): finished parts are reused, "
+        "the interrupted part runs again from its start",
     )
     p.set_defaults(func=cmd_reproduce)
 

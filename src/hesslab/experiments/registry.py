@@ -11,8 +11,9 @@ registry only. The protocol it follows::
 
 An experiment module provides a frozen config dataclass with ``smoke()`` and ``full()``
 class methods (every knob a field) and a ``run(run_dir, config, progress=None) -> dict``
-function. ``spec.run`` accepts the config as a dict (as stored in ``config.json``) or as
-the dataclass itself; it never finalizes the run folder.
+function (``run(..., stages=store)`` makes its parts resumable, see
+:mod:`hesslab.experiments._stages`). ``spec.run`` accepts the config as a dict (as stored
+in ``config.json``) or as the dataclass itself; it never finalizes the run folder.
 
 To add an experiment: write ``hesslab/experiments/<paper>.py`` with its config class and
 ``run`` function, then add one :class:`ExperimentSpec` entry to :data:`EXPERIMENTS`.
@@ -26,11 +27,14 @@ import importlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hesslab.errors import ConfigurationError
 from hesslab.experiments import sagun2017
 from hesslab.report.run import RunDir
+
+if TYPE_CHECKING:
+    from hesslab.analysis import StageStore
 
 __all__ = ["EXPERIMENTS", "ExperimentSpec", "Progress", "get_experiment", "list_experiments"]
 
@@ -102,9 +106,11 @@ class ExperimentSpec:
         description: one paragraph: what is reproduced, on what data.
         config_type: frozen dataclass of every knob, with ``smoke()`` and ``full()``
             class methods returning instances.
-        runner: ``runner(run_dir, config_instance, progress) -> dict`` writes the
-            experiment's figures, numbers and claims into ``run_dir`` (without finalizing
-            it) and returns a small JSON-ready result dict.
+        runner: ``runner(run_dir, config_instance, progress, stages=None) -> dict``
+            writes the experiment's figures, numbers and claims into ``run_dir`` (without
+            finalizing it) and returns a small JSON-ready result dict; with a
+            :class:`~hesslab.analysis.StageStore` as ``stages`` its parts are resumable
+            (:class:`hesslab.experiments._stages.Parts`).
         smoke_seconds: expected wall time of the smoke size on 2 CPU cores (measured).
         full_seconds: expected wall time of the full size on 2 CPU cores (measured or
             estimated, see the experiment module's docstring).
@@ -116,7 +122,7 @@ class ExperimentSpec:
     arxiv: str
     description: str
     config_type: type
-    runner: Callable[[RunDir, Any, Progress | None], dict[str, Any]]
+    runner: Callable[..., dict[str, Any]]
     smoke_seconds: float
     full_seconds: float
 
@@ -177,6 +183,7 @@ class ExperimentSpec:
         run_dir: RunDir,
         config: Mapping[str, Any] | Any,
         progress: Progress | None = None,
+        stages: StageStore | None = None,
     ) -> dict[str, Any]:
         """Run the experiment into ``run_dir`` (created by the caller, not finalized here).
 
@@ -184,6 +191,9 @@ class ExperimentSpec:
             run_dir: the run folder, normally created with ``config`` as its config.
             config: a dict from :meth:`config` (or the dataclass itself).
             progress: optional ``progress(description, fraction_done)``.
+            stages: where finished parts are saved and, on a second call with the same
+                store, loaded from instead of re-run (``hesslab reproduce --resume``; see
+                :mod:`hesslab.experiments._stages`); ``None``: nothing is saved.
 
         Returns:
             The experiment's result dict (headline numbers, e.g. outlier counts).
@@ -205,7 +215,9 @@ class ExperimentSpec:
                 f"config must be a dict or a {self.config_type.__name__}, got "
                 f"{type(config).__name__}"
             )
-        return self.runner(run_dir, config, progress)
+        if stages is None:
+            return self.runner(run_dir, config, progress)
+        return self.runner(run_dir, config, progress, stages=stages)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description for ``hesslab list``."""

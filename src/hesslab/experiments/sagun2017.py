@@ -52,7 +52,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,12 +60,16 @@ from torch import Tensor, nn
 
 from hesslab.data import balanced_subset, digits, gaussian_mixture
 from hesslab.data.datasets import Split
+from hesslab.experiments._stages import Parts
 from hesslab.models import mlp
 from hesslab.operators import ggn, hessian
 from hesslab.report import plots
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import evaluate, fit
+
+if TYPE_CHECKING:
+    from hesslab.analysis import StageStore
 
 __all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "Sagun2017Config", "count_outliers_eigengap", "run"]
 
@@ -883,7 +887,10 @@ def _part5(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
 
 
 def run(
-    run_dir: RunDir, config: Sagun2017Config | None = None, progress: Progress | None = None
+    run_dir: RunDir,
+    config: Sagun2017Config | None = None,
+    progress: Progress | None = None,
+    stages: StageStore | None = None,
 ) -> dict[str, Any]:
     """Run all five parts into ``run_dir`` (not finalized here) and return the headline.
 
@@ -891,6 +898,9 @@ def run(
         run_dir: the run folder (created by the caller, e.g. with ``asdict(config)``).
         config: the sizes and knobs (default :meth:`Sagun2017Config.smoke`).
         progress: optional ``progress(description, fraction_done)``.
+        stages: where finished parts are saved, and loaded from on a second call instead
+            of re-run (:class:`~hesslab.experiments._stages.Parts`); ``None``: nothing is
+            saved.
 
     Returns:
         ``{"outliers": {k: count of the first seed}, "outliers_by_seed": {k: [counts]},
@@ -903,34 +913,18 @@ def run(
         Over-Parametrized Neural Networks", arXiv:1706.04454.
     """
     cfg = config or Sagun2017Config.smoke()
-    n_line = int(cfg.line_t[2])
     total = (
         len(cfg.ks) * len(cfg.seeds) + int(cfg.digits) + len(cfg.width_sweep)
         + len(cfg.data_sweep) + len(cfg.ggn_ks) + 3
     )  # fmt: skip
     tick = StepProgress(progress, total, logger=logger)
-    del n_line
-    seconds: dict[str, float] = {}
-
-    t = time.perf_counter()
-    p1 = _part1(cfg, run_dir, tick)
-    seconds["part1"] = time.perf_counter() - t
-    run_dir.flush()
-    t = time.perf_counter()
-    p2 = _part2(cfg, run_dir, tick)
-    seconds["part2"] = time.perf_counter() - t
-    run_dir.flush()
-    t = time.perf_counter()
-    p3 = _part3(cfg, run_dir, tick)
-    seconds["part3"] = time.perf_counter() - t
-    run_dir.flush()
-    t = time.perf_counter()
-    p4 = _part4(cfg, run_dir, tick, p1["models"])
-    seconds["part4"] = time.perf_counter() - t
-    run_dir.flush()
-    t = time.perf_counter()
-    p5 = _part5(cfg, run_dir, tick)
-    seconds["part5"] = time.perf_counter() - t
+    part = Parts(run_dir, stages, tick)
+    p1 = part("part1", lambda: _part1(cfg, run_dir, tick))
+    p2 = part("part2", lambda: _part2(cfg, run_dir, tick))
+    p3 = part("part3", lambda: _part3(cfg, run_dir, tick))
+    p4 = part("part4", lambda: _part4(cfg, run_dir, tick, p1["models"]))
+    p5 = part("part5", lambda: _part5(cfg, run_dir, tick))
+    seconds = dict(part.seconds)
 
     for part, s in seconds.items():
         run_dir.add_scalar("Timing", f"{part} seconds", s, unit="s")
