@@ -37,16 +37,16 @@ convnet; see :data:`FULL_SECONDS`).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from hesslab.data import digits
+from hesslab.experiments._stages import Parts
 from hesslab.experiments.registry import ExperimentSpec
 from hesslab.linalg import eigenpairs, trace
 from hesslab.measures.sharpness import (
@@ -61,6 +61,9 @@ from hesslab.reparam import rescale_pair, scalable_layers
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import fit
+
+if TYPE_CHECKING:
+    from hesslab.analysis import StageStore
 
 __all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "SPEC", "Dinh2017Config", "run"]
 
@@ -383,9 +386,16 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, tor
 
 
 def run(
-    run_dir: RunDir, config: Dinh2017Config | None = None, progress: Progress | None = None
+    run_dir: RunDir,
+    config: Dinh2017Config | None = None,
+    progress: Progress | None = None,
+    stages: StageStore | None = None,
 ) -> dict[str, Any]:
     """Run the reproduction into ``run_dir`` (not finalized here) and return the headline.
+
+    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished part is
+    saved there and, on a second call with the same store, loaded instead of re-run
+    (``hesslab reproduce --resume``, :class:`~hesslab.experiments._stages.Parts`).
 
     Args:
         run_dir: the run folder.
@@ -407,7 +417,6 @@ def run(
         progress, len(cfg.alphas) * (1 + int(cfg.convnet)) + 1 + int(cfg.convnet), logger=logger
     )
     dtype = torch.float64
-    seconds: dict[str, float] = {}
     run_dir.add_text(
         S0,
         f"{PAPER}. Function-preserving rescaling T_α(θ₁, θ₂) = (αθ₁, θ₂/α) of the first two "
@@ -418,29 +427,27 @@ def run(
         "(L(θ′) − L(θ)) / (1 + L(θ)) maximised over ‖θ′ − θ‖ ≤ ε by projected gradient ascent "
         "(a lower bound on the maximum).",
     )
-    t = time.perf_counter()
-    split = digits(seed=cfg.seed, dtype=dtype)
-    res = fit(
-        mlp(64, cfg.widths, 10, seed=cfg.seed, dtype=dtype),
-        split,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        seed=cfg.seed,
-    )
-    model = res.model.eval()
-    tick("MLP trained")
-    run_dir.add_scalar(S1, "MLP test accuracy", res.final_test_accuracy)
-    run_dir.add_scalar(S1, "MLP train loss", res.final_train_loss)
-    hess = _subset(split.train.x, split.train.y, cfg.hessian_points)
-    out_mlp = _sweep(run_dir, S1, model, hess, (split.test.x, split.test.y), cfg, tick, "MLP")
-    seconds["mlp"] = time.perf_counter() - t
-    run_dir.flush()
+    part = Parts(run_dir, stages, tick)
 
-    out_conv = None
-    if cfg.convnet:
-        t = time.perf_counter()
+    def mlp_part() -> dict[str, Any]:
+        split = digits(seed=cfg.seed, dtype=dtype)
+        res = fit(
+            mlp(64, cfg.widths, 10, seed=cfg.seed, dtype=dtype),
+            split,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+        )
+        model = res.model.eval()
+        tick("MLP trained")
+        run_dir.add_scalar(S1, "MLP test accuracy", res.final_test_accuracy)
+        run_dir.add_scalar(S1, "MLP train loss", res.final_train_loss)
+        hess = _subset(split.train.x, split.train.y, cfg.hessian_points)
+        return _sweep(run_dir, S1, model, hess, (split.test.x, split.test.y), cfg, tick, "MLP")
+
+    def convnet_part() -> dict[str, Any]:
         isplit = digits(flat=False, seed=cfg.seed, dtype=dtype)
         res_c = fit(
             lenet(1, 10, image_size=8, seed=cfg.seed, channels=cfg.conv_channels,
@@ -456,12 +463,15 @@ def run(
         tick("convnet trained")
         run_dir.add_scalar(S2, "convnet test accuracy", res_c.final_test_accuracy)
         hess_c = _subset(isplit.train.x, isplit.train.y, cfg.hessian_points)
-        out_conv = _sweep(
+        return _sweep(
             run_dir, S2, conv, hess_c, (isplit.test.x, isplit.test.y), cfg, tick, "convnet"
         )
-        seconds["convnet"] = time.perf_counter() - t
-    for part, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{part} seconds", s, unit="s")
+
+    out_mlp = part("mlp", mlp_part)
+    out_conv = part("convnet", convnet_part) if cfg.convnet else None
+    seconds = dict(part.seconds)
+    for name, s in seconds.items():
+        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
     claims = {f"{c['section']}: {c['claim']}": c["holds"] for c in run_dir.claims}
     run_dir.flush()
     return {

@@ -39,12 +39,13 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hesslab.data import balanced_subset, digits
+from hesslab.experiments._stages import Parts
 from hesslab.experiments.registry import ExperimentSpec
 from hesslab.measures.eigvec import ipr_null
 from hesslab.models import mlp
@@ -52,6 +53,9 @@ from hesslab.report import plots
 from hesslab.report.run import RunDir
 from hesslab.train import fit
 from hesslab.train.monitor import SpectrumMonitor
+
+if TYPE_CHECKING:
+    from hesslab.analysis import StageStore
 
 __all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "SPEC", "DisplacementConfig", "run"]
 
@@ -207,9 +211,17 @@ def _mean_se(x: list[float]) -> tuple[float, float]:
 
 
 def run(
-    run_dir: RunDir, config: DisplacementConfig | None = None, progress: Progress | None = None
+    run_dir: RunDir,
+    config: DisplacementConfig | None = None,
+    progress: Progress | None = None,
+    stages: StageStore | None = None,
 ) -> dict[str, Any]:
     """Train with each optimizer and seed, track the top eigenvectors, judge the claim.
+
+    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished training
+    run (optimizer, seed) is saved there and, on a second call with the same store, loaded
+    instead of re-run (``hesslab reproduce --resume``,
+    :class:`~hesslab.experiments._stages.Parts`).
 
     Returns:
         ``{"summary": {opt: {"subdisp_ref_final", "subdisp_prev_late", "ipr_late",
@@ -223,6 +235,7 @@ def run(
     total = len(cfg.seeds) * len(cfg.optimizers)
     done = 0
     runs: dict[str, dict[int, dict[str, Any]]] = {o: {} for o in cfg.optimizers}
+    part = Parts(run_dir, stages)
     for seed in cfg.seeds:
         split = digits(seed=seed, dtype=dtype)
         train = split.train
@@ -231,7 +244,10 @@ def run(
         for opt in cfg.optimizers:
             if progress is not None:
                 progress(f"{opt}, seed {seed}", done / total)
-            runs[opt][seed] = _run_one(cfg, seed, opt, train)
+            runs[opt][seed] = part(
+                f"{opt}_seed{seed}",
+                lambda seed=seed, opt=opt, train=train: _run_one(cfg, seed, opt, train),
+            )
             done += 1
     if progress is not None:
         progress("report", 1.0)

@@ -53,10 +53,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -66,6 +65,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hesslab.data import gaussian_mixture, with_label_noise
 from hesslab.errors import ConfigurationError
+from hesslab.experiments._stages import Parts
 from hesslab.experiments.registry import ExperimentSpec
 from hesslab.linalg import eigenpairs, trace
 from hesslab.measures import scale_invariant_trace, subspace_overlap
@@ -77,6 +77,9 @@ from hesslab.reparam import rescale
 from hesslab.report import plots
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
+
+if TYPE_CHECKING:
+    from hesslab.analysis import StageStore
 
 __all__ = [
     "FULL_SECONDS",
@@ -881,9 +884,16 @@ def _check(cfg: Li2019Config) -> None:
 
 
 def run(
-    run_dir: RunDir, config: Li2019Config | None = None, progress: Progress | None = None
+    run_dir: RunDir,
+    config: Li2019Config | None = None,
+    progress: Progress | None = None,
+    stages: StageStore | None = None,
 ) -> dict[str, Any]:
     """Run all four parts into ``run_dir`` (not finalized here).
+
+    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished part is
+    saved there and, on a second call with the same store, loaded instead of re-run
+    (``hesslab reproduce --resume``, :class:`~hesslab.experiments._stages.Parts`).
 
     Returns:
         ``{"overlap": {...}, "prediction": {...}, "repeats": {...}, "invariance": {...},
@@ -897,25 +907,21 @@ def run(
     _check(cfg)
     n_runs = len(cfg.noise_fractions) * len(cfg.batch_sizes)
     tick = StepProgress(progress, 2 * n_runs + len(cfg.repeat_noise_fractions) + 1, logger=logger)
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
-    p1 = _part1(cfg, run_dir, tick)
-    seconds["overlap"] = time.perf_counter() - t
-    run_dir.flush()
-    t = time.perf_counter()
-    p2 = _part2(cfg, run_dir, p1["runs"], tick)
-    seconds["prediction"] = time.perf_counter() - t
-    run_dir.flush()
-    t = time.perf_counter()
-    p3 = _part3(cfg, run_dir, tick)
-    seconds["repeats"] = time.perf_counter() - t
-    t = time.perf_counter()
-    model, data, _ = p1["runs"][(cfg.noise_fractions[0], cfg.batch_sizes[0])]
-    p4 = _part4(cfg, run_dir, model, data)
-    seconds["invariance"] = time.perf_counter() - t
-    tick("scale invariance")
-    for part, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{part} seconds", s, unit="s")
+    part = Parts(run_dir, stages, tick)
+    p1 = part("overlap", lambda: _part1(cfg, run_dir, tick))
+    p2 = part("prediction", lambda: _part2(cfg, run_dir, p1["runs"], tick))
+    p3 = part("repeats", lambda: _part3(cfg, run_dir, tick))
+
+    def invariance() -> dict[str, Any]:
+        model, data, _ = p1["runs"][(cfg.noise_fractions[0], cfg.batch_sizes[0])]
+        out = _part4(cfg, run_dir, model, data)
+        tick("scale invariance")
+        return out
+
+    p4 = part("invariance", invariance)
+    seconds = dict(part.seconds)
+    for name, s in seconds.items():
+        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
     run_dir.flush()
     p1 = {k: v for k, v in p1.items() if k != "runs"}
     return {

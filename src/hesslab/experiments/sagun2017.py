@@ -926,8 +926,8 @@ def run(
     p5 = part("part5", lambda: _part5(cfg, run_dir, tick))
     seconds = dict(part.seconds)
 
-    for part, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{part} seconds", s, unit="s")
+    for name, s in seconds.items():
+        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
     claims = {c["section"]: c["holds"] for c in run_dir.claims}
     result = {
         "outliers": {k: v[0] for k, v in p1["counts"].items()},

@@ -71,7 +71,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -80,6 +80,7 @@ from torch import nn
 
 from hesslab.data import balanced_subset, digits
 from hesslab.errors import ConfigurationError
+from hesslab.experiments._stages import Parts
 from hesslab.experiments.registry import ExperimentSpec
 from hesslab.linalg import eigenpairs, spectral_density, trace
 from hesslab.linalg.density import SpectralDensity
@@ -90,6 +91,9 @@ from hesslab.report import plots
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import fit
+
+if TYPE_CHECKING:
+    from hesslab.analysis import StageStore
 
 __all__ = [
     "FULL_SECONDS",
@@ -694,9 +698,16 @@ def _run_model(
 
 
 def run(
-    run_dir: RunDir, config: Sankar2021Config | None = None, progress: Progress | None = None
+    run_dir: RunDir,
+    config: Sankar2021Config | None = None,
+    progress: Progress | None = None,
+    stages: StageStore | None = None,
 ) -> dict[str, Any]:
     """Train each network on digits, measuring layerwise and full spectra every epoch.
+
+    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished part is
+    saved there and, on a second call with the same store, loaded instead of re-run
+    (``hesslab reproduce --resume``, :class:`~hesslab.experiments._stages.Parts`).
 
     Writes sections, figures, tables and claim rows into ``run_dir`` (not finalized).
 
@@ -732,9 +743,12 @@ def run(
         "values on a common grid; positions discarded). Traces by hesslab.trace "
         f"({cfg.trace_matvecs} products; exact for smaller blocks).",
     )
+    part = Parts(run_dir, stages, tick)
     models: dict[str, Any] = {}
     for mi, name in enumerate(cfg.models):
-        models[name] = _run_model(name, cfg, split, sub, run_dir, tick, mi)
+        models[name] = part(
+            name, lambda name=name, mi=mi: _run_model(name, cfg, split, sub, run_dir, tick, mi)
+        )
         run_dir.flush()
     claims = {
         n: {

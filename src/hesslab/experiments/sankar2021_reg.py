@@ -66,7 +66,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -77,6 +77,7 @@ from torch import nn
 from hesslab.data import digits
 from hesslab.data.datasets import Split
 from hesslab.errors import ConfigurationError
+from hesslab.experiments._stages import Parts
 from hesslab.experiments.registry import ExperimentSpec
 from hesslab.linalg import eigenpairs, trace, wolkowicz_styan
 from hesslab.models import lenet
@@ -86,6 +87,9 @@ from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import evaluate
 from hesslab.train.regularizers import HessianTracePenalty, WSBoundPenalty
+
+if TYPE_CHECKING:
+    from hesslab.analysis import StageStore
 
 __all__ = [
     "FULL_SECONDS",
@@ -405,37 +409,51 @@ def _mean_std(rows: list[dict[str, Any]], key: str) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-def _runs(cfg: Any, run_dir: RunDir, section: str, progress: Progress | None, *, ws: bool):
+def _runs(
+    cfg: Any,
+    run_dir: RunDir,
+    section: str,
+    progress: Progress | None,
+    *,
+    ws: bool,
+    stages: StageStore | None = None,
+):
     split = digits(flat=False, seed=cfg.data_seed)
     steps_per_epoch = math.ceil(len(split.train) / cfg.batch_size)
     for variant in cfg.variants:  # fail on a bad variant before any training
         _make_penalty(cfg, variant, 0, steps_per_epoch)
     tick = StepProgress(progress, len(cfg.seeds) * len(cfg.variants), logger=logger)
+    part = Parts(run_dir, stages, tick)
     rows: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}
+
+    def one(seed: int, variant: str) -> tuple[dict[str, Any], Any]:
+        model = lenet(1, 10, image_size=8, seed=seed, channels=cfg.channels,
+                      hidden=cfg.hidden)  # fmt: skip
+        penalty = _make_penalty(cfg, variant, seed, steps_per_epoch)
+        out = train_with_penalty(
+            model, split, penalty=penalty, epochs=cfg.epochs, batch_size=cfg.batch_size,
+            lr=cfg.lr, momentum=cfg.momentum, milestones=cfg.milestones,
+            lr_decay=cfg.lr_decay, seed=seed,
+        )  # fmt: skip
+        m = _measure(cfg, out.model, split, seed, ws=ws)
+        row = {"variant": variant, "seed": seed, **m}
+        row["train_seconds"] = out.seconds
+        row["penalty_seconds_per_call"] = out.penalty_seconds
+        row["penalized_steps"] = len(out.penalty_values)
+        run_dir.log_metrics(len(rows) + 1, **{k: v for k, v in row.items() if k != "variant"})
+        run_dir.add_array(f"{variant}/seed{seed}/epoch_loss", np.asarray(out.epoch_loss))
+        if out.penalty_values:
+            run_dir.add_array(f"{variant}/seed{seed}/penalty", np.asarray(out.penalty_values))
+        tick(f"{variant} seed {seed}: acc {m['test_accuracy']:.3f}, trace {m['trace']:.3g}")
+        return row, out
+
     for seed in cfg.seeds:
         for variant in cfg.variants:
-            model = lenet(1, 10, image_size=8, seed=seed, channels=cfg.channels,
-                          hidden=cfg.hidden)  # fmt: skip
-            penalty = _make_penalty(cfg, variant, seed, steps_per_epoch)
-            out = train_with_penalty(
-                model, split, penalty=penalty, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                lr=cfg.lr, momentum=cfg.momentum, milestones=cfg.milestones,
-                lr_decay=cfg.lr_decay, seed=seed,
-            )  # fmt: skip
-            m = _measure(cfg, out.model, split, seed, ws=ws)
-            row = {"variant": variant, "seed": seed, **m}
-            row["train_seconds"] = out.seconds
-            row["penalty_seconds_per_call"] = out.penalty_seconds
-            row["penalized_steps"] = len(out.penalty_values)
+            row, out = part(f"{variant}_seed{seed}", lambda s=seed, v=variant: one(s, v))
             rows.append(row)
-            run_dir.log_metrics(len(rows), **{k: v for k, v in row.items() if k != "variant"})
-            run_dir.add_array(f"{variant}/seed{seed}/epoch_loss", np.asarray(out.epoch_loss))
-            if out.penalty_values:
-                run_dir.add_array(f"{variant}/seed{seed}/penalty", np.asarray(out.penalty_values))
             if seed == cfg.seeds[0]:
                 curves[variant] = out
-            tick(f"{variant} seed {seed}: acc {m['test_accuracy']:.3f}, trace {m['trace']:.3g}")
     run_dir.add_table(section, "runs", rows)
     return split, rows, curves
 
@@ -472,9 +490,17 @@ def _loss_figure(curves: dict[str, TrainOutcome], seed: int) -> Figure:
 
 
 def run(
-    run_dir: RunDir, config: Sankar2021RegConfig | None = None, progress: Progress | None = None
+    run_dir: RunDir,
+    config: Sankar2021RegConfig | None = None,
+    progress: Progress | None = None,
+    stages: StageStore | None = None,
 ) -> dict[str, Any]:
     """``sankar2021-reg``: train with and without the trace penalty; accuracy, trace, λ_max.
+
+    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished training
+    run (variant, seed) is saved there and, on a second call with the same store, loaded
+    instead of re-run (``hesslab reproduce --resume``,
+    :class:`~hesslab.experiments._stages.Parts`).
 
     Returns:
         ``{"summary": {variant: {"test_accuracy": (mean, std), "trace": ..., "lambda_max":
@@ -496,7 +522,7 @@ def run(
         f"epoch {cfg.start_epoch}. Variants: {', '.join(cfg.variants)}; seeds "
         f"{list(cfg.seeds)}. Trace and λ_max of the full training-set Hessian at the end.",
     )
-    split, rows, curves = _runs(cfg, run_dir, S_TRACE, progress, ws=False)
+    split, rows, curves = _runs(cfg, run_dir, S_TRACE, progress, ws=False, stages=stages)
     keys = ("test_accuracy", "trace", "lambda_max", "train_loss")
     summary = _summary(cfg, rows, keys)
     for variant, s in summary.items():
@@ -566,9 +592,17 @@ def run(
 
 
 def run_wsbound(
-    run_dir: RunDir, config: WSBoundRegConfig | None = None, progress: Progress | None = None
+    run_dir: RunDir,
+    config: WSBoundRegConfig | None = None,
+    progress: Progress | None = None,
+    stages: StageStore | None = None,
 ) -> dict[str, Any]:
     """``wsbound-reg``: train with and without the WS-bound penalty; range, bound, λ_max.
+
+    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished training
+    run (variant, seed) is saved there and, on a second call with the same store, loaded
+    instead of re-run (``hesslab reproduce --resume``,
+    :class:`~hesslab.experiments._stages.Parts`).
 
     Returns:
         ``{"summary": {variant: {"spread": (mean, std), "ws_upper": ..., "lambda_max": ...,
@@ -590,7 +624,7 @@ def run_wsbound(
         f"{cfg.start_epoch}. At the end: λ_max, λ_min (Lanczos), the WS bound from "
         "estimated traces of the full training-set Hessian.",
     )
-    split, rows, curves = _runs(cfg, run_dir, S_WS, progress, ws=True)
+    split, rows, curves = _runs(cfg, run_dir, S_WS, progress, ws=True, stages=stages)
     keys = ("spread", "ws_upper", "lambda_max", "lambda_min", "trace", "test_accuracy")
     summary = _summary(cfg, rows, keys)
     for variant, s in summary.items():

@@ -66,7 +66,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hesslab.data import balanced_subset, digits
+from hesslab.experiments._stages import Parts
 from hesslab.experiments.registry import ExperimentSpec
 from hesslab.models import mlp
 from hesslab.objective import Objective
@@ -82,6 +83,9 @@ from hesslab.report import plots
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train.optim import HessianShapedNoiseGD, NoisyGD, SGDNoiseSampler
+
+if TYPE_CHECKING:
+    from hesslab.analysis import StageStore
 
 __all__ = [
     "FULL_SECONDS",
@@ -780,9 +784,16 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
 
 
 def run(
-    run_dir: RunDir, config: Wei2019Config | None = None, progress: Progress | None = None
+    run_dir: RunDir,
+    config: Wei2019Config | None = None,
+    progress: Progress | None = None,
+    stages: StageStore | None = None,
 ) -> dict[str, Any]:
     """Run the toy valley (and the MLP part) into ``run_dir`` (not finalized here).
+
+    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished part is
+    saved there and, on a second call with the same store, loaded instead of re-run
+    (``hesslab reproduce --resume``, :class:`~hesslab.experiments._stages.Parts`).
 
     Returns:
         ``{"toy": {depth: {"changes": {process: {...}}, "claims": {...}}}, "mlp": {...} |
@@ -794,18 +805,14 @@ def run(
     """
     cfg = config or Wei2019Config.smoke()
     tick = StepProgress(progress, len(cfg.toy_depths) + (5 if cfg.mlp else 0), logger=logger)
-    seconds = {}
-    t = time.perf_counter()
-    toy = _part1(cfg, run_dir, tick)
-    seconds["toy"] = time.perf_counter() - t
-    run_dir.flush()
+    part = Parts(run_dir, stages, tick)
+    toy = part("toy", lambda: _part1(cfg, run_dir, tick))
     mlp_res = None
     if cfg.mlp:
-        t = time.perf_counter()
-        mlp_res = _part2(cfg, run_dir, tick)
-        seconds["mlp"] = time.perf_counter() - t
-    for part, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{part} seconds", s, unit="s")
+        mlp_res = part("mlp", lambda: _part2(cfg, run_dir, tick))
+    seconds = dict(part.seconds)
+    for name, s in seconds.items():
+        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
     run_dir.flush()
     return {"toy": toy, "mlp": mlp_res, "seconds": seconds, "config": asdict(cfg)}
 
