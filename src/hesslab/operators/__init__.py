@@ -19,7 +19,7 @@ from hesslab.operators.curvature import (
     RestrictedOperator,
 )
 from hesslab.operators.ggn import GGNOperator, ggn
-from hesslab.operators.hessian import HESSIAN_MODES, HessianOperator, hessian
+from hesslab.operators.hessian import HESSIAN_MODES, HessianOperator, clear_mode_memo, hessian
 from hesslab.operators.moment import (
     GradientMomentOperator,
     gradient_moment,
@@ -43,6 +43,7 @@ __all__ = [
     "ScipyOperator",
     "SumOperator",
     "as_operator",
+    "clear_mode_memo",
     "ggn",
     "gradient_moment",
     "hessian",

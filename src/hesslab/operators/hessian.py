@@ -15,7 +15,18 @@ Hessian"). Three product modes:
 ``mode="auto"`` times the applicable modes on the first batch at the first product (for
 single products and for blocks separately; up to three interleaved repeats, best time
 each, a mode 1.5x slower than the best dropped after a round) and keeps the fastest; the
-choice and the timings are in :attr:`HessianOperator.mode_report`.
+choice and the timings are in :attr:`HessianOperator.mode_report`. The first product's
+result is the chosen mode's own timing run when that covered the whole input (one
+product saved, the result identical to a recomputation).
+
+The choice is remembered for the process, keyed by the structure the timings depend on:
+the model's class and module tree, its train/eval flag, the loss, the differentiated
+parameters (names, shapes, dtype, device), the first batch's tensor shapes, dtypes and
+devices, and whether graphs may be cached. A later operator with the same key (a
+:class:`~hesslab.SpectrumMonitor` measurement at the next step, a :meth:`restrict` block
+of a layer seen before, a second analysis) reuses it without timing; its
+``mode_report[kind]["reused"]`` is ``True``. :func:`clear_mode_memo` forgets the choices
+(e.g. after the machine's load changed).
 For blocks one more candidate is timed, ``"columns"``: the block's columns one after the
 other with the mode chosen for single products. On CPUs a vectorised block is often
 slower per column than single products (e.g. 1.8x on the 85k-parameter MLP of
@@ -25,7 +36,9 @@ are not part of any algorithm's ``num_matvecs``.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,10 +47,10 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from hesslab.errors import ConfigurationError
-from hesslab.objective import Objective
+from hesslab.objective import Objective, _tensors
 from hesslab.operators.curvature import CurvatureOperator
 
-__all__ = ["HESSIAN_MODES", "HessianOperator", "hessian"]
+__all__ = ["HESSIAN_MODES", "HessianOperator", "clear_mode_memo", "hessian"]
 
 HESSIAN_MODES = ("forward-over-reverse", "reverse-over-reverse", "reverse-over-reverse-cached")
 _ALIASES = {
@@ -48,6 +61,19 @@ _ALIASES = {
     "cached": "reverse-over-reverse-cached",
     "rev-rev-cached": "reverse-over-reverse-cached",
 }
+
+# mode choices of "auto" operators in this process: memo key -> mode_report entry
+_MODE_MEMO: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+_MODE_MEMO_SIZE = 256
+
+
+def clear_mode_memo() -> None:
+    """Forget the product modes that ``mode="auto"`` operators chose in this process.
+
+    Later operators time the modes again at their first product. Useful when the
+    machine's load changed a lot, or to compare timings.
+    """
+    _MODE_MEMO.clear()
 
 
 class HessianOperator(CurvatureOperator):
@@ -83,6 +109,7 @@ class HessianOperator(CurvatureOperator):
         self._graphs: dict[int, tuple[list[Tensor], tuple[Tensor, ...]]] = {}
         self._batched_backward_ok = True
         self.mode_report: dict[str, Any] = {"requested": mode, "cache_graph": self.cache_graph}
+        self._structure: tuple | None = None
 
     # ------------------------------------------------------------- products
     def _fwd_rev(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
@@ -158,12 +185,20 @@ class HessianOperator(CurvatureOperator):
         modes.append("reverse-over-reverse-cached" if self.cache_graph else "reverse-over-reverse")
         return modes
 
-    def _choose(self, batch: Any, Vd: Mapping[str, Tensor], kind: str) -> str:
-        """Time each applicable mode on this batch and return the fastest that works."""
+    def _choose(
+        self, batch: Any, Vd: Mapping[str, Tensor], kind: str
+    ) -> tuple[str, Mapping[str, Tensor] | None]:
+        """Time each applicable mode on this batch; the fastest that works, and its product.
+
+        The product is the chosen mode's last timing run when the timed columns were all
+        of ``Vd`` (else ``None``): the same mode on the same input, so the same numbers
+        as a recomputation.
+        """
         timings: dict[str, float] = {}
         errors: dict[str, str] = {}
         # time on a sub-block of at most 4 columns: timing a whole wide block (e.g. 24 or
         # 256 columns) cost more products than the algorithm itself in bench/peers
+        K_in = next(iter(Vd.values())).shape[0]
         Vd = {n: t[: min(t.shape[0], 4)] for n, t in Vd.items()}
         K = next(iter(Vd.values())).shape[0]
         candidates = []
@@ -179,16 +214,17 @@ class HessianOperator(CurvatureOperator):
             )
         if kind == "block":
             if "single" not in self.mode_report:
-                self._choose(batch, {n: t[:1] for n, t in Vd.items()}, "single")
+                self._choose_or_recall(batch, {n: t[:1] for n, t in Vd.items()}, "single")
             candidates.append("columns")  # warm already: it runs the single-product mode
         # interleaved repeats, best time per mode: robust to load from other processes; a
         # mode 1.5x slower than the best after a round is not timed again. (The timing
         # products are discarded: the returned product comes from the chosen mode alone,
         # so a repeated product, e.g. after a checkpoint resume, is bit-identical.)
+        outputs: dict[str, Mapping[str, Tensor]] = {}
         for _ in range(3):
             for mode in candidates:
                 t0 = time.perf_counter()
-                self._apply(mode, batch, Vd)
+                outputs[mode] = self._apply(mode, batch, Vd)
                 dt = (time.perf_counter() - t0) / K
                 timings[mode] = min(timings.get(mode, float("inf")), dt)
             fastest = min(timings.values())
@@ -197,7 +233,8 @@ class HessianOperator(CurvatureOperator):
                 break
         best = min(timings, key=timings.__getitem__)
         self.mode_report[kind] = {"mode": best, "seconds_per_column": timings, "errors": errors}
-        return best
+        _remember(self._memo_key(batch, kind), self.mode_report[kind])
+        return best, outputs[best] if K == K_in else None
 
     def _batch_matmat(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         if self.mode != "auto":
@@ -205,8 +242,54 @@ class HessianOperator(CurvatureOperator):
         kind = "single" if next(iter(Vd.values())).shape[0] == 1 else "block"
         chosen = self.mode_report.get(kind, {}).get("mode")
         if chosen is None:
-            chosen = self._choose(batch, Vd, kind)
+            chosen, out = self._choose_or_recall(batch, Vd, kind)
+            if out is not None:
+                return out
         return self._apply(chosen, batch, Vd)
+
+    def _memo_key(self, batch: Any, kind: str) -> tuple:
+        """What the modes' speed depends on (see the module docstring)."""
+        if self._structure is None:
+            obj, model = self.objective, self.objective.model
+            tree = hashlib.sha1(repr(model).encode()).hexdigest()
+            self._structure = (
+                type(model).__module__,
+                type(model).__qualname__,
+                tree,
+                model.training,
+                repr(obj.loss),
+                type(obj).__qualname__,
+                self.space.names,
+                tuple(tuple(s) for s in self.space.shapes),
+                str(self.space.dtype),
+                str(self.space.device),
+                self.cache_graph,
+            )
+        shapes = tuple((tuple(t.shape), str(t.dtype), str(t.device)) for t in _tensors(batch))
+        return (kind, shapes, *self._structure)
+
+    def _choose_or_recall(
+        self, batch: Any, Vd: Mapping[str, Tensor], kind: str
+    ) -> tuple[str, Mapping[str, Tensor] | None]:
+        """The remembered mode for this structure (no timing), else :meth:`_choose`."""
+        key = self._memo_key(batch, kind)
+        known = _MODE_MEMO.get(key)
+        if known is not None and known["mode"] == "columns" and "single" not in self.mode_report:
+            single = _MODE_MEMO.get(self._memo_key(batch, "single"))
+            if single is None:
+                known = None
+            else:
+                self.mode_report["single"] = {**single, "reused": True}
+        if known is None:
+            return self._choose(batch, Vd, kind)
+        _MODE_MEMO.move_to_end(key)
+        self.mode_report[kind] = {**known, "reused": True}
+        try:
+            return known["mode"], self._apply(known["mode"], batch, Vd)
+        except (RuntimeError, NotImplementedError):  # e.g. a model that only looks alike
+            _MODE_MEMO.pop(key, None)
+            del self.mode_report[kind]
+            return self._choose(batch, Vd, kind)
 
     def chosen_mode(self, kind: str = "single") -> str | None:
         """The mode used for single products (``"single"``) or blocks (``"block"``).
@@ -221,6 +304,13 @@ class HessianOperator(CurvatureOperator):
     def clear_cache(self) -> None:
         """Release the cached first-order graphs."""
         self._graphs.clear()
+
+
+def _remember(key: tuple, entry: dict[str, Any]) -> None:
+    _MODE_MEMO[key] = {k: v for k, v in entry.items() if k != "reused"}
+    _MODE_MEMO.move_to_end(key)
+    while len(_MODE_MEMO) > _MODE_MEMO_SIZE:
+        _MODE_MEMO.popitem(last=False)
 
 
 def _zeros_if_none(out: Tensor | None, like: Tensor) -> Tensor:

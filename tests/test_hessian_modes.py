@@ -1,0 +1,170 @@
+"""The automatic product mode of HessianOperator: timing, reuse of its result, process memo."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hesslab
+from hesslab import Objective
+from hesslab.operators import HessianOperator, clear_mode_memo
+
+from .models import make
+from .reference import dense_hessian
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memo():
+    clear_mode_memo()
+    yield
+    clear_mode_memo()
+
+
+def _objective(params=None):
+    model, x, y, _ = make("tanh_mlp")
+    return model, Objective(model, "ce", (x, y), params)
+
+
+class _Applies:
+    """Counts HessianOperator._apply calls per mode."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        inner = HessianOperator._apply
+
+        def counted(op, mode, batch, Vd):
+            self.calls.append(mode)
+            return inner(op, mode, batch, Vd)
+
+        monkeypatch.setattr(HessianOperator, "_apply", counted)
+
+
+def test_first_product_is_the_chosen_modes_timing_run(monkeypatch):
+    _, obj = _objective()
+    H = HessianOperator(obj)
+    v = torch.randn(H.shape[0], 1, generator=torch.Generator().manual_seed(0), dtype=H.dtype)
+    applies = _Applies(monkeypatch)
+    inside = {}
+    choose = HessianOperator._choose
+
+    def counted_choose(op, *a):
+        n0 = len(applies.calls)
+        out = choose(op, *a)
+        inside["n"] = len(applies.calls) - n0
+        return out
+
+    monkeypatch.setattr(HessianOperator, "_choose", counted_choose)
+    first = H.matmat(v)
+    timed = len(applies.calls)
+    assert timed == inside["n"]  # no application after the timing: its run is the product
+    chosen = H.chosen_mode("single")
+    assert chosen in hesslab.operators.HESSIAN_MODES
+    # every application during the first product was a warm-up or a timing run
+    assert applies.calls.count(chosen) >= 2
+    second = H.matmat(v)
+    assert applies.calls[timed:] == [chosen]  # later products: the chosen mode, once each
+    assert torch.equal(first, second)  # the reused timing run is the chosen mode's product
+    ref = dense_hessian(obj.model, torch.nn.functional.cross_entropy, [obj._data[0]])
+    torch.testing.assert_close(first[:, 0], ref @ v[:, 0], rtol=1e-10, atol=1e-12)
+
+
+def test_wide_block_is_not_taken_from_the_four_column_timing_run(monkeypatch):
+    _, obj = _objective()
+    H = HessianOperator(obj)
+    V = torch.randn(H.shape[0], 7, generator=torch.Generator().manual_seed(1), dtype=H.dtype)
+    out = H.matmat(V)
+    ref = HessianOperator(obj, mode="reverse-over-reverse").matmat(V)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    assert torch.equal(H.matmat(V), out)
+
+
+def test_a_second_operator_on_the_same_structure_reuses_the_choice(monkeypatch):
+    model, obj = _objective()
+    H1 = HessianOperator(obj)
+    v = torch.randn(H1.shape[0], 1, generator=torch.Generator().manual_seed(2), dtype=H1.dtype)
+    V = torch.randn(H1.shape[0], 5, generator=torch.Generator().manual_seed(3), dtype=H1.dtype)
+    p1, P1 = H1.matmat(v), H1.matmat(V)
+    saved = {k: t.clone() for k, t in model.state_dict().items()}
+    # new weights, same architecture and data shapes (e.g. the next monitor step)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.1)
+    x, y = obj._data[0]
+    H2 = HessianOperator(Objective(model, "ce", (x, y)))
+    applies = _Applies(monkeypatch)
+    H2.matmat(v)
+    H2.matmat(V)
+    single, block = H1.chosen_mode("single"), H1.chosen_mode("block")
+    assert H2.chosen_mode("single") == single and H2.chosen_mode("block") == block
+    assert H2.mode_report["single"]["reused"] and H2.mode_report["block"]["reused"]
+    timings = H1.mode_report["single"]["seconds_per_column"]
+    assert H2.mode_report["single"]["seconds_per_column"] == timings
+    # no timing: one application per product
+    assert applies.calls == [single, block]
+    # the old weights again: the reused modes give the first operator's numbers exactly
+    model.load_state_dict(saved)
+    H3 = HessianOperator(Objective(model, "ce", (x, y)))
+    assert torch.equal(H3.matmat(v), p1)
+    assert torch.equal(H3.matmat(V), P1)
+
+
+def test_other_structures_time_again(monkeypatch):
+    model, obj = _objective()
+    v = torch.randn(obj.space.size, 1, dtype=obj.space.dtype)
+    HessianOperator(obj).matmat(v)
+    # a parameter subset: another key
+    first = obj.space.names[0]
+    H_sub = HessianOperator(obj.restrict([first]))
+    H_sub.matmat(torch.randn(H_sub.shape[0], 1, dtype=H_sub.dtype))
+    assert "reused" not in H_sub.mode_report["single"]
+    # another batch shape: another key
+    x, y = obj._data[0]
+    H_half = HessianOperator(Objective(model, "ce", (x[:5], y[:5])))
+    H_half.matmat(v)
+    assert "reused" not in H_half.mode_report["single"]
+    # the same again: reused; after clear_mode_memo(): timed
+    H_again = HessianOperator(Objective(model, "ce", (x[:5], y[:5])))
+    H_again.matmat(v)
+    assert H_again.mode_report["single"]["reused"]
+    clear_mode_memo()
+    H_fresh = HessianOperator(Objective(model, "ce", (x[:5], y[:5])))
+    H_fresh.matmat(v)
+    assert "reused" not in H_fresh.mode_report["single"]
+
+
+def test_a_remembered_mode_that_fails_is_timed_again(monkeypatch):
+    model, obj = _objective()
+    v = torch.randn(obj.space.size, 1, dtype=obj.space.dtype)
+    H1 = HessianOperator(obj)
+    H1.matmat(v)
+    chosen = H1.chosen_mode("single")
+    inner = HessianOperator._apply
+    fails = {"n": 0}
+
+    def broken(op, mode, batch, Vd):
+        if mode == chosen and fails["n"] == 0:
+            fails["n"] += 1
+            raise RuntimeError("no vmap rule")
+        return inner(op, mode, batch, Vd)
+
+    monkeypatch.setattr(HessianOperator, "_apply", broken)
+    x, y = obj._data[0]
+    H2 = HessianOperator(Objective(model, "ce", (x, y)))
+    out = H2.matmat(v)
+    assert fails["n"] == 1
+    assert "reused" not in H2.mode_report["single"]  # timed afresh
+    torch.testing.assert_close(out, H1.matmat(v), rtol=1e-10, atol=1e-12)
+
+
+def test_restricted_blocks_share_choices_across_steps():
+    """Per-layer blocks of two operators on the same architecture: the second reuses all."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(20, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,))
+    for step in range(2):
+        H = hesslab.hessian(model, "ce", (x, y))
+        for name, B in H.blocks().items():
+            B.matmat(torch.ones(B.shape[0], 1, dtype=B.dtype))
+            assert bool(B.mode_report["single"].get("reused")) == (step == 1), name
