@@ -168,3 +168,18 @@ def test_restricted_blocks_share_choices_across_steps():
         for name, B in H.blocks().items():
             B.matmat(torch.ones(B.shape[0], 1, dtype=B.dtype))
             assert bool(B.mode_report["single"].get("reused")) == (step == 1), name
+
+
+def test_columns_candidate_takes_the_single_products_time(monkeypatch):
+    _, obj = _objective()
+    H = HessianOperator(obj)
+    applies = _Applies(monkeypatch)
+    V = torch.randn(H.shape[0], 6, generator=torch.Generator().manual_seed(4), dtype=H.dtype)
+    out = H.matmat(V)
+    single = H.mode_report["single"]
+    block = H.mode_report["block"]["seconds_per_column"]
+    assert block["columns"] == single["seconds_per_column"][single["mode"]]
+    # "columns" ran at most once: for the product itself, if it won
+    assert applies.calls.count("columns") == (H.chosen_mode("block") == "columns")
+    ref = HessianOperator(obj, mode="reverse-over-reverse").matmat(V)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
