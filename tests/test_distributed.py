@@ -3,61 +3,43 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from hesslab import Objective, eigenpairs, trace
 from hesslab.distributed import DistributedOperator, shard_indices
 from hesslab.operators import GGNOperator, GradientMomentOperator, HessianOperator
 
+from .gloo import free_port, run_gloo, tanh_mlp_shard
 from .models import make
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model, x, y, _ = make("tanh_mlp")  # 23 points: shards of 12 and 11
-        idx = list(shard_indices(len(x), rank, world))
-        # unequal batches inside the shard too
-        xs, ys = x[idx], y[idx]
-        data = [(xs[:5], ys[:5]), (xs[5:], ys[5:])]
-        results = {}
-        for name, cls in [("hessian", HessianOperator), ("ggn", GGNOperator)]:
-            op = DistributedOperator(cls(Objective(model, "ce", data)))
-            results[name] = op.to_dense()
-        M = DistributedOperator(GradientMomentOperator(Objective(model, "ce", data)))
-        results["moment"] = M.to_dense()
-        H = DistributedOperator(HessianOperator(Objective(model, "ce", data)))
-        # rank-dependent generator seeds: the broadcast makes the products agree anyway
-        res = eigenpairs(H, 3, tol=1e-10, generator=torch.Generator().manual_seed(7))
-        results["eig"] = res.values
-        results["eig_matvecs"] = res.num_matvecs
-        tr = trace(H, 30, generator=torch.Generator().manual_seed(3))
-        results["trace"] = (tr.value, tr.stderr)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _body(rank: int, world: int, out_dir: str) -> None:
+    model, data = tanh_mlp_shard(rank, world)  # unequal batches inside the shard too
+    results = {}
+    for name, cls in [("hessian", HessianOperator), ("ggn", GGNOperator)]:
+        op = DistributedOperator(cls(Objective(model, "ce", data)))
+        results[name] = op.to_dense()
+    M = DistributedOperator(GradientMomentOperator(Objective(model, "ce", data)))
+    results["moment"] = M.to_dense()
+    H = DistributedOperator(HessianOperator(Objective(model, "ce", data)))
+    # rank-dependent generator seeds: the broadcast makes the products agree anyway
+    res = eigenpairs(H, 3, tol=1e-10, generator=torch.Generator().manual_seed(7))
+    results["eig"] = res.values
+    results["eig_matvecs"] = res.num_matvecs
+    tr = trace(H, 30, generator=torch.Generator().manual_seed(3))
+    results["trace"] = (tr.value, tr.stderr)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_two_process_gloo_matches_single_process(tmp_path):
-    port = _free_port()
-    mp.start_processes(_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")
+    run_gloo(_body, tmp_path)
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
     model, x, y, _ = make("tanh_mlp")
@@ -144,7 +126,7 @@ def test_cli_analyze_under_torchrun(tmp_path):
             "--nproc_per_node",
             "2",
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             "-m",
             "hesslab.cli",
             *common,
@@ -201,7 +183,7 @@ def test_cli_resume_under_torchrun_after_kill(tmp_path):
                 "--nproc_per_node",
                 "2",
                 "--master_port",
-                str(_free_port()),
+                str(free_port()),
                 "-m",
                 "hesslab.cli",
                 *common,

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from hesslab.distributed import shard_indices
 from hesslab.errors import ConfigurationError
 from hesslab.train.monitor import JsonlSink, SpectrumMonitor
 
+from .gloo import run_gloo, tanh_mlp_shard
 from .models import make
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
@@ -64,37 +62,20 @@ def _run(monitor: SpectrumMonitor, model: torch.nn.Module) -> list[dict]:
     return [m.record() for m in monitor.measurements]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model, x, y, _ = make("tanh_mlp")  # 23 points: shards of 12 and 11
-        idx = list(shard_indices(len(x), rank, world))
-        xs, ys = x[idx], y[idx]
-        data = [(xs[:5], ys[:5]), (xs[5:], ys[5:])]
-        # rank-dependent generators: the broadcast seed makes the probes agree anyway
-        gen = torch.Generator().manual_seed(100 + rank)
-        sink = JsonlSink(os.path.join(out_dir, f"rank{rank}.jsonl"))
-        monitor = _monitor(data, [sink], generator=gen)
-        records = _run(monitor, model)
-        matvecs = [m.diagnostics["matvecs"] for m in monitor.measurements]
-        out = {"records": records, "seed": monitor.seed, "matvecs": matvecs}
-        torch.save(out, os.path.join(out_dir, f"r{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _body(rank: int, world: int, out_dir: str) -> None:
+    model, data = tanh_mlp_shard(rank, world)
+    # rank-dependent generators: the broadcast seed makes the probes agree anyway
+    gen = torch.Generator().manual_seed(100 + rank)
+    sink = JsonlSink(os.path.join(out_dir, f"rank{rank}.jsonl"))
+    monitor = _monitor(data, [sink], generator=gen)
+    records = _run(monitor, model)
+    matvecs = [m.diagnostics["matvecs"] for m in monitor.measurements]
+    out = {"records": records, "seed": monitor.seed, "matvecs": matvecs}
+    torch.save(out, os.path.join(out_dir, f"r{rank}.pt"))
 
 
 def test_monitor_under_two_gloo_processes_matches_single_process(tmp_path):
-    mp.start_processes(
-        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn"
-    )
+    run_gloo(_body, tmp_path)
     r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
     # only rank 0 wrote; every rank computed the same numbers
     assert (tmp_path / "rank0.jsonl").exists() and not (tmp_path / "rank1.jsonl").exists()
