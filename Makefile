@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hesslab-installed
 
-.PHONY: setup demo test test-slow lint bench bench-quick peers clean
+.PHONY: setup demo test test-slow lint bench bench-quick bench-all peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,16 +36,19 @@ lint: $(STAMP)
 peers: $(STAMP)
 	bash bench/install_peers.sh $(VENV)
 
-# Everything side by side (about an hour on 2 cores); bench-quick: problem P1 only (~2 min).
+# hesslab against the peer libraries, side by side (about 20 minutes on 2 cores);
+# bench-quick: problem P1 only (~2 min); bench-all: also the product-mode, Lanczos-vs-ARPACK
+# and data-parallel benchmarks (about an hour).
 bench: peers
-	$(BIN)/python bench/hvp_cost.py
-	$(BIN)/python bench/eigen.py
-	$(BIN)/python bench/distributed.py
 	$(BIN)/python bench/peers
 
 bench-quick: peers
-	$(BIN)/python bench/hvp_cost.py --quick
 	$(BIN)/python bench/peers --quick
+
+bench-all: bench
+	$(BIN)/python bench/hvp_cost.py
+	$(BIN)/python bench/eigen.py
+	$(BIN)/python bench/distributed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -16,6 +16,8 @@ from hesslab import data as hdata
 from hesslab import models
 from hesslab.train.fit import fit
 
+P4_POINTS = 512  # the data P4's curvature is taken over (it is trained on all of them)
+
 
 @dataclass
 class Problem:
@@ -56,5 +58,8 @@ def make_problem(name: str, *, dtype: torch.dtype = torch.float64, steps: int = 
         seed=0,
     )
     trained = res.model.eval().to(dtype)
-    x = split.train.x.to(dtype)
-    return Problem(name, trained, x, split.train.y, desc)
+    x, y = split.train.x.to(dtype), split.train.y
+    if name == "P4":  # float64 convolutions: ~2 s per product on all 1,347 points on a CPU
+        x, y = x[:P4_POINTS], y[:P4_POINTS]
+        desc += f" (first {P4_POINTS} training points)"
+    return Problem(name, trained, x, y, desc)

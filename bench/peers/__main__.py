@@ -4,7 +4,7 @@ BackPACK (issue 5).
 Run (after ``bench/install_peers.sh``)::
 
     .venv/bin/python bench/peers --quick    # P1 only, density at 100 products (~2 min)
-    .venv/bin/python bench/peers            # P1-P4 (see PLAN; ~1 h on 2 shared cores)
+    .venv/bin/python bench/peers            # P1-P4 (see PLAN; ~20 min on 2 shared cores)
 
 Writes ``bench/results/peers.md``, ``peers.json`` and ``peers.png`` (``peers_quick.*``
 with ``--quick`` unless ``--out`` is given) and prints the markdown.
@@ -200,11 +200,13 @@ COST = [
 
 
 # What the full run measures per problem on a CPU (issue 5: density on P1 only). P4's
-# float64 convolutions cost seconds per product on CPU, so it gets the product cost only.
+# float64 convolutions cost about a second per product on CPU, so it gets the product cost
+# only. Timed repeats per child: enough for a stable median (each child is itself one of
+# >= 3 interleaved runs), few enough that `make bench` stays near 20 minutes on 2 cores.
 PLAN: dict[str, dict[str, Any]] = {
     "P1": {"measures": ["topk", "trace", "density", "cost"], "cost_reps": 20, "cost_block": 16},
-    "P2": {"measures": ["topk", "trace", "cost"], "cost_reps": 20, "cost_block": 16},
-    "P3": {"measures": ["topk", "trace", "cost"], "cost_reps": 10, "cost_block": 16},
+    "P2": {"measures": ["topk", "trace", "cost"], "cost_reps": 8, "cost_block": 16},
+    "P3": {"measures": ["topk", "trace", "cost"], "cost_reps": 5, "cost_block": 16},
     "P4": {"measures": ["cost"], "cost_reps": 3, "cost_block": 0},
 }
 
