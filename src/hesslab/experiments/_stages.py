@@ -103,7 +103,7 @@ class Parts:
             self.seconds[name] = time.perf_counter() - t
             return result
         lines = _metrics_lines(self.run_dir)
-        if len(lines) > self._metrics_kept:  # written by this part before an interruption
+        if self.stages.writable and len(lines) > self._metrics_kept:  # from an interruption
             kept = "".join(lines[: self._metrics_kept])
             atomic_write_text(self.run_dir.path / METRICS_FILE, kept)
         t = time.perf_counter()
