@@ -13,12 +13,13 @@ vs Hessian outliers (Sagun et al. 2017). When ``P`` is small enough the exact sp
 Preemption: with ``checkpoint_dir``, every finished stage (an eigensolve, a trace
 estimate, the density, one layer, ...) is saved there as ``<stage>.done.pt`` and the
 long solvers checkpoint their state to ``<stage>.pt`` while they run (after every
-Lanczos restart, after every SLQ probe). Calling :func:`analyze` again with the same
-objective, configuration and folder loads the finished stages, resumes the interrupted
-one and records exactly the numbers of an uninterrupted run: every stochastic stage has
-its own generator seeded from ``config.seed`` and the stage, so skipping stages changes
-no later randomness. ``hesslab analyze/demo --resume RUN_DIR`` use this. Under torchrun
-every rank computes every stage; rank 0 writes the files and the other ranks
+Lanczos restart, after every SLQ probe, after every operator call of a trace
+estimate). Calling :func:`analyze` again with the same objective, configuration and
+folder loads the finished stages, resumes the interrupted one and records exactly the
+numbers of an uninterrupted run: every stochastic stage has its own generator seeded
+from ``config.seed`` and the stage, so skipping stages changes no later randomness.
+``hesslab analyze/demo --resume RUN_DIR`` use this. Under torchrun every rank computes
+every stage; rank 0 writes the files and the other ranks
 (``write_checkpoints=False``) read the same ones on resume.
 """
 
@@ -310,11 +311,16 @@ def analyze(
     if "trace" in cfg.what:
         note("trace and tr(H²)")
         tr = store.run(
-            "trace", lambda _: trace(H, cfg.trace_matvecs, generator=_gen(cfg.seed + 2, dev))
+            "trace",
+            lambda ckpt: trace(
+                H, cfg.trace_matvecs, generator=_gen(cfg.seed + 2, dev), checkpoint=ckpt
+            ),
         )
         tr2 = store.run(
             "trace_sq",
-            lambda _: frobenius_sq(H, cfg.trace_matvecs, generator=_gen(cfg.seed + 3, dev)),
+            lambda ckpt: frobenius_sq(
+                H, cfg.trace_matvecs, generator=_gen(cfg.seed + 3, dev), checkpoint=ckpt
+            ),
         )
         run.add_result(S_TRACE, "tr H", tr)
         run.add_result(S_TRACE, "tr H²", tr2)
@@ -397,10 +403,11 @@ def analyze(
             )
             btr = store.run(
                 f"layer{i}_trace",
-                lambda _, i=i, block=block: trace(
+                lambda ckpt, i=i, block=block: trace(
                     block,
                     min(cfg.trace_matvecs, 3 * block.shape[0]),
                     generator=_gen(cfg.seed + 100 + i, dev),
+                    checkpoint=ckpt,
                 ),
             )
             rows.append(

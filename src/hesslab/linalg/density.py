@@ -21,7 +21,6 @@ num_probes=1``. Full reorthogonalization keeps the nodes free of ghost copies.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -36,6 +35,7 @@ from torch import Tensor
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, as_checkpoint
 from hesslab.linalg.lanczos import _default_generator, eigenpairs, lanczos_quadrature
+from hesslab.linalg.probes import generator_digest
 from hesslab.linalg.results import TraceEstimate
 from hesslab.operators.base import as_operator
 
@@ -304,7 +304,7 @@ def spectral_density(
         raise ConfigurationError(f"num_probes must be a positive int, got {num_probes!r}")
     if not isinstance(deflate, (int, np.integer)) or not 0 <= deflate < P:
         raise ConfigurationError(f"deflate must be an int in [0, P={P}), got {deflate!r}")
-    entry_state = None if generator is None else _state_digest(generator)
+    entry_state = None if generator is None else generator_digest(generator)
     generator = _default_generator(generator)
     disk = basis_device == "disk"
     # small P x r / P x K tensors (deflation basis, probes) stay on the device with "disk"
@@ -450,13 +450,6 @@ def spectral_density(
         distribution=distribution,
         info=info,
     )
-
-
-def _state_digest(generator: Any) -> str | None:
-    """A short digest of a generator's state (identifies the seed of a checkpointed run)."""
-    if not isinstance(generator, torch.Generator):
-        return None  # _default_generator raises the helpful error
-    return hashlib.sha256(generator.get_state().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 def _load_checkpoint(checkpoint: Checkpoint, key: dict[str, Any]) -> Any:

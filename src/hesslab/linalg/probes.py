@@ -15,13 +15,16 @@ Distributions of a probe ``v`` in ``R^P`` (all satisfy ``E[v v^T] = I``):
 
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Literal
+import time
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
+from hesslab.io import Checkpoint
 from hesslab.operators.base import LinearOperator, as_operator
 
 __all__ = [
@@ -145,17 +148,33 @@ class Engine:
             None if block_size is None else check_positive_int("block_size", block_size)
         )
         self.num_matvecs = 0
+        self.replay: ProductReplay | None = None
 
     def apply(self, V: Tensor) -> Tensor:
-        """Return ``A @ V`` in float64 for a float64 block ``V`` of shape ``[P, K]``."""
+        """Return ``A @ V`` in float64 for a float64 block ``V`` of shape ``[P, K]``.
+
+        With :attr:`replay` set, the products of an interrupted run are read back instead
+        of recomputed, and new ones are saved (one file per operator call).
+        """
         K = V.shape[1]
         if K == 0:
             return torch.zeros(self.P, 0, dtype=torch.float64, device=self.device)
         step = K if self.block_size is None else self.block_size
+        replay = self.replay
         outs = []
         for start in range(0, K, step):
-            Vc = V[:, start : start + step].to(self.op.dtype).contiguous()
-            outs.append(self.op.matmat(Vc).to(dtype=torch.float64, device=self.device))
+            V64 = V[:, start : start + step]
+            out = None if replay is None else replay.fetch(V64)
+            if out is None:
+                Vc = V64.to(self.op.dtype).contiguous()
+                out = self.op.matmat(Vc).to(dtype=torch.float64, device=self.device)
+                if replay is not None:
+                    replay.record(V64, out)
+            elif replay is not None and not replay.verified:
+                col = V64[:, :1].to(self.op.dtype).contiguous()
+                recomputed = self.op.matmat(col).to(dtype=torch.float64, device=self.device)
+                replay.verify(recomputed, out[:, :1].to(self.device), self.op.dtype)
+            outs.append(out.to(self.device))
         self.num_matvecs += K
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
@@ -177,6 +196,130 @@ class Engine:
         idx = torch.arange(start, stop, device=self.device)
         E[idx, idx - start] = 1.0
         return E
+
+
+def generator_digest(generator: Any) -> str | None:
+    """A short digest of a generator's state (identifies the seed of a checkpointed run)."""
+    if not isinstance(generator, torch.Generator):
+        return None
+    return hashlib.sha256(generator.get_state().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def _block_digest(V: Tensor) -> tuple:
+    """Shape and three sums of a float64 block: a deterministic run repeats them exactly."""
+    w = torch.arange(1, V.shape[0] + 1, dtype=V.dtype, device=V.device)
+    return (tuple(V.shape), float(V.sum()), float((V * V).sum()), float(w @ V.sum(1)))
+
+
+class ProductReplay:
+    """Checkpoint of a stochastic estimator by replay of its operator products.
+
+    The estimators built on :class:`Engine` are deterministic given the generator's state
+    at entry and the products: every probe, basis and sample follows from them. So the
+    checkpoint holds that state and every operator call's product (``<file>.<i>``, one
+    file per call, written once; ``<file>`` lists their input digests, atomically after
+    each). A resumed call with the same arguments restores the generator, re-runs the
+    estimator's cheap arithmetic, reads the saved products back (checking that each input
+    block is the one saved) and continues with new products from the first missing one:
+    its result is bit-identical to an uninterrupted run's. That the operator is the same
+    is checked once, by recomputing the first column of the first saved product (one
+    product, not counted in ``num_matvecs``; tolerance ``1000 eps`` of the operator's
+    dtype relative to the column's norm, as a single column and a block need not agree
+    bit for bit).
+
+    Args:
+        checkpoint: the index file (:class:`~hesslab.io.Checkpoint`; read-only resumes
+            without writing).
+        key: the arguments that must match (compared on load).
+        generator: the estimator's generator (its state is saved, or restored on resume).
+        what: the estimator's name, for messages.
+    """
+
+    def __init__(
+        self, checkpoint: Checkpoint, key: dict[str, Any], generator: torch.Generator, what: str
+    ) -> None:
+        self.checkpoint, self.key, self.what = checkpoint, key, what
+        self.t0 = time.perf_counter()
+        self.done = 0
+        self.verified = False
+        state = checkpoint.load() if checkpoint.exists() else None
+        if state is not None:
+            saved = state.get("key") if isinstance(state, dict) else None
+            if saved != key:
+                diff = (
+                    {k: (saved.get(k), v) for k, v in key.items() if saved.get(k) != v}
+                    if isinstance(saved, dict)
+                    else saved
+                )
+                raise ConfigurationError(
+                    f"checkpoint {checkpoint.path} was written by {what} with other arguments "
+                    f"(saved vs now: {diff}); call it with the same arguments and a generator "
+                    "seeded the same way, or remove the file to start afresh"
+                )
+            generator.set_state(state["generator"])
+            self.generator_state = state["generator"]
+            self.calls: list[tuple] = list(state["calls"])
+            self.prior_seconds = float(state["seconds"])
+        else:
+            self.generator_state = generator.get_state()
+            self.calls = []
+            self.prior_seconds = 0.0
+            self._save_index()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent by this estimate, the interrupted runs included."""
+        return self.prior_seconds + time.perf_counter() - self.t0
+
+    def _save_index(self) -> None:
+        self.checkpoint.save(
+            {
+                "key": self.key,
+                "generator": self.generator_state,
+                "calls": self.calls,
+                "seconds": self.seconds,
+            }
+        )
+
+    def fetch(self, V: Tensor) -> Tensor | None:
+        """The saved product of the next call, ``None`` past the saved ones."""
+        i = self.done
+        if i >= len(self.calls):
+            return None
+        if _block_digest(V) != self.calls[i]:
+            raise ConfigurationError(
+                f"checkpoint {self.checkpoint.path}: operator call {i} of {self.what} got "
+                "another input block than the run that saved it (another operator, device or "
+                "torch version?); remove the checkpoint files to start afresh"
+            )
+        self.done += 1
+        return self.checkpoint.derived(f".{i}").load()
+
+    def verify(self, recomputed: Tensor, saved: Tensor, dtype: torch.dtype) -> None:
+        """Check a recomputed product column against the saved one (same operator?)."""
+        scale = max(float(torch.linalg.vector_norm(saved)), torch.finfo(torch.float64).tiny)
+        err = float(torch.linalg.vector_norm(recomputed - saved)) / scale
+        if err > 1e3 * torch.finfo(dtype).eps:
+            raise ConfigurationError(
+                f"checkpoint {self.checkpoint.path} of {self.what} was written for another "
+                f"operator (a saved product differs by {err:.1e} relative when recomputed); "
+                "resume with the operator that wrote it, or remove the checkpoint files"
+            )
+        self.verified = True
+
+    def record(self, V: Tensor, AV: Tensor) -> None:
+        """Save a new call's product (before the index that lists it)."""
+        i = self.done
+        self.checkpoint.derived(f".{i}").save(AV.detach().cpu())
+        self.calls = [*self.calls[:i], _block_digest(V)]
+        self.done += 1
+        self._save_index()
+
+    def remove(self) -> None:
+        """Delete the index and the product files (after a normal return)."""
+        for i in range(len(self.calls)):
+            self.checkpoint.derived(f".{i}").remove()
+        self.checkpoint.remove()
 
 
 def orthonormalize(W: Tensor, Q: Tensor | None = None, *, rtol: float = 1e-10) -> Tensor:

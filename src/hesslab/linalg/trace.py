@@ -58,6 +58,7 @@ All arithmetic is float64 on the operator's device whatever ``op.dtype`` is.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -66,10 +67,13 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
+from hesslab.io import Checkpoint, as_checkpoint
 from hesslab.linalg.probes import (
     Engine,
     KrylovBasis,
+    ProductReplay,
     check_positive_int,
+    generator_digest,
     mean_stderr,
     orthonormalize,
     remainder_samples,
@@ -283,6 +287,7 @@ def trace(
     block_size: int | None = None,
     krylov_block: int | None = None,
     callback: Callable[[TraceEstimate], None] | None = None,
+    checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
 ) -> TraceEstimate:
     """Estimate ``tr(A)`` of a symmetric operator from ``num_matvecs`` products.
 
@@ -312,6 +317,16 @@ def trace(
             ``round(N/12)`` clipped to ``[1, 16]``: 8 for ``N = 96``).
         callback: called with the current :class:`TraceEstimate` after the initial budget
             and after every adaptive round.
+        checkpoint: a file path (or a :class:`hesslab.io.Checkpoint`; a read-only one
+            resumes without writing, as the non-zero ranks of a torchrun job do). The
+            generator's state at entry and every operator call's product are saved there
+            (``<file>.<i>`` per call of at most ``block_size`` columns, the index ``<file>``
+            atomically after each; see :class:`~hesslab.linalg.probes.ProductReplay`). A
+            later call with the same arguments and the same file reads the saved products
+            back instead of recomputing them and returns bit-identical results to an
+            uninterrupted run, ``seconds`` counting both runs. The files are removed when
+            the call returns normally. ``block_size`` sets the granularity: at most that
+            many columns are lost to an interruption.
 
     Returns:
         :class:`~hesslab.linalg.results.TraceEstimate` with ``value``, ``stderr``,
@@ -320,7 +335,8 @@ def trace(
         ``rtol_met``, ...).
 
     Raises:
-        ConfigurationError: unknown method or distribution, or a budget too small.
+        ConfigurationError: unknown method or distribution, a budget too small, or a
+            checkpoint written by a call with other arguments or another generator.
 
     Example:
         >>> est = trace(H, 96, generator=torch.Generator().manual_seed(0))
@@ -328,7 +344,7 @@ def trace(
     """
     return _run(
         op, num_matvecs, "trace", method, TRACE_METHODS, distribution, generator, rtol,
-        max_matvecs, block_size, krylov_block, callback,
+        max_matvecs, block_size, krylov_block, callback, checkpoint,
     )  # fmt: skip
 
 
@@ -344,6 +360,7 @@ def frobenius_sq(
     block_size: int | None = None,
     krylov_block: int | None = None,
     callback: Callable[[TraceEstimate], None] | None = None,
+    checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
 ) -> TraceEstimate:
     """Estimate ``tr(A^2) = ||A||_F^2 = sum_i lambda_i^2`` of a symmetric operator.
 
@@ -362,7 +379,7 @@ def frobenius_sq(
     """
     return _run(
         op, num_matvecs, "frobenius", method, FROBENIUS_METHODS, distribution, generator,
-        rtol, max_matvecs, block_size, krylov_block, callback,
+        rtol, max_matvecs, block_size, krylov_block, callback, checkpoint,
     )  # fmt: skip
 
 
@@ -379,9 +396,11 @@ def _run(
     block_size,
     krylov_block,
     callback,
+    checkpoint,
 ) -> TraceEstimate:
     t0 = time.perf_counter()
     _check_common(num_matvecs, method, methods, rtol)
+    entry = generator_digest(generator)
     engine = Engine(op, distribution=distribution, generator=generator, block_size=block_size)
     if krylov_block is not None:
         krylov_block = check_positive_int("krylov_block", krylov_block)
@@ -389,20 +408,41 @@ def _run(
     cap = 10 * N if max_matvecs is None else check_positive_int("max_matvecs", max_matvecs)
     step = block_size if block_size is not None else max(2, N // 4)
     info: dict = {"distribution": distribution, "kind": kind}
+    checkpoint = as_checkpoint(checkpoint)
+    if checkpoint is not None:
+        key = {
+            "estimator": kind,
+            "method": method,
+            "P": engine.P,
+            "dtype": str(engine.op.dtype),
+            "num_matvecs": N,
+            "distribution": distribution,
+            "rtol": rtol,
+            "max_matvecs": cap,
+            "block_size": block_size,
+            "krylov_block": krylov_block,
+            "generator": entry,
+        }
+        name = "trace" if kind == "trace" else "frobenius_sq"
+        engine.replay = ProductReplay(checkpoint, key, engine.generator, name)
 
     def snapshot(value: float, stderr: float, samples: Tensor | None) -> TraceEstimate:
+        replay = engine.replay
         return TraceEstimate(
             value=float(value),
             stderr=float(stderr),
             num_matvecs=engine.num_matvecs,
-            seconds=time.perf_counter() - t0,
+            seconds=time.perf_counter() - t0 if replay is None else replay.seconds,
             method=method,
             samples=None if samples is None else samples.detach().to("cpu", torch.float64),
             info=dict(info),
         )
 
     if method == "exact":
-        return snapshot(_exact(engine, kind), 0.0, None)
+        result = snapshot(_exact(engine, kind), 0.0, None)
+        if engine.replay is not None:
+            engine.replay.remove()
+        return result
 
     if method == "xtrace":
         if N < 4:
@@ -467,6 +507,8 @@ def _run(
         info["rtol"] = rtol
         info["rtol_met"] = bool(stderr <= rtol * abs(value))
     result = snapshot(value, stderr, samples)
+    if engine.replay is not None:
+        engine.replay.remove()
     if callback is not None:
         callback(result)
     return result

@@ -1,0 +1,229 @@
+"""trace / frobenius_sq with checkpoint=: an interrupted estimate resumes bit-identically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hesslab import frobenius_sq, trace
+from hesslab.errors import ConfigurationError
+from hesslab.io import Checkpoint
+from hesslab.operators import DenseOperator, LinearOperator
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _Flaky(LinearOperator):
+    """A dense operator that counts its calls and raises at call number ``fail_at``."""
+
+    def __init__(self, A: torch.Tensor, fail_at: int | None = None) -> None:
+        super().__init__(A.shape[0], A.dtype, A.device)
+        self.inner = DenseOperator(A)
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise _Interrupted
+        self.calls += 1
+        return self.inner.matmat(V)
+
+
+def _spiked(P: int = 60, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([40.0, 25.0, 12.0, -6.0]), torch.rand(P - 4, generator=g)])
+    return (Q * lam) @ Q.T
+
+
+def _same(a, b) -> None:
+    assert a.value == b.value and a.stderr == b.stderr and a.num_matvecs == b.num_matvecs
+    if a.samples is None:
+        assert b.samples is None
+    else:
+        assert torch.equal(a.samples, b.samples)
+
+
+CASES = [
+    (trace, "krylov", {}),
+    (trace, "hutch++", {}),
+    (trace, "xtrace", {}),
+    (trace, "hutchinson", {"block_size": 5}),
+    (trace, "exact", {"block_size": 16}),
+    (trace, "krylov", {"rtol": 1e-4, "block_size": 6}),  # adaptive rounds after the budget
+    (trace, "xtrace", {"rtol": 1e-4, "max_matvecs": 80}),
+    (frobenius_sq, "krylov", {}),
+    (frobenius_sq, "hutchinson", {"block_size": 4}),
+]
+
+
+@pytest.mark.parametrize(("fn", "method", "kw"), CASES)
+def test_interrupted_estimate_resumes_bit_identically(tmp_path, fn, method, kw):
+    A = _spiked()
+    ref = fn(A, 24, method=method, generator=torch.Generator().manual_seed(3), **kw)
+    op = _Flaky(A)
+    fn(op, 24, method=method, generator=torch.Generator().manual_seed(3), **kw)
+    total = op.calls
+    assert total >= 2
+    ckpt = tmp_path / "trace.ckpt"
+    for fail_at in sorted({1, total // 2, total - 1}):
+        op = _Flaky(A, fail_at=fail_at)
+        with pytest.raises(_Interrupted):
+            fn(
+                op,
+                24,
+                method=method,
+                generator=torch.Generator().manual_seed(3),
+                checkpoint=ckpt,
+                **kw,
+            )
+        assert ckpt.exists()
+        resumed_op = _Flaky(A)
+        out = fn(
+            resumed_op,
+            24,
+            method=method,
+            generator=torch.Generator().manual_seed(3),
+            checkpoint=ckpt,
+            **kw,
+        )
+        # the products saved before the interruption are read back, not recomputed (one
+        # more call: the check of the first saved product's first column)
+        assert resumed_op.calls == total - fail_at + 1
+        _same(out, ref)
+        assert out.seconds > 0
+        assert not list(tmp_path.iterdir())  # index and product files removed
+
+
+def test_generator_state_after_a_resume_matches_an_uninterrupted_run(tmp_path):
+    A = _spiked()
+    g_ref = torch.Generator().manual_seed(5)
+    trace(A, 30, generator=g_ref)
+    g = torch.Generator().manual_seed(5)
+    with pytest.raises(_Interrupted):
+        trace(_Flaky(A, fail_at=2), 30, generator=g, checkpoint=tmp_path / "c")
+    g = torch.Generator().manual_seed(5)
+    trace(A, 30, generator=g, checkpoint=tmp_path / "c")
+    assert torch.equal(g.get_state(), g_ref.get_state())
+
+
+def test_checkpoint_of_other_arguments_is_refused(tmp_path):
+    A = _spiked()
+    ckpt = tmp_path / "c"
+    with pytest.raises(_Interrupted):
+        trace(_Flaky(A, fail_at=1), 24, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
+    with pytest.raises(ConfigurationError, match="num_matvecs"):
+        trace(A, 30, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
+    with pytest.raises(ConfigurationError, match="generator"):
+        trace(A, 24, generator=torch.Generator().manual_seed(1), checkpoint=ckpt)
+    with pytest.raises(ConfigurationError, match="estimator"):
+        frobenius_sq(A, 24, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
+
+
+def test_another_operator_is_refused(tmp_path):
+    A = _spiked()
+    ckpt = tmp_path / "c"
+    with pytest.raises(_Interrupted):
+        trace(_Flaky(A, fail_at=3), 24, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
+    B = _spiked(seed=1)  # same size: the key matches, the products do not
+    with pytest.raises(ConfigurationError, match="another operator"):
+        trace(B, 24, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
+
+
+def test_read_only_checkpoint_resumes_without_writing(tmp_path):
+    A = _spiked()
+    ref = trace(A, 24, generator=torch.Generator().manual_seed(2))
+    path = tmp_path / "c"
+    with pytest.raises(_Interrupted):
+        trace(_Flaky(A, fail_at=2), 24, generator=torch.Generator().manual_seed(2), checkpoint=path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = trace(
+        A, 24, generator=torch.Generator().manual_seed(2), checkpoint=Checkpoint(path, False)
+    )
+    _same(out, ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written or removed
+
+
+def test_changed_input_blocks_are_refused(tmp_path):
+    """A saved call whose input differs now (e.g. other probes) is not silently replayed."""
+    A = _spiked()
+    ckpt = tmp_path / "c"
+    with pytest.raises(_Interrupted):
+        trace(
+            _Flaky(A, fail_at=2),
+            24,
+            method="hutchinson",
+            block_size=4,
+            generator=torch.Generator().manual_seed(0),
+            checkpoint=ckpt,
+        )
+    state = torch.load(ckpt, weights_only=False)
+    state["calls"][1] = ((60, 4), 0.0, 0.0, 0.0)  # as if the second call had other probes
+    torch.save(state, ckpt)
+    with pytest.raises(ConfigurationError, match="another input block"):
+        trace(
+            A,
+            24,
+            method="hutchinson",
+            block_size=4,
+            generator=torch.Generator().manual_seed(0),
+            checkpoint=ckpt,
+        )
+
+
+def test_analyze_resumes_an_interrupted_trace_stage(tmp_path, monkeypatch):
+    """``hesslab analyze`` stopped inside the trace stage: the resume reuses its products."""
+    import hesslab.analysis as analysis_mod
+    from hesslab.cli import main
+
+    from .test_resume_density import _analyze_argv, _numbers, _only_dir
+
+    real_trace = analysis_mod.trace
+
+    class _Wrapped(LinearOperator):
+        def __init__(self, op, fail_at):
+            super().__init__(op.shape[0], op.dtype, op.device)
+            self.op, self.fail_at, self.calls = op, fail_at, 0
+
+        def _matmat(self, V):
+            if self.calls == self.fail_at:
+                raise KeyboardInterrupt
+            self.calls += 1
+            return self.op.matmat(V)
+
+    seen = []
+
+    def wrapped_trace(fail_at):
+        def run(op, *a, **kw):
+            seen.append(_Wrapped(op, fail_at))
+            return real_trace(seen[-1], *a, **kw)
+
+        return run
+
+    monkeypatch.setattr(analysis_mod, "trace", wrapped_trace(None))
+    assert main(_analyze_argv(tmp_path, tmp_path / "ref")) == 0
+    ref = _only_dir(tmp_path / "ref")
+    ref_calls = seen[0].calls  # the whole-model trace's operator calls
+    assert ref_calls >= 4
+
+    out = tmp_path / "runs"
+    argv = _analyze_argv(tmp_path, out)
+    monkeypatch.setattr(analysis_mod, "trace", wrapped_trace(2))
+    assert main(argv) == 130
+    run = _only_dir(out)
+    assert (run / "checkpoints" / "trace.pt").exists()
+    seen.clear()
+    monkeypatch.setattr(analysis_mod, "trace", wrapped_trace(None))
+    assert main([*argv, "--resume", str(run)]) == 0
+    # two saved calls read back; one more call checks the first saved column
+    assert seen[0].calls == ref_calls - 2 + 1
+    got_scalars, got_tables, got_arrays = _numbers(run)
+    ref_scalars, ref_tables, ref_arrays = _numbers(ref)
+    assert got_scalars == ref_scalars
+    assert got_tables == ref_tables
+    for k in ref_arrays:
+        np.testing.assert_array_equal(got_arrays[k], ref_arrays[k], err_msg=k)
+    assert not (run / "checkpoints").exists()
