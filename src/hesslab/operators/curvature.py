@@ -40,11 +40,15 @@ class CurvatureOperator(LinearOperator):
 
     def _matmat(self, V: Tensor) -> Tensor:
         Vd = self.space.unflatten_block(V)
-        out = torch.zeros_like(V)
+        out: Tensor | None = None
         for i, (batch, w) in enumerate(self.objective.batches()):
             self._batch_index = i
-            out += w * self.space.flatten_block(self._batch_matmat(batch, Vd))
-        return out
+            part = self.space.flatten_block(self._batch_matmat(batch, Vd))
+            if out is None:  # the first batch's result is a fresh tensor: scale it in place
+                out = part.mul_(w) if w != 1.0 else part
+            else:
+                out.add_(part, alpha=w)
+        return torch.zeros_like(V) if out is None else out.contiguous()
 
     # ------------------------------------------------------------ structure
     def restrict(self, params: Any) -> CurvatureOperator:

@@ -166,6 +166,8 @@ class HessianOperator(CurvatureOperator):
                 gs, xs, grad_outputs=[v[k] for v in vs], retain_graph=True, allow_unused=True
             )
             cols.append([_zeros_if_none(o, v[k]) for o, v in zip(out, vs, strict=True)])
+        if K == 1:  # a view instead of a copy per parameter (single products are the hot path)
+            return {n: c.unsqueeze(0) for n, c in zip(names, cols[0], strict=True)}
         return {n: torch.stack([c[i] for c in cols]) for i, n in enumerate(names)}
 
     def _apply(self, mode: str, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
