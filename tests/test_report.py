@@ -504,3 +504,21 @@ def test_step_progress_reports_capped_fractions(caplog):
     assert seen == [("a", 0.25), ("b", 0.75), ("c", 1.0)]
     assert "b (3/4)" in caplog.text
     StepProgress(None, 0)("no callback, total at least one")
+
+
+def test_snapshot_and_restore_of_the_records(tmp_path):
+    run = RunDir.create(tmp_path / "run", config={"seed": 0}, command=["x"])
+    run.add_scalar("A", "kept", 1.0)
+    run.add_array("v", np.arange(3.0))
+    snap = run.snapshot()
+    run.add_scalar("A", "kept", 5.0)  # replaced in place
+    run.add_scalar("B", "later", 2.0)
+    run.add_claim("B", "a claim", 2.0, True)
+    run.restore(snap)
+    assert [(s["section"], s["name"], s["value"]) for s in run.scalars] == [("A", "kept", 1.0)]
+    assert run.claims == [] and run.sections == ["A"]
+    np.testing.assert_array_equal(run.arrays["v"], np.arange(3.0))
+    snap["_scalars"].clear()  # the run holds its own copy
+    assert len(run.scalars) == 1
+    with pytest.raises(ConfigurationError, match="snapshot"):
+        run.restore({"scalars": []})

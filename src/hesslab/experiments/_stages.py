@@ -22,7 +22,6 @@ Without a store (``stages=None``) a part is just called: nothing is written.
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from collections.abc import Callable
@@ -41,18 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["Parts"]
 
 T = TypeVar("T")
-
-#: The RunDir attributes that hold its records (what ``results.json``/``arrays.npz`` show).
-_RECORDS = (
-    "_sections",
-    "_scalars",
-    "_claims",
-    "_tables",
-    "_figures",
-    "_texts",
-    "_results",
-    "_arrays",
-)
 
 
 def _metrics_lines(run_dir: RunDir) -> list[str]:
@@ -112,7 +99,7 @@ class Parts:
         self._metrics_kept = len(_metrics_lines(self.run_dir))
         record = {
             "result": result,
-            "records": {a: copy.deepcopy(getattr(self.run_dir, a)) for a in _RECORDS},
+            "records": self.run_dir.snapshot(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),  # noqa: NPY002 (the global state, if used)
@@ -127,8 +114,7 @@ class Parts:
         return result
 
     def _restore(self, name: str, saved: dict[str, Any]) -> Any:
-        for attr, value in saved["records"].items():
-            setattr(self.run_dir, attr, copy.deepcopy(value))
+        self.run_dir.restore(saved["records"])
         torch.set_rng_state(saved["rng"]["torch"])
         np.random.set_state(saved["rng"]["numpy"])  # noqa: NPY002
         random.setstate(saved["rng"]["random"])

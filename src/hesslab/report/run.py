@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as _dt
 import io
@@ -167,6 +168,19 @@ def _result_fields(result: Any) -> dict[str, Any]:
         f"add_result needs a dataclass, mapping or object with attributes, got "
         f"{type(result).__name__}; use add_scalar or add_array instead"
     )
+
+
+#: The attributes that hold a run's records (see :meth:`RunDir.snapshot`).
+_RECORD_ATTRS = (
+    "_sections",
+    "_scalars",
+    "_claims",
+    "_tables",
+    "_figures",
+    "_texts",
+    "_results",
+    "_arrays",
+)
 
 
 class RunDir:
@@ -676,6 +690,27 @@ class RunDir:
                 ],
             }
         )
+
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of everything recorded so far, for :meth:`restore`.
+
+        Sections, scalars, claims, tables, figures, texts, results and arrays (what
+        ``results.json`` and ``arrays.npz`` show); ``metrics.jsonl`` and the figure files
+        are on disk and not included. Resumable reproductions save it with each finished
+        part (:mod:`hesslab.experiments._stages`).
+        """
+        return {a: copy.deepcopy(getattr(self, a)) for a in _RECORD_ATTRS}
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Replace the recorded items by a :meth:`snapshot` (e.g. of a finished part)."""
+        unknown = set(snapshot) - set(_RECORD_ATTRS)
+        if unknown:
+            raise ConfigurationError(
+                f"not a RunDir snapshot (unknown keys {sorted(unknown)}); pass what "
+                "RunDir.snapshot() returned"
+            )
+        for attr, value in snapshot.items():
+            setattr(self, attr, copy.deepcopy(value))
 
     def flush(self, *, report: bool = False) -> None:
         """Checkpoint: write ``results.json`` and ``arrays.npz`` (and optionally the report)."""
