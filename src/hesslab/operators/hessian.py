@@ -14,7 +14,8 @@ Hessian"). Three product modes:
 
 ``mode="auto"`` times the applicable modes on the first batch at the first product (for
 single products and for blocks separately; up to three interleaved repeats, best time
-each, a mode 1.5x slower than the best dropped after a round) and keeps the fastest; the
+each, a mode 1.5x slower than the best dropped after a round, no repeat once a timing run
+takes 0.1 s) and keeps the fastest; the
 choice and the timings are in :attr:`HessianOperator.mode_report`. The first product's
 result is the chosen mode's own timing run when that covered the whole input (one
 product saved, the result identical to a recomputation).
@@ -62,6 +63,10 @@ _ALIASES = {
     "cached": "reverse-over-reverse-cached",
     "rev-rev-cached": "reverse-over-reverse-cached",
 }
+
+# a timing run at least this long (seconds) is not repeated: scheduler noise is a small
+# fraction of it, and each repeat costs as much again
+_LONG_TIMING = 0.1
 
 # mode choices of "auto" operators in this process: memo key -> mode_report entry
 _MODE_MEMO: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
@@ -238,6 +243,8 @@ class HessianOperator(CurvatureOperator):
             fastest = min(timings.values())
             candidates = [m for m in candidates if timings[m] <= 1.5 * fastest]
             if len(candidates) + sum(timings[m] <= 1.5 * fastest for m in known) < 2:
+                break
+            if fastest * K >= _LONG_TIMING:  # long runs: one round is not noise-dominated
                 break
         best = min(timings, key=timings.__getitem__)
         self.mode_report[kind] = {"mode": best, "seconds_per_column": timings, "errors": errors}
