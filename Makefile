@@ -36,7 +36,7 @@ lint: $(STAMP)
 peers: $(STAMP)
 	bash bench/install_peers.sh $(VENV)
 
-# hesslab against the peer libraries, side by side (about 20 minutes on 2 cores);
+# hesslab against the peer libraries, side by side (20-30 minutes on 2 cores);
 # bench-quick: problem P1 only (~2 min); bench-all: also the product-mode, Lanczos-vs-ARPACK
 # and data-parallel benchmarks (about an hour).
 bench: peers

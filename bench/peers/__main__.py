@@ -4,7 +4,7 @@ BackPACK (issue 5).
 Run (after ``bench/install_peers.sh``)::
 
     .venv/bin/python bench/peers --quick    # P1 only, density at 100 products (~2 min)
-    .venv/bin/python bench/peers            # P1-P4 (see PLAN; ~20 min on 2 shared cores)
+    .venv/bin/python bench/peers            # P1-P4 (see PLAN; 20-30 min on 2 shared cores)
 
 Writes ``bench/results/peers.md``, ``peers.json`` and ``peers.png`` (``peers_quick.*``
 with ``--quick`` unless ``--out`` is given) and prints the markdown.
