@@ -183,3 +183,27 @@ def test_columns_candidate_takes_the_single_products_time(monkeypatch):
     assert applies.calls.count("columns") == (H.chosen_mode("block") == "columns")
     ref = HessianOperator(obj, mode="reverse-over-reverse").matmat(V)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_block_choice_when_the_single_mode_was_set_without_timings():
+    _, obj = _objective()
+    H = HessianOperator(obj)
+    H.mode_report["single"] = {"mode": "reverse-over-reverse"}  # set by hand, no timings
+    V = torch.randn(H.shape[0], 3, generator=torch.Generator().manual_seed(5), dtype=H.dtype)
+    out = H.matmat(V)
+    assert "columns" in H.mode_report["block"]["seconds_per_column"]  # timed this time
+    ref = HessianOperator(obj, mode="reverse-over-reverse").matmat(V)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_mode_reports_do_not_share_state_with_the_memo():
+    model, obj = _objective()
+    v = torch.randn(obj.space.size, 1, dtype=obj.space.dtype)
+    H1 = HessianOperator(obj)
+    H1.matmat(v)
+    H1.mode_report["single"]["seconds_per_column"].clear()  # a caller edits its report
+    x, y = obj._data[0]
+    H2 = HessianOperator(Objective(model, "ce", (x, y)))
+    H2.matmat(v)
+    assert H2.mode_report["single"]["reused"]
+    assert H2.mode_report["single"]["seconds_per_column"]  # the memo kept its own copy

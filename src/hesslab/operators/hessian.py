@@ -38,6 +38,7 @@ are not part of any algorithm's ``num_matvecs``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections import OrderedDict
@@ -225,9 +226,14 @@ class HessianOperator(CurvatureOperator):
             if "single" not in self.mode_report:
                 self._choose_or_recall(batch, {n: t[:1] for n, t in Vd.items()}, "single")
             # "columns" is the single-product mode column after column: its time per
-            # column is the one just measured for single products (not timed again)
+            # column is the one measured for single products (not timed again; timed
+            # here only when the single mode was set without timings)
             single = self.mode_report["single"]
-            known["columns"] = single["seconds_per_column"][single["mode"]]
+            seconds = single.get("seconds_per_column", {}).get(single["mode"])
+            if seconds is None:
+                candidates.append("columns")
+            else:
+                known["columns"] = seconds
         # interleaved repeats, best time per mode: robust to load from other processes; a
         # mode 1.5x slower than the best after a round is not timed again. (The timing
         # products are discarded: the returned product comes from the chosen mode alone,
@@ -289,21 +295,26 @@ class HessianOperator(CurvatureOperator):
         """The remembered mode for this structure (no timing), else :meth:`_choose`."""
         key = self._memo_key(batch, kind)
         known = _MODE_MEMO.get(key)
+        single_key = None  # set when the single mode is recalled for a "columns" block
         if known is not None and known["mode"] == "columns" and "single" not in self.mode_report:
-            single = _MODE_MEMO.get(self._memo_key(batch, "single"))
+            single_key = self._memo_key(batch, "single")
+            single = _MODE_MEMO.get(single_key)
             if single is None:
                 known = None
             else:
-                self.mode_report["single"] = {**single, "reused": True}
+                self.mode_report["single"] = {**copy.deepcopy(single), "reused": True}
         if known is None:
             return self._choose(batch, Vd, kind)
         _MODE_MEMO.move_to_end(key)
-        self.mode_report[kind] = {**known, "reused": True}
+        self.mode_report[kind] = {**copy.deepcopy(known), "reused": True}
         try:
             return known["mode"], self._apply(known["mode"], batch, Vd)
         except (RuntimeError, NotImplementedError):  # e.g. a model that only looks alike
             _MODE_MEMO.pop(key, None)
             del self.mode_report[kind]
+            if single_key is not None:
+                _MODE_MEMO.pop(single_key, None)
+                del self.mode_report["single"]
             return self._choose(batch, Vd, kind)
 
     def chosen_mode(self, kind: str = "single") -> str | None:
@@ -322,7 +333,7 @@ class HessianOperator(CurvatureOperator):
 
 
 def _remember(key: tuple, entry: dict[str, Any]) -> None:
-    _MODE_MEMO[key] = {k: v for k, v in entry.items() if k != "reused"}
+    _MODE_MEMO[key] = copy.deepcopy({k: v for k, v in entry.items() if k != "reused"})
     _MODE_MEMO.move_to_end(key)
     while len(_MODE_MEMO) > _MODE_MEMO_SIZE:
         _MODE_MEMO.popitem(last=False)
