@@ -182,6 +182,31 @@ class Checkpoint:
         """``torch.load`` of the saved state (``kwargs`` go to ``torch.load``)."""
         return torch.load(self.path, map_location="cpu", weights_only=False, **kwargs)
 
+    def load_state(self, key: dict[str, Any], what: str, **kwargs: Any) -> Any:
+        """The saved state (a dict with ``"key"``), ``None`` when there is no file.
+
+        Raises:
+            ConfigurationError: the state was saved under another ``key`` (the message
+                lists the differing entries; ``what`` names the solver).
+        """
+        if not self.exists():
+            return None
+        state = self.load(**kwargs)
+        saved = state.get("key") if isinstance(state, dict) else None
+        if saved != key:
+            diff = (
+                {k: (saved.get(k), v) for k, v in key.items() if saved.get(k) != v}
+                if isinstance(saved, dict)
+                else saved
+            )
+            seeded = " and a generator seeded the same way" if "generator" in key else ""
+            raise ConfigurationError(
+                f"checkpoint {self.path} was written by {what} with other arguments (saved "
+                f"vs now: {diff}); call it with the same arguments{seeded}, or remove the "
+                "file to start afresh"
+            )
+        return state
+
     def save(self, obj: Any) -> None:
         """Save ``obj`` atomically (nothing when read-only)."""
         if self.writable:

@@ -328,7 +328,7 @@ def spectral_density(
         "generator": entry_state,
     }
     checkpoint = as_checkpoint(checkpoint)
-    state = _load_checkpoint(checkpoint, key) if checkpoint is not None else None
+    state = None if checkpoint is None else checkpoint.load_state(key, "spectral_density")
     prior_seconds = 0.0 if state is None else float(state["seconds"])
     if state is not None and state["deflation"] is not None:
         d = state["deflation"]
@@ -450,26 +450,6 @@ def spectral_density(
         distribution=distribution,
         info=info,
     )
-
-
-def _load_checkpoint(checkpoint: Checkpoint, key: dict[str, Any]) -> Any:
-    """The saved state of :func:`spectral_density`, ``None`` when there is no file."""
-    if not checkpoint.exists():
-        return None
-    state = checkpoint.load()
-    saved = state.get("key") if isinstance(state, dict) else None
-    if saved != key:
-        diff = (
-            {k: (saved.get(k), v) for k, v in key.items() if saved.get(k) != v}
-            if isinstance(saved, dict)
-            else saved
-        )
-        raise ConfigurationError(
-            f"checkpoint {checkpoint.path} was written by spectral_density with other "
-            f"arguments (saved vs now: {diff}); call it with the same arguments and a "
-            "generator seeded the same way, or remove the file to start afresh"
-        )
-    return state
 
 
 def wasserstein1(

@@ -550,14 +550,10 @@ def eigenpairs(
         ckpt_key = {"P": P, "k": k, "which": which, "tol": float(tol), "m": m, "b": b}
         checkpoint = as_checkpoint(checkpoint)
         prior_seconds = 0.0
-        if checkpoint is not None and checkpoint.exists():
-            state = checkpoint.load(mmap=disk)
-            if state.get("key") != ckpt_key:
-                raise ConfigurationError(
-                    f"checkpoint {checkpoint.path} was written by eigenpairs with "
-                    f"{state.get('key')}, not {ckpt_key}; use the same arguments or remove "
-                    "the file"
-                )
+        state = (
+            None if checkpoint is None else checkpoint.load_state(ckpt_key, "eigenpairs", mmap=disk)
+        )
+        if state is not None:
             basis.load(state["V"])
             del state["V"]
             H.copy_(state["H"])

@@ -242,20 +242,8 @@ class ProductReplay:
         self.t0 = time.perf_counter()
         self.done = 0
         self.verified = False
-        state = checkpoint.load() if checkpoint.exists() else None
+        state = checkpoint.load_state(key, what)
         if state is not None:
-            saved = state.get("key") if isinstance(state, dict) else None
-            if saved != key:
-                diff = (
-                    {k: (saved.get(k), v) for k, v in key.items() if saved.get(k) != v}
-                    if isinstance(saved, dict)
-                    else saved
-                )
-                raise ConfigurationError(
-                    f"checkpoint {checkpoint.path} was written by {what} with other arguments "
-                    f"(saved vs now: {diff}); call it with the same arguments and a generator "
-                    "seeded the same way, or remove the file to start afresh"
-                )
             generator.set_state(state["generator"])
             self.generator_state = state["generator"]
             self.calls: list[tuple] = list(state["calls"])
