@@ -77,10 +77,28 @@ def test_requires_initialised_process_group():
         DistributedOperator(HessianOperator(Objective(model, "ce", (x, y))))
 
 
-def _torchrun() -> str:
+def _torchrun_cli() -> list[str]:
+    """``torchrun`` with 2 local processes running ``python -m hesslab.cli``."""
     import shutil
 
-    return shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    port = str(free_port())
+    return [torchrun, "--nproc_per_node", "2", "--master_port", port, "-m", "hesslab.cli"]
+
+
+def _single_process_results(common: list[str], out: Path, env: dict) -> dict:
+    """``results.json`` of the same command in one plain process (the reference)."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", "hesslab.cli", *common, "--out", str(out)]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    (run,) = out.iterdir()
+    return json.loads((run / "results.json").read_text())
+
+
+def _scalar(results: dict, name: str) -> float:
+    return next(s["value"] for s in results["scalars"] if s["name"] == name)
 
 
 def _analyze_argv(tmp_path: Path, width: int, what: str, *extra: str) -> list[str]:
@@ -117,44 +135,20 @@ def test_cli_analyze_under_torchrun(tmp_path):
     import json
     import subprocess
 
-    torchrun = _torchrun()
     common = _analyze_argv(tmp_path, 8, "eig,trace")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [
-            torchrun,
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "hesslab.cli",
-            *common,
-            "--out",
-            str(tmp_path / "dist"),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
-    subprocess.run(
-        [sys.executable, "-m", "hesslab.cli", *common, "--out", str(tmp_path / "single")],
+        [*_torchrun_cli(), *common, "--out", str(tmp_path / "dist")],
         check=True,
         env=env,
         capture_output=True,
         timeout=300,
     )
     (dist_run,) = (tmp_path / "dist").iterdir()
-    (single_run,) = (tmp_path / "single").iterdir()
     a = json.loads((dist_run / "results.json").read_text())
-    b = json.loads((single_run / "results.json").read_text())
-
-    def scalar(res, name):
-        return next(s["value"] for s in res["scalars"] if s["name"] == name)
-
+    b = _single_process_results(common, tmp_path / "single", env)
     for name in ("λ top[0]", "λ bottom[0]", "tr H"):
-        assert abs(scalar(a, name) - scalar(b, name)) <= 1e-9 * abs(scalar(b, name)), name
+        assert abs(_scalar(a, name) - _scalar(b, name)) <= 1e-9 * abs(_scalar(b, name)), name
     assert json.loads((dist_run / "config.json").read_text())["config"]["processes"] == 2
 
 
@@ -171,26 +165,13 @@ def test_cli_resume_under_torchrun_after_kill(tmp_path):
     import subprocess
     import time
 
-    torchrun = _torchrun()
     extra = ("--density-steps", "60", "--density-probes", "40")
     common = _analyze_argv(tmp_path, 16, "eig,trace,density", *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def launch(*extra: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [
-                torchrun,
-                "--nproc_per_node",
-                "2",
-                "--master_port",
-                str(free_port()),
-                "-m",
-                "hesslab.cli",
-                *common,
-                "--out",
-                str(tmp_path / "dist"),
-                *extra,
-            ],
+            [*_torchrun_cli(), *common, "--out", str(tmp_path / "dist"), *extra],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -219,22 +200,11 @@ def test_cli_resume_under_torchrun_after_kill(tmp_path):
     _, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, err.decode()[-2000:]
     assert not ckpt.exists()  # rank 0 removed the checkpoints once complete
-    subprocess.run(
-        [sys.executable, "-m", "hesslab.cli", *common, "--out", str(tmp_path / "single")],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
-    (single_run,) = (tmp_path / "single").iterdir()
     a = json.loads((run / "results.json").read_text())
-    b = json.loads((single_run / "results.json").read_text())
+    b = _single_process_results(common, tmp_path / "single", env)
     assert a["status"] == "complete"
-
-    def scalar(res, name):
-        return next(s["value"] for s in res["scalars"] if s["name"] == name)
-
     names = [s["name"] for s in b["scalars"] if s["name"].startswith(("λ", "tr", "density"))]
     assert "tr H" in names
     for name in names:
-        assert abs(scalar(a, name) - scalar(b, name)) <= 1e-8 * max(1.0, abs(scalar(b, name))), name
+        ref = _scalar(b, name)
+        assert abs(_scalar(a, name) - ref) <= 1e-8 * max(1.0, abs(ref)), name
