@@ -31,7 +31,7 @@ QUANTITIES = (
 STEPS = (0, 1)
 
 
-def _monitor(data, sinks, *, generator) -> SpectrumMonitor:
+def _monitor(data, sinks=(), *, generator=None, seed=11) -> SpectrumMonitor:
     return SpectrumMonitor(
         data,
         "ce",
@@ -41,7 +41,7 @@ def _monitor(data, sinks, *, generator) -> SpectrumMonitor:
         tol=1e-11,
         trace_matvecs=12,
         sinks=sinks,
-        seed=11,
+        seed=seed,
         generator=generator,
         distributed=True,
     )
@@ -89,16 +89,7 @@ def test_monitor_under_two_gloo_processes_matches_single_process(tmp_path):
     assert [w["step"] for w in written] == list(STEPS)
 
     model, x, y, _ = make("tanh_mlp")
-    reference = SpectrumMonitor(
-        (x, y),
-        "ce",
-        every=1,
-        quantities=QUANTITIES,
-        k=3,
-        tol=1e-11,
-        trace_matvecs=12,
-        seed=r0["seed"],
-    )
+    reference = _monitor((x, y), seed=r0["seed"])
     single = _run(reference, model)
     # same product counts per quantity
     assert r0["matvecs"] == [m.diagnostics["matvecs"] for m in reference.measurements]
