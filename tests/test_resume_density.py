@@ -15,6 +15,8 @@ from hesslab.linalg.density import spectral_density
 from hesslab.linalg.logdet import logdet_slq
 from hesslab.operators import FunctionOperator
 
+from .test_cli import _write_model
+
 
 class _Stop(Exception):
     pass
@@ -137,14 +139,7 @@ def test_logdet_slq_resumes(tmp_path):
 
 # ------------------------------------------------------------------ hesslab analyze --resume
 def _analyze_argv(tmp_path, out):
-    f = tmp_path / "mymodel.py"
-    f.write_text(
-        "import torch\n"
-        "def build():\n"
-        "    torch.manual_seed(0)\n"
-        "    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),"
-        " torch.nn.Linear(8, 3))\n"
-    )
+    f = _write_model(tmp_path)
     g = torch.Generator().manual_seed(0)
     np.savez(
         tmp_path / "d.npz",
