@@ -38,16 +38,8 @@ def test_disk_basis_matches_in_memory(tmp_path, k, block, which, chunk):
     A = spiked()
     kw = dict(tol=1e-10, max_basis=18, block_size=block)
     mem = eigenpairs(A, k, which, generator=gen(1), **kw)
-    disk = eigenpairs(
-        A,
-        k,
-        which,
-        generator=gen(1),
-        basis_device="disk",
-        basis_dir=tmp_path,
-        basis_chunk=chunk,
-        **kw,
-    )
+    on_disk = dict(basis_device="disk", basis_dir=tmp_path, basis_chunk=chunk, **kw)
+    disk = eigenpairs(A, k, which, generator=gen(1), **on_disk)
     assert disk.num_restarts > 0  # the restart path ran
     assert disk.num_matvecs == mem.num_matvecs and disk.num_restarts == mem.num_restarts
     assert torch.equal(disk.converged, mem.converged) and disk.all_converged
@@ -58,16 +50,7 @@ def test_disk_basis_matches_in_memory(tmp_path, k, block, which, chunk):
     assert disk.vectors.dtype == mem.vectors.dtype and disk.vectors.device == mem.vectors.device
     assert list(tmp_path.iterdir()) == []
     # deterministic within the mode: bit-identical reruns
-    again = eigenpairs(
-        A,
-        k,
-        which,
-        generator=gen(1),
-        basis_device="disk",
-        basis_dir=tmp_path,
-        basis_chunk=chunk,
-        **kw,
-    )
+    again = eigenpairs(A, k, which, generator=gen(1), **on_disk)
     assert torch.equal(again.values, disk.values) and torch.equal(again.vectors, disk.vectors)
 
 

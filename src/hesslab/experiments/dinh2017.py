@@ -428,18 +428,17 @@ def run(
         "(a lower bound on the maximum).",
     )
     part = Parts(run_dir, stages, tick)
+    training = dict(
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+    )
 
     def mlp_part() -> dict[str, Any]:
         split = digits(seed=cfg.seed, dtype=dtype)
-        res = fit(
-            mlp(64, cfg.widths, 10, seed=cfg.seed, dtype=dtype),
-            split,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            batch_size=cfg.batch_size,
-            epochs=cfg.epochs,
-            seed=cfg.seed,
-        )
+        res = fit(mlp(64, cfg.widths, 10, seed=cfg.seed, dtype=dtype), split, **training)
         model = res.model.eval()
         tick("MLP trained")
         run_dir.add_scalar(S1, "MLP test accuracy", res.final_test_accuracy)
@@ -449,16 +448,11 @@ def run(
 
     def convnet_part() -> dict[str, Any]:
         isplit = digits(flat=False, seed=cfg.seed, dtype=dtype)
-        res_c = fit(
-            lenet(1, 10, image_size=8, seed=cfg.seed, channels=cfg.conv_channels,
-                  hidden=cfg.conv_hidden, dtype=dtype),
-            isplit,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            batch_size=cfg.batch_size,
-            epochs=cfg.epochs,
-            seed=cfg.seed,
+        net = lenet(
+            1, 10, image_size=8, seed=cfg.seed, channels=cfg.conv_channels,
+            hidden=cfg.conv_hidden, dtype=dtype,
         )  # fmt: skip
+        res_c = fit(net, isplit, **training)
         conv = res_c.model.eval()
         tick("convnet trained")
         run_dir.add_scalar(S2, "convnet test accuracy", res_c.final_test_accuracy)
