@@ -6,6 +6,8 @@ References are hand-written full-data losses on the concatenated data (what PyTo
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,8 +130,7 @@ def _lm_reference(model, ids, mask):
 def _batches(ids, mask, cuts):
     edges = [0, *cuts, len(ids)]
     return [
-        {"input_ids": ids[a:b], "attention_mask": mask[a:b]}
-        for a, b in zip(edges[:-1], edges[1:], strict=True)
+        {"input_ids": ids[a:b], "attention_mask": mask[a:b]} for a, b in itertools.pairwise(edges)
     ]
 
 

@@ -114,9 +114,7 @@ class DistributedOperator(LinearOperator):
     rank runs the same code with the same arguments).
     """
 
-    def __init__(
-        self, op: LinearOperator, *, num_local: float | None = None, group: Any = None
-    ):
+    def __init__(self, op: LinearOperator, *, num_local: float | None = None, group: Any = None):
         if not (dist.is_available() and dist.is_initialized()):
             raise ConfigurationError(
                 "torch.distributed is not initialised; launch with torchrun and call "
