@@ -548,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="batch size of the data passes (default: all points in one batch)",
     )
-    p.add_argument("--loss", default="ce", choices=["ce", "mse"])
+    p.add_argument("--loss", default="ce", choices=["ce", "mse", "causal_lm", "masked_lm"])
     p.add_argument("--params", default=None, help="parameter subset, e.g. 'layers.2.*'")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="float32 or float64")

@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -113,6 +112,11 @@ def _map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     return batch
 
 
+def _rows(t: Tensor, a: int, b: int, n: int) -> Tensor:
+    """Rows ``a:b`` of a batch tensor (tensors without the batch dimension are kept)."""
+    return t[a:b] if t.ndim > 0 and t.shape[0] == n else t
+
+
 def _fingerprint(batch: Any) -> tuple:
     """Cheap content signature of a batch: shapes plus two position-weighted sums."""
     out = []
@@ -155,6 +159,10 @@ class Objective:
             first of ``x``/``input``/``inputs``/``input_ids``... and ``y``/``target``/
             ``labels``...).
         device: where batches are moved (default: the parameters' device).
+        max_batch_size: split every batch into micro-batches of at most this many data
+            points for every pass (products, gradients, losses), with exact weights, so
+            that a product over a batch too large for memory (e.g. the ``T x T``
+            attention scores of the math kernel) fits. ``None``: batches as given.
 
     Raises:
         NonDeterminismError: the determinism check failed (the message says how to fix).
@@ -173,6 +181,7 @@ class Objective:
         input_key: str | None = None,
         target_key: str | None = None,
         device: torch.device | str | None = None,
+        max_batch_size: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -196,6 +205,9 @@ class Objective:
             tuple(names), tuple(named[n].shape for n in names), first.dtype, first.device
         )
         self.device = torch.device(device) if device is not None else first.device
+        if max_batch_size is not None and int(max_batch_size) < 1:
+            raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.max_batch_size = None if max_batch_size is None else int(max_batch_size)
         self.theta: dict[str, Tensor] = {n: named[n].detach().clone() for n in names}
         self.frozen: dict[str, Tensor] = {
             n: p.detach().clone() for n, p in named.items() if n not in self.theta
@@ -335,12 +347,23 @@ class Objective:
             count += 1
             if n == 0 or self._items[i] == 0:
                 continue
-            yield self._prepare(batch), self._weights[i]
+            if self.max_batch_size is None or n <= self.max_batch_size:
+                yield self._prepare(batch), self._weights[i]
+                continue
+            for a in range(0, n, self.max_batch_size):
+                b = min(n, a + self.max_batch_size)
+                part = _map_tensors(batch, lambda t, a=a, b=b, n=n: _rows(t, a, b, n))
+                yield self._prepare(part), self._micro_weight(i, b - a, n)
         if count != len(self._sizes):
             raise NonDeterminismError(
                 f"the data yielded {count} batches on this pass and {len(self._sizes)} on the "
                 "first; it must be identical on every pass"
             )
+
+    def _micro_weight(self, i: int, rows: int, n: int) -> float:
+        """Weight of ``rows`` of batch ``i``'s ``n`` points: batch means are scaled, sums not."""
+        per_point_mean = not self.loss.per_item and self.loss.reduction == "mean"
+        return self._weights[i] * rows / n if per_point_mean else self._weights[i]
 
     @property
     def num_batches(self) -> int:
@@ -437,7 +460,8 @@ class Objective:
         if self.loss.is_ce:
             return ce_sum(self.loss, outputs, targets)
         if self.loss.kind == "mse" and not targets.is_floating_point() and outputs.ndim == 2:
-            targets = F.one_hot(targets.long(), outputs.shape[1]).to(outputs.dtype)
+            classes = torch.arange(outputs.shape[1], device=targets.device)
+            targets = (targets.long()[:, None] == classes).to(outputs.dtype)  # vmap-safe one-hot
         return self.loss.fn(outputs, targets)
 
     def _call_custom(self, theta: Mapping[str, Tensor], batch: Any) -> Any:
