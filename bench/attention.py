@@ -193,7 +193,7 @@ def _cell(make: Callable[[dict], Callable], prob: dict, reps: int, math: bool) -
             fn = make(prob)
             seconds = _median(fn, reps)
         return f"{seconds / prob['grad_s']:.2f}"
-    except Exception as e:  # noqa: BLE001 - a peer's failure is a result
+    except Exception as e:  # a peer's failure is a result
         return f"fails ({type(e).__name__}: {str(e).splitlines()[0][:70]})"
 
 
@@ -224,9 +224,7 @@ def main() -> None:
     table = "\n".join([note, "", head, *(r + " |" for r in rows)])
     print(table)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("attention_quick.md" if args.quick else "attention.md")).write_text(
-        table + "\n"
-    )
+    (RESULTS / ("attention_quick.md" if args.quick else "attention.md")).write_text(table + "\n")
 
 
 if __name__ == "__main__":
