@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -110,6 +111,39 @@ def _map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(_map_tensors(v, fn) for v in batch)
     return batch
+
+
+# batches of two passes that the determinism check compares
+_CHECKED_BATCHES = 4
+
+
+def _refuse_shuffling(data: Any) -> None:
+    sampler = getattr(getattr(data, "batch_sampler", None), "sampler", None)
+    if isinstance(sampler, torch.utils.data.RandomSampler):
+        raise NonDeterminismError(
+            "the DataLoader shuffles (RandomSampler): every pass would see other batches. "
+            "Use DataLoader(..., shuffle=False), or pass check_determinism=False"
+        )
+
+
+def _loader_sizes(data: Any) -> list[int] | None:
+    """Batch sizes of a sequential, default-collated ``DataLoader`` without reading it."""
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, default_collate
+
+    if not isinstance(data, DataLoader) or data.collate_fn is not default_collate:
+        return None
+    bs = data.batch_sampler
+    if type(bs) is not BatchSampler or not isinstance(bs.sampler, SequentialSampler):
+        return None
+    try:
+        n = len(data.dataset)
+    except TypeError:
+        return None
+    size = bs.batch_size
+    sizes = [size] * (n // size)
+    if n % size and not bs.drop_last:
+        sizes.append(n % size)
+    return sizes
 
 
 def _rows(t: Tensor, a: int, b: int, n: int) -> Tensor:
@@ -263,18 +297,32 @@ class Objective:
         return int(ts[0].shape[0])
 
     def _scan(self, check: bool) -> None:
-        sizes, prints, counts = [], [], []
-        for batch in self._data:
-            sizes.append(self._batch_size(batch))
-            if check:
-                prints.append(_fingerprint(batch))
-            if self.loss.per_item and self.loss.kind != "custom":
-                counts.append(ce_count(self.loss, self._split(batch)[1]))
+        """Batch sizes, item counts and the data half of the determinism check.
+
+        Reads the data at most once: not at all for per-point losses over a ``DataLoader``
+        with a sequential sampler and the default collate function (sizes from the
+        sampler), once otherwise (sizes, and the targets of item-level losses). The check
+        compares the first :data:`_CHECKED_BATCHES` batches of two passes (all of them for
+        a list of batches they are the same objects): a shuffling sampler, random
+        augmentation or a stateful sampler shows there; a later batch that changes is
+        caught by the size checks of every pass only.
+        """
+        if check:
+            _refuse_shuffling(self._data)
+        sizes = None if self.loss.per_item else _loader_sizes(self._data)
+        counts: list[float] = []
+        if sizes is None:
+            sizes = []
+            for batch in self._data:
+                sizes.append(self._batch_size(batch))
+                if self.loss.per_item and self.loss.kind != "custom":
+                    counts.append(ce_count(self.loss, self._split(batch)[1]))
         if not sizes or sum(sizes) == 0:
             raise DataError("the data yields no data points")
-        if check and len(sizes) > 0 and not isinstance(self._data, list):
-            second = [_fingerprint(b) for b in self._data]
-            if second != prints:
+        if check and not isinstance(self._data, list):
+            first = [_fingerprint(b) for b in itertools.islice(self._data, _CHECKED_BATCHES)]
+            second = [_fingerprint(b) for b in itertools.islice(self._data, _CHECKED_BATCHES)]
+            if second != first:
                 raise NonDeterminismError(
                     "the data changed between two passes (a shuffled DataLoader, random "
                     "augmentation or a sampler with state). Curvature operators need the same "
@@ -282,7 +330,6 @@ class Objective:
                     "transforms, or pass check_determinism=False if this is intended"
                 )
         self._sizes = tuple(sizes)
-        self._prints = tuple(prints) if check else None
         self.num_data = int(sum(sizes))
         if self.loss.kind == "custom":
             counts = self._custom_counts()
