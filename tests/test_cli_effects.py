@@ -6,8 +6,13 @@ numbers are compared with the spectrum of the dense Hessian (``torch.func.hessia
 :mod:`tests.reference`) of what the option asks for: the selected block (``--params``),
 the loaded weights (``--weights``), the chosen loss (``--loss``), part (``--split``) and
 prefix (``--max-points``) of the data, the working precision (``--dtype``) and the parts
-computed (``--what``). Each check was seen to fail with the option's effect removed
-(see the commit message of this file).
+computed (``--what``).
+
+Each check was seen to fail with the option's effect removed from ``hesslab/cli.py``, one
+mutant at a time: ``--params`` ignored, ``--weights`` not loaded, ``--loss`` ignored,
+``--split`` ignored, ``--max-points`` ignored / off by one / without its size check,
+``--dtype`` always float32 / always float64, ``--what`` ignored (all parts), only the
+first ``--batch-size`` batch used, ``reproduce --seed`` always written as ``seeds``.
 """
 
 from __future__ import annotations

@@ -227,7 +227,8 @@ def test_bad_weights(f, name, fragments, capsys):
 # -------------------------------------------------------------------- --data
 DATA_CASES = [
     ("no-such-data", ("unknown data 'no-such-data'", "bundled name")),
-    ("{dir}/missing.npz", ("no such file or folder",)),
+    ("{dir}/missing.npz", ("data file or folder", "missing.npz' does not exist")),
+    ("{dir}/no/folder", ("does not exist", "check the path")),
     ("{trunc_npz}", ("BadZipFile", "numpy.savez")),
     ("{junk_npz}", ("cannot read", "as .npz")),
     ("{trunc_pt}", ("cannot read", "torch.load")),
