@@ -61,6 +61,10 @@ def not_module():
 
 
 not_callable = 3
+
+
+def flat_out():
+    return torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Flatten(0))
 """
 
 
@@ -190,6 +194,7 @@ MODEL_CASES = [
     ("{custom}:not_module", ("returned a int, not a torch.nn.Module",)),
     ("{custom}:no_params", ("without parameters",)),
     ("{custom}:as_dict", ("returns a dict, not a tensor",)),
+    ("{custom}:flat_out", ("--loss ce with class labels needs model outputs [N, C]", "[40]")),
 ]
 
 
@@ -397,6 +402,19 @@ def test_a_bug_in_hesslab_prints_its_traceback(f, monkeypatch, capsys):
     assert "Traceback (most recent call last)" in err and "_internal_bug" in err
     assert "hesslab: internal error: ZeroDivisionError: planted bug" in err
     assert "bug in hesslab" in err
+
+
+def test_out_of_memory_is_a_user_error(f, monkeypatch, capsys):
+    import hesslab.analysis
+
+    def oom(*a, **kw):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(hesslab.analysis, "eigenpairs", oom)
+    argv = _analyze(f, "--dtype", "float64")
+    _fails(
+        argv, "out of memory (OutOfMemoryError: CUDA out of memory", "--batch-size", capsys=capsys
+    )
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

@@ -559,6 +559,8 @@ def _check_targets(args: argparse.Namespace, out: torch.Tensor, y: torch.Tensor)
             f"--loss {args.loss} with class labels needs model outputs {need}, got "
             f"{list(out.shape)}; make the model output one score per class"
         )
+    if not y.numel():
+        return
     lo, hi, classes = int(y.min()), int(y.max()), out.shape[1]
     if lo < 0 or hi >= classes:
         raise DataError(
