@@ -370,6 +370,7 @@ def test_demo_errors(tmp_path, capsys):
         (["dinh2017", "--set", "widths=[1,"], ("widths must be a list",)),
         (["dinh2017", "--set", "epochs=1.5"], ("epochs must be an integer",)),
         (["sagun2017", "--set", "seeds=[0"], ("seeds must be a list",)),
+        (["sagun2017", "--set", "seeds=[]"], ("seeds must list at least one seed",)),
     ],
 )
 def test_reproduce_errors(tmp_path, extra, fragments, capsys):
