@@ -303,6 +303,7 @@ SETTING_CASES = [
     (("--tol", "-1"), ("tol must be",)),
     (("--basis-device", "disk", "--basis-dir", "{dir}/nodir"), ("existing writable directory",)),
     (("--out", "{model}"), ("--out", "cannot create a run folder")),
+    (("--distributed",), ("--distributed must run under torchrun", "torchrun --nproc_per_node")),
     (("--resume", "{notrun}"), ("not a hesslab run folder",)),
     (("--resume", "{dir}/nowhere"), ("not a hesslab run folder",)),
     (("--resume", "{badjson}"), ("not valid JSON",)),
