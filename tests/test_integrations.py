@@ -35,8 +35,13 @@ def _hf_run(tmp_path, with_callback: bool):
 
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(
-        vocab_size=13, n_positions=8, n_embd=8, n_layer=1, n_head=2,
-        bos_token_id=0, eos_token_id=0,
+        vocab_size=13,
+        n_positions=8,
+        n_embd=8,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
     )  # fmt: skip  (default dropout 0.1: training draws random numbers)
     model = transformers.GPT2LMHeadModel(cfg)
     g = torch.Generator().manual_seed(1)

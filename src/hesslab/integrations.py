@@ -32,7 +32,7 @@ from torch import nn
 
 from hesslab.errors import ConfigurationError
 
-__all__ = ["HFSpectrumCallback", "LightningSpectrumCallback", "measure_quietly"]
+__all__ = ["HFSpectrumCallback", "LightningSpectrumCallback", "measure_quietly"]  # noqa: F822 (lazy)
 
 
 @contextlib.contextmanager
