@@ -225,3 +225,21 @@ def test_penalty_lowers_trace_in_a_short_training_loop():
         return float(hesslab.hessian(model, "ce", (x, y)).to_dense().trace())
 
     assert train(0.1) < 0.8 * train(0.0)
+
+
+@pytest.mark.parametrize("cls", [HessianTracePenalty, WSBoundPenalty])
+def test_fixed_probes_give_the_dense_hutchinson_formulas(cls):
+    """With fixed probes ``v_i`` (rows of ``probes``): ``trace = mean v_i^T H v_i``,
+    ``stderr = std(v_i^T H v_i) / sqrt(K)``, ``trace_sq = mean ||H v_i||^2`` (dense H)."""
+    model, batch = _tiny()
+    H = _dense(model, batch)
+    P = H.shape[0]
+    V = torch.randn(7, P, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    pen = cls(gamma=1.0, probes=V)
+    pen(model, batch, "ce")
+    rec = pen.history[-1]
+    q = (V * (V @ H)).sum(1)
+    assert rec.trace == pytest.approx(float(q.mean()), rel=1e-10)
+    assert rec.stderr == pytest.approx(float(q.std()) / math.sqrt(7), rel=1e-10)
+    if cls is WSBoundPenalty:
+        assert rec.trace_sq == pytest.approx(float(((V @ H) ** 2).sum(1).mean()), rel=1e-10)
