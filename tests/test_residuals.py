@@ -12,6 +12,7 @@ density of an exactly resolved spectrum against the dense Gaussian-smoothed dens
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -182,3 +183,22 @@ def test_density_default_sigma_and_smoothed_density():
     assert float((dens.evaluate(grid, sigma=3 * sigma) - got).abs().max()) > 0.1 * float(
         truth.max()
     )
+
+
+def test_thick_restart_keeps_more_than_the_wanted_pairs():
+    """Wu & Simon (2000): a thick restart keeps the ``k`` wanted Ritz vectors plus about
+    half of the remaining room, so the basis right after a restart (seen by the callback)
+    is well above ``k + b``; keeping only ``k`` would cost far more products."""
+    A, _ = _matrix(6)
+    sizes = []
+    res = eigenpairs(
+        A,
+        2,
+        tol=1e-10,
+        max_basis=20,
+        generator=torch.Generator().manual_seed(7),
+        callback=lambda d: sizes.append(d["basis_size"]),
+    )
+    assert res.num_restarts >= 1 and res.all_converged
+    drops = [b for a, b in itertools.pairwise(sizes) if b < a]
+    assert drops and min(drops) >= 2 + (20 - 2 - 2) // 2, sizes
