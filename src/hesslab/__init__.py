@@ -30,12 +30,14 @@ from hesslab.linalg import (
 from hesslab.measures import count_outliers, effective_rank
 from hesslab.objective import BatchLoss, Objective, batch_loss
 from hesslab.operators import (
+    ClassStructure,
     DenseOperator,
     GGNOperator,
     GradientMomentOperator,
     HessianOperator,
     LinearOperator,
     as_operator,
+    class_structure,
     ggn,
     gradient_moment,
     hessian,
@@ -47,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchLoss",
     "BoundsResult",
+    "ClassStructure",
     "ConfigurationError",
     "ConvergenceError",
     "DataError",
@@ -69,6 +72,7 @@ __all__ = [
     "__version__",
     "as_operator",
     "batch_loss",
+    "class_structure",
     "count_outliers",
     "diagonal",
     "effective_rank",
