@@ -119,3 +119,28 @@ def test_low_rank_operator_and_errors():
     keep = y < C - 1  # the last class has no samples
     with pytest.raises(DataError, match="no samples"):
         class_structure(Objective(model, "ce", (x[keep], y[keep])))
+
+
+def test_analyze_classes_stage(tmp_path):
+    from hesslab.cli import main
+    from hesslab.report.run import RunDir
+
+    f = tmp_path / "mymodel.py"
+    f.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),"
+        " torch.nn.Linear(8, 3))\n"
+    )
+    args = ["analyze", "--model", f"{f}:build", "--data", "blobs", "--dtype", "float64"]
+    rc = main([*args, "--what", "ggn,classes", "--k", "4", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    (path,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    run = RunDir.load(path)
+    section = "Class structure of the Gauss–Newton outliers"
+    html = (path / "report.html").read_text()
+    assert section in html and "fraction in span(class means)" in html
+    assert (path / "figures" / "class_structure.png").is_file()
+    claims = [c for c in run.claims if "Papyan" in c["claim"]]
+    assert len(claims) == 1
