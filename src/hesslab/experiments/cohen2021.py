@@ -164,8 +164,17 @@ def _run_one(cfg: Cohen2021Config, eta: float, seed: int) -> dict[str, Any]:
         tol=cfg.tol,
         seed=seed,
     )
-    res = fit(model, train, loss=cfg.loss, optimizer="gd", lr=eta, steps=cfg.steps, seed=seed,
-              callbacks=[mon], dtype=dtype)  # fmt: skip
+    res = fit(
+        model,
+        train,
+        loss=cfg.loss,
+        optimizer="gd",
+        lr=eta,
+        steps=cfg.steps,
+        seed=seed,
+        callbacks=[mon],
+        dtype=dtype,
+    )
     lam = np.array([m.values["lambda_max"] for m in mon.measurements], dtype=float)
     return {
         "eta": eta,
@@ -262,22 +271,28 @@ def _figures(run_dir: RunDir, cfg: Cohen2021Config, runs: dict[float, list[dict]
         x, m, se = _band(rs, "lambda_max")
         series[f"λ_max, η = {eta:g}"] = (x, m, se)
         series[f"2/η = {2 / eta:.3g}"] = (x, np.full(len(x), 2 / eta), None)
-    fig = plots.plot_series(None, series, title="Sharpness during full-batch GD",
-                            ylabel="λ_max of the training-loss Hessian")  # fmt: skip
+    fig = plots.plot_series(
+        None,
+        series,
+        title="Sharpness during full-batch GD",
+        ylabel="λ_max of the training-loss Hessian",
+    )
     run_dir.add_figure(S1, "sharpness", fig, "Seed mean ± stderr of λ_max; flat lines: 2/η.")
     norm = {f"η = {eta:g}": _band(rs, "lambda_max", eta / 2) for eta, rs in runs.items()}
     norm["stability threshold"] = (norm[next(iter(norm))][0], None, None)
     x0 = norm["stability threshold"][0]
     norm["stability threshold"] = (x0, np.ones(len(x0)), None)
-    fig = plots.plot_series(None, norm, title="λ_max · η / 2 (1 = edge of stability)",
-                            ylabel="λ_max η / 2")  # fmt: skip
+    fig = plots.plot_series(
+        None, norm, title="λ_max · η / 2 (1 = edge of stability)", ylabel="λ_max η / 2"
+    )
     run_dir.add_figure(S2, "sharpness_normalised", fig, "Seed mean ± stderr.")
     loss = {}
     for eta, rs in runs.items():
         r = rs[0]
         loss[f"η = {eta:g} (seed {r['seed']})"] = (np.arange(len(r["loss"])), r["loss"], None)
-    fig = plots.plot_series(None, loss, title="Training loss (first seed)", ylabel="loss",
-                            log_y=True)  # fmt: skip
+    fig = plots.plot_series(
+        None, loss, title="Training loss (first seed)", ylabel="loss", log_y=True
+    )
     run_dir.add_figure(S3, "loss", fig, "Every step; the spikes after the crossing are EoS.")
 
 
@@ -302,6 +317,7 @@ def _report(
                 "fraction above 2/η": _mean_se([j["above"] for j in js])[0],
                 "loss increases after": _mean_se([j["loss_ups"] for j in js])[0],
                 "final loss": _mean_se([r["final_loss"] for r in rs])[0],
+                "final ‖∇L‖": _mean_se([r["final_grad_norm"] for r in rs])[0],
             }
         )
     run_dir.add_table(S2, "per step size", rows, caption="Means over seeds.")
@@ -311,18 +327,50 @@ def _report(
         (S2, "eos", "Edge of stability: after reaching 2/η, λ_max hovers at 2/η"),
         (S3, "nonmonotone", "The loss keeps decreasing over long times, non-monotonically"),
     ):
-        holds, text = _verdict({eta: [j[key] for j in js] for eta, js in judged.items()},
-                               cfg.agree)  # fmt: skip
-        run_dir.add_claim(section, claim, f"seeds confirming ({_RULES[key]}): {text}", holds)
+        holds, _ = _verdict({eta: [j[key] for j in js] for eta, js in judged.items()}, cfg.agree)
+        text = "; ".join(_measured(key, eta, js) for eta, js in judged.items())
+        run_dir.add_claim(section, claim, f"{text} (rule: {_rule(key, cfg)})", holds)
         out[key] = holds
     return out
 
 
-_RULES = {
-    "sharpening": "crossed 2/η after rising by ≥ ps_rise of it",
-    "eos": "median λη/2 after the crossing in eos_band",
-    "nonmonotone": "loss went up at some step and fell from first to last tenth",
-}
+def _pm(values: list[float], fmt: str = ".3g") -> str:
+    m, se = _mean_se(values)
+    return f"{m:{fmt}}" if not np.isfinite(se) else f"{m:{fmt}} ± {se:{fmt}}"
+
+
+def _measured(key: str, eta: float, js: list[dict[str, Any]]) -> str:
+    """One η's measurement behind a claim: seeds confirming and the numbers (mean ± se)."""
+    n_ok = sum(j[key] is True for j in js)
+    head = f"η = {eta:g}: {n_ok}/{len(js)} seeds"
+    if key == "sharpening":
+        return (
+            f"{head}, rise {_pm([j['ps_rise'] for j in js])} of 2/η before the first "
+            f"crossing at step {_pm([j['cross_step'] for j in js], '.0f')}"
+        )
+    if key == "eos":
+        return (
+            f"{head}, median λη/2 after it {_pm([j['eos_median'] for j in js])}, "
+            f"{_pm([j['above'] for j in js], '.2f')} of the measurements above 2/η"
+        )
+    return (
+        f"{head}, loss up at {_pm([j['loss_ups'] for j in js], '.0f')} steps and down "
+        f"{_pm([100 * j['loss_drop'] for j in js], '.0f')}% (first to last tenth)"
+    )
+
+
+def _rule(key: str, cfg: Cohen2021Config) -> str:
+    per_run = {
+        "sharpening": f"per run, min λ_max before the first crossing ≤ {1 - cfg.ps_rise:g}·2/η",
+        "eos": f"per run, median λη/2 after the first crossing in "
+        f"[{cfg.eos_band[0]:g}, {cfg.eos_band[1]:g}] over ≥ {cfg.min_after} measurements",
+        "nonmonotone": "per run, the loss goes up at some step after the first crossing and "
+        "its last tenth is below its first tenth",
+    }[key]
+    return (
+        f"{per_run}; holds when ≥ {cfg.agree:.0%} of the seeds of every η confirm; "
+        "numbers are mean ± standard error over seeds"
+    )
 
 
 def run(
@@ -379,13 +427,24 @@ def run(
     run_dir.add_scalar(S4, "Hessian-vector products", sum(r["matvecs"] for r in all_runs))
     run_dir.add_scalar(S4, "seconds", seconds, unit="s")
     per_run = [
-        {"eta": r["eta"], "seed": r["seed"], "final_loss": r["final_loss"],
-         "final_grad_norm": r["final_grad_norm"], "lanczos_converged": r["converged"], **j}
+        {
+            "eta": r["eta"],
+            "seed": r["seed"],
+            "final_loss": r["final_loss"],
+            "final_grad_norm": r["final_grad_norm"],
+            "lanczos_converged": r["converged"],
+            **j,
+        }
         for rs, js in zip(runs.values(), judged.values(), strict=True)
         for r, j in zip(rs, js, strict=True)
-    ]  # fmt: skip
-    return {"claims": claims, "per_run": per_run, "diverged": diverged, "P": first["P"],
-            "seconds": seconds}  # fmt: skip
+    ]
+    return {
+        "claims": claims,
+        "per_run": per_run,
+        "diverged": diverged,
+        "P": first["P"],
+        "seconds": seconds,
+    }
 
 
 SPEC = ExperimentSpec(
