@@ -42,6 +42,21 @@ vanish because ``sum_{c'} (delta_{c,c'} - delta_c) = 0`` and ``sum_c pi_c (delta
 class means, the ``C(C - 1)`` "mini-bulk" from the cross-class means, and the main bulk
 from the within-class variation.
 
+Measured here (tests/test_class_structure.py): a tanh MLP trained on 4 tight Gaussian
+classes has 4 outliers whose eigenvectors lie in the span of the class means (fraction
+>= 0.98; the class-means part alone carries ~65% of each outlier's eigenvalue, the
+cross-class part the rest, in the same directions), then a mini-bulk of
+``C(C - 2) = 8`` eigenvalues in the span of the cross-class means, then the bulk; on a
+64-32-32-10 ReLU MLP trained on digits, 8 of the top 10 eigenvectors of ``G`` have >= 77%
+of their squared norm in the span of the 10 class means and the top 12 have >= 85% in
+the span of the class and cross-class means.
+
+Example::
+
+    cs = hesslab.class_structure(hesslab.Objective(model.eval(), "ce", (x, y)))
+    top = hesslab.eigenpairs(cs.ggn, 20, "largest")
+    subspace_fraction(top.vectors, cs.class_means.range_basis())  # near 1: class outliers
+
 Cost: the ``C^2`` means take ``C^2`` vector–Jacobian products per batch (vmapped ``C`` at
 a time) and are stored as ``[C^2, P]``; the mean parts are then low-rank operators
 ``B diag(w) B^T`` with exact spectra from an ``r x r`` Gram matrix, and the within-class
