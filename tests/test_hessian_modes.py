@@ -27,15 +27,22 @@ def _objective(params=None):
 
 
 class _Applies:
-    """Counts HessianOperator._apply calls per mode."""
+    """Counts HessianOperator._apply calls per mode (outer calls only: the "columns" mode
+    applies the single mode per column inside, which is one application of "columns")."""
 
     def __init__(self, monkeypatch):
         self.calls: list[str] = []
+        self._depth = 0
         inner = HessianOperator._apply
 
         def counted(op, mode, batch, Vd):
-            self.calls.append(mode)
-            return inner(op, mode, batch, Vd)
+            if self._depth == 0:
+                self.calls.append(mode)
+            self._depth += 1
+            try:
+                return inner(op, mode, batch, Vd)
+            finally:
+                self._depth -= 1
 
         monkeypatch.setattr(HessianOperator, "_apply", counted)
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from hesslab import validation
 from hesslab.errors import ConfigurationError, DataError, NonDeterminismError
 from hesslab.params import ParamSpace, select_parameters
 
@@ -239,6 +240,7 @@ class Objective:
         if check_determinism:
             self._check_model_modes()
         self._scan(check_determinism)
+        validation.check_objective(self)
         if check_determinism:
             self._check_forward_determinism()
 
@@ -286,6 +288,7 @@ class Objective:
     def _scan(self, check: bool) -> None:
         sizes, prints = [], []
         for batch in self._data:
+            validation.check_batch_finite(_tensors(batch), len(sizes))
             sizes.append(self._batch_size(batch))
             if check:
                 prints.append(_fingerprint(batch))
@@ -407,6 +410,7 @@ class Objective:
 
     def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """The criterion on one batch (criterion losses only), with MSE one-hot targets."""
+        targets = validation.check_targets(self.loss.kind, outputs, targets, self.loss.fn)
         if self.loss.kind == "mse" and not targets.is_floating_point() and outputs.ndim == 2:
             targets = F.one_hot(targets.long(), outputs.shape[1]).to(outputs.dtype)
         return self.loss.fn(outputs, targets)
@@ -437,19 +441,22 @@ class Objective:
         theta = self.theta if theta is None else theta
         total = 0.0
         with torch.no_grad():
-            for batch, w in self.batches():
-                total += w * float(self.batch_loss(theta, batch))
+            for i, (batch, w) in enumerate(self.batches()):
+                loss = self.batch_loss(theta, batch)
+                validation.check_finite(loss, "the loss", batch_index=i)
+                total += w * float(loss)
         return total
 
     def gradient(self, theta: Mapping[str, Tensor] | None = None) -> Tensor:
         """The full-data gradient ``grad L(theta)`` as a flat ``[P]`` vector."""
         theta = self.theta if theta is None else theta
         g = torch.zeros(self.space.size, dtype=self.space.dtype, device=self.space.device)
-        for batch, w in self.batches():
+        for i, (batch, w) in enumerate(self.batches()):
             leaves = {n: t.detach().requires_grad_(True) for n, t in theta.items()}
             loss = self.batch_loss(leaves, batch)
             grads = torch.autograd.grad(loss, [leaves[n] for n in self.space.names])
             g += w * self.space.flatten(grads)
+            validation.check_finite(g, "the gradient (summed up to this batch)", batch_index=i)
         return g
 
     # ------------------------------------------------------------- variants
@@ -500,7 +507,9 @@ class Objective:
         )
         theta = {n: self.theta[n] for n in names}
         frozen = {**self.frozen, **{n: t for n, t in self.theta.items() if n not in theta}}
-        return self._derive(theta, space, frozen)
+        new = self._derive(theta, space, frozen)
+        validation.check_objective(new)  # the block may be cut off from the loss
+        return new
 
     def flat_params(self) -> Tensor:
         """The selected parameters as a flat ``[P]`` vector."""

@@ -25,6 +25,7 @@ from torch.func import grad, vmap
 from hesslab.errors import ConfigurationError
 from hesslab.objective import Objective
 from hesslab.operators.curvature import CurvatureOperator
+from hesslab.validation import check_finite
 
 __all__ = ["GradientMomentOperator", "gradient_moment", "per_sample_gradients"]
 
@@ -104,8 +105,9 @@ class GradientMomentOperator(CurvatureOperator):
             yield from self._G
             return
         blocks = []
-        for batch, _ in self.objective.batches():
+        for i, (batch, _) in enumerate(self.objective.batches()):
             G = per_sample_gradients(self.objective, batch, chunk_size=self.chunk_size)
+            check_finite(G, "the per-sample gradients", batch_index=i)
             if self.cache:
                 blocks.append(G)
             yield G
