@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from hesslab.errors import (
+    DataError,
+    HesslabError,
     MemoryLimitError,
     NonDifferentiableError,
     NonFiniteError,
@@ -256,7 +258,7 @@ def check_objective(objective: Any) -> None:
     names = objective.space.names
     leaves = {n: t.detach().requires_grad_(True) for n, t in objective.theta.items()}
     with torch.enable_grad():
-        loss = objective.batch_loss(leaves, batch)
+        loss = _first_loss(objective, leaves, batch)
         check_scalar_loss(loss)
         check_finite(loss, "the loss", batch_index=0)
         if loss.requires_grad:
@@ -267,6 +269,44 @@ def check_objective(objective: Any) -> None:
     for n, g in zip(names, grads, strict=True):
         if g is not None:
             check_finite(g, f"the gradient of {n!r}", batch_index=0)
+
+
+def _first_loss(objective: Any, leaves: Mapping[str, Tensor], batch: Any) -> Tensor:
+    """The first batch's loss; a failing forward pass (data that do not fit the model) is
+    reported as a :class:`DataError` naming the batch's shapes, the cause chained."""
+    try:
+        return objective.batch_loss(leaves, batch)
+    except HesslabError:
+        raise
+    except (RuntimeError, IndexError) as e:
+        shapes = [tuple(t.shape) for t in _batch_tensors(batch)]
+        raise DataError(
+            f"evaluating the loss on the first batch (tensors of shapes {shapes}) failed: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. Check that the data fit the "
+            "model (input size, number of classes, dtype) and that the loss suits the targets"
+        ) from e
+
+
+def _batch_tensors(batch: Any) -> list[Tensor]:
+    if isinstance(batch, Tensor):
+        return [batch]
+    if isinstance(batch, Mapping):
+        return [t for v in batch.values() for t in _batch_tensors(v)]
+    if isinstance(batch, (tuple, list)):
+        return [t for v in batch for t in _batch_tensors(v)]
+    return []
+
+
+def check_batch_loss(objective: Any, batch: Any, batch_index: int) -> None:
+    """One forward pass without gradients on a prepared batch: its targets pass
+    :func:`check_targets` with readable values and its loss is finite (for operators whose
+    products run inside ``vmap``, where values cannot be read)."""
+    if objective.loss.kind == "custom":
+        return
+    with torch.no_grad():
+        check_finite(
+            objective.batch_loss(objective.theta, batch), "the loss", batch_index=batch_index
+        )
 
 
 def check_nonempty_selection(params: Any) -> None:
@@ -299,7 +339,8 @@ def check_dense_size(P: int, dtype: torch.dtype, max_bytes: int | None) -> None:
     if need > max_bytes:
         raise MemoryLimitError(
             f"to_dense would allocate a [{P}, {P}] {dtype} matrix: {need} bytes "
-            f"({_human(need)}), above the limit of {max_bytes} bytes ({_human(max_bytes)}). Use the matrix-free methods (eigenpairs, trace, "
+            f"({_human(need)}), above the limit of {max_bytes} bytes ({_human(max_bytes)}). "
+            "Use the matrix-free methods (eigenpairs, trace, "
             "spectral_density, diagonal) or a block (op.restrict(params)), or pass "
             "to_dense(max_bytes=None) to allocate anyway"
         )

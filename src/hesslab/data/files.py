@@ -18,6 +18,7 @@ import gzip
 import importlib
 import io
 import pickle
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -453,8 +454,11 @@ def load_tensor_file(
         try:
             with np.load(path, allow_pickle=False) as z:
                 obj = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read {str(path)!r} as .npz: {e}.") from e
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, not a zip
+            raise DataError(
+                f"cannot read {str(path)!r} as .npz ({type(e).__name__}: {e}); the file is "
+                "truncated or not an .npz: write it again with numpy.savez(path, x=x, y=y)."
+            ) from e
         train = _pair(obj, ("x", "y"), path)
         test = _pair(obj, ("x_test", "y_test"), path)
     else:
