@@ -23,6 +23,7 @@ from torch.func import grad, jvp, vjp, vmap
 from hesslab.errors import ConfigurationError
 from hesslab.objective import Objective
 from hesslab.operators.curvature import CurvatureOperator
+from hesslab.validation import check_targets
 
 __all__ = ["GGNOperator", "ggn", "loss_hessian_product"]
 
@@ -84,6 +85,7 @@ class GGNOperator(CurvatureOperator):
 
         out, pullback = vjp(f, obj.theta)
         out = out.detach()
+        y = check_targets(obj.loss.kind, out, y, obj.loss.fn)  # closed forms never read y
         apply_h = loss_hessian_product(obj, out, y)
 
         def jv(v: Mapping[str, Tensor]) -> Tensor:
