@@ -324,10 +324,38 @@ def test_a_disconnected_parameter_block():
     model = _HalfArgmax()
     with pytest.raises(NonDifferentiableError, match=r"\['b.weight', 'b.bias'\]"):
         hessian(model, "ce", _data(), params="b")
-    H = hessian(model, "ce", _data())  # a is connected: the full operator is fine
-    with pytest.raises(NonDifferentiableError):
-        H.restrict("b")
-    assert H.restrict("a").shape == (D * C + C, D * C + C)
+    # a is connected: the full objective is fine, and b's block is zero (b does not move the
+    # loss), as for any unused parameter: blocks of a valid objective are not refused
+    H = hessian(model, "ce", _data())
+    block = H.restrict("b")
+    assert torch.equal(block @ _vec(block), torch.zeros(block.shape[0], dtype=block.dtype))
+
+
+class _RoundNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(D, C).double()
+
+    def forward(self, x):
+        return self.lin(x).round()
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_a_step_function_model_has_a_zero_gradient_graph(loss):
+    with pytest.raises(NonDifferentiableError, match="derivative is exactly zero"):
+        hessian(_RoundNet(), loss, _data())
+
+
+def test_an_exactly_zero_gradient_at_an_interpolating_minimum_is_fine():
+    """Targets equal to the outputs: the gradient is exactly zero, the Hessian (= GGN) is not."""
+    x, _ = _data()
+    model = nn.Linear(D, 2).double()
+    with torch.no_grad():
+        y = model(x)
+    H = hessian(model, "mse", (x, y))
+    assert float(H.objective.gradient().abs().max()) == 0.0
+    truth = dense_hessian(model, F.mse_loss, [(x, y)])
+    torch.testing.assert_close(H.to_dense(), truth, rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------- selections

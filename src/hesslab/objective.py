@@ -175,7 +175,9 @@ class Objective:
         loss_fn: ``"ce"``, ``"mse"``, a criterion ``loss_fn(outputs, targets)`` (e.g.
             ``nn.CrossEntropyLoss()``), or a custom ``loss_fn(model_fn, batch)``
             (:class:`BatchLoss` or a function whose first argument is named ``model_fn``).
-            With ``"mse"``, integer class targets are one-hot encoded.
+            With ``"mse"``, integer class targets are one-hot encoded; floating targets
+            must have the outputs' shape (``[N]`` for outputs ``[N, 1]`` is read as
+            ``[N, 1]``; nothing is ever broadcast, see :func:`hesslab.validation.check_targets`).
         data: a ``DataLoader``, any re-iterable of batches (a list), or a single batch:
             a tuple ``(x, y)`` of tensors or a dict of tensors. Batches may be tuples or
             dicts; dict batches with a criterion use ``input_key``/``target_key``.
@@ -192,7 +194,16 @@ class Objective:
 
     Raises:
         NonDeterminismError: the determinism check failed (the message says how to fix).
-        DataError: the data is empty, single-use or malformed.
+        DataError: the data is empty, single-use or malformed, or the model fails on it.
+        NonFiniteError: a parameter, buffer or data batch holds NaN/inf, or the first
+            batch's loss or gradient does (later batches: at the first product or pass).
+        TargetError: labels out of range or targets of the wrong shape for ``"ce"``/``"mse"``.
+        NonDifferentiableError: the loss does not depend differentiably on the selected
+            parameters (an ``argmax`` in the forward pass, ...).
+        ParameterSelectionError: ``params`` is empty or matches nothing.
+
+    The checks are described in :mod:`hesslab.validation`; they cost one pass over the
+    parameters and the data and one forward and backward pass on the first batch.
     """
 
     def __init__(
@@ -507,9 +518,7 @@ class Objective:
         )
         theta = {n: self.theta[n] for n in names}
         frozen = {**self.frozen, **{n: t for n, t in self.theta.items() if n not in theta}}
-        new = self._derive(theta, space, frozen)
-        validation.check_objective(new)  # the block may be cut off from the loss
-        return new
+        return self._derive(theta, space, frozen)
 
     def flat_params(self) -> Tensor:
         """The selected parameters as a flat ``[P]`` vector."""

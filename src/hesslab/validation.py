@@ -269,6 +269,8 @@ def check_objective(objective: Any) -> None:
     for n, g in zip(names, grads, strict=True):
         if g is not None:
             check_finite(g, f"the gradient of {n!r}", batch_index=0)
+    if objective.loss.kind != "custom" and not any(g is not None and bool(g.any()) for g in grads):
+        _check_outputs_move(objective, batch)  # only when the gradient is exactly zero
 
 
 def _first_loss(objective: Any, leaves: Mapping[str, Tensor], batch: Any) -> Tensor:
@@ -307,6 +309,32 @@ def check_batch_loss(objective: Any, batch: Any, batch_index: int) -> None:
         check_finite(
             objective.batch_loss(objective.theta, batch), "the loss", batch_index=batch_index
         )
+
+
+def _check_outputs_move(objective: Any, batch: Any) -> None:
+    """Raise if ``J^T u = 0`` for the outputs' Jacobian ``J`` and a fixed cotangent ``u``.
+
+    Run only when the first batch's gradient is exactly zero: that is legitimate at an
+    interpolating minimum (targets equal to the outputs), where ``J`` is not zero, but
+    a sign of a step function (round, sign, floor) when ``J`` is.
+    """
+    names = objective.space.names
+    x, _ = objective._split(batch)
+    leaves = {n: t.detach().requires_grad_(True) for n, t in objective.theta.items()}
+    with torch.enable_grad():
+        out = objective.forward(leaves, x)
+        if isinstance(out, Tensor) and out.requires_grad:
+            ramp = torch.arange(out.numel(), dtype=out.dtype, device=out.device)
+            u = (1 + ramp / max(out.numel(), 1)).reshape(out.shape)  # no symmetry to cancel
+            gs = torch.autograd.grad(out, [leaves[n] for n in names], u, allow_unused=True)
+            if any(g is not None and bool(g.any()) for g in gs):
+                return
+    raise NonDifferentiableError(
+        f"the model outputs do not change with the selected parameters {list(names)[:4]}: "
+        "their derivative is exactly zero (a step function such as round, sign or floor in "
+        "the forward pass, or units that are all dead), so every gradient and curvature "
+        "is zero. Make the forward pass differentiable, or select other parameters (params=)"
+    )
 
 
 def check_nonempty_selection(params: Any) -> None:
