@@ -400,6 +400,13 @@ def test_symmetric_methods_refuse_nonsymmetric_operators(solver):
         solver(_nonsymmetric())
 
 
+def test_a_dense_matrix_with_nan_is_refused_before_lapack_sees_it():
+    A = torch.eye(4, dtype=torch.float64)
+    A[1, 2] = A[2, 1] = float("nan")
+    with pytest.raises(NonFiniteError, match="matrix of the DenseOperator"):
+        eigenpairs(A, k=1)
+
+
 def test_methods_valid_for_any_square_matrix_still_run():
     op = _nonsymmetric()
     exact = float(torch.trace(op.A))

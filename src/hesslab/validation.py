@@ -194,7 +194,14 @@ def _broadcast(a: Tensor, b: Tensor) -> str:
         return "nothing (the shapes are incompatible)"
 
 
-def check_targets(kind: str, outputs: Tensor, targets: Tensor, criterion: Any = None) -> Any:
+def check_targets(
+    kind: str,
+    outputs: Tensor,
+    targets: Tensor,
+    criterion: Any = None,
+    *,
+    ignore_index: int | None = None,
+) -> Any:
     """Check the targets of a built-in loss against the model outputs; return the targets.
 
     * cross-entropy (``kind="ce"``, or an ``nn.CrossEntropyLoss`` criterion): integer
@@ -210,6 +217,13 @@ def check_targets(kind: str, outputs: Tensor, targets: Tensor, criterion: Any = 
       ``[N, N]`` in PyTorch and compare every output with every target).
     * other criteria: not checked (their own code decides).
 
+    Args:
+        kind: the loss kind (``"ce"``, ``"mse"``, ``"criterion"``, ``"custom"``).
+        outputs: the model outputs of the batch.
+        targets: the batch's targets.
+        criterion: the loss function (its ``ignore_index`` is read for cross-entropy).
+        ignore_index: the label cross-entropy skips (default: the criterion's, else -100).
+
     Returns:
         ``targets``, reshaped as described for MSE, otherwise unchanged.
 
@@ -221,7 +235,9 @@ def check_targets(kind: str, outputs: Tensor, targets: Tensor, criterion: Any = 
     if kind == "mse":
         return _mse_targets(outputs, targets)
     if kind == "ce" or isinstance(criterion, nn.CrossEntropyLoss):
-        _ce_targets(outputs, targets, int(getattr(criterion, "ignore_index", -100)))
+        if ignore_index is None:
+            ignore_index = int(getattr(criterion, "ignore_index", -100))
+        _ce_targets(outputs, targets, ignore_index)
     return targets
 
 

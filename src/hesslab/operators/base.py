@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError, OperatorInputError
-from hesslab.validation import DENSE_MAX_BYTES, check_dense_size
+from hesslab.validation import DENSE_MAX_BYTES, check_dense_size, check_finite
 
 __all__ = [
     "DeflatedOperator",
@@ -174,6 +174,7 @@ class DenseOperator(LinearOperator):
         if not A.is_floating_point():
             A = A.to(torch.get_default_dtype())
         super().__init__(A.shape[0], A.dtype, A.device)
+        check_finite(A, "the matrix of the DenseOperator")
         self.A = A
         if symmetric is None:
             tol = 100 * torch.finfo(A.dtype).eps * max(1.0, float(A.abs().max()))
