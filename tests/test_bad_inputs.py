@@ -275,6 +275,23 @@ def test_mse_target_shapes_never_broadcast(out_dim, target_shape, fragment):
         hessian(nn.Linear(D, out_dim).double(), "mse", (x, y))
 
 
+@pytest.mark.parametrize("criterion", [nn.L1Loss(), nn.HuberLoss(), nn.SmoothL1Loss()])
+def test_elementwise_criteria_never_broadcast(criterion):
+    x, _ = _data()
+    y = torch.randn(N, 3, dtype=torch.float64)  # outputs [N, 1]: would broadcast to [N, 3]
+    with pytest.raises(
+        TargetError, match=rf"{type(criterion).__name__} targets of shape \(12, 3\)"
+    ):
+        hessian(nn.Linear(D, 1).double(), criterion, (x, y))
+
+
+def test_nll_labels_out_of_range():
+    x, y = _data()
+    model = nn.Sequential(_mlp(), nn.LogSoftmax(dim=1))
+    with pytest.raises(TargetError, match="labels must be in"):
+        hessian(model, nn.NLLLoss(), (x, y + C))
+
+
 def test_mse_one_hot_needs_matrix_outputs():
     x, y = _data()
     with pytest.raises(

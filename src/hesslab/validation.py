@@ -173,6 +173,15 @@ def _mse_targets(outputs: Tensor, targets: Tensor) -> Tensor:
             )
         _label_range(targets, int(outputs.shape[1]), None, "MSE (one-hot)")
         return targets
+    return _same_shape(outputs, targets, "MSE")
+
+
+#: element-wise regression criteria whose targets must match the outputs (PyTorch
+#: broadcasts them with only a warning)
+_ELEMENTWISE = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
+
+
+def _same_shape(outputs: Tensor, targets: Tensor, loss: str) -> Tensor:
     if targets.shape == outputs.shape:
         return targets
     if outputs.shape == (*targets.shape, 1):  # one output per point: [N] -> [N, 1], exact
@@ -180,7 +189,7 @@ def _mse_targets(outputs: Tensor, targets: Tensor) -> Tensor:
     if targets.shape == (*outputs.shape, 1):
         return targets.squeeze(-1)
     raise TargetError(
-        f"MSE targets of shape {tuple(targets.shape)} do not match outputs "
+        f"{loss} targets of shape {tuple(targets.shape)} do not match outputs "
         f"{tuple(outputs.shape)}: PyTorch would broadcast them to "
         f"{_broadcast(outputs, targets)} and compare outputs with other points' targets. "
         "Reshape the targets to the outputs' shape (one target per output)"
@@ -204,7 +213,7 @@ def check_targets(
 ) -> Any:
     """Check the targets of a built-in loss against the model outputs; return the targets.
 
-    * cross-entropy (``kind="ce"``, or an ``nn.CrossEntropyLoss`` criterion): integer
+    * cross-entropy (``kind="ce"``, an ``nn.CrossEntropyLoss`` or ``nn.NLLLoss``): integer
       labels of shape ``[N, *extra]`` for outputs ``[N, C, *extra]`` with values in
       ``0..C-1`` or equal to the criterion's ``ignore_index``; or probabilities of the
       outputs' shape.
@@ -215,6 +224,8 @@ def check_targets(
       the targets are returned reshaped to the outputs' shape. Any other mismatch is an
       error, never a broadcast (outputs ``[N, 1]`` against targets ``[N]`` broadcast to
       ``[N, N]`` in PyTorch and compare every output with every target).
+    * ``nn.L1Loss``, ``nn.SmoothL1Loss``, ``nn.HuberLoss`` with floating targets: the
+      same shape rule as MSE.
     * other criteria: not checked (their own code decides).
 
     Args:
@@ -234,10 +245,12 @@ def check_targets(
         return targets
     if kind == "mse":
         return _mse_targets(outputs, targets)
-    if kind == "ce" or isinstance(criterion, nn.CrossEntropyLoss):
+    if kind == "ce" or isinstance(criterion, (nn.CrossEntropyLoss, nn.NLLLoss)):
         if ignore_index is None:
             ignore_index = int(getattr(criterion, "ignore_index", -100))
         _ce_targets(outputs, targets, ignore_index)
+    elif isinstance(criterion, _ELEMENTWISE) and targets.is_floating_point():
+        return _same_shape(outputs, targets, type(criterion).__name__)
     return targets
 
 
