@@ -486,6 +486,14 @@ def test_rescale_checks_outputs_on_a_probe():
 
 
 # -------------------------------------------------------------- data and files
+@pytest.mark.parametrize(
+    ("device", "fragment"), [("bogus", "is not a device"), ("cuda:99", "is not available here")]
+)
+def test_bad_devices(device, fragment):
+    with pytest.raises(ConfigurationError, match=fragment):
+        Objective(_mlp(), "ce", _data(), device=device)
+
+
 def test_objective_data_errors():
     x, y = _data()
     with pytest.raises(DataError, match="single tensor"):

@@ -240,7 +240,7 @@ class Objective:
         self.space = ParamSpace(
             tuple(names), tuple(named[n].shape for n in names), first.dtype, first.device
         )
-        self.device = torch.device(device) if device is not None else first.device
+        self.device = validation.check_device(device) if device is not None else first.device
         self.theta: dict[str, Tensor] = {n: named[n].detach().clone() for n in names}
         self.frozen: dict[str, Tensor] = {
             n: p.detach().clone() for n, p in named.items() if n not in self.theta

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from hesslab.errors import (
+    ConfigurationError,
     DataError,
     HesslabError,
     MemoryLimitError,
@@ -39,6 +40,7 @@ __all__ = [
     "DENSE_MAX_BYTES",
     "check_batch_finite",
     "check_dense_size",
+    "check_device",
     "check_finite",
     "check_gradient_graph",
     "check_nonempty_selection",
@@ -408,6 +410,24 @@ def _human(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} B"
+
+
+def check_device(device: Any) -> torch.device:
+    """Parse a device and check that it exists here (``"cuda:3"`` on a 2-GPU machine, ...)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigurationError(
+            f"{device!r} is not a device ({e}); use e.g. 'cpu', 'cuda' or 'cuda:0'"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            fix = "use 'cpu'" if count == 0 else f"use 'cpu' or cuda:0..cuda:{count - 1}"
+            raise ConfigurationError(
+                f"device {str(dev)!r} is not available here ({count} CUDA devices visible); {fix}"
+            )
+    return dev
 
 
 # ----------------------------------------------------------------------- models
