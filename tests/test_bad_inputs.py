@@ -206,12 +206,12 @@ def test_monitor_reports_a_diverged_model():
 
 
 # ------------------------------------------------------------------------ targets
-@pytest.mark.parametrize("shift", [C, -1])
+@pytest.mark.parametrize("bad_label", [C, 3 * C, -1])  # C: the first label out of range
 @pytest.mark.parametrize("loss", ["ce", nn.CrossEntropyLoss(), F.cross_entropy, "mse"])
-def test_labels_out_of_range(loss, shift):
+def test_labels_out_of_range(loss, bad_label):
     x, y = _data()
     y = y.clone()
-    y[2] = C - 1 + shift if shift > 0 else -1
+    y[2] = bad_label
     with pytest.raises(TargetError, match=rf"labels must be in 0\.\.{C - 1} \(the model has {C}"):
         hessian(_mlp(), loss, (x, y))
 
@@ -373,6 +373,24 @@ def test_an_exactly_zero_gradient_at_an_interpolating_minimum_is_fine():
     assert float(H.objective.gradient().abs().max()) == 0.0
     truth = dense_hessian(model, F.mse_loss, [(x, y)])
     torch.testing.assert_close(H.to_dense(), truth, rtol=1e-10, atol=1e-12)
+
+
+def test_mode_selection_does_not_swallow_a_diagnosed_error():
+    """An error hesslab diagnosed inside a product (here a custom loss raising a
+    NonDeterminismError, a RuntimeError) propagates; it is not a mode that cannot run."""
+    x, y = _data()
+    state = {"broken": False}
+
+    @hesslab.batch_loss
+    def loss(model_fn, batch):
+        if state["broken"]:
+            raise NonDeterminismError("the data source changed: reload it")
+        return F.cross_entropy(model_fn(batch[0]), batch[1])
+
+    H = hessian(_mlp(), loss, (x, y))
+    state["broken"] = True
+    with pytest.raises(NonDeterminismError, match="reload it"):
+        H @ _vec(H)
 
 
 # ---------------------------------------------------------------- selections
