@@ -12,7 +12,19 @@ Cost: a finiteness check is one ``torch.isfinite(t).all()`` reduction over the t
 on CUDA that sync waits for the queued kernels, once per batch and product. The target
 check is one reduction over the labels. Both are small next to a Hessian-vector product.
 Checks on tensors that live inside :mod:`torch.func` transforms (``vmap``'d per-sample
-targets) check shapes only: their values cannot be read there.
+targets) check shapes only: their values cannot be read there (the gradient-moment
+operator therefore checks each batch's targets once, outside ``vmap``).
+
+Decisions:
+    * MSE-type targets never broadcast. The one reshape is exact and unambiguous: targets
+      ``[N]`` for outputs ``[N, 1]`` (one output per point, the layout of a regression
+      ``.npz``) are read as ``[N, 1]``, as :func:`hesslab.train.fit` always did.
+    * A loss without a gradient path to the selected parameters (``argmax``), or whose
+      outputs have an exactly zero Jacobian (``round``), is an error at construction,
+      whatever the product mode. An exactly zero gradient alone is not (an interpolating
+      minimum has one), and a block of a valid objective
+      (:meth:`~hesslab.Objective.restrict`) may be zero (an unused head).
+    * Non-finite values are errors, never skipped or zeroed.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from hesslab.errors import (
 __all__ = [
     "DENSE_MAX_BYTES",
     "check_batch_finite",
+    "check_batch_loss",
     "check_dense_size",
     "check_device",
     "check_finite",
@@ -61,9 +74,12 @@ _WHAT_TO_CHECK = (
 )
 
 
+_is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
+
+
 def _readable(t: Tensor) -> bool:
     """Whether ``t``'s values can be read (not a tensor wrapped by a torch.func transform)."""
-    return not torch._C._functorch.is_functorch_wrapped_tensor(t)
+    return not _is_wrapped(t)
 
 
 def _where(batch_index: int | None) -> str:
