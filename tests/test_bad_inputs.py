@@ -454,6 +454,81 @@ def test_methods_valid_for_any_square_matrix_still_run():
     assert eigenpairs(sym, k=1, tol=1e-10).values.numel() == 1
 
 
+def _sym() -> DenseOperator:
+    A = torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return DenseOperator(A + A.T)
+
+
+_ARGUMENT_ERRORS = {
+    "eigenpairs k=0": (lambda: eigenpairs(_sym(), k=0), ConfigurationError, "k must be"),
+    "eigenpairs which": (lambda: eigenpairs(_sym(), 1, "middle"), ConfigurationError, "which"),
+    "power k>P": (lambda: power_iteration(_sym(), k=7), ConfigurationError, r"\[1, P=6\]"),
+    "trace budget": (lambda: trace(_sym(), 0), ConfigurationError, "num_matvecs"),
+    "trace method": (lambda: trace(_sym(), 8, method="magic"), ConfigurationError, "unknown"),
+    "density dist": (
+        lambda: spectral_density(_sym(), 3, 2, distribution="cauchy"),
+        ConfigurationError,
+        "distribution",
+    ),
+    "logdet rank": (lambda: logdet(_sym(), 0), ConfigurationError, "rank must be"),
+    "diagonal method": (
+        lambda: hesslab.diagonal(_sym(), 8, method="magic"),
+        ConfigurationError,
+        "unknown method",
+    ),
+    "matvec shape": (
+        lambda: _sym() @ torch.ones(5, dtype=torch.float64),
+        hesslab.OperatorInputError,
+        r"\[6\]",
+    ),
+    "matvec dtype": (lambda: _sym() @ torch.ones(6), hesslab.OperatorInputError, "float64"),
+    "hessian mode": (
+        lambda: hessian(_mlp(), "ce", _data(), mode="sideways"),
+        ConfigurationError,
+        "unknown Hessian mode",
+    ),
+    "moment kind": (
+        lambda: gradient_moment(_mlp(), "ce", _data(), kind="third"),
+        ConfigurationError,
+        "kind must be",
+    ),
+    "minibatch size": (
+        lambda: gradient_moment(_mlp(), "ce", _data(), kind="minibatch", batch_size=N + 1),
+        ConfigurationError,
+        "batch_size between 1 and N=12",
+    ),
+    "unknown loss": (
+        lambda: Objective(_mlp(), "hinge", _data()),
+        ConfigurationError,
+        "unknown loss",
+    ),
+    "reduction": (
+        lambda: Objective(_mlp(), "ce", _data(), reduction="max"),
+        ConfigurationError,
+        "reduction must be",
+    ),
+    "not a model": (lambda: Objective(lambda x: x, "ce", _data()), ConfigurationError, "nn.Module"),
+    "train-mode dropout": (
+        lambda: Objective(nn.Sequential(nn.Linear(D, C), nn.Dropout(0.5)).double(), "ce", _data()),
+        NonDeterminismError,
+        "dropout layer '1' is active",
+    ),
+    "ggn custom loss": (
+        lambda: ggn(_mlp(), hesslab.batch_loss(lambda f, b: f(b[0]).sum()), _data()),
+        ConfigurationError,
+        "needs a criterion",
+    ),
+    "as_operator": (lambda: eigenpairs("A", k=1), ConfigurationError, "cannot use a str"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_ARGUMENT_ERRORS))
+def test_argument_errors(case):
+    fn, error, fragment = _ARGUMENT_ERRORS[case]
+    with pytest.raises(error, match=fragment):
+        fn()
+
+
 # ---------------------------------------------------------------- to_dense
 def test_to_dense_refuses_above_its_memory_limit():
     P = 91_000
