@@ -11,9 +11,15 @@ __all__ = [
     "ConvergenceError",
     "DataError",
     "HesslabError",
+    "MemoryLimitError",
     "NonDeterminismError",
+    "NonDifferentiableError",
+    "NonFiniteError",
+    "NonSymmetricError",
     "OperatorInputError",
     "ParameterSelectionError",
+    "SharedModuleError",
+    "TargetError",
 ]
 
 
@@ -48,3 +54,31 @@ class NonDeterminismError(HesslabError, RuntimeError):
 
 class ConvergenceError(HesslabError, RuntimeError):
     """An iterative method was asked to fail loudly and did not converge."""
+
+
+class TargetError(DataError):
+    """Targets do not fit a built-in loss: labels out of range, or a shape that would broadcast."""
+
+
+class NonFiniteError(HesslabError, FloatingPointError):
+    """A loss, gradient, product or tensor holds NaN or inf (the message names where)."""
+
+
+class NonDifferentiableError(ConfigurationError):
+    """The loss is not a differentiable function of the selected parameters.
+
+    Raised when the gradient graph is disconnected (an ``argmax``, a ``.detach()``, integer
+    outputs, ...): every curvature would silently be zero.
+    """
+
+
+class NonSymmetricError(ConfigurationError):
+    """A method for symmetric operators was given an operator known to be non-symmetric."""
+
+
+class MemoryLimitError(ConfigurationError):
+    """An operation would allocate more memory than its limit (the message gives the size)."""
+
+
+class SharedModuleError(ConfigurationError):
+    """A module or parameter is used at several places of a model where that is unsupported."""

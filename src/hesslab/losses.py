@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hesslab.errors import ConfigurationError, DataError
+from hesslab.errors import ConfigurationError, DataError, TargetError
 
 __all__ = ["LM_LOSSES", "BatchLoss", "LossSpec", "LossValue", "batch_loss", "resolve_loss"]
 
@@ -215,13 +215,19 @@ def ce_layout(spec: LossSpec, outputs: Tensor, targets: Tensor) -> tuple[Tensor,
     """
     if spec.kind == "causal_lm":
         if outputs.ndim != 3 or targets.shape != outputs.shape[:2]:
-            raise DataError(
+            raise TargetError(
                 f"'causal_lm' needs logits [B, T, V] and labels [B, T]; got "
                 f"{tuple(outputs.shape)} and {tuple(targets.shape)}"
             )
         return outputs[:, :-1], targets[:, 1:]
-    if targets.is_floating_point() and targets.shape == outputs.shape and outputs.ndim == 2:
-        return outputs, targets  # class probabilities
+    if targets.is_floating_point():
+        if targets.shape == outputs.shape and outputs.ndim == 2:
+            return outputs, targets  # class probabilities
+        raise TargetError(
+            f"cross-entropy got floating targets of shape {tuple(targets.shape)} for outputs "
+            f"{tuple(outputs.shape)}: pass class indices (an integer tensor of shape "
+            f"{tuple(outputs.shape[:-1])}) or class probabilities of the outputs' shape"
+        )
     if outputs.ndim == targets.ndim + 1 and outputs.shape[:-1] == targets.shape:
         return outputs, targets
     if (
@@ -231,10 +237,12 @@ def ce_layout(spec: LossSpec, outputs: Tensor, targets: Tensor) -> tuple[Tensor,
         and outputs.shape[2:] == targets.shape[1:]
     ):
         return outputs.movedim(1, -1), targets
-    raise DataError(
-        f"cross-entropy needs class logits [B, C], [B, C, d1, ...] or [..., V] with integer "
-        f"targets of the matching shape; got outputs {tuple(outputs.shape)} and targets "
-        f"{tuple(targets.shape)}"
+    want = (tuple(outputs.shape[:1]) + tuple(outputs.shape[2:])) if outputs.ndim > 2 else None
+    alt = f" or {want}" if want is not None else ""
+    raise TargetError(
+        f"cross-entropy targets have shape {tuple(targets.shape)} but outputs "
+        f"{tuple(outputs.shape)} need class indices of shape {tuple(outputs.shape[:-1])}{alt}: "
+        "check that the targets belong to these inputs (one label per point, or per token)"
     )
 
 

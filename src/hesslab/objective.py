@@ -38,12 +38,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from hesslab import validation
 from hesslab.errors import ConfigurationError, DataError, NonDeterminismError
 from hesslab.losses import (
     BatchLoss,
     LossValue,
     batch_loss,
     ce_count,
+    ce_layout,
     ce_sum,
     lm_split,
     output_tensor,
@@ -178,8 +180,11 @@ class Objective:
             a custom ``loss_fn(model_fn, batch)`` (:class:`BatchLoss` or a function whose
             first argument is named ``model_fn``) returning the batch mean or a
             :class:`LossValue` ``(total, count)``. With ``"mse"``, integer class targets are
-            one-hot encoded. Cross-entropy and the LM losses average over items (see
-            :mod:`hesslab.losses`). Models may return Hugging Face outputs (``.logits``).
+            one-hot encoded; floating targets must have the outputs' shape (``[N]`` for
+            outputs ``[N, 1]`` is read as ``[N, 1]``; nothing is ever broadcast, see
+            :func:`hesslab.validation.check_targets`). Cross-entropy and the LM losses
+            average over items (see :mod:`hesslab.losses`). Models may return Hugging Face
+            outputs (``.logits``).
         data: a ``DataLoader``, any re-iterable of batches (a list), or a single batch:
             a tuple ``(x, y)`` of tensors or a dict of tensors. Batches may be tuples or
             dicts; dict batches with a criterion use ``input_key``/``target_key``.
@@ -200,7 +205,16 @@ class Objective:
 
     Raises:
         NonDeterminismError: the determinism check failed (the message says how to fix).
-        DataError: the data is empty, single-use or malformed.
+        DataError: the data is empty, single-use or malformed, or the model fails on it.
+        NonFiniteError: a parameter, buffer or data batch holds NaN/inf, or the first
+            batch's loss or gradient does (later batches: at the first product or pass).
+        TargetError: labels out of range or targets of the wrong shape for ``"ce"``/``"mse"``.
+        NonDifferentiableError: the loss does not depend differentiably on the selected
+            parameters (an ``argmax`` in the forward pass, ...).
+        ParameterSelectionError: ``params`` is empty or matches nothing.
+
+    The checks are described in :mod:`hesslab.validation`; they cost one pass over the
+    parameters and the data and one forward and backward pass on the first batch.
     """
 
     def __init__(
@@ -238,7 +252,7 @@ class Objective:
         self.space = ParamSpace(
             tuple(names), tuple(named[n].shape for n in names), first.dtype, first.device
         )
-        self.device = torch.device(device) if device is not None else first.device
+        self.device = validation.check_device(device) if device is not None else first.device
         if max_batch_size is not None and int(max_batch_size) < 1:
             raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = None if max_batch_size is None else int(max_batch_size)
@@ -252,6 +266,7 @@ class Objective:
         if check_determinism:
             self._check_model_modes()
         self._scan(check_determinism)
+        validation.check_objective(self)
         if check_determinism:
             self._check_forward_determinism()
 
@@ -314,6 +329,7 @@ class Objective:
         if sizes is None:
             sizes = []
             for batch in self._data:
+                validation.check_batch_finite(_tensors(batch), len(sizes))
                 sizes.append(self._batch_size(batch))
                 if self.loss.per_item and self.loss.kind != "custom":
                     counts.append(ce_count(self.loss, self._split(batch)[1]))
@@ -505,7 +521,10 @@ class Objective:
         targets.
         """
         if self.loss.is_ce:
+            logits, _ = ce_layout(self.loss, outputs, targets)  # checks the shapes
+            validation.check_labels(targets, logits.shape[-1], self.loss.ignore_index)
             return ce_sum(self.loss, outputs, targets)
+        targets = validation.check_targets(self.loss.kind, outputs, targets, self.loss.fn)
         if self.loss.kind == "mse" and not targets.is_floating_point() and outputs.ndim == 2:
             classes = torch.arange(outputs.shape[1], device=targets.device)
             targets = (targets.long()[:, None] == classes).to(outputs.dtype)  # vmap-safe one-hot
@@ -551,19 +570,22 @@ class Objective:
         theta = self.theta if theta is None else theta
         total = 0.0
         with torch.no_grad():
-            for batch, w in self.batches():
-                total += w * float(self.batch_loss(theta, batch))
+            for i, (batch, w) in enumerate(self.batches()):
+                loss = self.batch_loss(theta, batch)
+                validation.check_finite(loss, "the loss", batch_index=i)
+                total += w * float(loss)
         return total
 
     def gradient(self, theta: Mapping[str, Tensor] | None = None) -> Tensor:
         """The full-data gradient ``grad L(theta)`` as a flat ``[P]`` vector."""
         theta = self.theta if theta is None else theta
         g = torch.zeros(self.space.size, dtype=self.space.dtype, device=self.space.device)
-        for batch, w in self.batches():
+        for i, (batch, w) in enumerate(self.batches()):
             leaves = {n: t.detach().requires_grad_(True) for n, t in theta.items()}
             loss = self.batch_loss(leaves, batch)
             grads = torch.autograd.grad(loss, [leaves[n] for n in self.space.names])
             g += w * self.space.flatten(grads)
+            validation.check_finite(g, "the gradient (summed up to this batch)", batch_index=i)
         return g
 
     # ------------------------------------------------------------- variants

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from hesslab.errors import ParameterSelectionError
+from hesslab.validation import check_nonempty_selection
 
 __all__ = ["ParamSpace", "layer_groups", "select_parameters"]
 
@@ -129,6 +130,7 @@ def select_parameters(
             )
         return names
     items = [params] if isinstance(params, (str, nn.Module)) else list(params)
+    check_nonempty_selection(items)
     module_names = {id(m): n for n, m in model.named_modules()}
     chosen: set[str] = set()
     for item in items:

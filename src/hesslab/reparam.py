@@ -37,9 +37,10 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from hesslab.errors import ConfigurationError
+from hesslab.validation import check_unshared
 
 __all__ = ["parameter_scales", "rescale", "rescale_pair", "scalable_layers"]
 
@@ -81,9 +82,16 @@ def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
             f"{type(model).__name__}: the data flow of other modules is unknown. Write the "
             "network as an nn.Sequential, or rescale its parameters yourself"
         )
+    check_unshared(model, "rescale")
     out: list[tuple[str, nn.Module]] = []
 
     def walk(mod: nn.Sequential, prefix: str) -> None:
+        if type(mod).forward is not nn.Sequential.forward:
+            raise ConfigurationError(
+                f"{prefix.rstrip('.') or 'the model'} ({type(mod).__name__}) is an nn.Sequential "
+                "with its own forward: its data flow is unknown to rescale. Write it as a "
+                "plain nn.Sequential, or rescale its parameters yourself"
+            )
         for name, child in mod.named_children():
             full = f"{prefix}{name}"
             if isinstance(child, nn.Sequential):
@@ -220,7 +228,12 @@ def parameter_scales(
     return out
 
 
-def rescale(model: nn.Module, alphas: Sequence[float] | Mapping[str, float]) -> nn.Module:
+def rescale(
+    model: nn.Module,
+    alphas: Sequence[float] | Mapping[str, float],
+    *,
+    probe: Tensor | None = None,
+) -> nn.Module:
     """A rescaled copy of a positively homogeneous network that computes the same function.
 
     Layer ``l`` (the ``l``-th Linear/Conv module) gets ``W_l ← α_l W_l`` and
@@ -239,14 +252,21 @@ def rescale(model: nn.Module, alphas: Sequence[float] | Mapping[str, float]) -> 
         alphas: one positive factor per Linear/Conv layer in order (see
             :func:`scalable_layers`), or ``{layer_name: α}`` (missing layers get 1;
             ``"fc1.weight"`` is read as ``"fc1"``).
+        probe: inputs on which the outputs of the copy are compared with the model's
+            (a safety net: relative error at most ``max(1e-3, 50 eps)``). Default: 8
+            standard normal points when the first layer is a Linear (drawn from a fixed
+            private generator), none otherwise. Skipped while dropout is active.
 
     Returns:
         A new model (a deep copy); ``model`` is not touched.
 
     Raises:
-        ConfigurationError: a non-Sequential model, a non-homogeneous or unknown module
-            where the scale is not 1 (named in the message), a train-mode BatchNorm,
-            non-positive factors, or factors whose product at the output is not 1.
+        ConfigurationError: a non-Sequential model (or a Sequential with its own
+            ``forward``), a non-homogeneous or unknown module where the scale is not 1
+            (named in the message), a train-mode BatchNorm, non-positive factors, factors
+            whose product at the output is not 1, or outputs that changed on the probe.
+        SharedModuleError: a module or parameter used at several places (a Linear applied
+            twice would see a scaled input at its second use).
 
     Example:
         >>> net2 = rescale(mlp(64, (32, 32), 10), [1e3, 1.0, 1e-3])
@@ -271,7 +291,35 @@ def rescale(model: nn.Module, alphas: Sequence[float] | Mapping[str, float]) -> 
             bn.running_mean.mul_(c)
             bn.running_var.mul_(c * c)
             bn.eps = bn.eps * c * c
+    _verify_on_probe(model, new, probe)
     return new
+
+
+def _verify_on_probe(model: nn.Module, new: nn.Module, probe: Tensor | None) -> None:
+    """Raise if ``new`` and ``model`` compute different outputs on a probe batch."""
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training for m in model.modules()):
+        return
+    first = next((p for p in model.parameters()), None)
+    if first is None:
+        return
+    if probe is None:
+        layer = _leaves(model)[0][1]
+        if not isinstance(layer, nn.Linear):
+            return
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randn(8, layer.in_features, generator=g, dtype=torch.float64)
+    probe = probe.to(dtype=first.dtype, device=first.device)
+    with torch.no_grad():
+        before, after = model(probe), new(probe)
+    err = float((after - before).norm() / before.norm().clamp_min(torch.finfo(first.dtype).tiny))
+    tol = max(1e-3, 50 * torch.finfo(first.dtype).eps)
+    if not err <= tol:
+        raise ConfigurationError(
+            f"the rescaled model's outputs differ from the model's by {err:.3g} (relative) on "
+            "a probe batch: the model does not compute what its nn.Sequential structure says "
+            "(a functional op, a hook, a module reused elsewhere). Rescale its parameters "
+            "yourself"
+        )
 
 
 def rescale_pair(model: nn.Module, i: int, alpha: float) -> nn.Module:

@@ -27,6 +27,7 @@ from hesslab.linalg.probes import Engine
 from hesslab.linalg.results import BoundsResult, TraceEstimate
 from hesslab.linalg.trace import frobenius_sq, trace
 from hesslab.operators.base import LinearOperator, as_operator
+from hesslab.validation import require_symmetric
 
 __all__ = ["wolkowicz_styan", "ws_bounds"]
 
@@ -153,6 +154,7 @@ def wolkowicz_styan(
                 num_matvecs_used += est.num_matvecs
     else:
         op = as_operator(op_or_traces)
+        require_symmetric(op, "wolkowicz_styan")
         P = op.shape[0]
         if exact is None:
             exact = P <= EXACT_MAX_SIZE

@@ -38,6 +38,7 @@ from hesslab.linalg.lanczos import _default_generator, eigenpairs, lanczos_quadr
 from hesslab.linalg.probes import generator_digest
 from hesslab.linalg.results import TraceEstimate
 from hesslab.operators.base import as_operator
+from hesslab.validation import require_symmetric
 
 __all__ = ["SpectralDensity", "spectral_density", "wasserstein1"]
 
@@ -293,6 +294,7 @@ def spectral_density(
     """
     t0 = time.perf_counter()
     op = as_operator(op)
+    require_symmetric(op, "spectral_density")
     P = op.shape[0]
     if distribution not in ("rademacher", "gaussian"):
         raise ConfigurationError(

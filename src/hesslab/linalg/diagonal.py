@@ -25,6 +25,7 @@ from hesslab.errors import ConfigurationError
 from hesslab.linalg.probes import Engine, check_positive_int, orthonormalize
 from hesslab.linalg.results import DiagonalEstimate, to_cpu64
 from hesslab.operators.base import DenseOperator, LinearOperator
+from hesslab.validation import require_symmetric
 
 __all__ = ["diagonal"]
 
@@ -95,6 +96,8 @@ def diagonal(
     if method not in DIAGONAL_METHODS:
         raise ConfigurationError(f"unknown method {method!r}; choose one of {DIAGONAL_METHODS}")
     engine = Engine(op, distribution=distribution, generator=generator, block_size=block_size)
+    if method == "xdiag":  # the exchangeable low-rank part assumes A = A^T
+        require_symmetric(engine.op, "diagonal (method='xdiag')")
     P, N = engine.P, num_matvecs
     info: dict = {"distribution": distribution}
 

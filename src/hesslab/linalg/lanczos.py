@@ -45,6 +45,7 @@ from hesslab.errors import ConfigurationError, HesslabError
 from hesslab.io import Checkpoint, as_checkpoint
 from hesslab.linalg.results import EigenResult
 from hesslab.operators.base import LinearOperator, as_operator
+from hesslab.validation import require_symmetric
 
 __all__ = ["BasisStorageError", "auto_block_size", "eigenpairs", "lanczos_quadrature"]
 
@@ -459,6 +460,7 @@ def eigenpairs(
     """
     t0 = time.perf_counter()
     op = as_operator(op)
+    require_symmetric(op, "eigenpairs (Lanczos)")
     P = op.shape[0]
     if which not in _WHICH:
         raise ConfigurationError(f"which must be one of {_WHICH}, got {which!r}")
@@ -797,6 +799,7 @@ def lanczos_quadrature(
         ``beta_m |S[m-1, j]|`` of the nodes (0 for a recurrence that found an invariant
         subspace).
     """
+    require_symmetric(op, "Lanczos quadrature")
     P = op.shape[0]
     f64 = torch.float64
     disk = isinstance(basis_device, str) and basis_device == "disk"

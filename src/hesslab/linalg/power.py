@@ -21,6 +21,7 @@ from hesslab.errors import ConfigurationError
 from hesslab.linalg.lanczos import _as_matrix, _default_generator, _randn
 from hesslab.linalg.results import EigenResult
 from hesslab.operators.base import as_operator
+from hesslab.validation import require_symmetric
 
 __all__ = ["power_iteration"]
 
@@ -66,6 +67,7 @@ def power_iteration(
     """
     t0 = time.perf_counter()
     op = as_operator(op)
+    require_symmetric(op, "power_iteration")
     P = op.shape[0]
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= P:
         raise ConfigurationError(f"k must be an integer in [1, P={P}], got {k!r}")

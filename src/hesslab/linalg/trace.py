@@ -80,6 +80,7 @@ from hesslab.linalg.probes import (
 )
 from hesslab.linalg.results import TraceEstimate
 from hesslab.operators.base import LinearOperator
+from hesslab.validation import require_symmetric
 
 __all__ = ["frobenius_sq", "trace"]
 
@@ -402,6 +403,8 @@ def _run(
     _check_common(num_matvecs, method, methods, rtol)
     entry = generator_digest(generator)
     engine = Engine(op, distribution=distribution, generator=generator, block_size=block_size)
+    if kind == "frobenius" or method not in ("hutchinson", "exact"):  # these need A = A^T
+        require_symmetric(engine.op, f"{kind} estimation (method={method!r})")
     if krylov_block is not None:
         krylov_block = check_positive_int("krylov_block", krylov_block)
     N = num_matvecs

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError, OperatorInputError
+from hesslab.validation import DENSE_MAX_BYTES, check_dense_size, check_finite
 
 __all__ = [
     "DeflatedOperator",
@@ -112,12 +113,23 @@ class LinearOperator:
         return SumOperator([self, ScaledOperator(as_operator(other), -1.0)])
 
     # --------------------------------------------------------------- conversion
-    def to_dense(self, *, chunk_size: int = 256) -> Tensor:
+    def to_dense(self, *, chunk_size: int = 256, max_bytes: int | None = DENSE_MAX_BYTES) -> Tensor:
         """Materialise ``A`` as a dense ``[P, P]`` tensor (for small ``P`` only).
 
         Computed as ``A @ I`` in blocks of ``chunk_size`` columns.
+
+        Args:
+            chunk_size: columns per block product.
+            max_bytes: refuse when ``P * P`` entries of ``dtype`` exceed this many bytes
+                (default :data:`hesslab.validation.DENSE_MAX_BYTES`, 4 GiB); ``None`` for
+                no limit.
+
+        Raises:
+            MemoryLimitError: the matrix would exceed ``max_bytes`` (the message gives the
+                size and the matrix-free alternatives).
         """
         P = self.shape[0]
+        check_dense_size(P, self.dtype, max_bytes)
         out = torch.empty(P, P, dtype=self.dtype, device=self.device)
         for start in range(0, P, chunk_size):
             stop = min(P, start + chunk_size)
@@ -162,6 +174,7 @@ class DenseOperator(LinearOperator):
         if not A.is_floating_point():
             A = A.to(torch.get_default_dtype())
         super().__init__(A.shape[0], A.dtype, A.device)
+        check_finite(A, "the matrix of the DenseOperator")
         self.A = A
         if symmetric is None:
             tol = 100 * torch.finfo(A.dtype).eps * max(1.0, float(A.abs().max()))
@@ -171,8 +184,8 @@ class DenseOperator(LinearOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         return self.A @ V
 
-    def to_dense(self, *, chunk_size: int = 256) -> Tensor:
-        return self.A.clone()
+    def to_dense(self, *, chunk_size: int = 256, max_bytes: int | None = DENSE_MAX_BYTES) -> Tensor:
+        return self.A.clone()  # already in memory: no limit to enforce
 
 
 class ScipyOperator(LinearOperator):
@@ -266,6 +279,7 @@ class DeflatedOperator(LinearOperator):
             )
         Q, _ = torch.linalg.qr(U.to(dtype=op.dtype, device=op.device))
         self.op, self.U = op, Q
+        self.symmetric = op.symmetric
 
     def _project(self, V: Tensor) -> Tensor:
         return V - self.U @ (self.U.T @ V)

@@ -12,6 +12,7 @@ from hesslab.errors import ConfigurationError
 from hesslab.objective import Objective
 from hesslab.operators.base import LinearOperator
 from hesslab.params import layer_groups
+from hesslab.validation import check_finite
 
 __all__ = ["BlockDiagonalOperator", "CurvatureOperator", "RestrictedOperator"]
 
@@ -44,6 +45,7 @@ class CurvatureOperator(LinearOperator):
         for i, (batch, w) in enumerate(self.objective.batches()):
             self._batch_index = i
             part = self.space.flatten_block(self._batch_matmat(batch, Vd))
+            check_finite(part, f"the {type(self).__name__} product", batch_index=i)
             if out is None:  # the first batch's result is a fresh tensor: scale it in place
                 out = part.mul_(w) if w != 1.0 else part
             else:
@@ -112,6 +114,7 @@ class RestrictedOperator(LinearOperator):
             raise ConfigurationError("index must be a non-empty 1-D set of valid coordinates")
         super().__init__(len(index), op.dtype, op.device)
         self.op, self.index = op, index.to(op.device)
+        self.symmetric = op.symmetric
 
     def _matmat(self, V: Tensor) -> Tensor:
         full = torch.zeros(self.op.shape[0], V.shape[1], dtype=V.dtype, device=V.device)
@@ -140,6 +143,7 @@ class BlockDiagonalOperator(LinearOperator):
             if b.shape[0] != len(ix):
                 raise ConfigurationError(f"block {b!r} has size {b.shape[0]} but {len(ix)} indices")
         self.blocks = blocks
+        self.symmetric = all(b.symmetric for b in blocks)
         self.index = [ix.to(self.device) for ix in index]
         self.names = names or [f"block{i}" for i in range(len(blocks))]
 

@@ -24,6 +24,7 @@ from hesslab.errors import ConfigurationError
 from hesslab.losses import LossSpec, ce_item_weights, ce_layout
 from hesslab.objective import Objective
 from hesslab.operators.curvature import CurvatureOperator
+from hesslab.validation import check_targets
 
 __all__ = ["GGNOperator", "ggn", "loss_hessian_product"]
 
@@ -108,6 +109,7 @@ class GGNOperator(CurvatureOperator):
 
         out, pullback = vjp(f, obj.theta)
         out = out.detach()
+        y = check_targets(obj.loss.kind, out, y, obj.loss.fn)  # closed forms never read y
         apply_h = loss_hessian_product(obj, out, y)
 
         def jv(v: Mapping[str, Tensor]) -> Tensor:

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from hesslab.errors import ConfigurationError
+from hesslab.errors import ConfigurationError, HesslabError
 from hesslab.objective import Objective, _tensors
 from hesslab.operators.curvature import CurvatureOperator
 
@@ -221,6 +221,8 @@ class HessianOperator(CurvatureOperator):
             try:
                 self._apply(mode, batch, Vd)  # warm-up (builds the cached graph)
                 candidates.append(mode)
+            except HesslabError:  # a diagnosed input error, not a mode that cannot run
+                raise
             except (RuntimeError, NotImplementedError) as e:  # e.g. an op without vmap rule
                 errors[mode] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         if not candidates:

@@ -25,6 +25,7 @@ from torch.func import grad, vmap
 from hesslab.errors import ConfigurationError
 from hesslab.objective import Objective
 from hesslab.operators.curvature import CurvatureOperator
+from hesslab.validation import check_batch_loss, check_finite
 
 __all__ = ["GradientMomentOperator", "gradient_moment", "per_sample_gradients"]
 
@@ -97,6 +98,7 @@ class GradientMomentOperator(CurvatureOperator):
             cache = N * objective.space.size <= 2e7
         self.cache, self.chunk_size = bool(cache), chunk_size
         self._G: list[Tensor] | None = None
+        self._checked: set[int] = set()
         self._mean: Tensor | None = None
 
     def _blocks(self):
@@ -104,8 +106,12 @@ class GradientMomentOperator(CurvatureOperator):
             yield from self._G
             return
         blocks = []
-        for batch, _ in self.objective.batches():
+        for i, (batch, _) in enumerate(self.objective.batches()):
+            if i not in self._checked:  # targets are unreadable inside vmap: check them once
+                check_batch_loss(self.objective, batch, i)
+                self._checked.add(i)
             G = per_sample_gradients(self.objective, batch, chunk_size=self.chunk_size)
+            check_finite(G, "the per-sample gradients", batch_index=i)
             if self.cache:
                 blocks.append(G)
             yield G

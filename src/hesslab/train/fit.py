@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from hesslab.data.datasets import Split, TensorData
 from hesslab.errors import ConfigurationError, DataError
+from hesslab.validation import check_targets
 
 __all__ = ["Callback", "FitResult", "evaluate", "fit", "resolve_loss"]
 
@@ -121,14 +122,16 @@ def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
             "loss='ce' needs integer class labels, the targets are floating point; use "
             "loss='mse' for regression."
         )
+    check_targets("ce", out, y)
     return F.cross_entropy(out, y)
 
 
 def _mse(out: Tensor, y: Tensor) -> Tensor:
+    y = check_targets("mse", out, y)  # [N] targets for [N, 1] outputs; never a broadcast
     if not y.is_floating_point():
         target = F.one_hot(y, num_classes=out.shape[-1]).to(out.dtype)
     else:
-        target = y.reshape(out.shape) if y.numel() == out.numel() else y
+        target = y
     return F.mse_loss(out, target)
 
 
