@@ -386,4 +386,12 @@ def test_load_data_errors(tmp_path):
         load_data(tmp_path / "d.csv")
     with pytest.raises(ConfigurationError, match="bad options"):
         load_data("moons", num_classes=3)
-    assert set(DATASETS) == {"digits", "digits-image", "mixture", "blobs", "moons", "circles"}
+    assert set(DATASETS) == {
+        "digits",
+        "digits-image",
+        "mixture",
+        "blobs",
+        "moons",
+        "circles",
+        "text",
+    }
