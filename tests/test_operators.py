@@ -76,10 +76,23 @@ def test_ggn_matches_dense(name, loss):
 def test_ggn_generic_criterion_path():
     """A criterion without a closed form goes through autodiff of the loss Hessian."""
     model, x, y, C = make("tanh_mlp")
-    crit = nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def crit(out, target):
+        return nn.functional.nll_loss(nn.functional.log_softmax(out, 1), target)
+
     data = split_unequal(x, y)
     G = GGNOperator(Objective(model, crit, data))
     assert G.objective.loss.kind == "criterion"
+    _close(G.to_dense(), dense_ggn(model, crit, data))
+
+
+def test_ggn_label_smoothing_closed_form():
+    """Label smoothing leaves the logit Hessian diag(p) - pp^T: the closed form applies."""
+    model, x, y, C = make("tanh_mlp")
+    crit = nn.CrossEntropyLoss(label_smoothing=0.1)
+    data = split_unequal(x, y)
+    G = GGNOperator(Objective(model, crit, data))
+    assert G.objective.loss.kind == "ce"
     _close(G.to_dense(), dense_ggn(model, crit, data))
 
 

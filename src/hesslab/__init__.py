@@ -28,7 +28,7 @@ from hesslab.linalg import (
     wolkowicz_styan,
 )
 from hesslab.measures import count_outliers, effective_rank
-from hesslab.objective import BatchLoss, Objective, batch_loss
+from hesslab.objective import BatchLoss, LossValue, Objective, batch_loss, derivative_context
 from hesslab.operators import (
     DenseOperator,
     GGNOperator,
@@ -59,6 +59,7 @@ __all__ = [
     "HesslabError",
     "LinearOperator",
     "LogdetEstimate",
+    "LossValue",
     "NonDeterminismError",
     "Objective",
     "OperatorInputError",
@@ -70,6 +71,7 @@ __all__ = [
     "as_operator",
     "batch_loss",
     "count_outliers",
+    "derivative_context",
     "diagonal",
     "effective_rank",
     "eigenpairs",

@@ -1,24 +1,36 @@
 """The objective: the one place that knows the model, the loss and the data.
 
-``L(theta) = (1/N) * sum_i l(f(x_i; theta), y_i)`` over all ``N`` data points, exactly,
-whatever the batch sizes. Every curvature operator and every data pass in hesslab goes
-through :meth:`Objective.batches`, which owns the data loop and its weights.
+``L(theta) = sum_b total_b(theta) / sum_b count_b`` over all batches, exactly, whatever
+the batch sizes (:mod:`hesslab.losses`): the mean over data points for per-point losses
+(``(1/N) * sum_i l(f(x_i; theta), y_i)``), and the mean over *items* (non-ignored
+targets, tokens) for cross-entropy, the language-model losses and custom losses that
+return a :class:`~hesslab.LossValue`. Every curvature operator and every data pass in
+hesslab goes through :meth:`Objective.batches`, which owns the data loop and its weights.
 
 Reductions:
     * ``reduction="mean"`` (the default of PyTorch criteria and assumed for custom
-      losses): a batch's loss is its mean over its ``N_b`` points, and batch ``b`` gets
-      weight ``N_b / N``. For element-wise criteria (``MSELoss``) the batch mean runs over
-      outputs too, so ``L`` is the mean over all points and output entries.
-    * ``reduction="sum"``: a batch's loss is its sum; each batch gets weight ``1 / N``.
-    The full-data objective is the mean over data points in both cases.
+      losses): per-point losses: a batch's loss is its mean over its ``N_b`` points, and
+      batch ``b`` gets weight ``N_b / N``. For element-wise criteria (``MSELoss``) the batch
+      mean runs over outputs too, so ``L`` is the mean over all points and output entries.
+      Item-level losses: a batch's loss is its sum over items and gets weight
+      ``1 / N_items``.
+    * ``reduction="sum"``: a batch's loss is its sum; each batch gets weight ``1 / N``:
+      the mean over data points of each point's summed loss.
+
+Attention: every derivative pass (anything evaluated with autograd enabled or inside a
+``torch.func`` transform) runs under :func:`derivative_context`, which selects PyTorch's
+math kernel for ``F.scaled_dot_product_attention`` and turns off the fused fast paths of
+``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer``: the fused CPU and CUDA kernels
+have neither forward-mode AD nor double backward. Plain loss evaluations keep the fused
+kernels.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,9 +39,19 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hesslab.errors import ConfigurationError, DataError, NonDeterminismError
+from hesslab.losses import (
+    BatchLoss,
+    LossValue,
+    batch_loss,
+    ce_count,
+    ce_sum,
+    lm_split,
+    output_tensor,
+    resolve_loss,
+)
 from hesslab.params import ParamSpace, select_parameters
 
-__all__ = ["BatchLoss", "Objective", "batch_loss"]
+__all__ = ["BatchLoss", "LossValue", "Objective", "batch_loss", "derivative_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,88 +59,30 @@ _INPUT_KEYS = ("x", "input", "inputs", "input_ids", "pixel_values", "data", "fea
 _TARGET_KEYS = ("y", "target", "targets", "labels", "label")
 
 
-class BatchLoss:
-    """Marks a custom loss ``fn(model_fn, batch) -> scalar`` (the batch mean by default).
+@contextlib.contextmanager
+def derivative_context() -> Iterator[None]:
+    """Run attention through kernels that support every derivative hesslab takes.
 
-    ``model_fn(*args, **kwargs)`` calls the model at the objective's parameters; ``batch``
-    is the batch as the data yields it (tuple, dict, ...), already on the right device.
-    Use it for anything a ``criterion(outputs, targets)`` cannot express (HF-style dict
-    batches, auxiliary losses, ...). A plain function whose first argument is named
-    ``model_fn`` is recognised too.
+    Selects the math backend of ``F.scaled_dot_product_attention`` (the flash and
+    memory-efficient kernels have no double backward, the fused CPU kernel no
+    forward-mode AD either) and disables the fused fast paths of
+    ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` (which have no
+    derivatives at all). Both settings are restored on exit. The math kernel
+    materialises the ``T x T`` attention scores of every head: memory
+    ``O(batch * heads * T^2)`` per layer, which micro-batches bound.
     """
-
-    def __init__(self, fn: Callable[[Callable[..., Any], Any], Tensor]) -> None:
-        self.fn = fn
-
-    def __call__(self, model_fn: Callable[..., Any], batch: Any) -> Tensor:
-        return self.fn(model_fn, batch)
-
-
-def batch_loss(fn: Callable[[Callable[..., Any], Any], Tensor]) -> BatchLoss:
-    """Decorator form of :class:`BatchLoss`."""
-    return BatchLoss(fn)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-@dataclass(frozen=True)
-class _LossSpec:
-    kind: str  # "ce", "mse", "criterion" or "custom"
-    reduction: str  # "mean" or "sum"
-    fn: Callable[..., Tensor]
-
-
-def _mse(reduction: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """Mean-squared error written out: ``F.mse_loss``'s backward fails under forward-mode AD
-    (PyTorch raises "ZeroTensors are immutable" in ``jvp(grad(...))``)."""
-
-    def mse(outputs: Tensor, targets: Tensor) -> Tensor:
-        sq = (outputs - targets).square()
-        return sq.mean() if reduction == "mean" else sq.sum()
-
-    return mse
-
-
-def _resolve_loss(loss_fn: Any, reduction: str | None) -> _LossSpec:
-    if reduction not in (None, "mean", "sum"):
-        raise ConfigurationError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    if isinstance(loss_fn, str):
-        key = loss_fn.lower().replace("-", "_")
-        red = reduction or "mean"
-        if key in ("ce", "cross_entropy", "crossentropy", "nll"):
-            return _LossSpec("ce", red, nn.CrossEntropyLoss(reduction=red))
-        if key in ("mse", "l2", "squared"):
-            return _LossSpec("mse", red, _mse(red))
-        raise ConfigurationError(f"unknown loss {loss_fn!r}; use 'ce', 'mse' or a callable")
-    if isinstance(loss_fn, BatchLoss):
-        return _LossSpec("custom", reduction or "mean", loss_fn)
-    if not callable(loss_fn):
-        raise ConfigurationError(f"loss_fn must be callable or 'ce'/'mse', got {loss_fn!r}")
-    red = reduction or getattr(loss_fn, "reduction", "mean")
-    if red not in ("mean", "sum"):
-        raise ConfigurationError(
-            f"the criterion's reduction is {red!r}; hesslab needs 'mean' or 'sum' "
-            "(pass reduction= to override)"
-        )
-    if isinstance(loss_fn, nn.CrossEntropyLoss):
-        plain = (
-            loss_fn.weight is None
-            and loss_fn.label_smoothing == 0.0
-            and getattr(loss_fn, "ignore_index", -100) == -100
-        )
-        return _LossSpec("ce" if plain else "criterion", red, loss_fn)
-    if isinstance(loss_fn, nn.MSELoss):
-        return _LossSpec("mse", red, _mse(red))
-    if loss_fn is F.cross_entropy:
-        return _LossSpec("ce", red, lambda o, y: F.cross_entropy(o, y, reduction=red))
-    if loss_fn is F.mse_loss:
-        return _LossSpec("mse", red, _mse(red))
-    if not isinstance(loss_fn, nn.Module):
-        try:
-            first = next(iter(inspect.signature(loss_fn).parameters), None)
-        except (TypeError, ValueError):
-            first = None
-        if first == "model_fn":
-            return _LossSpec("custom", reduction or "mean", loss_fn)
-    return _LossSpec("criterion", red, loss_fn)
+def _differentiating() -> bool:
+    """Autograd is recording, or a ``torch.func`` transform (grad, jvp, vmap) is active."""
+    return torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def _is_tensor_batch(data: Any) -> bool:
@@ -171,10 +135,13 @@ class Objective:
     Args:
         model: a ``torch.nn.Module`` (in the mode it should be evaluated in: normally
             ``model.eval()``; train-mode BatchNorm and dropout are refused, see below).
-        loss_fn: ``"ce"``, ``"mse"``, a criterion ``loss_fn(outputs, targets)`` (e.g.
-            ``nn.CrossEntropyLoss()``), or a custom ``loss_fn(model_fn, batch)``
-            (:class:`BatchLoss` or a function whose first argument is named ``model_fn``).
-            With ``"mse"``, integer class targets are one-hot encoded.
+        loss_fn: ``"ce"``, ``"mse"``, ``"causal_lm"``, ``"masked_lm"``, a criterion
+            ``loss_fn(outputs, targets)`` (e.g. ``nn.CrossEntropyLoss(ignore_index=0)``), or
+            a custom ``loss_fn(model_fn, batch)`` (:class:`BatchLoss` or a function whose
+            first argument is named ``model_fn``) returning the batch mean or a
+            :class:`LossValue` ``(total, count)``. With ``"mse"``, integer class targets are
+            one-hot encoded. Cross-entropy and the LM losses average over items (see
+            :mod:`hesslab.losses`). Models may return Hugging Face outputs (``.logits``).
         data: a ``DataLoader``, any re-iterable of batches (a list), or a single batch:
             a tuple ``(x, y)`` of tensors or a dict of tensors. Batches may be tuples or
             dicts; dict batches with a criterion use ``input_key``/``target_key``.
@@ -210,7 +177,7 @@ class Objective:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.loss = _resolve_loss(loss_fn, reduction)
+        self.loss = resolve_loss(loss_fn, reduction)
         self.input_key, self.target_key = input_key, target_key
         names = select_parameters(model, params)
         named = dict(model.named_parameters())
@@ -284,11 +251,13 @@ class Objective:
         return int(ts[0].shape[0])
 
     def _scan(self, check: bool) -> None:
-        sizes, prints = [], []
+        sizes, prints, counts = [], [], []
         for batch in self._data:
             sizes.append(self._batch_size(batch))
             if check:
                 prints.append(_fingerprint(batch))
+            if self.loss.per_item and self.loss.kind != "custom":
+                counts.append(ce_count(self.loss, self._split(batch)[1]))
         if not sizes or sum(sizes) == 0:
             raise DataError("the data yields no data points")
         if check and len(sizes) > 0 and not isinstance(self._data, list):
@@ -303,13 +272,56 @@ class Objective:
         self._sizes = tuple(sizes)
         self._prints = tuple(prints) if check else None
         self.num_data = int(sum(sizes))
+        if self.loss.kind == "custom":
+            counts = self._custom_counts()
+        self._set_weights(counts)
+
+    def _custom_counts(self) -> list[float]:
+        """Item counts of a custom loss that returns a :class:`LossValue` (else ``[]``)."""
+        count_fn = getattr(self.loss.fn, "count", None)
+        it = iter(self._data)
+        first = self._prepare(next(it))
+        with torch.no_grad():
+            value = self._call_custom(self.theta, first)
+        if not isinstance(value, LossValue):
+            return []
+        self.loss = dataclasses.replace(self.loss, per_item=True)
+        if count_fn is not None:
+            return [float(count_fn(self._prepare(b))) for b in self._data]
+        counts = [float(value.count)]
+        with torch.no_grad():
+            counts += [float(self._call_custom(self.theta, self._prepare(b)).count) for b in it]
+        return counts
+
+    def _set_weights(self, counts: list[float]) -> None:
+        """Batch weights ``w_b`` with ``L = sum_b w_b * batch_loss_b`` (module docstring)."""
+        N = self.num_data
+        if self.loss.per_item and self.loss.reduction == "mean":
+            total = float(sum(counts))
+            if total <= 0:
+                raise DataError(
+                    "the data holds no loss items: every target is ignored "
+                    f"(ignore_index={self.loss.ignore_index}) or has class weight 0"
+                )
+            self.num_items = total
+            self._weights = tuple(1.0 / total for _ in counts)
+            self._items = tuple(counts)
+        elif self.loss.per_item or self.loss.reduction == "sum":
+            self.num_items = float(N)
+            self._weights = tuple(1.0 / N for _ in self._sizes)
+            self._items = tuple(float(n) for n in self._sizes)
+        else:
+            self.num_items = float(N)
+            self._weights = tuple(n / N for n in self._sizes)
+            self._items = tuple(float(n) for n in self._sizes)
 
     def batches(self) -> Iterator[tuple[Any, float]]:
         """Yield ``(batch, weight)`` so that ``L = sum_b weight_b * loss_b``.
 
         Batches are moved to the objective's device, floating tensors cast to its dtype.
-        The weight is ``N_b / N`` for mean reduction and ``1 / N`` for sum reduction.
-        Each pass checks that batch sizes match the first pass.
+        The weight is ``N_b / N`` for per-point losses with mean reduction, ``1 / N_items``
+        for item-level losses (cross-entropy, LM losses, :class:`LossValue`) and ``1 / N``
+        for sum reduction. Each pass checks that batch sizes match the first pass.
         """
         count = 0
         for i, batch in enumerate(self._data):
@@ -321,10 +333,9 @@ class Objective:
                     "with a changing sampler)"
                 )
             count += 1
-            if n == 0:
+            if n == 0 or self._items[i] == 0:
                 continue
-            w = n / self.num_data if self.loss.reduction == "mean" else 1.0 / self.num_data
-            yield self._prepare(batch), w
+            yield self._prepare(batch), self._weights[i]
         if count != len(self._sizes):
             raise NonDeterminismError(
                 f"the data yielded {count} batches on this pass and {len(self._sizes)} on the "
@@ -381,7 +392,9 @@ class Objective:
         return next(iter(batch))
 
     def _split(self, batch: Any) -> tuple[Any, Any]:
-        """Split a batch into model input and target (criterion losses only)."""
+        """Split a batch into model input and target (criterion and LM losses only)."""
+        if self.loss.kind in ("causal_lm", "masked_lm"):
+            return lm_split(self.loss, batch)
         if isinstance(batch, Mapping):
             tkey = self.target_key or next((k for k in _TARGET_KEYS if k in batch), None)
             if tkey is None:
@@ -402,35 +415,65 @@ class Objective:
         return {**self.frozen, **theta}
 
     def forward(self, theta: Mapping[str, Tensor], inputs: Any) -> Tensor:
-        """Model outputs at parameters ``theta`` (functional; the model is not touched)."""
-        return functional_call(self.model, self.full_params(theta), (inputs,))
+        """Model outputs at parameters ``theta`` (functional; the model is not touched).
+
+        Dict inputs (language-model batches) are passed as keyword arguments; a Hugging
+        Face output object gives its ``logits``.
+        """
+        with derivative_context() if _differentiating() else contextlib.nullcontext():
+            if isinstance(inputs, Mapping):
+                out = functional_call(self.model, self.full_params(theta), (), dict(inputs))
+            else:
+                out = functional_call(self.model, self.full_params(theta), (inputs,))
+        return output_tensor(out)
 
     def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """The criterion on one batch (criterion losses only), with MSE one-hot targets."""
+        """The loss of one batch from its outputs (criterion and LM losses).
+
+        Cross-entropy kinds return the batch's *sum* over items (the batch weights
+        normalise); others the criterion's own reduction. MSE one-hot encodes integer
+        targets.
+        """
+        if self.loss.is_ce:
+            return ce_sum(self.loss, outputs, targets)
         if self.loss.kind == "mse" and not targets.is_floating_point() and outputs.ndim == 2:
             targets = F.one_hot(targets.long(), outputs.shape[1]).to(outputs.dtype)
         return self.loss.fn(outputs, targets)
 
-    def batch_loss(self, theta: Mapping[str, Tensor], batch: Any) -> Tensor:
-        """The loss of one prepared batch at ``theta``, with the loss's own reduction."""
-        if self.loss.kind == "custom":
-            full = self.full_params(theta)
+    def _call_custom(self, theta: Mapping[str, Tensor], batch: Any) -> Any:
+        full = self.full_params(theta)
 
-            def model_fn(*args: Any, **kwargs: Any) -> Any:
-                return functional_call(self.model, full, args, kwargs)
+        def model_fn(*args: Any, **kwargs: Any) -> Any:
+            return functional_call(self.model, full, args, kwargs)
 
+        with derivative_context() if _differentiating() else contextlib.nullcontext():
             return self.loss.fn(model_fn, batch)
+
+    def batch_loss(self, theta: Mapping[str, Tensor], batch: Any) -> Tensor:
+        """A prepared batch's loss at ``theta``: ``L = sum_b w_b * batch_loss_b``.
+
+        The batch mean for per-point losses with mean reduction, the sum over its items
+        (points, or tokens) otherwise; ``w_b`` from :meth:`batches`.
+        """
+        if self.loss.kind == "custom":
+            value = self._call_custom(theta, batch)
+            return value.total if isinstance(value, LossValue) else value
         x, y = self._split(batch)
         return self.criterion(self.forward(theta, x), y)
 
     def sample_loss(self, theta: Mapping[str, Tensor], sample: Any) -> Tensor:
-        """Loss of a single data point (a batch entry without its batch dimension).
+        """Loss ``l_i`` of a single data point (a batch entry without its batch dimension).
 
         Used with :func:`torch.func.vmap` for per-sample gradients; ``L`` is the mean of
-        these over the data for both reductions.
+        these over the data points for every loss: for item-level losses
+        ``l_i = (N / N_items) * total_i``, the point's summed item losses relative to the
+        mean number of items per point (for a language model a sample is a sequence).
         """
         batch = _map_tensors(sample, lambda t: t.unsqueeze(0))
-        return self.batch_loss(theta, batch)
+        loss = self.batch_loss(theta, batch)
+        if self.loss.per_item and self.loss.reduction == "mean":
+            return loss * (self.num_data / self.num_items)
+        return loss
 
     def value(self, theta: Mapping[str, Tensor] | None = None) -> float:
         """The full-data loss ``L(theta)`` (default: at the objective's parameters)."""

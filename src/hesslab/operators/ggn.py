@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
 from hesslab.errors import ConfigurationError
+from hesslab.losses import LossSpec, ce_item_weights, ce_layout
 from hesslab.objective import Objective
 from hesslab.operators.curvature import CurvatureOperator
 
@@ -35,15 +36,8 @@ def loss_hessian_product(
     ``U`` has the outputs' shape; the loss is the objective's criterion with its reduction.
     """
     spec = objective.loss
-    if spec.kind == "ce" and outputs.ndim == 2:
-        p = torch.softmax(outputs, dim=1)
-        scale = 1.0 / outputs.shape[0] if spec.reduction == "mean" else 1.0
-
-        def ce(U: Tensor) -> Tensor:
-            pu = p * U
-            return scale * (pu - p * pu.sum(-1, keepdim=True))
-
-        return ce
+    if spec.is_ce and (spec.label_smoothing == 0.0 or spec.weight is None):
+        return _ce_hessian_product(spec, outputs, targets)
     if spec.kind == "mse":
         scale = 2.0 / outputs.numel() if spec.reduction == "mean" else 2.0
         return lambda U: scale * U
@@ -53,6 +47,36 @@ def loss_hessian_product(
         return jvp(g, (outputs.detach(),), (U,))[1]
 
     return generic
+
+
+def _ce_hessian_product(spec: LossSpec, outputs: Tensor, targets: Tensor) -> Callable:
+    """``U -> sum_items w_item (diag(p) - p p^T) U_item`` for summed cross-entropy.
+
+    ``p = softmax`` of each item's logits, ``w_item`` its class weight (0 if ignored; label
+    smoothing leaves the logit Hessian unchanged since the smoothed targets sum to one).
+    Never forms a ``V x V`` matrix: memory ``O(items * V)``.
+    """
+    logits, labels = ce_layout(spec, outputs, targets)
+    p = torch.softmax(logits, dim=-1)
+    w = ce_item_weights(spec, labels, p.dtype).unsqueeze(-1)
+    wp = w * p
+
+    def ce(U: Tensor) -> Tensor:
+        Ul, _ = ce_layout(spec, U, targets)
+        pu = wp * Ul
+        HU = pu - wp * (p * Ul).sum(-1, keepdim=True)
+        return _unlayout(spec, HU, U)
+
+    return ce
+
+
+def _unlayout(spec: LossSpec, HU: Tensor, like: Tensor) -> Tensor:
+    """Undo :func:`ce_layout` on a product (zero rows where the layout dropped positions)."""
+    if spec.kind == "causal_lm":
+        return torch.cat([HU, torch.zeros_like(like[:, -1:])], dim=1)
+    if HU.shape != like.shape:  # class dimension moved last from position 1
+        return HU.movedim(-1, 1)
+    return HU
 
 
 class GGNOperator(CurvatureOperator):

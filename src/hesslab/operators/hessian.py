@@ -115,7 +115,13 @@ class HessianOperator(CurvatureOperator):
         self.cache_graph = bool(cache_graph)
         self._graphs: dict[int, tuple[list[Tensor], tuple[Tensor, ...]]] = {}
         self._batched_backward_ok = True
-        self.mode_report: dict[str, Any] = {"requested": mode, "cache_graph": self.cache_graph}
+        self.mode_report: dict[str, Any] = {
+            "requested": mode,
+            "cache_graph": self.cache_graph,
+            # the scaled_dot_product_attention backend of every derivative pass
+            # (hesslab.derivative_context: the fused kernels have no double backward)
+            "attention": "math",
+        }
         self._structure: tuple | None = None
 
     # ------------------------------------------------------------- products

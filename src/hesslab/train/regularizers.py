@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hesslab.errors import ConfigurationError, DataError, ParameterSelectionError
+from hesslab.objective import derivative_context
 from hesslab.params import layer_groups, select_parameters
 from hesslab.train.fit import resolve_loss
 
@@ -270,7 +271,17 @@ class _ProbePenalty:
         tensors = [named[n] for n in names]
         if loss is None:
             loss = self._own_forward(model, batch, loss_fn)
-        est = self._estimate(loss, tensors, step)
+            est = self._estimate(loss, tensors, step)
+        else:
+            try:
+                est = self._estimate(loss, tensors, step)
+            except (RuntimeError, NotImplementedError) as e:
+                if "not implemented" not in str(e) and "not support" not in str(e):
+                    raise
+                # the loop's loss went through a fused kernel without double backward
+                # (scaled_dot_product_attention): one more forward under the math kernel
+                loss = self._own_forward(model, batch, loss_fn)
+                est = self._estimate(loss, tensors, step)
         return self._finish(est, step, t0)
 
     def evaluate_at(
@@ -295,7 +306,8 @@ class _ProbePenalty:
                 f"values lack the selected parameters {missing}; pass a tensor for each."
             )
         x, y = _unpack(batch)
-        out = functional_call(model, dict(values), (x,))
+        with derivative_context():
+            out = functional_call(model, dict(values), (x,))
         loss = resolve_loss(loss_fn)(out, y)
         est = self._estimate(loss, [values[n] for n in names], step, record=False)
         return self.gamma * est["value"]
@@ -306,7 +318,8 @@ class _ProbePenalty:
         x, y = _unpack(batch)
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         # copies of the buffers absorb any in-place update (BatchNorm running statistics)
-        out = functional_call(model, buffers, (x,)) if buffers else model(x)
+        with derivative_context():  # attention through a kernel with double backward
+            out = functional_call(model, buffers, (x,)) if buffers else model(x)
         return resolve_loss(loss_fn)(out, y)
 
     def _probes(self, P: int, like: Tensor) -> Tensor:
