@@ -120,7 +120,7 @@ def test_tied_embedding_counted_once():
     block = 2 * 2 * d + 4 * (d * d + d) + (d * hidden + hidden) + (hidden * d + d)
     expected = V * d + T * d + block + 2 * d  # the output layer adds nothing
     ids = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(0))
-    obj = hesslab.Objective(net.eval(), _lm_loss, [(ids, ids)])
+    obj = hesslab.Objective(net.eval(), "causal_lm", [(ids, ids)])
     assert obj.space.size == expected == sum(p.numel() for p in net.parameters())
 
 
@@ -140,12 +140,6 @@ def test_build_model_from_data():
 def _lm_per_token(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     V = logits.shape[-1]
     return F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1))
-
-
-@hesslab.batch_loss
-def _lm_loss(model_fn, batch):
-    ids, labels = batch
-    return _lm_per_token(model_fn(ids), labels)
 
 
 def _reference_hvp(model, loss_of_outputs, inputs, targets, v):
@@ -188,7 +182,6 @@ def test_hvp_matches_double_backward_reference(name):
     v = v / v.norm()  # a step eps * v of norm eps: differences accurate to O(eps^2)
     ref, fd = _reference_hvp(model, out_loss, x, y, v)
     assert float((ref - fd).norm() / ref.norm()) < 1e-7  # the reference itself
-    with _math():  # until hesslab picks the math kernel itself (issue 13, part 1)
-        H = hesslab.hessian(model, _lm_loss if name == "gpt" else "ce", [(x, y)])
-        hv = H @ v
+    # hesslab picks the math kernel for its derivative passes by itself
+    hv = hesslab.hessian(model, "causal_lm" if name == "gpt" else "ce", [(x, y)]) @ v
     assert float((hv - ref).norm() / ref.norm()) < 1e-10

@@ -55,7 +55,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hesslab.data import balanced_subset, digits, text
@@ -63,9 +62,9 @@ from hesslab.errors import ConfigurationError
 from hesslab.experiments._stages import Parts
 from hesslab.experiments.registry import ExperimentSpec
 from hesslab.linalg import spectral_density
+from hesslab.losses import ce_count, ce_sum, resolve_loss
 from hesslab.measures import spectrum_js
 from hesslab.models import gpt, lenet
-from hesslab.objective import BatchLoss
 from hesslab.operators import hessian
 from hesslab.report import plots
 from hesslab.report.progress import StepProgress
@@ -226,15 +225,12 @@ def _gen(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(sum(k * 1_000_003**i for i, k in enumerate(key)) % 2**63)
 
 
+_CAUSAL_LM = resolve_loss("causal_lm", None)
+
+
 def _next_token_ce(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean next-token cross-entropy over all predicted tokens (labels shifted by one)."""
-    V = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1))
-
-
-def _lm_batch_loss(model_fn: Callable[..., Tensor], batch: Any) -> Tensor:
-    ids, labels = batch
-    return _next_token_ce(model_fn(ids), labels)
+    """Mean next-token cross-entropy over the batch's tokens (hesslab's ``"causal_lm"``)."""
+    return ce_sum(_CAUSAL_LM, logits, labels) / ce_count(_CAUSAL_LM, labels)
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,14 +261,13 @@ def _measure(net: nn.Module, loss: Any, data: Any, cfg: Zhang2024Config, key: tu
     """Blockwise SLQ densities of ``net``'s Hessian and their pairwise JS distances."""
     model = copy.deepcopy(net).to(_dtype(cfg)).eval()
     t = time.perf_counter()
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-        blocks = hessian(model, loss, data).blocks()
-        dens = {
-            name: spectral_density(
-                op, cfg.num_steps, cfg.num_probes, generator=_gen(*key, j)
-            ).nodes_and_weights()
-            for j, (name, op) in enumerate(blocks.items())
-        }
+    blocks = hessian(model, loss, data).blocks()
+    dens = {
+        name: spectral_density(
+            op, cfg.num_steps, cfg.num_probes, generator=_gen(*key, j)
+        ).nodes_and_weights()
+        for j, (name, op) in enumerate(blocks.items())
+    }
     js = _pairwise_js(dens, cfg)
     return {
         "blocks": list(blocks),
@@ -296,7 +291,7 @@ def _train_and_measure(
             split.num_classes, cfg.seq_len, cfg.gpt_dim, cfg.gpt_depth, cfg.gpt_heads, seed=seed
         )
         x = split.train.x[: cfg.measure_sequences]
-        data, loss = [(x, x)], BatchLoss(_lm_batch_loss)
+        data, loss = [(x, x)], "causal_lm"
         train_kw = {
             "loss": _next_token_ce,
             "optimizer": "adam",
