@@ -267,6 +267,27 @@ def _load_factory(spec: str) -> Any:
     return factory
 
 
+def _make_model(args: argparse.Namespace, data: Any) -> torch.nn.Module:
+    """``--model``: a zoo name (sizes from the data, ``--model-option`` s) or ``file.py:fn``."""
+    from hesslab.experiments.registry import _parse_value
+    from hesslab.models import MODELS, build_model
+
+    options = {}
+    for item in args.model_option or []:
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            raise ConfigurationError(f"--model-option {item!r} must look like key=value")
+        options[key.strip()] = _parse_value(value.strip())
+    if ":" not in args.model and args.model.lower().replace("-", "_") in MODELS:
+        return build_model(args.model, data, **{"seed": args.seed, **options})
+    if options:
+        raise ConfigurationError("--model-option applies to zoo models (--model gpt, ...) only")
+    model = _load_factory(args.model)()
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigurationError(f"{args.model} returned a {type(model).__name__}, not a Module")
+    return model
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from hesslab import Objective
     from hesslab.analysis import analyze
@@ -278,10 +299,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigurationError("--device cuda requested but CUDA is not available")
-    factory = _load_factory(args.model)
-    model = factory()
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigurationError(f"{args.model} returned a {type(model).__name__}, not a Module")
+    loaded = load_data(args.data, dtype=dtype)
+    model = _make_model(args, loaded)
     if args.weights:
         state = torch.load(args.weights, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
@@ -293,7 +312,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 f"--weights {args.weights} do not fit the model: {str(e).splitlines()[0]}"
             ) from None
     model = model.to(device=device, dtype=dtype).eval()
-    loaded = load_data(args.data, dtype=dtype)
     part = getattr(loaded, args.split, None) if hasattr(loaded, "train") else loaded
     if part is None:
         raise DataError(f"data {args.data!r} has no {args.split!r} split")
@@ -311,6 +329,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     config = {
         "command": "analyze",
         "model": args.model,
+        "model_options": list(args.model_option or []),
         "weights": args.weights,
         "data": args.data,
         "split": args.split,
@@ -532,12 +551,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="analyse your own model",
         description="Curvature summary of your model on a data set.",
     )
-    p.add_argument("--model", required=True, help="path/to/file.py:factory returning a Module")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="path/to/file.py:factory returning a Module, or a zoo model (mlp, lenet, "
+        "resnet_small, gpt, vit) sized from the data",
+    )
+    p.add_argument(
+        "--model-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="option of a zoo model, e.g. dim=16 or 'widths=[32,32]' (repeatable)",
+    )
     p.add_argument("--weights", help="state_dict file (.pt) to load into the model")
     p.add_argument(
         "--data",
         required=True,
-        help="bundled name (digits, digits-image, mixture, blobs, moons, circles), "
+        help="bundled name (digits, digits-image, mixture, blobs, moons, circles, text), "
         "a .pt/.npz file with x and y, or an MNIST / CIFAR-10 folder",
     )
     p.add_argument("--split", default="train", choices=["train", "test"])
@@ -548,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="batch size of the data passes (default: all points in one batch)",
     )
-    p.add_argument("--loss", default="ce", choices=["ce", "mse"])
+    p.add_argument("--loss", default="ce", choices=["ce", "mse", "causal_lm", "masked_lm"])
     p.add_argument("--params", default=None, help="parameter subset, e.g. 'layers.2.*'")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="float32 or float64")
