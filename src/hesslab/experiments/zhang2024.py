@@ -26,9 +26,13 @@ momentum for the CNN), in float64:
 * **Distances**: :func:`hesslab.measures.spectrum_js` for every pair of blocks: both
   densities Gaussian-broadened (``σ = sigma_rel`` × the pair's joint spectral width) on
   ``grid_points`` points over the joint support, JS distance with base-2 logarithms (in
-  ``[0, 1]``). ``normalize=None`` (default) compares raw eigenvalues, so blocks whose
-  curvature scales differ are far apart, which is the heterogeneity Adam's per-coordinate
-  step sizes absorb; ``"scale"`` compares shapes only.
+  ``[0, 1]``). ``normalize=None`` (default) compares raw eigenvalues on the pair's joint
+  axis: a block whose eigenvalues are all tiny next to the other's is a spike at 0 there,
+  so it is far from a block with a spread-out bulk and close to one whose mass also sits
+  near 0 (differences of scale count as well as differences of shape, the heterogeneity
+  Adam's per-coordinate step sizes absorb); ``"scale"`` compares shapes only. The
+  paper's exact kernel width and grid are not stated in what we could read; their code
+  broadens with ``σ² = 1e-5`` on the raw axis.
 * **Statistic and rule**: per seed, ``JS_T`` and ``JS_C``, the mean pairwise JS distance
   of the transformer's and of the CNN's blocks, and their difference
   ``D = JS_T − JS_C``. Over the ``S ≥ 3`` seeds (each seed changes the initialization,
@@ -78,10 +82,12 @@ __all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "Zhang2024Config", "decide", "run"]
 
 logger = logging.getLogger(__name__)
 
-#: Measured wall time of the smoke size (see the module docstring), one thread.
-SMOKE_SECONDS = 60.0
-#: Measured wall time of the full size, one thread, on a shared 2-core machine.
-FULL_SECONDS = 900.0
+#: Measured wall time of the smoke size, one thread: 12 s of CPU; 25-40 s wall on a
+#: 2-core machine shared with other jobs.
+SMOKE_SECONDS = 30.0
+#: Measured wall time of the full size, one thread: 1,504 s on a 2-core machine with load
+#: average ~16 from other jobs (``results/zhang2024/``); an idle machine needs far less.
+FULL_SECONDS = 1500.0
 
 Progress = Callable[[str, float], None]
 MODELS = ("gpt", "cnn")
