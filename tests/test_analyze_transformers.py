@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from hesslab.cli import main
 from hesslab.errors import ConfigurationError
@@ -104,3 +105,18 @@ def test_model_options_need_a_zoo_model(tmp_path):
         from hesslab.models import build_model
 
         build_model("gpt", None, nonsense=1)
+
+
+def test_label_check_reads_classes_from_the_last_dimension_of_sequence_logits():
+    from argparse import Namespace
+
+    from hesslab.cli import _check_targets
+    from hesslab.errors import DataError
+
+    logits = torch.zeros(2, 8, 30)  # T = 8 positions, V = 30 classes
+    labels = torch.full((2, 8), 29)
+    labels[0, :3] = -100  # ignored positions are not labels
+    for loss in ("causal_lm", "masked_lm", "ce"):
+        _check_targets(Namespace(loss=loss, data="text"), logits, labels)
+    with pytest.raises(DataError, match=r"0\.\.29"):
+        _check_targets(Namespace(loss="causal_lm", data="text"), logits, labels.clamp(min=0) + 1)

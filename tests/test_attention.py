@@ -114,11 +114,30 @@ def _hf_case(attn: str = "sdpa"):
     return model, batches, "causal_lm", token_mean_loss(logits, ids, mask, labels)
 
 
+def _timm_case():
+    """timm's VisionTransformer (fused attention) at a tiny size; needs timm + torchvision."""
+    vt = pytest.importorskip("timm.models.vision_transformer")
+    torch.manual_seed(0)
+    model = vt.VisionTransformer(
+        img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=1,
+        num_heads=2, mlp_ratio=2.0,
+    )  # fmt: skip
+    model = model.double().eval()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+
+    def loss(theta):
+        return F.cross_entropy(call(model, theta, x), y)
+
+    return model, [(x[:2], y[:2]), (x[2:], y[2:])], "ce", loss
+
+
 CASES = {
     "mha": lambda: _classifier_case("mha"),
     "encoder": lambda: _classifier_case("encoder"),
     "gpt": _gpt_case,
     "hf-gpt2": _hf_case,
+    "timm-vit": _timm_case,
 }
 _REF: dict[str, tuple] = {}
 

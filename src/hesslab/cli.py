@@ -15,19 +15,25 @@ records the numbers an uninterrupted run would have. ``reproduce`` saves each fi
 part of the reproduction there (parts are coarse: an interrupted part, which may take
 minutes at full size, runs again from its start).
 
-Errors in arguments or data end the program with a one-line message and exit code 2.
+Errors in arguments, files, data, devices or the user's own code (model file, factory,
+forward pass) end the program with a one-line message naming the problem and the fix,
+exit code 2. Any other exception is a bug in hesslab: its traceback is printed, exit code
+1. ``hesslab --debug ...`` prints the traceback of every error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
+import re
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +41,7 @@ import torch
 
 from hesslab.errors import ConfigurationError, DataError, HesslabError
 
-__all__ = ["main"]
+__all__ = ["UserCodeError", "main"]
 
 log = logging.getLogger("hesslab.cli")
 
@@ -52,6 +58,146 @@ DEMO_DESCRIPTION = (
 def _out(msg: str) -> None:
     sys.stdout.write(msg + "\n")
     sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------ errors
+class UserCodeError(HesslabError):
+    """The user's own code (model file, factory, forward pass) raised an exception.
+
+    The message names the step, the exception's type and first line, the line of the
+    user's file where it was raised (when known) and what to check; the original
+    exception is chained (``--debug`` prints both tracebacks).
+    """
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 240 characters)."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch colours some messages
+    lines = [ln.strip() for ln in plain.splitlines() if ln.strip()]
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def _where(e: BaseException, file: str | Path | None) -> str:
+    """`` at file.py:LINE``: the deepest line of ``file`` in ``e``'s traceback, or ``""``."""
+    if file is None:
+        return ""
+    target = Path(file).resolve()
+    if isinstance(e, SyntaxError) and e.filename and Path(e.filename).resolve() == target:
+        return f" at {target.name}:{e.lineno}"
+    hits = [
+        fr for fr in traceback.extract_tb(e.__traceback__) if Path(fr.filename).resolve() == target
+    ]
+    return f" at {target.name}:{hits[-1].lineno}" if hits else ""
+
+
+@contextlib.contextmanager
+def _user_code(what: str, fix: str, file: str | Path | None = None) -> Iterator[None]:
+    """Turn an exception raised by the user's code inside the block into a one-liner.
+
+    ``HesslabError`` and ``KeyboardInterrupt`` pass through unchanged; any other exception
+    becomes :class:`UserCodeError` ``"<what> (<Type>: <first line>) at <file>:<line>;
+    <fix>"`` chained to the original.
+    """
+    try:
+        yield
+    except HesslabError:
+        raise
+    except Exception as e:
+        raise UserCodeError(f"{what} ({_one_line(e)}){_where(e, file)}; {fix}") from e
+
+
+def _model_file(args: argparse.Namespace) -> str | None:
+    spec = getattr(args, "model", None)
+    return spec.rpartition(":")[0] if spec and ":" in spec else None
+
+
+def _classify(e: Exception, args: argparse.Namespace) -> str | None:
+    """The one-line message of a user error, or ``None`` for a bug in hesslab."""
+    if isinstance(e, HesslabError):
+        return " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+    if isinstance(e, MemoryError) or "OutOfMemoryError" in type(e).__name__:
+        return (
+            f"out of memory ({_one_line(e)}); use a smaller --batch-size, --basis-device cpu "
+            "or disk, a --params subset, or a smaller --exact-limit"
+        )
+    where = _where(e, _model_file(args))
+    if where:  # raised inside the user's model file (e.g. a custom forward)
+        return (
+            f"your model code raised {_one_line(e)}{where}; fix the model "
+            "(run with --debug for the traceback)"
+        )
+    return None
+
+
+def _report_error(e: Exception, args: argparse.Namespace) -> int:
+    """Print ``e`` as a one-line user error (exit code 2) or as a hesslab bug (1)."""
+    message = _classify(e, args)
+    if message is None or getattr(args, "debug", False):
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    if message is None:
+        sys.stderr.write(
+            f"hesslab: internal error: {_one_line(e)}. This is a bug in hesslab; please "
+            "report it with the traceback above (and the command that caused it).\n"
+        )
+        return 1
+    sys.stderr.write(f"hesslab: error: {message}\n")
+    return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line: problem, then where to look."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ``>= lo``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _device(name: str, option: str = "--device") -> torch.device:
+    """``torch.device(name)``, checked to exist here (a tensor can be made on it)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigurationError(
+            f"{option} {name!r} is not a device name ({_one_line(e)[:80]}...); use cpu, cuda, "
+            "cuda:N or mps"
+        ) from None
+    if device.type == "meta":
+        raise ConfigurationError(f"{option} meta holds no data; use {option} cpu or cuda")
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigurationError(
+                f"{option} {name}: CUDA is not available here (torch.cuda.is_available() is "
+                f"False, torch {torch.__version__}); use {option} cpu"
+            )
+        if device.index is not None and device.index >= n:
+            raise ConfigurationError(
+                f"{option} {name}: there are {n} CUDA device(s) here (cuda:0..cuda:{n - 1}); "
+                f"pick one of them"
+            )
+    try:
+        torch.zeros(1, device=device) + 1
+    except Exception as e:
+        raise ConfigurationError(
+            f"{option} {name} cannot be used here ({_one_line(e)[:120]}); use {option} cpu"
+        ) from None
+    return device
 
 
 class _Stages:
@@ -93,7 +239,11 @@ def _analysis_config(args: argparse.Namespace, *, exact_limit: int) -> Any:
     what = tuple(w.strip() for w in args.what.split(",") if w.strip())
     if what == ("all",):
         what = PARTS
-    return AnalysisConfig(
+    if not what:
+        raise ConfigurationError(
+            f"--what {args.what!r} selects no part; give some of {','.join(PARTS)} (or all)"
+        )
+    cfg = AnalysisConfig(
         what=what,
         k_top=args.k,
         k_bottom=args.k_bottom,
@@ -106,6 +256,9 @@ def _analysis_config(args: argparse.Namespace, *, exact_limit: int) -> Any:
         basis_device=args.basis_device,
         basis_dir=args.basis_dir,
     )
+    if cfg.basis_device not in (None, "disk"):
+        _device(cfg.basis_device, "--basis-device")
+    return cfg
 
 
 def _check_resume(args: argparse.Namespace, config: dict[str, Any]) -> Path | None:
@@ -142,7 +295,13 @@ def _open_run(args: argparse.Namespace, name: str, config: dict[str, Any], **kw:
     from hesslab.report.run import RunDir
 
     if not args.resume:
-        return RunDir.create(args.out, name, config, **kw)
+        try:
+            return RunDir.create(args.out, name, config, **kw)
+        except OSError as e:
+            raise ConfigurationError(
+                f"--out {args.out}: cannot create a run folder there ({_one_line(e)}); pass "
+                "a writable folder"
+            ) from e
     path = _check_resume(args, config)
     return None if path is None else RunDir.reopen(path)
 
@@ -182,7 +341,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hesslab.train import fit
 
     t0 = time.perf_counter()
-    widths = [int(w) for w in args.widths.split(",") if w.strip()]
+    try:
+        widths = [int(w) for w in args.widths.split(",") if w.strip()]
+    except ValueError:
+        widths = [0]
+    if not widths or min(widths) < 1:
+        raise ConfigurationError(
+            f"--widths must be comma-separated positive integers, e.g. 32,32; got {args.widths!r}"
+        )
     cfg = _analysis_config(args, exact_limit=args.exact_limit)
     training = {
         "optimizer": "sgd",
@@ -248,23 +414,190 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _load_factory(spec: str) -> Any:
+    """The callable ``factory`` of ``--model path/to/file.py:factory``."""
     if ":" not in spec:
         raise ConfigurationError(f"--model must look like path/to/file.py:factory, got {spec!r}")
     path, _, name = spec.rpartition(":")
     file = Path(path)
     if not file.is_file():
-        raise ConfigurationError(f"--model file {file} does not exist")
+        raise ConfigurationError(
+            f"--model file {file} does not exist; pass path/to/file.py:factory with an "
+            "existing file"
+        )
     mod_spec = importlib.util.spec_from_file_location(f"hesslab_user_{file.stem}", file)
     if mod_spec is None or mod_spec.loader is None:
-        raise ConfigurationError(f"cannot import {file} as a Python module")
+        raise ConfigurationError(f"cannot import {file} as a Python module; pass a .py file")
     module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    with _user_code(
+        f"cannot import the --model file {file}",
+        "fix the file (it must run with `python " + str(file) + "`)",
+        file,
+    ):
+        mod_spec.loader.exec_module(module)
     if not hasattr(module, name):
-        raise ConfigurationError(f"{file} defines no {name!r}")
+        public = sorted(n for n, v in vars(module).items() if callable(v) and n[0] != "_")
+        raise ConfigurationError(
+            f"{file} defines no {name!r}; callables it defines: {', '.join(public) or 'none'}"
+        )
     factory = getattr(module, name)
     if not callable(factory):
-        raise ConfigurationError(f"{spec} is not callable")
+        raise ConfigurationError(f"{spec} is not callable; name a function returning a Module")
     return factory
+
+
+def _build_model(spec: str) -> torch.nn.Module:
+    """The ``nn.Module`` that ``--model FILE:factory`` builds."""
+    factory = _load_factory(spec)
+    file = spec.rpartition(":")[0]
+    with _user_code(f"the --model factory {spec}() raised", "fix the factory", file):
+        model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigurationError(
+            f"{spec} returned a {type(model).__name__}, not a torch.nn.Module; return the model"
+        )
+    return model
+
+
+def _names(keys: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _load_weights(model: torch.nn.Module, path: str) -> None:
+    """Load ``--weights`` (a state_dict file) into ``model``, or say why it cannot be."""
+    fix = "save them with torch.save(model.state_dict(), path) from the model --model builds"
+    if not Path(path).is_file():
+        raise DataError(f"--weights {path}: no such file; {fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(
+            f"--weights {path} cannot be read by torch.load(weights_only=True) "
+            f"({_one_line(e)[:160]}); the file is truncated, not a PyTorch file, or holds "
+            f"pickled objects: {fix}"
+        ) from e
+    for key in ("state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"--weights {path} holds a {type(state).__name__}, not a state_dict; {fix}")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    sizes = [
+        f"{k} (file {list(state[k].shape)}, model {list(own[k].shape)})"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = [f"missing {_names(missing)}"] if missing else []
+    problems += [f"unexpected {_names(extra)}"] if extra else []
+    problems += [f"size mismatch for {_names(sizes, 2)}"] if sizes else []
+    if problems:
+        hint = ""
+        if extra and all(k.startswith("module.") for k in extra):
+            hint = " (keys start with 'module.': save model.module.state_dict())"
+        raise DataError(
+            f"--weights {path} do not fit the model of --model: {'; '.join(problems)}{hint}; {fix}"
+        )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise DataError(f"--weights {path}: {_names(bad)} hold NaN or inf values; {fix}")
+    model.load_state_dict(state)
+
+
+def _check_model_on_data(args: argparse.Namespace, model: torch.nn.Module, part: Any) -> None:
+    """One forward pass on the first points, and the labels against the outputs.
+
+    Catches what would otherwise surface deep in the first curvature product: a model
+    whose input size does not fit the data, outputs that are not a tensor, class labels
+    outside ``0..C-1`` for the model's ``C`` outputs (``ce``, and ``mse`` with one-hot
+    targets) and regression targets whose shape differs from the outputs' (``mse``).
+    """
+    n = min(len(part), args.batch_size or len(part), 64)
+    x = part.x[:n].to(next(model.parameters()).device)
+    with (
+        _user_code(
+            f"the model's forward pass on the first {n} points of --data {args.data} failed",
+            f"the data has inputs of shape {list(part.x.shape[1:])} per point: make --model "
+            "accept them, or pass the data it was built for",
+            _model_file(args),
+        ),
+        torch.no_grad(),
+    ):
+        out = model(x)
+    if not isinstance(out, torch.Tensor):
+        raise ConfigurationError(
+            f"the model returns a {type(out).__name__}, not a tensor of outputs; wrap it so "
+            "that forward returns the logits (or use the Python API with a custom loss)"
+        )
+    _check_targets(args, out, part.y)
+
+
+def _shape_n(t: torch.Tensor) -> str:
+    """``[N, d1, ...]``: the shape of a batch with its leading dimension named N."""
+    return "[" + ", ".join(["N", *map(str, t.shape[1:])]) + "]"
+
+
+def _check_targets(args: argparse.Namespace, out: torch.Tensor, y: torch.Tensor) -> None:
+    shape = list(out.shape[1:])
+    if y.is_floating_point():
+        if args.loss == "ce":
+            raise DataError(
+                f"--loss ce needs integer class labels, but --data {args.data} holds floating "
+                "targets (regression); use --loss mse, or store the labels as integers"
+            )
+        if list(y.shape[1:]) != shape:
+            raise DataError(
+                f"--loss mse: --data {args.data} has targets of shape {_shape_n(y)} but the "
+                f"model outputs {_shape_n(out)} (a broadcast would give a wrong loss); store "
+                f"targets of shape {_shape_n(out)}, or make the model output {_shape_n(y)}"
+            )
+        return
+    if out.ndim < 2 or (args.loss == "mse" and out.ndim != 2):
+        need = "[N, C] (class scores)" if args.loss == "ce" else "[N, C] for one-hot targets"
+        raise DataError(
+            f"--loss {args.loss} with class labels needs model outputs {need}, got "
+            f"{list(out.shape)}; make the model output one score per class"
+        )
+    shape_y = y.shape
+    y = y[y != -100]  # ignore_index of cross-entropy and the LM losses: not a label
+    if not y.numel():
+        return
+    seq = args.loss in ("causal_lm", "masked_lm") or (
+        out.ndim == 3 and out.shape[:-1] == shape_y
+    )  # [N, T, V] logits with [N, T] labels: the classes are the last dimension
+    lo, hi, classes = int(y.min()), int(y.max()), out.shape[-1 if seq else 1]
+    if lo < 0 or hi >= classes:
+        raise DataError(
+            f"--data {args.data} has labels in [{lo}, {hi}] but the model outputs {classes} "
+            f"scores per point (labels must be 0..{classes - 1}); give the model "
+            f"{max(hi + 1, classes)} outputs, or relabel the data"
+        )
+
+
+def _analyze_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, torch.device]:
+    """The model (with ``--weights``, on ``--device``) and the data part to analyse."""
+    from hesslab.data import load_data
+
+    dtype = _dtype(args.dtype)
+    device = _device(args.device)
+    loaded = load_data(args.data, dtype=dtype)
+    model = _make_model(args, loaded)
+    if args.weights:
+        _load_weights(model, args.weights)
+    if next(model.parameters(), None) is None:
+        raise ConfigurationError(f"{args.model} builds a model without parameters")
+    model = model.to(device=device, dtype=dtype).eval()
+    part = getattr(loaded, args.split, None) if hasattr(loaded, "train") else loaded
+    if part is None:
+        raise DataError(
+            f"data {args.data!r} has no {args.split!r} split; use --split train (or store "
+            "x_test and y_test in the file)"
+        )
+    if args.max_points and len(part) > args.max_points:
+        part = part.subset(torch.arange(args.max_points))
+    _check_model_on_data(args, model, part)
+    return model, part, device
 
 
 def _make_model(args: argparse.Namespace, data: Any) -> torch.nn.Module:
@@ -282,41 +615,16 @@ def _make_model(args: argparse.Namespace, data: Any) -> torch.nn.Module:
         return build_model(args.model, data, **{"seed": args.seed, **options})
     if options:
         raise ConfigurationError("--model-option applies to zoo models (--model gpt, ...) only")
-    model = _load_factory(args.model)()
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigurationError(f"{args.model} returned a {type(model).__name__}, not a Module")
-    return model
+    return _build_model(args.model)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from hesslab import Objective
     from hesslab.analysis import analyze
-    from hesslab.data import load_data
     from hesslab.report.run import RunDir
 
     t0 = time.perf_counter()
-    dtype = _dtype(args.dtype)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError("--device cuda requested but CUDA is not available")
-    loaded = load_data(args.data, dtype=dtype)
-    model = _make_model(args, loaded)
-    if args.weights:
-        state = torch.load(args.weights, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise DataError(
-                f"--weights {args.weights} do not fit the model: {str(e).splitlines()[0]}"
-            ) from None
-    model = model.to(device=device, dtype=dtype).eval()
-    part = getattr(loaded, args.split, None) if hasattr(loaded, "train") else loaded
-    if part is None:
-        raise DataError(f"data {args.data!r} has no {args.split!r} split")
-    if args.max_points and len(part) > args.max_points:
-        part = part.subset(torch.arange(args.max_points))
+    model, part, device = _analyze_inputs(args)
     num_points = len(part)
     wrap, rank, world = _setup_distributed(args, device)
     if world > 1:
@@ -430,7 +738,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     spec = get_experiment(args.name)
     overrides = list(args.set or [])
     if args.seed is not None:
-        overrides.append(f"seeds=[{args.seed}]")
+        fields = spec.config(smoke=args.smoke)
+        overrides.append(f"seeds=[{args.seed}]" if "seeds" in fields else f"seed={args.seed}")
     cfg = spec.config(smoke=args.smoke, overrides=overrides)
     t0 = time.perf_counter()
     run = _open_run(
@@ -485,12 +794,20 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, exact_limit: int) -> No
         default="eig,trace,density,layers,ggn",
         help="comma-separated parts: eig,trace,density,layers,ggn (or 'all')",
     )
-    g.add_argument("--k", type=int, default=20, help="top eigenpairs (default 20)")
-    g.add_argument("--k-bottom", type=int, default=3, help="bottom eigenpairs (default 3)")
+    g.add_argument("--k", type=_int_at_least(1), default=20, help="top eigenpairs (default 20)")
+    g.add_argument(
+        "--k-bottom", type=_int_at_least(0), default=3, help="bottom eigenpairs (default 3)"
+    )
     g.add_argument("--tol", type=float, default=1e-6, help="relative residual tolerance")
-    g.add_argument("--trace-matvecs", type=int, default=96, help="products for tr H, tr H²")
-    g.add_argument("--density-steps", type=int, default=90, help="Lanczos steps of the density")
-    g.add_argument("--density-probes", type=int, default=1, help="probes of the density")
+    g.add_argument(
+        "--trace-matvecs", type=_int_at_least(1), default=96, help="products for tr H, tr H²"
+    )
+    g.add_argument(
+        "--density-steps", type=_int_at_least(1), default=90, help="Lanczos steps of the density"
+    )
+    g.add_argument(
+        "--density-probes", type=_int_at_least(1), default=1, help="probes of the density"
+    )
     g.add_argument(
         "--basis-device",
         default=None,
@@ -500,7 +817,7 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, exact_limit: int) -> No
     g.add_argument("--basis-dir", default=None, help="folder of the disk basis (default $TMPDIR)")
     g.add_argument(
         "--exact-limit",
-        type=int,
+        type=_int_at_least(0),
         default=exact_limit,
         help=f"also compute the exact spectrum when P <= this (default {exact_limit})",
     )
@@ -516,31 +833,44 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, exact_limit: int) -> No
 def build_parser() -> argparse.ArgumentParser:
     from hesslab import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hesslab",
         description="Measure, track and shape the Hessian spectrum of neural networks.",
     )
     parser.add_argument("--version", action="version", version=f"hesslab {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the full traceback of every error"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    common = argparse.ArgumentParser(add_help=False)
+    debug = _Parser(add_help=False)  # `hesslab CMD ... --debug` works too
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks")
+    common = _Parser(add_help=False, parents=[debug])
     common.add_argument("--out", default="runs", help="folder for run folders (default runs/)")
     common.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     common.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=_int_at_least(0),
+        default=0,
+        help="torch CPU threads (default: torch's choice)",
     )
-    common_noseed = argparse.ArgumentParser(add_help=False)
+    common_noseed = _Parser(add_help=False, parents=[debug])
     common_noseed.add_argument("--out", default="runs", help="folder for run folders")
     common_noseed.add_argument("--quiet", action="store_true", help="no progress bars")
     common_noseed.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=_int_at_least(0),
+        default=0,
+        help="torch CPU threads (default: torch's choice)",
     )
 
     p = sub.add_parser(
         "demo", parents=[common], help="analyse a small MLP on digits", description=DEMO_DESCRIPTION
     )
-    p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    p.add_argument(
+        "--epochs", type=_int_at_least(0), default=20, help="training epochs (default 20)"
+    )
     p.add_argument("--widths", default="32,32", help="hidden widths of the MLP (default 32,32)")
     _add_analysis_options(p, exact_limit=4000)
     p.set_defaults(func=cmd_demo)
@@ -571,10 +901,12 @@ def build_parser() -> argparse.ArgumentParser:
         "a .pt/.npz file with x and y, or an MNIST / CIFAR-10 folder",
     )
     p.add_argument("--split", default="train", choices=["train", "test"])
-    p.add_argument("--max-points", type=int, default=0, help="use the first N points only")
+    p.add_argument(
+        "--max-points", type=_int_at_least(0), default=0, help="use the first N points only"
+    )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=_int_at_least(0),
         default=0,
         help="batch size of the data passes (default: all points in one batch)",
     )
@@ -614,17 +946,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("list", help="list the reproducible analyses")
+    p = sub.add_parser("list", parents=[debug], help="list the reproducible analyses")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("report", help="rebuild report.html of a run folder")
+    p = sub.add_parser("report", parents=[debug], help="rebuild report.html of a run folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``hesslab`` console script."""
+    """Entry point of the ``hesslab`` console script.
+
+    Returns the exit code: 0 on success, 2 for a user error (one line on stderr naming
+    the problem and the fix), 1 for a bug in hesslab (its traceback on stderr), 130 when
+    interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -635,12 +972,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
-    except HesslabError as e:
-        sys.stderr.write(f"hesslab: error: {e}\n")
-        return 2
     except KeyboardInterrupt:
         sys.stderr.write("hesslab: interrupted\n")
         return 130
+    except Exception as e:  # a user error (exit 2) or a bug in hesslab (traceback, 1)
+        return _report_error(e, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

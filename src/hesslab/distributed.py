@@ -52,7 +52,12 @@ def _comm_device(device: torch.device, group: Any = None) -> torch.device:
     return device if dist.get_backend(group) == "nccl" else torch.device("cpu")
 
 
-def all_reduce_mean(value: Tensor, num_local: int, *, group: Any = None) -> Tensor:
+def _count(n: float) -> int | float:
+    """Item counts stay integers when they are (data points, tokens), floats otherwise."""
+    return int(n) if float(n).is_integer() else float(n)
+
+
+def all_reduce_mean(value: Tensor, num_local: float, *, group: Any = None) -> Tensor:
     """The mean over all ranks' data of per-rank means: ``sum_r (N_r / N) value_r``.
 
     ``value`` is this rank's mean over its ``num_local = N_r`` points (e.g. the gradient
@@ -101,14 +106,15 @@ class DistributedOperator(LinearOperator):
 
     Args:
         op: this rank's operator (e.g. ``HessianOperator`` of an objective on the shard).
-        num_local: data points of this rank; default ``op.objective.num_data``.
+        num_local: loss items of this rank (data points, or tokens for item-level losses);
+            default ``op.objective.num_items``.
         group: process group (default: the world).
 
     All ranks must call every product collectively (the algorithms do, as long as every
     rank runs the same code with the same arguments).
     """
 
-    def __init__(self, op: LinearOperator, *, num_local: int | None = None, group: Any = None):
+    def __init__(self, op: LinearOperator, *, num_local: float | None = None, group: Any = None):
         if not (dist.is_available() and dist.is_initialized()):
             raise ConfigurationError(
                 "torch.distributed is not initialised; launch with torchrun and call "
@@ -122,11 +128,11 @@ class DistributedOperator(LinearOperator):
                     "pass num_local= (this rank's number of data points) for an operator "
                     "without an objective"
                 )
-            num_local = objective.num_data
+            num_local = objective.num_items
         self.op, self.group = op, group
         count = torch.tensor([float(num_local)], dtype=torch.float64, device=self._comm_device)
         dist.all_reduce(count, group=group)
-        self.num_local, self.num_total = int(num_local), int(count.item())
+        self.num_local, self.num_total = _count(num_local), _count(count.item())
         if self.num_total <= 0:
             raise ConfigurationError("the shards hold no data points in total")
         self.symmetric = op.symmetric

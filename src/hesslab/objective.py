@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -113,6 +113,44 @@ def _map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     return batch
 
 
+# batches of two passes that the determinism check compares
+_CHECKED_BATCHES = 4
+
+
+def _refuse_shuffling(data: Any) -> None:
+    sampler = getattr(getattr(data, "batch_sampler", None), "sampler", None)
+    if isinstance(sampler, torch.utils.data.RandomSampler):
+        raise NonDeterminismError(
+            "the DataLoader shuffles (RandomSampler): every pass would see other batches. "
+            "Use DataLoader(..., shuffle=False), or pass check_determinism=False"
+        )
+
+
+def _loader_sizes(data: Any) -> list[int] | None:
+    """Batch sizes of a sequential, default-collated ``DataLoader`` without reading it."""
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, default_collate
+
+    if not isinstance(data, DataLoader) or data.collate_fn is not default_collate:
+        return None
+    bs = data.batch_sampler
+    if type(bs) is not BatchSampler or not isinstance(bs.sampler, SequentialSampler):
+        return None
+    try:
+        n = len(data.dataset)
+    except TypeError:
+        return None
+    size = bs.batch_size
+    sizes = [size] * (n // size)
+    if n % size and not bs.drop_last:
+        sizes.append(n % size)
+    return sizes
+
+
+def _rows(t: Tensor, a: int, b: int, n: int) -> Tensor:
+    """Rows ``a:b`` of a batch tensor (tensors without the batch dimension are kept)."""
+    return t[a:b] if t.ndim > 0 and t.shape[0] == n else t
+
+
 def _fingerprint(batch: Any) -> tuple:
     """Cheap content signature of a batch: shapes plus two position-weighted sums."""
     out = []
@@ -155,6 +193,10 @@ class Objective:
             first of ``x``/``input``/``inputs``/``input_ids``... and ``y``/``target``/
             ``labels``...).
         device: where batches are moved (default: the parameters' device).
+        max_batch_size: split every batch into micro-batches of at most this many data
+            points for every pass (products, gradients, losses), with exact weights, so
+            that a product over a batch too large for memory (e.g. the ``T x T``
+            attention scores of the math kernel) fits. ``None``: batches as given.
 
     Raises:
         NonDeterminismError: the determinism check failed (the message says how to fix).
@@ -173,6 +215,7 @@ class Objective:
         input_key: str | None = None,
         target_key: str | None = None,
         device: torch.device | str | None = None,
+        max_batch_size: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -196,6 +239,9 @@ class Objective:
             tuple(names), tuple(named[n].shape for n in names), first.dtype, first.device
         )
         self.device = torch.device(device) if device is not None else first.device
+        if max_batch_size is not None and int(max_batch_size) < 1:
+            raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.max_batch_size = None if max_batch_size is None else int(max_batch_size)
         self.theta: dict[str, Tensor] = {n: named[n].detach().clone() for n in names}
         self.frozen: dict[str, Tensor] = {
             n: p.detach().clone() for n, p in named.items() if n not in self.theta
@@ -251,18 +297,32 @@ class Objective:
         return int(ts[0].shape[0])
 
     def _scan(self, check: bool) -> None:
-        sizes, prints, counts = [], [], []
-        for batch in self._data:
-            sizes.append(self._batch_size(batch))
-            if check:
-                prints.append(_fingerprint(batch))
-            if self.loss.per_item and self.loss.kind != "custom":
-                counts.append(ce_count(self.loss, self._split(batch)[1]))
+        """Batch sizes, item counts and the data half of the determinism check.
+
+        Reads the data at most once: not at all for per-point losses over a ``DataLoader``
+        with a sequential sampler and the default collate function (sizes from the
+        sampler), once otherwise (sizes, and the targets of item-level losses). The check
+        compares the first :data:`_CHECKED_BATCHES` batches of two passes (all of them for
+        a list of batches they are the same objects): a shuffling sampler, random
+        augmentation or a stateful sampler shows there; a later batch that changes is
+        caught by the size checks of every pass only.
+        """
+        if check:
+            _refuse_shuffling(self._data)
+        sizes = None if self.loss.per_item else _loader_sizes(self._data)
+        counts: list[float] = []
+        if sizes is None:
+            sizes = []
+            for batch in self._data:
+                sizes.append(self._batch_size(batch))
+                if self.loss.per_item and self.loss.kind != "custom":
+                    counts.append(ce_count(self.loss, self._split(batch)[1]))
         if not sizes or sum(sizes) == 0:
             raise DataError("the data yields no data points")
-        if check and len(sizes) > 0 and not isinstance(self._data, list):
-            second = [_fingerprint(b) for b in self._data]
-            if second != prints:
+        if check and not isinstance(self._data, list):
+            first = [_fingerprint(b) for b in itertools.islice(self._data, _CHECKED_BATCHES)]
+            second = [_fingerprint(b) for b in itertools.islice(self._data, _CHECKED_BATCHES)]
+            if second != first:
                 raise NonDeterminismError(
                     "the data changed between two passes (a shuffled DataLoader, random "
                     "augmentation or a sampler with state). Curvature operators need the same "
@@ -270,7 +330,6 @@ class Objective:
                     "transforms, or pass check_determinism=False if this is intended"
                 )
         self._sizes = tuple(sizes)
-        self._prints = tuple(prints) if check else None
         self.num_data = int(sum(sizes))
         if self.loss.kind == "custom":
             counts = self._custom_counts()
@@ -335,12 +394,23 @@ class Objective:
             count += 1
             if n == 0 or self._items[i] == 0:
                 continue
-            yield self._prepare(batch), self._weights[i]
+            if self.max_batch_size is None or n <= self.max_batch_size:
+                yield self._prepare(batch), self._weights[i]
+                continue
+            for a in range(0, n, self.max_batch_size):
+                b = min(n, a + self.max_batch_size)
+                part = _map_tensors(batch, lambda t, a=a, b=b, n=n: _rows(t, a, b, n))
+                yield self._prepare(part), self._micro_weight(i, b - a, n)
         if count != len(self._sizes):
             raise NonDeterminismError(
                 f"the data yielded {count} batches on this pass and {len(self._sizes)} on the "
                 "first; it must be identical on every pass"
             )
+
+    def _micro_weight(self, i: int, rows: int, n: int) -> float:
+        """Weight of ``rows`` of batch ``i``'s ``n`` points: batch means are scaled, sums not."""
+        per_point_mean = not self.loss.per_item and self.loss.reduction == "mean"
+        return self._weights[i] * rows / n if per_point_mean else self._weights[i]
 
     @property
     def num_batches(self) -> int:
@@ -437,7 +507,8 @@ class Objective:
         if self.loss.is_ce:
             return ce_sum(self.loss, outputs, targets)
         if self.loss.kind == "mse" and not targets.is_floating_point() and outputs.ndim == 2:
-            targets = F.one_hot(targets.long(), outputs.shape[1]).to(outputs.dtype)
+            classes = torch.arange(outputs.shape[1], device=targets.device)
+            targets = (targets.long()[:, None] == classes).to(outputs.dtype)  # vmap-safe one-hot
         return self.loss.fn(outputs, targets)
 
     def _call_custom(self, theta: Mapping[str, Tensor], batch: Any) -> Any:

@@ -453,8 +453,11 @@ def load_tensor_file(
         try:
             with np.load(path, allow_pickle=False) as z:
                 obj = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read {str(path)!r} as .npz: {e}.") from e
+        except Exception as e:  # BadZipFile, zlib.error, EOFError, OSError, ValueError, ...
+            raise DataError(
+                f"cannot read {str(path)!r} as .npz ({type(e).__name__}: {e}); the file is "
+                "truncated, corrupt or not an .npz: write it with numpy.savez(path, x=x, y=y)."
+            ) from e
         train = _pair(obj, ("x", "y"), path)
         test = _pair(obj, ("x_test", "y_test"), path)
     else:

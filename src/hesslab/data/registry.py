@@ -76,6 +76,11 @@ def load_data(
             "nor CIFAR-10 batches (cifar-10-batches-py/data_batch_1, ...). Point --data at the "
             "folder that contains them."
         )
+    if path.suffix.lower() in (".pt", ".pth", ".npz") or len(path.parts) > 1:
+        raise DataError(
+            f"data file or folder {str(path)!r} does not exist; check the path (bundled "
+            f"names: {', '.join(DATASETS)})"
+        )
     raise DataError(
         f"unknown data {key!r}: not a bundled name ({', '.join(DATASETS)}) and no such file or "
         "folder. Pass a bundled name, a .pt/.npz file with tensors x and y, or an MNIST or "

@@ -78,6 +78,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             value = (value,)
         if not isinstance(value, (list, tuple)):
             raise ConfigurationError(f"{name} must be a list, got {value!r}")
+        if name == "seeds" and not value:
+            raise ConfigurationError("seeds must list at least one seed, e.g. seeds=[0]")
         return _freeze(value)
     return _freeze(value)
 

@@ -108,7 +108,7 @@ class HessianOperator(CurvatureOperator):
                 f"unknown Hessian mode {mode!r}; use 'auto' or one of {HESSIAN_MODES}"
             )
         if cache_graph == "auto":
-            cache_graph = objective.num_batches == 1
+            cache_graph = objective.num_batches == 1 and objective.max_batch_size is None
         if mode == "reverse-over-reverse-cached" and not cache_graph:
             cache_graph = True
         self.mode = mode

@@ -636,7 +636,7 @@ class SpectrumMonitor:
             if self.distributed:
                 from hesslab.distributed import all_reduce_mean
 
-                g = all_reduce_mean(g, obj.num_data, group=self.group)
+                g = all_reduce_mean(g, obj.num_items, group=self.group)
             values["grad_alignment"] = gradient_alignment(g, U[:, :k])
             values["grad_norm"] = float(g.norm())
         if "moment_overlap" in q and U is not None:
