@@ -57,18 +57,8 @@ def _check_full_report(run):
 
 
 def test_analyze_gpt_on_text(tmp_path, capsys):
-    run = _analyze(
-        tmp_path,
-        capsys,
-        "--model",
-        "gpt",
-        "--data",
-        "text",
-        "--max-points",
-        "4",
-        "--loss",
-        "causal_lm",
-    )
+    # the loss defaults to causal_lm for the bundled text
+    run = _analyze(tmp_path, capsys, "--model", "gpt", "--data", "text", "--max-points", "4")
     rows = _check_full_report(run)
     layers = [r["layer"] for r in rows]
     assert layers[:2] == ["tok", "pos"] and "blocks.0.attn.q" in layers and layers[-1] == "ln_f"

@@ -624,6 +624,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from hesslab.report.run import RunDir
 
     t0 = time.perf_counter()
+    if args.loss is None:  # the bundled text is a language-modelling corpus
+        args.loss = "causal_lm" if args.data == "text" else "ce"
     model, part, device = _analyze_inputs(args)
     num_points = len(part)
     wrap, rank, world = _setup_distributed(args, device)
@@ -910,7 +912,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="batch size of the data passes (default: all points in one batch)",
     )
-    p.add_argument("--loss", default="ce", choices=["ce", "mse", "causal_lm", "masked_lm"])
+    p.add_argument(
+        "--loss",
+        default=None,
+        choices=["ce", "mse", "causal_lm", "masked_lm"],
+        help="default: causal_lm (next-token cross-entropy) for --data text, else ce",
+    )
     p.add_argument("--params", default=None, help="parameter subset, e.g. 'layers.2.*'")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="float32 or float64")
