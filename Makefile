@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,hf,lightning]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,hf,lightning,mnist]"
 	touch $(STAMP)
 
 setup: $(STAMP)

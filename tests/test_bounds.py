@@ -131,3 +131,19 @@ def test_bad_input(arg):
 def test_bad_z():
     with pytest.raises(ConfigurationError):
         wolkowicz_styan((1.0, 2.0, 3), z=-1.0)
+
+
+def test_intervals_when_only_one_trace_is_estimated():
+    """An exact ``tr A`` with an estimated ``tr A^2`` (or the reverse) still has a
+    standard error, so the bound ranges are reported and contain the bounds."""
+    lam = torch.linspace(-1.0, 5.0, 200, dtype=torch.float64)
+    A = with_spectrum(lam)
+    g = torch.Generator().manual_seed(1)
+    t_est, q_est = trace(A, 48, generator=g), frobenius_sq(A, 48, generator=g)
+    exact_t, exact_q = float(lam.sum()), float((lam**2).sum())
+    for pair in ((exact_t, q_est), (t_est, exact_q)):
+        b = wolkowicz_styan((*pair, 200))
+        for name in ("lambda_max_lower", "lambda_max_upper", "lambda_min_lower"):
+            interval = getattr(b, f"{name}_interval")
+            assert interval is not None, name
+            assert interval[0] < getattr(b, name) < interval[1], name

@@ -389,6 +389,8 @@ def test_load_data_errors(tmp_path):
     assert set(DATASETS) == {
         "digits",
         "digits-image",
+        "mnist5k",
+        "mnist5k-image",
         "mixture",
         "blobs",
         "moons",

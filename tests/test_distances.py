@@ -79,3 +79,11 @@ def test_sankar_variant_is_scipy_on_density_values():
     assert spectrum_w1(a, m) > 0.1
     with pytest.raises(ConfigurationError):
         sankar_density_distance(a, b, sigma=-1.0)
+
+
+def test_scale_normalization_divides_by_the_largest_magnitude():
+    """``"scale"``: ``x -> x / max|x|``, also when the extreme eigenvalue is negative."""
+    a = torch.tensor([-10.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    b = torch.tensor([-3.0, 0.0, 1.0, 4.0], dtype=torch.float64)
+    expect = wasserstein_distance((a / 10.0).numpy(), (b / 4.0).numpy())
+    assert spectrum_w1(a, b, normalize="scale") == pytest.approx(expect, rel=1e-12)

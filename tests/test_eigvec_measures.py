@@ -136,3 +136,17 @@ def test_gradient_alignment():
     assert math.isnan(gradient_alignment(torch.zeros(P), U))
     with pytest.raises(OperatorInputError):
         gradient_alignment(g[:5], U)
+
+
+def test_subspace_overlap_of_unequal_dimensions_uses_the_smaller():
+    """``k = min(k_U, k_W)``: a line inside a 3-dimensional span overlaps it fully (1, in
+    either order), a line at 45 degrees from it overlaps by ``cos^2 = 1/2``."""
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(20, 3, generator=g, dtype=torch.float64))
+    w = U @ torch.tensor([0.6, -0.8, 0.0], dtype=torch.float64)
+    assert subspace_overlap(U, w[:, None]) == pytest.approx(1.0, rel=1e-12)
+    assert subspace_overlap(w[:, None], U) == pytest.approx(1.0, rel=1e-12)
+    x = torch.randn(20, generator=g, dtype=torch.float64)
+    x = x - U @ (U.T @ x)
+    y = (U[:, 0] + x / x.norm()) / math.sqrt(2)  # 45 degrees from the span
+    assert subspace_overlap(U, y[:, None]) == pytest.approx(0.5, rel=1e-12)

@@ -310,6 +310,12 @@ def test_composition_and_scipy():
     U = torch.linalg.eigh(A).eigenvectors[:, -2:]
     P = torch.eye(6, dtype=torch.float64) - U @ U.T
     _close(DeflatedOperator(op, U).to_dense(), P @ A @ P)
+    # a span that is not invariant under A: P A P differs from P A and from A P
+    U = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(U)
+    P = torch.eye(6, dtype=torch.float64) - Q @ Q.T
+    assert float((P @ A @ P - P @ A).abs().max()) > 1e-2
+    _close(DeflatedOperator(op, U).to_dense(), P @ A @ P)
     S = op.to_scipy()
     import numpy as np
 

@@ -66,7 +66,13 @@ def test_convnet_outputs_preserved_exactly():
     assert scalable_layers(net) == ["conv1", "conv2", "fc1", "fc2", "out"]
     new = rescale(net, {"conv1": 1e2, "conv2.weight": 1e-3, "fc2": 30.0, "out": 1 / 3.0})
     assert _rel(new(x), net(x)) < 1e-10
-    assert _rel(new(x), net(x)) >= 0
+    # the weights did change: layer l is scaled by alpha_l, its bias by the running product
+    expect = {"conv1": (1e2, 1e2), "conv2": (1e-3, 1e-1), "fc1": (1.0, 1e-1)}
+    expect.update({"fc2": (30.0, 3.0), "out": (1 / 3.0, 1.0)})
+    for layer, (a_w, a_b) in expect.items():
+        old, now = getattr(net, layer), getattr(new, layer)
+        torch.testing.assert_close(now.weight, a_w * old.weight, rtol=1e-14, atol=0)
+        torch.testing.assert_close(now.bias, a_b * old.bias, rtol=1e-14, atol=0)
 
 
 def test_batchnorm_eval_absorbs_scale():

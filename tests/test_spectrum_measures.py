@@ -101,3 +101,11 @@ def test_effective_rank():
 def test_bad_input(call):
     with pytest.raises(ConfigurationError):
         call()
+
+
+def test_threshold_rank_counts_strictly_above_rtol_times_max():
+    """``"threshold"``: the number of ``w_i > rtol * max w`` (strict: equality is not counted)."""
+    v = torch.tensor([1.0, 0.5, 1e-3, 1e-4, -0.25], dtype=torch.float64)
+    assert effective_rank(v, method="threshold", rtol=1e-3) == 3.0  # 1, 0.5, |-0.25|
+    assert effective_rank(v, method="threshold", rtol=1e-3, negative="clip") == 2.0
+    assert effective_rank(v, method="threshold", rtol=5e-4) == 4.0

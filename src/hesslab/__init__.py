@@ -30,12 +30,14 @@ from hesslab.linalg import (
 from hesslab.measures import count_outliers, effective_rank
 from hesslab.objective import BatchLoss, LossValue, Objective, batch_loss, derivative_context
 from hesslab.operators import (
+    ClassStructure,
     DenseOperator,
     GGNOperator,
     GradientMomentOperator,
     HessianOperator,
     LinearOperator,
     as_operator,
+    class_structure,
     ggn,
     gradient_moment,
     hessian,
@@ -47,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchLoss",
     "BoundsResult",
+    "ClassStructure",
     "ConfigurationError",
     "ConvergenceError",
     "DataError",
@@ -70,6 +73,7 @@ __all__ = [
     "__version__",
     "as_operator",
     "batch_loss",
+    "class_structure",
     "count_outliers",
     "derivative_context",
     "diagonal",

@@ -4,9 +4,12 @@
 :class:`~hesslab.report.RunDir`: top and bottom Hessian eigenpairs (Lanczos, with
 residuals), trace and ``tr(H^2)`` with standard errors and the Wolkowicz–Styan bounds they
 imply, the spectral density (stochastic Lanczos quadrature, Ghorbani et al. 2019),
-per-layer summaries (diagonal blocks ``H[l, l]``, Sankar et al. 2021), and Gauss–Newton
-vs Hessian outliers (Sagun et al. 2017). When ``P`` is small enough the exact spectrum
-(dense float64 ``eigh``) is computed too and every estimate is compared against it.
+per-layer summaries (diagonal blocks ``H[l, l]``, Sankar et al. 2021), Gauss–Newton
+vs Hessian outliers (Sagun et al. 2017), and, on request (``"classes"``), where the
+Gauss–Newton outliers come from: Papyan's (2020) class-mean / cross-class / within-class
+decomposition (:func:`~hesslab.operators.class_structure.class_structure`). When ``P``
+is small enough the exact spectrum (dense float64 ``eigh``) is computed too and every
+estimate is compared against it.
 
 ``hesslab demo`` and ``hesslab analyze`` are thin wrappers around this function.
 
@@ -45,22 +48,26 @@ from hesslab.linalg.trace import frobenius_sq, trace
 from hesslab.measures.spectrum import count_outliers
 from hesslab.objective import Objective
 from hesslab.operators.base import LinearOperator
+from hesslab.operators.class_structure import class_structure, subspace_fraction
 from hesslab.operators.ggn import GGNOperator
 from hesslab.operators.hessian import HessianOperator
 from hesslab.report import plots
 from hesslab.report.run import RunDir
 
-__all__ = ["PARTS", "AnalysisConfig", "StageStore", "analyze"]
+__all__ = ["DEFAULT_PARTS", "PARTS", "AnalysisConfig", "StageStore", "analyze"]
 
 T = TypeVar("T")
 
-PARTS = ("eig", "trace", "density", "layers", "ggn")
+PARTS = ("eig", "trace", "density", "layers", "ggn", "classes")
+#: What :class:`AnalysisConfig` runs by default (``"classes"`` only on request).
+DEFAULT_PARTS = ("eig", "trace", "density", "layers", "ggn")
 
 S_EIG = "Top and bottom eigenvalues"
 S_TRACE = "Trace, tr(H²) and eigenvalue bounds"
 S_DENSITY = "Spectral density"
 S_LAYERS = "Layerwise Hessians"
 S_GGN = "Gauss–Newton vs Hessian"
+S_CLASSES = "Class structure of the Gauss–Newton outliers"
 S_EXACT = "Check against the exact spectrum"
 
 
@@ -69,7 +76,7 @@ class AnalysisConfig:
     """Knobs of :func:`analyze` (every one is recorded in the run's config).
 
     Attributes:
-        what: parts to run, a subset of :data:`PARTS`.
+        what: parts to run, a subset of :data:`PARTS` (default :data:`DEFAULT_PARTS`).
         k_top: number of top eigenpairs.
         k_bottom: number of bottom eigenpairs.
         tol: relative residual tolerance of the eigensolver.
@@ -86,7 +93,7 @@ class AnalysisConfig:
         basis_dir: folder of the ``"disk"`` basis files (default: the temp folder).
     """
 
-    what: tuple[str, ...] = PARTS
+    what: tuple[str, ...] = DEFAULT_PARTS
     k_top: int = 20
     k_bottom: int = 3
     tol: float = 1e-6
@@ -197,6 +204,104 @@ class StageStore:
         return result
 
 
+def _identity(op: LinearOperator) -> LinearOperator:
+    return op
+
+
+def _classes_stage(
+    objective: Objective,
+    run: RunDir,
+    cfg: AnalysisConfig,
+    store: StageStore,
+    basis: dict[str, Any],
+    *,
+    distributed: bool,
+) -> dict[str, Any] | None:
+    """Papyan's (2020) decomposition of G: where do its top eigenvectors live?"""
+    if objective.loss.kind != "ce" or distributed:
+        why = "under torchrun" if distributed else "for a non-cross-entropy loss"
+        run.add_text(
+            S_CLASSES,
+            f"Skipped {why}: the decomposition needs softmax cross-entropy "
+            "over the whole data in one process.",
+        )
+        return None
+    cs = class_structure(objective)
+    C, dev = cs.num_classes, cs.ggn.device
+    g_top = store.run(
+        "ggn_top",
+        lambda ckpt: eigenpairs(
+            cs.ggn,
+            cfg.k_top,
+            "largest",
+            tol=cfg.tol,
+            generator=_gen(cfg.seed + 5, dev),
+            checkpoint=ckpt,
+            **basis,
+        ),
+    )
+    U = g_top.vectors.to(cs.ggn.dtype)
+    Q_class = cs.class_means.range_basis()
+    Q_both = torch.cat([Q_class, cs.cross_class.range_basis()], dim=1)
+    f_class = subspace_fraction(U, Q_class).cpu()
+    f_both = subspace_fraction(U, Q_both).cpu()
+    ranks = {
+        "class means": (cs.class_means.rank(), C),
+        "cross-class": (cs.cross_class.rank(), C * (C - 1)),
+    }
+    run.add_text(
+        S_CLASSES,
+        f"G = class means + cross-class + within-class (Papyan 2020), C = {C} classes, "
+        f"{cs.num_vjps} vector–Jacobian products for the C² means. A top eigenvector of G "
+        "whose squared norm lies mostly in the span of the C class means is an outlier "
+        "explained by the classes; one in the span of the cross-class means belongs to "
+        "the mini-bulk.",
+    )
+    run.add_table(
+        S_CLASSES,
+        "ranks",
+        [{"part": k, "rank": r, "predicted (at most)": b} for k, (r, b) in ranks.items()],
+    )
+    run.add_table(
+        S_CLASSES,
+        "top eigenvectors of G",
+        [
+            {
+                "rank": j + 1,
+                "λ (GGN)": float(g_top.values[j]),
+                "fraction in span(class means)": float(f_class[j]),
+                "fraction in span(class + cross-class means)": float(f_both[j]),
+            }
+            for j in range(len(g_top.values))
+        ],
+    )
+    fig = plots.plot_spectra_comparison(
+        {
+            "Gauss–Newton": g_top.values.cpu().numpy(),
+            "class means part": cs.class_means.eigenvalues().cpu().numpy(),
+            "cross-class part": cs.cross_class.eigenvalues()[: cfg.k_top].cpu().numpy(),
+        },
+        title="Top eigenvalues of G and of its class parts",
+    )
+    run.add_figure(
+        S_CLASSES,
+        "class_structure",
+        fig,
+        "Eigenvalues of G beside the exact spectra of its class-mean and "
+        "cross-class parts (Papyan 2020).",
+    )
+    m = min(C, len(g_top.values))
+    explained = int((f_class[:m] >= 0.5).sum())
+    run.add_claim(
+        S_CLASSES,
+        f"Papyan (2020): the top C = {C} outliers of G come from the class means",
+        f"{explained}/{m} of the top {m} eigenvectors have ≥ 50% of their norm² in the "
+        f"span of the class means (mean fraction {float(f_class[:m].mean()):.3f})",
+        holds=True if explained == m else False if 2 * explained < m else None,
+    )
+    return {"class_fraction": f_class.tolist(), "explained": explained, "ranks": ranks}
+
+
 def analyze(
     objective: Objective,
     run: RunDir,
@@ -239,7 +344,7 @@ def analyze(
         if progress is not None:
             progress(msg)
 
-    wrap = wrap or (lambda op: op)
+    wrap = wrap or _identity
     H_local = HessianOperator(objective)
     H = wrap(H_local)
     P = H.shape[0]
@@ -472,6 +577,13 @@ def analyze(
             f"λ_max G = {float(g_top.values[0]):.4g}",
             holds=overlap > 0.5,
         )
+    if "classes" in cfg.what:
+        note("class structure (Papyan 2020)")
+        classes = _classes_stage(
+            objective, run, cfg, store, basis, distributed=wrap is not _identity
+        )
+        if classes is not None:
+            summary["classes"] = classes
     if exact is not None:
         rows = []
         if top is not None:

@@ -899,7 +899,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         required=True,
-        help="bundled name (digits, digits-image, mixture, blobs, moons, circles, text), "
+        help="bundled name (digits, digits-image, mnist5k, mnist5k-image, mixture, blobs, moons, "
+        "circles, text), "
         "a .pt/.npz file with x and y, or an MNIST / CIFAR-10 folder",
     )
     p.add_argument("--split", default="train", choices=["train", "test"])

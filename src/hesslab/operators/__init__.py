@@ -13,6 +13,14 @@ from hesslab.operators.base import (
     scale,
     shift,
 )
+from hesslab.operators.class_structure import (
+    ClassStructure,
+    LowRankOperator,
+    WithinClassOperator,
+    class_means,
+    class_structure,
+    subspace_fraction,
+)
 from hesslab.operators.curvature import (
     BlockDiagonalOperator,
     CurvatureOperator,
@@ -29,6 +37,7 @@ from hesslab.operators.moment import (
 __all__ = [
     "HESSIAN_MODES",
     "BlockDiagonalOperator",
+    "ClassStructure",
     "CurvatureOperator",
     "DeflatedOperator",
     "DenseOperator",
@@ -38,11 +47,15 @@ __all__ = [
     "HessianOperator",
     "IdentityOperator",
     "LinearOperator",
+    "LowRankOperator",
     "RestrictedOperator",
     "ScaledOperator",
     "ScipyOperator",
     "SumOperator",
+    "WithinClassOperator",
     "as_operator",
+    "class_means",
+    "class_structure",
     "clear_mode_memo",
     "ggn",
     "gradient_moment",
@@ -50,4 +63,5 @@ __all__ = [
     "per_sample_gradients",
     "scale",
     "shift",
+    "subspace_fraction",
 ]
