@@ -395,4 +395,5 @@ def test_load_data_errors(tmp_path):
         "blobs",
         "moons",
         "circles",
+        "text",
     }

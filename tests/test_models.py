@@ -147,4 +147,4 @@ def test_build_model_infers_sizes():
         build_model("vgg")
     with pytest.raises(ConfigurationError, match="bad options"):
         build_model("mlp", flat)  # widths missing
-    assert set(MODELS) == {"mlp", "lenet", "resnet_small"}
+    assert set(MODELS) == {"mlp", "lenet", "resnet_small", "gpt", "vit"}

