@@ -34,10 +34,12 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, as_checkpoint
-from hesslab.linalg.lanczos import _default_generator, eigenpairs, lanczos_quadrature
+from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.probes import generator_digest
+from hesslab.linalg.quadrature import lanczos_quadrature
 from hesslab.linalg.results import TraceEstimate
 from hesslab.operators.base import as_operator
+from hesslab.rng import resolve_generator
 
 __all__ = ["SpectralDensity", "spectral_density", "wasserstein1"]
 
@@ -305,7 +307,7 @@ def spectral_density(
     if not isinstance(deflate, (int, np.integer)) or not 0 <= deflate < P:
         raise ConfigurationError(f"deflate must be an int in [0, P={P}), got {deflate!r}")
     entry_state = None if generator is None else generator_digest(generator)
-    generator = _default_generator(generator)
+    generator = resolve_generator(generator)
     disk = basis_device == "disk"
     # small P x r / P x K tensors (deflation basis, probes) stay on the device with "disk"
     bdev = op.device if basis_device is None or disk else torch.device(basis_device)

@@ -25,13 +25,14 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint
+from hesslab.linalg.basis import orthonormalize
 from hesslab.operators.base import LinearOperator, as_operator
+from hesslab.rng import resolve_generator
 
 __all__ = [
     "DISTRIBUTIONS",
     "Engine",
     "KrylovBasis",
-    "default_generator",
     "draw_probes",
     "mean_stderr",
     "remainder_samples",
@@ -41,25 +42,6 @@ Distribution = Literal["rademacher", "gaussian", "sphere"]
 
 #: The probe distributions understood by :func:`draw_probes`.
 DISTRIBUTIONS: tuple[str, ...] = ("rademacher", "gaussian", "sphere")
-
-
-def default_generator(generator: torch.Generator | None = None) -> torch.Generator:
-    """Return ``generator`` or, when it is ``None``, a new CPU generator seeded from OS entropy.
-
-    A fresh ``torch.Generator()`` always starts from the same default seed, so every
-    unseeded call would reuse the same probes; seeding from entropy avoids that. Pass a
-    seeded generator (``torch.Generator().manual_seed(0)``) for reproducible results.
-    """
-    if generator is None:
-        generator = torch.Generator()
-        generator.seed()
-        return generator
-    if not isinstance(generator, torch.Generator):
-        raise ConfigurationError(
-            f"generator must be a torch.Generator, got {type(generator).__name__}; "
-            "create one with torch.Generator().manual_seed(seed)"
-        )
-    return generator
 
 
 def check_distribution(distribution: str) -> str:
@@ -101,7 +83,7 @@ def draw_probes(
         raise ConfigurationError(
             f"need size > 0 and num_probes >= 0, got size={size}, num_probes={num_probes}"
         )
-    generator = default_generator(generator)
+    generator = resolve_generator(generator)
     gdev = generator.device
     shape = (int(size), int(num_probes))
     if distribution == "rademacher":
@@ -143,7 +125,7 @@ class Engine:
         self.P = self.op.shape[0]
         self.device = self.op.device
         self.distribution = check_distribution(distribution)
-        self.generator = default_generator(generator)
+        self.generator = resolve_generator(generator)
         self.block_size = (
             None if block_size is None else check_positive_int("block_size", block_size)
         )
@@ -308,28 +290,6 @@ class ProductReplay:
         for i in range(len(self.calls)):
             self.checkpoint.derived(f".{i}").remove()
         self.checkpoint.remove()
-
-
-def orthonormalize(W: Tensor, Q: Tensor | None = None, *, rtol: float = 1e-10) -> Tensor:
-    """Orthonormal basis of the part of ``range(W)`` orthogonal to ``range(Q)``.
-
-    Two passes of block Gram-Schmidt against ``Q`` then an SVD that drops directions whose
-    singular value is below ``rtol`` times the largest column norm of ``W`` (numerical
-    rank deficiency, e.g. an invariant subspace has been found). May return 0 columns.
-    """
-    scale = float(torch.linalg.vector_norm(W, dim=0).max()) if W.numel() else 0.0
-    if scale == 0.0:
-        return W[:, :0]
-    if Q is not None and Q.shape[1] > 0:
-        for _ in range(2):
-            W = W - Q @ (Q.T @ W)
-    U, S, _ = torch.linalg.svd(W, full_matrices=False)
-    keep = S > rtol * scale
-    U = U[:, keep]
-    if Q is not None and Q.shape[1] > 0 and U.shape[1] > 0:
-        U = U - Q @ (Q.T @ U)
-        U, _ = torch.linalg.qr(U)
-    return U
 
 
 class KrylovBasis:

@@ -68,6 +68,7 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, as_checkpoint
+from hesslab.linalg.basis import orthonormalize
 from hesslab.linalg.probes import (
     Engine,
     KrylovBasis,
@@ -75,7 +76,6 @@ from hesslab.linalg.probes import (
     check_positive_int,
     generator_digest,
     mean_stderr,
-    orthonormalize,
     remainder_samples,
 )
 from hesslab.linalg.results import TraceEstimate
