@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
-from hesslab.linalg.basis import BREAKDOWN_RTOL, Basis, orthogonalize, owned
+from hesslab.linalg.basis import BREAKDOWN_RTOL, Basis, col_norms, orthogonalize, owned
 from hesslab.operators.base import LinearOperator
 
 __all__ = ["QuadratureRule", "lanczos_quadrature"]
@@ -114,11 +114,11 @@ def _recurrences(
     m = bases[0].m if bases else 0
     if U is not None:
         _, V0 = orthogonalize(U, V0.clone())
-    norms = torch.linalg.vector_norm(V0, dim=0)
+    norms = col_norms(V0)
     if bool((norms == 0).any()):
         raise ConfigurationError("a probe vector is zero (or lies in the deflated space)")
     for kk, basis in enumerate(bases):
-        basis.put(0, V0[:, kk : kk + 1] / norms[kk])
+        basis.put(0, V0[:, kk : kk + 1] / float(norms[kk]))
     alpha = torch.zeros(K, m, dtype=f64)
     beta = torch.zeros(K, m, dtype=f64)
     steps = torch.zeros(K, dtype=torch.long)
@@ -134,15 +134,16 @@ def _recurrences(
         num_matvecs += len(idx)
         if U is not None:
             _, Wa = orthogonalize(U, Wa)
-        normest = max(normest, float(torch.linalg.vector_norm(Wa, dim=0).max()))
+        wnorms = col_norms(Wa)
+        normest = max(normest, float(wnorms.max()))
         for c, kk in enumerate(idx):
             w = Wa[:, c : c + 1].contiguous()
-            C, w = orthogonalize(bases[kk], w, j + 1)
+            C, w = orthogonalize(bases[kk], w, j + 1, norms=wnorms[c : c + 1])
             a = float(C[j, 0])
             if U is not None:
                 _, w = orthogonalize(U, w)
             alpha[kk, j], steps[kk] = a, j + 1
-            bnorm = float(torch.linalg.vector_norm(w))
+            bnorm = float(col_norms(w)[0])
             beta[kk, j] = bnorm
             if j + 1 < m:
                 if bnorm <= BREAKDOWN_RTOL * max(normest, abs(a), 1e-300) or j + 1 >= P:

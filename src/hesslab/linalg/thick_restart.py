@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hesslab.linalg.basis import BREAKDOWN_RTOL, Basis, orthogonalize, owned
+from hesslab.linalg.basis import BREAKDOWN_RTOL, Basis, col_norms, orthogonalize, owned
 from hesslab.linalg.probes import draw_probes
 from hesslab.linalg.results import EigenResult
 from hesslab.operators.base import LinearOperator
@@ -120,7 +120,7 @@ class ThickRestartLanczos:
         self.done = self.full = False
         self._pending: dict[str, Any] = {}
         X0 = start.to(dtype=basis.dtype, device=basis.device, copy=True)
-        scale = float(torch.linalg.vector_norm(X0, dim=0).max()) if X0.numel() else 0.0
+        scale = float(col_norms(X0).max()) if X0.numel() else 0.0
         Q0, _, _ = self._new_block(X0, 0, min(self.b, self.P), scale)
         basis.put(0, Q0)
         self.s, self.n = 0, Q0.shape[1]
@@ -146,8 +146,9 @@ class ThickRestartLanczos:
         self.steps += 1
         s, n, H = self.s, self.n, self.H
         W = self.apply(self.basis.cols(s, n))
-        col_norm = float(torch.linalg.vector_norm(W, dim=0).max())
-        C, W = orthogonalize(self.basis, W, n)
+        norms = col_norms(W)
+        col_norm = float(norms.max())
+        C, W = orthogonalize(self.basis, W, n, norms=norms)
         Cc = C.cpu()
         H[:n, s:n] = Cc
         H[s:n, :n] = Cc.T
@@ -234,7 +235,7 @@ class ThickRestartLanczos:
             return W[:, :0], torch.zeros(0, bw, dtype=f64), 0
         thresh = BREAKDOWN_RTOL * scale
         if bw == 1:
-            beta = float(torch.linalg.vector_norm(W))
+            beta = float(col_norms(W)[0])
             if beta > thresh:
                 Q, R = W.div_(beta), torch.full((1, 1), beta, dtype=f64)
             else:
