@@ -37,6 +37,7 @@ from hesslab.errors import ConfigurationError, HesslabError
 __all__ = [
     "Basis",
     "BasisStorageError",
+    "KrylovBasis",
     "as_block",
     "chunk_vectors",
     "col_norms",
@@ -346,3 +347,67 @@ class Basis:
         for r in chunks:
             block = Yt @ self.Vt[:n, r].to(self.device)
             self.Vt[:j, r] = block.to(self.Vt.device)
+
+
+class KrylovBasis:
+    """Orthonormal basis ``Q`` of a block Krylov space with the products ``Z = A Q``.
+
+    ``K_q(A, Omega) = span[Omega, A Omega, ..., A^{q-1} Omega]`` is built one block at a
+    time by block Lanczos with full reorthogonalisation: ``Q_1 = orth(Omega)``,
+    ``Q_{j+1} = orth((I - Q Q^T) A Q_j)``. Each :meth:`extend` applies ``A`` to the newest
+    block (``b`` products) and so gives ``tr(Q^T A Q) = sum_j tr(Q_j^T A Q_j)`` exactly for
+    all blocks built so far: a Krylov space of dimension ``d`` costs ``d`` products.
+
+    Args:
+        engine: anything with ``apply(V) -> A V``, ``P`` and ``device`` (an
+            :class:`~hesslab.linalg.probes.Engine`).
+        start: ``[P, b]`` start block.
+        capacity: most columns the space will hold (storage is allocated once; ``Q`` and
+            ``Z`` are views of it).
+    """
+
+    def __init__(self, engine: Any, start: Tensor, capacity: int) -> None:
+        self.engine = engine
+        kw = {"dtype": start.dtype, "device": engine.device}
+        self._Q = torch.empty(engine.P, capacity, **kw)
+        self._Z = torch.empty(engine.P, capacity, **kw)
+        self._d = 0
+        self._next = orthonormalize(start)
+        self.trace_part = 0.0
+
+    @property
+    def Q(self) -> Tensor:
+        """``[P, d]`` orthonormal basis."""
+        return self._Q[:, : self._d]
+
+    @property
+    def Z(self) -> Tensor:
+        """``[P, d]`` products ``A Q``."""
+        return self._Z[:, : self._d]
+
+    @property
+    def dim(self) -> int:
+        """Dimension ``d`` of the space whose products are known."""
+        return self._d
+
+    @property
+    def next_block_size(self) -> int:
+        """Number of products the next :meth:`extend` costs (0 when the space is invariant)."""
+        return self._next.shape[1]
+
+    def extend(self, max_cols: int | None = None) -> int:
+        """Apply ``A`` to the next block (at most ``max_cols`` columns, within the capacity);
+        return the columns added."""
+        room = self._Q.shape[1] - self._d
+        cols = room if max_cols is None else min(max_cols, room)
+        Qn = self._next[:, :cols]
+        if Qn.shape[1] == 0:
+            return 0
+        Zn = self.engine.apply(Qn)
+        self.trace_part += float((Qn * Zn).sum())
+        d, j = self._d, Qn.shape[1]
+        self._Q[:, d : d + j] = Qn
+        self._Z[:, d : d + j] = Zn
+        self._d = d + j
+        self._next = orthonormalize(Zn, self.Q)
+        return j

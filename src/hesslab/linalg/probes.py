@@ -25,14 +25,12 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint
-from hesslab.linalg.basis import orthonormalize
 from hesslab.operators.base import LinearOperator, as_operator
 from hesslab.rng import resolve_generator
 
 __all__ = [
     "DISTRIBUTIONS",
     "Engine",
-    "KrylovBasis",
     "draw_probes",
     "mean_stderr",
     "remainder_samples",
@@ -290,47 +288,6 @@ class ProductReplay:
         for i in range(len(self.calls)):
             self.checkpoint.derived(f".{i}").remove()
         self.checkpoint.remove()
-
-
-class KrylovBasis:
-    """Orthonormal basis ``Q`` of a block Krylov space with the products ``Z = A Q``.
-
-    ``K_q(A, Omega) = span[Omega, A Omega, ..., A^{q-1} Omega]`` is built one block at a
-    time by block Lanczos with full reorthogonalisation: ``Q_1 = orth(Omega)``,
-    ``Q_{j+1} = orth((I - Q Q^T) A Q_j)``. Each :meth:`extend` applies ``A`` to the newest
-    block (``b`` products) and so gives ``tr(Q^T A Q) = sum_j tr(Q_j^T A Q_j)`` exactly for
-    all blocks built so far: a Krylov space of dimension ``d`` costs ``d`` products.
-    """
-
-    def __init__(self, engine: Engine, start: Tensor) -> None:
-        self.engine = engine
-        P = engine.P
-        self.Q = torch.zeros(P, 0, dtype=torch.float64, device=engine.device)
-        self.Z = torch.zeros(P, 0, dtype=torch.float64, device=engine.device)
-        self._next = orthonormalize(start)
-        self.trace_part = 0.0
-
-    @property
-    def dim(self) -> int:
-        """Dimension ``d`` of the space whose products are known."""
-        return self.Q.shape[1]
-
-    @property
-    def next_block_size(self) -> int:
-        """Number of products the next :meth:`extend` costs (0 when the space is invariant)."""
-        return self._next.shape[1]
-
-    def extend(self, max_cols: int | None = None) -> int:
-        """Apply ``A`` to the next block (at most ``max_cols`` columns); return columns added."""
-        Qn = self._next if max_cols is None else self._next[:, :max_cols]
-        if Qn.shape[1] == 0:
-            return 0
-        Zn = self.engine.apply(Qn)
-        self.trace_part += float((Qn * Zn).sum())
-        self.Q = torch.cat([self.Q, Qn], dim=1)
-        self.Z = torch.cat([self.Z, Zn], dim=1)
-        self._next = orthonormalize(Zn, self.Q)
-        return Qn.shape[1]
 
 
 def remainder_samples(
