@@ -104,7 +104,7 @@ def main() -> None:
         return fn
 
     def tr(op):
-        r = trace(op, 96, distribution="gaussian", generator=torch.Generator().manual_seed(0))
+        r = trace(op, 96, generator=torch.Generator().manual_seed(0))
         tr.products = r.num_matvecs
         exact = float(op.d.double().sum())
         return abs(r.value - exact) / abs(exact)
