@@ -384,15 +384,16 @@ class KrylovBasis:
         engine: anything with ``apply(V) -> A V``, ``P`` and ``device`` (an
             :class:`~hesslab.linalg.probes.Engine`).
         start: ``[P, b]`` start block.
-        capacity: most columns the space will hold (storage is allocated once; ``Q`` and
-            ``Z`` are views of it).
+        capacity: most columns the space will hold (storage is allocated once, one row
+            per vector so that only the pages of vectors in use are touched; ``Q`` and
+            ``Z`` are ``[P, d]`` views of it).
     """
 
     def __init__(self, engine: Any, start: Tensor, capacity: int) -> None:
         self.engine = engine
         kw = {"dtype": start.dtype, "device": engine.device}
-        self._Q = torch.empty(engine.P, capacity, **kw)
-        self._Z = torch.empty(engine.P, capacity, **kw)
+        self._Qt = torch.empty(capacity, engine.P, **kw)
+        self._Zt = torch.empty(capacity, engine.P, **kw)
         self._d = 0
         self._next = orthonormalize(start)
         self.trace_part = 0.0
@@ -400,12 +401,12 @@ class KrylovBasis:
     @property
     def Q(self) -> Tensor:
         """``[P, d]`` orthonormal basis."""
-        return self._Q[:, : self._d]
+        return self._Qt[: self._d].T
 
     @property
     def Z(self) -> Tensor:
         """``[P, d]`` products ``A Q``."""
-        return self._Z[:, : self._d]
+        return self._Zt[: self._d].T
 
     @property
     def dim(self) -> int:
@@ -420,7 +421,7 @@ class KrylovBasis:
     def extend(self, max_cols: int | None = None) -> int:
         """Apply ``A`` to the next block (at most ``max_cols`` columns, within the capacity);
         return the columns added."""
-        room = self._Q.shape[1] - self._d
+        room = self._Qt.shape[0] - self._d
         cols = room if max_cols is None else min(max_cols, room)
         Qn = self._next[:, :cols]
         if Qn.shape[1] == 0:
@@ -428,8 +429,8 @@ class KrylovBasis:
         Zn = self.engine.apply(Qn)
         self.trace_part += float((Qn * Zn).sum())
         d, j = self._d, Qn.shape[1]
-        self._Q[:, d : d + j] = Qn
-        self._Z[:, d : d + j] = Zn
+        self._Qt[d : d + j] = Qn.T
+        self._Zt[d : d + j] = Zn.T
         self._d = d + j
         self._next = orthonormalize(Zn, self.Q)
         return j
