@@ -53,7 +53,16 @@ class NonDeterminismError(HesslabError, RuntimeError):
 
 
 class ConvergenceError(HesslabError, RuntimeError):
-    """An iterative method was asked to fail loudly and did not converge."""
+    """An iterative method was asked to fail loudly and did not converge.
+
+    Raised by :func:`hesslab.eigenpairs` with ``on_nonconvergence="raise"`` when some
+    wanted pair missed the tolerance within the budget; the partial result (what the
+    default ``"return"`` would have returned) is the ``result`` attribute.
+    """
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class TargetError(DataError):

@@ -35,6 +35,7 @@ from hesslab.errors import ConfigurationError
 from hesslab.linalg import eigenpairs
 from hesslab.objective import Objective
 from hesslab.operators import hessian
+from hesslab.rng import resolve_generator
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -316,8 +317,7 @@ def filter_normalized_direction(
         raise ConfigurationError(
             f"pass a model or an Objective, got {type(model_or_objective).__name__}"
         )
-    if not isinstance(generator, torch.Generator):
-        raise ConfigurationError("pass generator=torch.Generator().manual_seed(...)")
+    generator = resolve_generator(generator, required=True)
     parts = []
     for p in params:
         p = p.detach()

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from hesslab.errors import ConfigurationError, DataError
+from hesslab.rng import resolve_generator
 
 __all__ = [
     "Split",
@@ -151,8 +152,7 @@ class TensorData:
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be a positive integer, got {batch_size}.")
         if shuffle:
-            if generator is None:
-                generator = torch.Generator().manual_seed(seed)
+            generator = resolve_generator(generator, seed=seed)
             sampler: Any = RandomSampler(range(n), generator=generator)
         else:
             sampler = SequentialSampler(range(n))

@@ -34,10 +34,12 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, as_checkpoint
-from hesslab.linalg.lanczos import _default_generator, eigenpairs, lanczos_quadrature
+from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.probes import generator_digest
+from hesslab.linalg.quadrature import QuadratureRule, lanczos_quadrature
 from hesslab.linalg.results import TraceEstimate
-from hesslab.operators.base import as_operator
+from hesslab.operators.base import LinearOperator, as_operator
+from hesslab.rng import resolve_generator
 from hesslab.validation import require_symmetric
 
 __all__ = ["SpectralDensity", "spectral_density", "wasserstein1"]
@@ -296,29 +298,15 @@ def spectral_density(
     op = as_operator(op)
     require_symmetric(op, "spectral_density")
     P = op.shape[0]
-    if distribution not in ("rademacher", "gaussian"):
-        raise ConfigurationError(
-            f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}"
-        )
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ConfigurationError(f"num_steps must be a positive int, got {num_steps!r}")
-    if not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
-        raise ConfigurationError(f"num_probes must be a positive int, got {num_probes!r}")
-    if not isinstance(deflate, (int, np.integer)) or not 0 <= deflate < P:
-        raise ConfigurationError(f"deflate must be an int in [0, P={P}), got {deflate!r}")
+    _check(P, num_steps, num_probes, deflate, distribution)
     entry_state = None if generator is None else generator_digest(generator)
-    generator = _default_generator(generator)
+    generator = resolve_generator(generator)
     disk = basis_device == "disk"
     # small P x r / P x K tensors (deflation basis, probes) stay on the device with "disk"
     bdev = op.device if basis_device is None or disk else torch.device(basis_device)
     store = {"basis_device": basis_device, "basis_dir": basis_dir, "basis_chunk": basis_chunk}
     m = int(min(num_steps, P - deflate))
     K = int(num_probes)
-    num_matvecs = 0
-    U = None
-    outliers = torch.zeros(0, dtype=torch.float64)
-    outlier_res = torch.zeros(0, dtype=torch.float64)
-    info: dict[str, Any] = {}
     key = {
         "P": P,
         "dtype": str(op.dtype),
@@ -332,126 +320,174 @@ def spectral_density(
     checkpoint = as_checkpoint(checkpoint)
     state = None if checkpoint is None else checkpoint.load_state(key, "spectral_density")
     prior_seconds = 0.0 if state is None else float(state["seconds"])
-    if state is not None and state["deflation"] is not None:
-        d = state["deflation"]
-        U = d["U"].to(bdev)
-        outliers, outlier_res = d["outliers"], d["outlier_residuals"]
-        info["deflation_converged"] = d["converged"]
-        info["deflation_matvecs"] = d["num_matvecs"]
-    elif deflate > 0:
-        eig = eigenpairs(
-            op,
-            int(deflate),
-            "magnitude",
-            tol=deflate_tol,
-            generator=generator,
-            **store,
-            checkpoint=None if checkpoint is None else checkpoint.derived(".deflate"),
-        )
-        U, _ = torch.linalg.qr(eig.vectors.to(dtype=torch.float64, device=bdev))
-        outliers = eig.values.clone()
-        outlier_res = eig.residual_norms.clone()
-        info["deflation_converged"] = eig.converged
-        info["deflation_matvecs"] = eig.num_matvecs
-    if "deflation_matvecs" in info:
-        num_matvecs += int(info["deflation_matvecs"])
+    defl = _deflation(op, int(deflate), deflate_tol, generator, store, checkpoint, state, bdev)
     if state is not None:
         generator.set_state(state["generator"])
     elif checkpoint is not None:
         state = {
             "key": key,
-            "deflation": None
-            if U is None
-            else {
-                "U": U.cpu(),
-                "outliers": outliers,
-                "outlier_residuals": outlier_res,
-                "converged": info["deflation_converged"],
-                "num_matvecs": info["deflation_matvecs"],
-            },
+            "deflation": None if defl["U"] is None else {**defl, "U": defl["U"].cpu()},
             "generator": generator.get_state(),
             "probes": [],
             "seconds": time.perf_counter() - t0,
         }
         checkpoint.save(state)
-    shape = (P, K)
-    if distribution == "rademacher":
-        V0 = torch.randint(0, 2, shape, generator=generator, device=generator.device)
-        V0 = (2.0 * V0 - 1.0).to(torch.float64)
-    else:
-        V0 = torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device)
+    V0 = _probes(P, K, distribution, generator).to(bdev)
     if checkpoint is None:
-        nodes, weights, ritz_res, steps, nmv = lanczos_quadrature(
-            op, V0.to(bdev), m, deflate=U, **store, callback=callback
-        )
+        rule = lanczos_quadrature(op, V0, m, deflate=defl["U"], **store, callback=callback)
     else:
         assert state is not None
-        probes: list[dict[str, Any]] = state["probes"]
-        for kk in range(len(probes), K):
-            done = sum(p["num_matvecs"] for p in probes)
 
-            def step_callback(d: dict[str, Any], kk: int = kk, done: int = done) -> None:
-                if callback is not None:
-                    callback({**d, "probe": kk, "num_matvecs": done + d["num_matvecs"]})
-
-            x, w, r, st, n = lanczos_quadrature(
-                op,
-                V0[:, kk : kk + 1].to(bdev),
-                m,
-                deflate=U,
-                **store,
-                callback=step_callback,
-            )
-            probes.append(
-                {
-                    "nodes": x[0],
-                    "weights": w[0],
-                    "residuals": r[0],
-                    "steps": st[0],
-                    "num_matvecs": n,
-                }
-            )
+        def save(probes: list[dict[str, Any]]) -> None:
             state["seconds"] = prior_seconds + time.perf_counter() - t0
             checkpoint.save(state)
-        nodes = torch.stack([p["nodes"] for p in probes])
-        weights = torch.stack([p["weights"] for p in probes])
-        ritz_res = torch.stack([p["residuals"] for p in probes])
-        steps = torch.stack([p["steps"] for p in probes])
-        nmv = sum(int(p["num_matvecs"]) for p in probes)
+
+        rule = _probe_by_probe(op, V0, m, defl["U"], store, callback, state["probes"], save)
         checkpoint.remove()
-    num_matvecs += nmv
-    if converged_tol is None:
-        locked = torch.zeros_like(weights, dtype=torch.bool)
-    else:
-        normest = float(nodes.abs().max())
-        if outliers.numel():
-            normest = max(normest, float(outliers.abs().max()))
-        conv = (ritz_res <= converged_tol * normest) & (weights > 0)
-        locked = conv & (weights * P <= 20.0)
-        # a recurrence that spanned the whole (deflated) space has P - r simple eigenvalues
-        # as nodes: all get 1/P, the measure is exact. One that closed an invariant
-        # subspace earlier (every node converged) may hold multiple eigenvalues: its rule
-        # is exact as it stands and nothing is locked.
-        full = steps >= P - deflate
-        closed = ~full & ((steps < m) | (conv | (weights == 0)).all(dim=1))
-        locked[closed] = False
-        locked[full] = weights[full] > 0
-    info["num_locked"] = locked.sum(dim=1)
+    nodes, weights, ritz_res, steps, nmv = rule
+    outliers = defl["outliers"]
+    locked = _locked(rule, outliers, converged_tol, P, int(deflate), m)
+    info: dict[str, Any] = {"num_locked": locked.sum(dim=1)}
+    if defl["U"] is not None:
+        info["deflation_converged"] = defl["converged"]
+        info["deflation_matvecs"] = defl["num_matvecs"]
     return SpectralDensity(
         nodes=nodes,
         weights=weights,
         dimension=P,
-        num_matvecs=num_matvecs,
+        num_matvecs=nmv + int(defl["num_matvecs"]),
         seconds=prior_seconds + time.perf_counter() - t0,
         num_steps=m,
         steps=steps,
         outliers=outliers,
-        outlier_residuals=outlier_res,
+        outlier_residuals=defl["outlier_residuals"],
         locked=locked,
         ritz_residuals=ritz_res,
         distribution=distribution,
         info=info,
     )
+
+
+def _check(P: int, num_steps: Any, num_probes: Any, deflate: Any, distribution: str) -> None:
+    if distribution not in ("rademacher", "gaussian"):
+        raise ConfigurationError(
+            f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}"
+        )
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ConfigurationError(f"num_steps must be a positive int, got {num_steps!r}")
+    if not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
+        raise ConfigurationError(f"num_probes must be a positive int, got {num_probes!r}")
+    if not isinstance(deflate, (int, np.integer)) or not 0 <= deflate < P:
+        raise ConfigurationError(f"deflate must be an int in [0, P={P}), got {deflate!r}")
+
+
+def _deflation(
+    op: LinearOperator,
+    r: int,
+    tol: float,
+    generator: torch.Generator,
+    store: dict[str, Any],
+    checkpoint: Checkpoint | None,
+    state: dict[str, Any] | None,
+    bdev: torch.device,
+) -> dict[str, Any]:
+    """The top-``r`` eigenpairs by magnitude (from the checkpoint when it has them):
+    ``U`` (orthonormal, ``None`` for ``r = 0``), ``outliers``, ``outlier_residuals``,
+    ``converged``, ``num_matvecs``."""
+    empty = torch.zeros(0, dtype=torch.float64)
+    saved = None if state is None else state["deflation"]
+    if saved is not None:
+        return {**saved, "U": saved["U"].to(bdev)}
+    if r == 0 or state is not None:
+        return {"U": None, "outliers": empty, "outlier_residuals": empty, "num_matvecs": 0}
+    eig = eigenpairs(
+        op,
+        r,
+        "magnitude",
+        tol=tol,
+        generator=generator,
+        **store,
+        checkpoint=None if checkpoint is None else checkpoint.derived(".deflate"),
+    )
+    U, _ = torch.linalg.qr(eig.vectors.to(dtype=torch.float64, device=bdev))
+    return {
+        "U": U,
+        "outliers": eig.values.clone(),
+        "outlier_residuals": eig.residual_norms.clone(),
+        "converged": eig.converged,
+        "num_matvecs": eig.num_matvecs,
+    }
+
+
+def _probes(P: int, K: int, distribution: str, generator: torch.Generator) -> Tensor:
+    """``[P, K]`` float64 probes drawn on the generator's device."""
+    if distribution == "rademacher":
+        V0 = torch.randint(0, 2, (P, K), generator=generator, device=generator.device)
+        return (2.0 * V0 - 1.0).to(torch.float64)
+    return torch.randn((P, K), generator=generator, dtype=torch.float64, device=generator.device)
+
+
+def _probe_by_probe(
+    op: LinearOperator,
+    V0: Tensor,
+    m: int,
+    U: Tensor | None,
+    store: dict[str, Any],
+    callback: Callable[[dict[str, Any]], None] | None,
+    probes: list[dict[str, Any]],
+    save: Callable[[list[dict[str, Any]]], None],
+) -> QuadratureRule:
+    """The probes one after another, skipping the finished ones (``probes``, from a
+    checkpoint) and calling ``save`` after each new one."""
+    for kk in range(len(probes), V0.shape[1]):
+        done = sum(p["num_matvecs"] for p in probes)
+
+        def step_callback(d: dict[str, Any], kk: int = kk, done: int = done) -> None:
+            if callback is not None:
+                callback({**d, "probe": kk, "num_matvecs": done + d["num_matvecs"]})
+
+        x, w, r, st, n = lanczos_quadrature(
+            op, V0[:, kk : kk + 1], m, deflate=U, **store, callback=step_callback
+        )
+        probes.append(
+            {"nodes": x[0], "weights": w[0], "residuals": r[0], "steps": st[0], "num_matvecs": n}
+        )
+        save(probes)
+    return QuadratureRule(
+        torch.stack([p["nodes"] for p in probes]),
+        torch.stack([p["weights"] for p in probes]),
+        torch.stack([p["residuals"] for p in probes]),
+        torch.stack([p["steps"] for p in probes]),
+        sum(int(p["num_matvecs"]) for p in probes),
+    )
+
+
+def _locked(
+    rule: QuadratureRule,
+    outliers: Tensor,
+    converged_tol: float | None,
+    P: int,
+    deflate: int,
+    m: int,
+) -> Tensor:
+    """Nodes treated as exact eigenvalues of mass ``1/P`` (see :func:`spectral_density`)."""
+    nodes, weights, ritz_res, steps = rule.nodes, rule.weights, rule.residuals, rule.steps
+    if converged_tol is None:
+        return torch.zeros_like(weights, dtype=torch.bool)
+    normest = float(nodes.abs().max())
+    if outliers.numel():
+        normest = max(normest, float(outliers.abs().max()))
+    conv = (ritz_res <= converged_tol * normest) & (weights > 0)
+    locked = conv & (weights * P <= 20.0)
+    # a recurrence that spanned the whole (deflated) space has P - r simple eigenvalues
+    # as nodes: all get 1/P, the measure is exact. One that closed an invariant
+    # subspace earlier (every node converged) may hold multiple eigenvalues: its rule
+    # is exact as it stands and nothing is locked.
+    full = steps >= P - deflate
+    closed = ~full & ((steps < m) | (conv | (weights == 0)).all(dim=1))
+    locked[closed] = False
+    locked[full] = weights[full] > 0
+    return locked
 
 
 def wasserstein1(

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
-from hesslab.linalg.probes import Engine, check_positive_int, orthonormalize
+from hesslab.linalg.basis import orthonormalize
+from hesslab.linalg.probes import Engine, check_positive_int
 from hesslab.linalg.results import DiagonalEstimate, to_cpu64
 from hesslab.operators.base import DenseOperator, LinearOperator
 from hesslab.validation import require_symmetric

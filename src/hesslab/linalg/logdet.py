@@ -77,12 +77,15 @@ def logdet(
         num_matvecs = res.num_matvecs
     vals = res.values[:rank].to(torch.float64)
     resid = res.residual_norms[:rank].to(torch.float64)
-    bad = torch.nonzero(vals <= 0).flatten()
+    # a value within its error bound of zero is zero (|theta - lambda| <= residual)
+    bound = resid + 10 * torch.finfo(op.dtype).eps * float(res.norm_estimate)
+    bad = torch.nonzero(vals <= bound).flatten()
     if bad.numel():
         i = int(bad[0])
         raise ConfigurationError(
-            f"eigenvalue number {i + 1} of the top {rank} is {float(vals[i]):.3e} <= 0, so its "
-            f"log is undefined; use rank <= {i} (the number of positive eigenvalues found), "
+            f"eigenvalue number {i + 1} of the top {rank} is {float(vals[i]):.3e}, not positive "
+            f"within its error bound {float(bound[i]):.1e}, so its log is undefined; use "
+            f"rank <= {i} (the number of positive eigenvalues found), "
             "or logdet_slq(op, shift=...) for a shifted full-spectrum log-det"
         )
     value = float(torch.log(vals).sum())

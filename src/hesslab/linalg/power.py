@@ -18,9 +18,11 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
-from hesslab.linalg.lanczos import _as_matrix, _default_generator, _randn
+from hesslab.linalg.basis import as_block
+from hesslab.linalg.probes import draw_probes
 from hesslab.linalg.results import EigenResult
 from hesslab.operators.base import as_operator
+from hesslab.rng import resolve_generator
 from hesslab.validation import require_symmetric
 
 __all__ = ["power_iteration"]
@@ -80,10 +82,10 @@ def power_iteration(
         raise ConfigurationError(
             f"max_matvecs={max_matvecs} is below one product per pair (k={k}); increase it"
         )
-    generator = _default_generator(generator)
+    generator = resolve_generator(generator)
     f64 = torch.float64
     dev = op.device
-    X0 = None if v0 is None else _as_matrix(v0, P, "v0").to(dtype=f64, device=dev)
+    X0 = None if v0 is None else as_block(v0, P, "v0").to(dtype=f64, device=dev)
 
     U = torch.zeros(P, 0, dtype=f64, device=dev)
     lams: list[float] = []
@@ -95,7 +97,7 @@ def power_iteration(
         if X0 is not None and i < X0.shape[1] and float(X0[:, i].norm()) > 0:
             v = X0[:, i].clone()
         else:
-            v = _randn(P, 1, generator, dev)[:, 0]
+            v = draw_probes(P, 1, distribution="gaussian", generator=generator, device=dev)[:, 0]
         v = v - U @ (U.T @ v)
         v = v / torch.linalg.vector_norm(v)
         lam_d = torch.tensor(lams, dtype=f64, device=dev)

@@ -26,12 +26,11 @@ from torch import Tensor
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint
 from hesslab.operators.base import LinearOperator, as_operator
+from hesslab.rng import resolve_generator
 
 __all__ = [
     "DISTRIBUTIONS",
     "Engine",
-    "KrylovBasis",
-    "default_generator",
     "draw_probes",
     "mean_stderr",
     "remainder_samples",
@@ -41,25 +40,6 @@ Distribution = Literal["rademacher", "gaussian", "sphere"]
 
 #: The probe distributions understood by :func:`draw_probes`.
 DISTRIBUTIONS: tuple[str, ...] = ("rademacher", "gaussian", "sphere")
-
-
-def default_generator(generator: torch.Generator | None = None) -> torch.Generator:
-    """Return ``generator`` or, when it is ``None``, a new CPU generator seeded from OS entropy.
-
-    A fresh ``torch.Generator()`` always starts from the same default seed, so every
-    unseeded call would reuse the same probes; seeding from entropy avoids that. Pass a
-    seeded generator (``torch.Generator().manual_seed(0)``) for reproducible results.
-    """
-    if generator is None:
-        generator = torch.Generator()
-        generator.seed()
-        return generator
-    if not isinstance(generator, torch.Generator):
-        raise ConfigurationError(
-            f"generator must be a torch.Generator, got {type(generator).__name__}; "
-            "create one with torch.Generator().manual_seed(seed)"
-        )
-    return generator
 
 
 def check_distribution(distribution: str) -> str:
@@ -101,7 +81,7 @@ def draw_probes(
         raise ConfigurationError(
             f"need size > 0 and num_probes >= 0, got size={size}, num_probes={num_probes}"
         )
-    generator = default_generator(generator)
+    generator = resolve_generator(generator)
     gdev = generator.device
     shape = (int(size), int(num_probes))
     if distribution == "rademacher":
@@ -143,7 +123,7 @@ class Engine:
         self.P = self.op.shape[0]
         self.device = self.op.device
         self.distribution = check_distribution(distribution)
-        self.generator = default_generator(generator)
+        self.generator = resolve_generator(generator)
         self.block_size = (
             None if block_size is None else check_positive_int("block_size", block_size)
         )
@@ -308,69 +288,6 @@ class ProductReplay:
         for i in range(len(self.calls)):
             self.checkpoint.derived(f".{i}").remove()
         self.checkpoint.remove()
-
-
-def orthonormalize(W: Tensor, Q: Tensor | None = None, *, rtol: float = 1e-10) -> Tensor:
-    """Orthonormal basis of the part of ``range(W)`` orthogonal to ``range(Q)``.
-
-    Two passes of block Gram-Schmidt against ``Q`` then an SVD that drops directions whose
-    singular value is below ``rtol`` times the largest column norm of ``W`` (numerical
-    rank deficiency, e.g. an invariant subspace has been found). May return 0 columns.
-    """
-    scale = float(torch.linalg.vector_norm(W, dim=0).max()) if W.numel() else 0.0
-    if scale == 0.0:
-        return W[:, :0]
-    if Q is not None and Q.shape[1] > 0:
-        for _ in range(2):
-            W = W - Q @ (Q.T @ W)
-    U, S, _ = torch.linalg.svd(W, full_matrices=False)
-    keep = S > rtol * scale
-    U = U[:, keep]
-    if Q is not None and Q.shape[1] > 0 and U.shape[1] > 0:
-        U = U - Q @ (Q.T @ U)
-        U, _ = torch.linalg.qr(U)
-    return U
-
-
-class KrylovBasis:
-    """Orthonormal basis ``Q`` of a block Krylov space with the products ``Z = A Q``.
-
-    ``K_q(A, Omega) = span[Omega, A Omega, ..., A^{q-1} Omega]`` is built one block at a
-    time by block Lanczos with full reorthogonalisation: ``Q_1 = orth(Omega)``,
-    ``Q_{j+1} = orth((I - Q Q^T) A Q_j)``. Each :meth:`extend` applies ``A`` to the newest
-    block (``b`` products) and so gives ``tr(Q^T A Q) = sum_j tr(Q_j^T A Q_j)`` exactly for
-    all blocks built so far: a Krylov space of dimension ``d`` costs ``d`` products.
-    """
-
-    def __init__(self, engine: Engine, start: Tensor) -> None:
-        self.engine = engine
-        P = engine.P
-        self.Q = torch.zeros(P, 0, dtype=torch.float64, device=engine.device)
-        self.Z = torch.zeros(P, 0, dtype=torch.float64, device=engine.device)
-        self._next = orthonormalize(start)
-        self.trace_part = 0.0
-
-    @property
-    def dim(self) -> int:
-        """Dimension ``d`` of the space whose products are known."""
-        return self.Q.shape[1]
-
-    @property
-    def next_block_size(self) -> int:
-        """Number of products the next :meth:`extend` costs (0 when the space is invariant)."""
-        return self._next.shape[1]
-
-    def extend(self, max_cols: int | None = None) -> int:
-        """Apply ``A`` to the next block (at most ``max_cols`` columns); return columns added."""
-        Qn = self._next if max_cols is None else self._next[:, :max_cols]
-        if Qn.shape[1] == 0:
-            return 0
-        Zn = self.engine.apply(Qn)
-        self.trace_part += float((Qn * Zn).sum())
-        self.Q = torch.cat([self.Q, Qn], dim=1)
-        self.Z = torch.cat([self.Z, Zn], dim=1)
-        self._next = orthonormalize(Zn, self.Q)
-        return Qn.shape[1]
 
 
 def remainder_samples(

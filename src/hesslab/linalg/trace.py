@@ -68,14 +68,13 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, as_checkpoint
+from hesslab.linalg.basis import KrylovBasis, orthonormalize
 from hesslab.linalg.probes import (
     Engine,
-    KrylovBasis,
     ProductReplay,
     check_positive_int,
     generator_digest,
     mean_stderr,
-    orthonormalize,
     remainder_samples,
 )
 from hesslab.linalg.results import TraceEstimate
@@ -112,6 +111,26 @@ class _Deflated:
         return self.exact_part + mean, se
 
 
+class _Pilot:
+    """The pilot probes ``X`` and products ``A X``, deflated block by block (no products):
+    after :meth:`deflate` with every block of ``Q`` (and ``Z = A Q``) so far, ``x = (I -
+    QQ^T) v`` and ``A x = A v - Z (Q^T v)`` as in :func:`remainder_samples`, at the cost of
+    the newest block only."""
+
+    def __init__(self, X: Tensor, AX: Tensor, kind: str) -> None:
+        self.X, self.AX, self.kind = X.clone(), AX.clone(), kind
+
+    def deflate(self, Qn: Tensor, Zn: Tensor) -> None:
+        C = Qn.T @ self.X
+        self.X.addmm_(Qn, C, alpha=-1)
+        self.AX.addmm_(Zn, C, alpha=-1)
+
+    def samples(self, normalize: bool, d: int) -> Tensor:
+        X, AX = self.X, self.AX
+        s = (X * AX).sum(0) if self.kind == "trace" else (AX * AX).sum(0)
+        return s * ((X.shape[0] - d) / (X * X).sum(0)) if normalize else s
+
+
 def _krylov_deflation(
     engine: Engine, num_matvecs: int, kind: str, krylov_block: int | None
 ) -> tuple[_Deflated, dict]:
@@ -128,10 +147,10 @@ def _krylov_deflation(
         st.add_probes(X0, AX0)
         st.draw(N - engine.num_matvecs)
         return st, {"krylov_dim": 0, "krylov_block": 0, "num_samples": st.samples.numel()}
-    kb = KrylovBasis(engine, engine.probes(b, "gaussian"))
+    kb = KrylovBasis(engine, engine.probes(b, "gaussian"), capacity=N - m_min)
     norm = engine.distribution != "rademacher"
-    s0 = remainder_samples(X0, AX0, kb.Q, kb.Z, normalize=False, kind=kind)
-    var = {0: float(s0.var())}
+    pilot = _Pilot(X0, AX0, kind)
+    var = {0: float(pilot.samples(False, 0).var())}
     best = var[0] / N
     history = [(0, best)]
     blocks = 0
@@ -139,10 +158,11 @@ def _krylov_deflation(
         room = N - m_min - kb.dim
         if room < 1:
             break
+        d0 = kb.dim
         kb.extend(max_cols=room)
         blocks += 1
-        s = remainder_samples(X0, AX0, kb.Q, kb.Z, normalize=norm, kind=kind)
-        var[kb.dim] = float(s.var())
+        pilot.deflate(kb.Q[:, d0:], kb.Z[:, d0:])
+        var[kb.dim] = float(pilot.samples(norm, kb.dim).var())
         v = var[kb.dim] / (N - kb.dim)
         history.append((kb.dim, v))
         # the first block (random directions) deflates nothing by itself: judge from the 2nd

@@ -50,6 +50,7 @@ from hesslab.objective import Objective
 from hesslab.operators import ggn as _ggn
 from hesslab.operators import hessian as _hessian
 from hesslab.operators.base import FunctionOperator, LinearOperator
+from hesslab.rng import resolve_generator
 
 __all__ = [
     "InvariantEstimate",
@@ -161,11 +162,7 @@ def _value_and_grad(obj: Objective, theta: Tensor) -> tuple[float, Tensor]:
 
 
 def _check_generator(generator: torch.Generator | None) -> torch.Generator:
-    if generator is None:
-        raise ConfigurationError(
-            "pass generator=torch.Generator().manual_seed(...) (randomness is an argument)"
-        )
-    return generator
+    return resolve_generator(generator, required=True)
 
 
 def _curvature(objective: Objective, curvature: str) -> LinearOperator:
