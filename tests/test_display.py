@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -105,3 +106,24 @@ def test_dataclass_fields_unchanged(cls):
     assert "values" in names or "value" in names or "lambda_max_lower" in names
     assert all(not n.startswith("_repr") for n in names)
     assert cls.__repr__.__module__ == "hesslab.display"
+
+
+def test_landscape_and_training_results():
+    import numpy as np
+
+    from hesslab.landscape import InterpolationResult, Slice1D, Slice2D
+    from hesslab.train.fit import FitResult
+    from hesslab.train.regularizers import PenaltyRecord
+
+    ts = tuple(float(t) for t in np.linspace(0, 1, 50))
+    ir = InterpolationResult(ts, tuple(1 + t for t in ts), None, tuple(3 * t for t in ts), 2.5, 1)
+    _check(ir, "points=50", "distance=2.5", "loss=[1, 2]", "max λ_max=3")
+    _check(Slice1D((0.0, 1.0), (0.25, 0.75), 1.0, 0.5), "grid=2", "loss=[0.25, 0.75]")
+    s2 = Slice2D((0.0, 1.0, 2.0), (0.0, 1.0), np.arange(6.0).reshape(3, 2), 0.5)
+    _check(s2, "grid=3×2", "loss=[0, 5]")
+    fr = FitResult(nn.Linear(2, 2), ({"loss": 1.0},) * 500, (), 0.125, 0.75, None, None,
+                   0.5, 3.0, 500, 10, "epochs", None)  # fmt: skip
+    text = _check(fr, "steps=500", "epochs=10", "train loss=0.125", "train acc=0.75")
+    assert "test loss" not in text and "Linear" not in text
+    pr = PenaltyRecord(4, 2.0, 0.02, 0.5, 2.0, math.nan, 8, 100, 0.25)
+    _check(pr, "step=4", "value=2 ± 0.5", "penalty=0.02", "probes=8")

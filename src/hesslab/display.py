@@ -262,3 +262,25 @@ def penalty_summary(r: Any) -> Summary:
     rows: Summary = [("step", str(r.step)), ("value", plus_minus(r.value, r.stderr))]
     rows += [("penalty", fmt(r.penalty)), ("probes", str(r.num_probes))]
     return [*rows, ("P", str(r.dimension)), *cost(r)]
+
+
+def interpolation_summary(r: Any) -> Summary:
+    """``InterpolationResult``: points, loss range, largest λ_max, distance, seconds."""
+    rows: Summary = [("points", str(len(r.t))), ("distance", fmt(r.distance))]
+    if r.loss:
+        rows.append(("loss", f"[{fmt(min(r.loss))}, {fmt(max(r.loss))}]"))
+    if r.lambda_max:
+        rows.append(("max λ_max", fmt(max(r.lambda_max))))
+    return [*rows, ("seconds", f"{r.seconds:.3g}")]
+
+
+def slice_summary(r: Any) -> Summary:
+    """``Slice1D``/``Slice2D``: grid size and loss range, seconds."""
+    if hasattr(r, "s"):
+        grid, losses = str(len(r.s)), [float(v) for v in r.loss]
+    else:
+        grid, losses = f"{len(r.a)}×{len(r.b)}", [float(v) for v in r.loss.reshape(-1)]
+    rows: Summary = [("grid", grid)]
+    if losses:
+        rows.append(("loss", f"[{fmt(min(losses))}, {fmt(max(losses))}]"))
+    return [*rows, ("seconds", f"{r.seconds:.3g}")]
