@@ -71,6 +71,14 @@ def test_load_run_round_trips_every_field(tmp_path):
     assert list(run.metrics["step"]) == [0, 1, 2]
     np.testing.assert_allclose(run.metrics["loss"], [1.0, 0.5, 1 / 3])
     assert "Run(" in repr(run) and "3 metric records" in repr(run)
+    frame = run.results_frame()
+    assert list(frame.index) == list(run.results)
+    assert frame.loc["Spectrum/trace", "stderr"] == run.results["Spectrum/trace"]["stderr"]
+    assert bool(frame.loc["Spectrum/top[1]", "converged"]) is True
+    assert (
+        frame.loc["Spectrum/top[0]", "num_matvecs"]
+        == written.scalar("Spectrum", "top[0]")["diagnostics"]["num_matvecs"]
+    )
     assert hesslab.load_run is load_run
 
 
@@ -79,6 +87,8 @@ def test_metrics_without_pandas_are_dicts(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     run = load_run(written.path)
     assert run.metrics == written.metrics() and len(run.metrics) == 3
+    rows = run.results_frame()
+    assert isinstance(rows, list) and rows[0]["key"] == "Spectrum/top[0]"
 
 
 def test_old_folders_without_schema_load_as_version_0(tmp_path):

@@ -126,6 +126,25 @@ class Run:
             raise KeyError(f"no scalar {key!r} in {self.path}; known: {known}")
         return self.results[key]["value"]
 
+    def results_frame(self) -> Any:
+        """The scalars as a table: one row per scalar, indexed by ``"section/name"``.
+
+        Columns ``section``, ``name``, ``value``, ``stderr``, ``unit`` and one per
+        diagnostic (``num_matvecs``, ``seconds``, ``method``, ...; missing ones are
+        empty). A :class:`pandas.DataFrame` when pandas is installed, else a list of
+        dicts with a ``key`` entry.
+        """
+        rows = [
+            {"key": key, **{k: v for k, v in rec.items() if k != "diagnostics"}}
+            | dict(rec.get("diagnostics") or {})
+            for key, rec in self.results.items()
+        ]
+        try:
+            import pandas as pd
+        except ImportError:
+            return rows
+        return pd.DataFrame.from_records(rows, index="key") if rows else pd.DataFrame()
+
     def __repr__(self) -> str:
         return (
             f"Run({self.name!r}, status={self.status!r}, schema={self.schema}, "
