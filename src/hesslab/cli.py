@@ -983,7 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A table of the runs' scalars: one row per quantity, one column per run.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
-    p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    p.add_argument("--format", choices=["markdown", "csv"], default="markdown", help="table format")
     p.add_argument("--filter", metavar="SUBSTRING", help="only quantities containing SUBSTRING")
     p.set_defaults(func=cmd_compare)
     return parser
