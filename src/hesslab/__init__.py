@@ -52,6 +52,16 @@ from hesslab.params import ParamSpace, layer_groups, select_parameters
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """Lazy exports: ``load_run`` (imports the report machinery, hence matplotlib)."""
+    if name == "load_run":
+        from hesslab.runs import load_run
+
+        return load_run
+    raise AttributeError(f"module 'hesslab' has no attribute {name!r}")
+
+
 __all__ = [
     "BatchLoss",
     "BoundsResult",
@@ -96,6 +106,7 @@ __all__ = [
     "gradient_moment",
     "hessian",
     "layer_groups",
+    "load_run",
     "logdet",
     "logdet_slq",
     "power_iteration",

@@ -7,6 +7,7 @@ Commands::
     hesslab reproduce NAME [--smoke]   reproduce a paper's analysis
     hesslab list                       what can be reproduced, with expected run times
     hesslab report RUN_DIR             rebuild a run's report.html from its saved files
+    hesslab compare RUN [RUN ...]      the runs' scalars side by side (markdown or csv)
 
 ``demo`` and ``analyze`` save every finished stage and the state of the running solver
 under ``RUN_DIR/checkpoints/`` (removed when the run completes); after a crash or a
@@ -788,6 +789,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hesslab.runs import compare_table, load_run
+
+    runs = [load_run(p) for p in args.runs]
+    table = compare_table(runs, filter=args.filter, format=args.format)
+    if table.count("\n") < (1 if args.format == "csv" else 2):
+        raise DataError(
+            f"no scalars{f' matching {args.filter!r}' if args.filter else ''} in "
+            f"{', '.join(args.runs)}; drop --filter or check the run folders"
+        )
+    _out(table)
+    return 0
+
+
 # ------------------------------------------------------------------- parsing
 def _add_analysis_options(p: argparse.ArgumentParser, *, exact_limit: int) -> None:
     g = p.add_argument_group("analysis")
@@ -960,6 +975,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[debug], help="rebuild report.html of a run folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "compare",
+        parents=[debug],
+        help="the scalars of several runs side by side",
+        description="A table of the runs' scalars: one row per quantity, one column per run.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("--format", choices=["markdown", "csv"], default="markdown", help="table format")
+    p.add_argument("--filter", metavar="SUBSTRING", help="only quantities containing SUBSTRING")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

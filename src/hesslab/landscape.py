@@ -394,3 +394,11 @@ def plot_slice_2d(
     if title:
         ax.set_title(title)
     return fig
+
+
+# Short notebook-friendly reprs (key numbers, not the arrays): see hesslab.display.
+from hesslab import display as _display  # noqa: E402
+
+_display.attach(InterpolationResult, _display.interpolation_summary)
+_display.attach(Slice1D, _display.slice_summary)
+_display.attach(Slice2D, _display.slice_summary)

@@ -534,3 +534,9 @@ def wasserstein1(
     x, w = x[order], w[order]
     cdf_diff = torch.cumsum(w, 0)[:-1]
     return float((cdf_diff.abs() * torch.diff(x)).sum())
+
+
+# Short notebook-friendly reprs (key numbers, not the tensors): see hesslab.display.
+from hesslab import display as _display  # noqa: E402
+
+_display.attach(SpectralDensity, _display.density_summary)

@@ -166,3 +166,13 @@ class BoundsResult:
 def to_cpu64(x: Tensor) -> Tensor:
     """Detach and move a tensor to float64 on the CPU (the dtype of result fields)."""
     return x.detach().to(device="cpu", dtype=torch.float64)
+
+
+# Short notebook-friendly reprs (key numbers, not the tensors): see hesslab.display.
+from hesslab import display as _display  # noqa: E402
+
+_display.attach(EigenResult, _display.eigen_summary)
+_display.attach(TraceEstimate, _display.scalar_summary)
+_display.attach(DiagonalEstimate, _display.diagonal_summary)
+_display.attach(LogdetEstimate, _display.logdet_summary)
+_display.attach(BoundsResult, _display.bounds_summary)

@@ -451,3 +451,11 @@ def layer_normalized_sharpness(
             num_matvecs=int(eig.num_matvecs + tr.num_matvecs),
         )
     return out
+
+
+# Short notebook-friendly reprs (key numbers, not the tensors): see hesslab.display.
+from hesslab import display as _display  # noqa: E402
+
+_display.attach(SharpnessResult, _display.sharpness_summary)
+_display.attach(InvariantEstimate, _display.scalar_summary)
+_display.attach(LayerSharpness, _display.layer_sharpness_summary)

@@ -231,3 +231,9 @@ def effective_rank(
     raise ConfigurationError(
         f"unknown method {method!r}; choose 'entropy', 'participation' or 'threshold'"
     )
+
+
+# Short notebook-friendly reprs (key numbers, not the tensors): see hesslab.display.
+from hesslab import display as _display  # noqa: E402
+
+_display.attach(OutlierCount, _display.outlier_summary)

@@ -364,3 +364,9 @@ def subspace_fraction(vectors: Tensor, basis: Tensor) -> Tensor:
     """
     Q = torch.linalg.qr(basis.to(vectors.dtype)).Q
     return (Q.T @ vectors).square().sum(0) / vectors.square().sum(0)
+
+
+# Short notebook-friendly reprs (key numbers, not the tensors): see hesslab.display.
+from hesslab import display as _display  # noqa: E402
+
+_display.attach(ClassStructure, _display.class_structure_summary)

@@ -9,6 +9,27 @@ A run folder holds::
     figures/*.png   figures (add_figure)
     report.html     a self-contained page built from the files above
 
+The keys of each file, versioned by the ``schema`` key of ``config.json`` and
+``results.json`` (:data:`RUN_SCHEMA`; absent, i.e. version 0, in older folders), are
+documented in ``docs/run-folder.md``; in short:
+
+* ``config.json``: ``format``, ``schema``, ``name``, ``title``, ``description``,
+  ``created``, ``command`` (list), ``command_line``, ``cwd``, ``seed``, ``device``,
+  ``config`` (the parameters), ``environment`` (versions, platform, threads, CUDA).
+* ``results.json``: ``format``, ``schema``, ``name``, ``status`` (``running``,
+  ``complete``, ``failed``), ``error``, ``started``, ``finished``, ``seconds``,
+  ``sections``, ``scalars`` (``{section, name, value, stderr, unit, diagnostics}``),
+  ``claims`` (``{section, claim, measured, holds}``), ``tables`` (``{section, name,
+  columns, rows, caption}``), ``figures`` (``{section, name, file, caption}``),
+  ``texts`` (``{section, text}``), ``results`` (``{section, name, type, fields}``, arrays
+  replaced by their ``arrays.npz`` keys) and ``arrays`` (``{name, shape, dtype}``).
+  Non-finite numbers are the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
+* ``metrics.jsonl``: one JSON object per line, ``{"step", "seconds", <metric>: value,
+  ...}``; the monitor adds ``<metric>_err`` errors. No header line: the schema is that of
+  ``config.json``.
+
+:func:`hesslab.load_run` reads a folder back as data (pandas when installed).
+
 Every file is written atomically (see :mod:`hesslab.io`), so an interrupted run leaves
 complete files only: ``config.json`` from the start, ``results.json``/``arrays.npz`` as
 of the last :meth:`RunDir.flush`, figures as they are added. :func:`rebuild_report`
@@ -61,10 +82,15 @@ from hesslab.io import (
 from hesslab.report.html import render_report
 from hesslab.report.plots import DPI
 
-__all__ = ["RESULTS_FORMAT", "RunDir", "rebuild_report"]
+__all__ = ["RESULTS_FORMAT", "RUN_SCHEMA", "RunDir", "rebuild_report"]
 
 RESULTS_FORMAT = "hesslab-run/1"
 """Value of the ``format`` key of ``config.json`` and ``results.json``."""
+
+RUN_SCHEMA = 1
+"""Version of the run-folder schema, the ``schema`` key of ``config.json`` and
+``results.json`` (it covers ``metrics.jsonl`` too). Folders written before the key
+existed read as version 0, which has the same layout without the key."""
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
@@ -287,6 +313,7 @@ class RunDir:
         device_str = str(device if device is not None else config.get("device") or "cpu")
         record = {
             "format": RESULTS_FORMAT,
+            "schema": RUN_SCHEMA,
             "name": name or path.name,
             "title": title or name or path.name,
             "description": description,
@@ -669,6 +696,7 @@ class RunDir:
         return to_jsonable(
             {
                 "format": RESULTS_FORMAT,
+                "schema": RUN_SCHEMA,
                 "name": self.record.get("name"),
                 "status": self._status,
                 "error": self._error,

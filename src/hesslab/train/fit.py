@@ -593,3 +593,9 @@ def fit(
         converged=converged,
         config=config,
     )
+
+
+# Short notebook-friendly reprs (key numbers, not the tensors): see hesslab.display.
+from hesslab import display as _display  # noqa: E402
+
+_display.attach(FitResult, _display.fit_summary)

@@ -731,3 +731,9 @@ class SpectrumMonitor:
                 values[f"layer/{g}/w1_to_full"] = spectrum_w1(dens, full_density)
         mv["layers"] = total
         secs["layers"] = time.perf_counter() - t
+
+
+# Short notebook-friendly reprs (key numbers, not the tensors): see hesslab.display.
+from hesslab import display as _display  # noqa: E402
+
+_display.attach(Measurement, _display.measurement_summary)

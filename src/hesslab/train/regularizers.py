@@ -508,3 +508,9 @@ class WSBoundPenalty(_ProbePenalty):
         mu = tr / P
         s2 = tr_sq / P - mu * mu
         return mu + torch.sqrt(s2.clamp_min(0) + self.eps) * math.sqrt(max(P - 1, 0))
+
+
+# Short notebook-friendly reprs (key numbers, not the tensors): see hesslab.display.
+from hesslab import display as _display  # noqa: E402
+
+_display.attach(PenaltyRecord, _display.penalty_summary)
