@@ -223,3 +223,25 @@ def test_import_is_lazy_and_headless(tmp_path):
     env["PYTHONPATH"] = str(Path(hplot.__file__).parents[1])
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
     assert (tmp_path / "x.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_density_from_an_analysis_run_folder(tmp_path):
+    """A run folder with the arrays `hesslab analyze` stores draws the stored curve."""
+    A, ev = _operator()
+    dens = hesslab.spectral_density(A, 25, 1, generator=_gen(8))
+    grid = dens.grid()
+    with RunDir.create(tmp_path / "run") as run:
+        run.add_array("density/grid", grid.numpy())
+        run.add_array("density/values", dens.evaluate(grid).numpy())
+        run.add_array("exact_eigenvalues", ev.flip(0).numpy())
+    ax = hplot.density(tmp_path / "run").axes[0]
+    assert any(s.startswith("exact eigenvalues (n=40)") for s in _labels(ax))
+    stored = next(ln for ln in ax.get_lines() if ln.get_label() == "SLQ density")
+    direct = next(
+        ln for ln in hplot.density(dens).axes[0].get_lines() if ln.get_label() == "SLQ density"
+    )
+    assert np.array_equal(stored.get_ydata(), direct.get_ydata())
+    empty = RunDir.create(tmp_path / "empty")
+    empty.finalize()
+    with pytest.raises(DataError, match="no density arrays"):
+        hplot.density(tmp_path / "empty")

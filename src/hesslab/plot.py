@@ -79,10 +79,26 @@ def _named(results: Any, kind: str) -> dict[str, Any]:
 
 
 def _common_grid(dens: Sequence[Any], num_points: int, margin: float = 0.05) -> np.ndarray:
+    if len(dens) == 1:
+        return dens[0].grid(num_points, margin).numpy()
     ranges = [d.spectral_range() for d in dens]
     lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
     pad = margin * ((hi - lo) if hi > lo else max(1.0, abs(hi)))
     return np.linspace(lo - pad, hi + pad, num_points)
+
+
+def _run_density(path: str | os.PathLike[str]) -> tuple[Any, Any, Any]:
+    """``density/grid``, ``density/values`` (and ``exact_eigenvalues``) of a run folder."""
+    from hesslab.io import load_npz
+
+    arrays = load_npz(Path(path) / "arrays.npz")
+    if "density/grid" not in arrays or "density/values" not in arrays:
+        raise DataError(
+            f"{path} holds no density arrays (density/grid, density/values in arrays.npz); "
+            "pass a run folder of `hesslab analyze` with the density part, or a "
+            "SpectralDensity"
+        )
+    return arrays["density/grid"], arrays["density/values"], arrays.get("exact_eigenvalues")
 
 
 def density(
@@ -108,6 +124,8 @@ def density(
     Args:
         result_or_results: a :class:`SpectralDensity`, a list of them, or name -> result
             (the names become the legend labels); several are drawn on one common grid.
+            Or a run folder of ``hesslab analyze``: its stored ``density/grid`` and
+            ``density/values`` (and the exact spectrum, when it was computed).
         ax: draw into this matplotlib axes (default: a new figure).
         eigenvalues: optional exact eigenvalues, drawn as a normalised histogram.
         num_points: grid points.
@@ -120,6 +138,12 @@ def density(
     Returns:
         The figure (of ``ax`` when given).
     """
+    if isinstance(result_or_results, (str, os.PathLike)):
+        grid, values, exact = _run_density(result_or_results)
+        return _plots().plot_density(
+            grid, values, eigenvalues=exact if eigenvalues is None else eigenvalues,
+            log_scale=log_scale, title=title, ax=ax, **{"label": "SLQ density", **kwargs},
+        )  # fmt: skip
     named = _named(result_or_results, "density")
     bad = [n for n, d in named.items() if not _is_density(d)]
     if bad:
@@ -131,7 +155,8 @@ def density(
     grid = _common_grid(list(named.values()), num_points)
     curves = [(n, d.evaluate(grid, sigma=sigma).numpy()) for n, d in named.items()]
     first = curves[0]
-    label = first[0] if len(named) > 1 else kwargs.pop("label", "SLQ density")
+    label = kwargs.pop("label", "SLQ density")
+    label = first[0] if len(named) > 1 else label
     fig = plots.plot_density(
         grid, first[1], eigenvalues=eigenvalues, log_scale=log_scale, title=title,
         label=label, ax=ax, **kwargs,

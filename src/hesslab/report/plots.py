@@ -1,6 +1,10 @@
-"""Pure plotting functions: results in, :class:`matplotlib.figure.Figure` out.
+"""Pure plotting functions: arrays in, :class:`matplotlib.figure.Figure` out.
 
-Each function builds a fresh figure on the Agg canvas without touching pyplot's global
+These draw from numbers (tensors, arrays, lists); :mod:`hesslab.plot` draws from hesslab
+results (densities, eigenpairs, monitor measurements, run folders) by calling them.
+
+Each function builds a fresh figure on the Agg canvas (or draws into a caller's ``ax=``
+where it takes one) without touching pyplot's global
 state (no current figure, no backend switch), so they are safe in libraries, threads and
 headless servers. Inputs may be torch tensors, numpy arrays or lists. Save a figure with
 :meth:`hesslab.report.RunDir.add_figure` or ``fig.savefig(path, dpi=150)``.
