@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hesslab import plot as hplot
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, atomic_torch_save
 from hesslab.linalg.bounds import wolkowicz_styan
@@ -407,10 +408,8 @@ def analyze(
         outl = count_outliers(top.values)
         run.add_scalar(S_EIG, "outliers among top-k", outl.count, method=outl.method)
         summary["outliers"] = int(outl.count)
-        fig = plots.plot_eigenvalues(
-            top.values.numpy(),
-            errors=top.residual_norms.numpy(),
-            title=f"Top-{cfg.k_top} Hessian eigenvalues (bars: residual norms)",
+        fig = hplot.eigenvalues(
+            top, title=f"Top-{cfg.k_top} Hessian eigenvalues (bars: residual norms)"
         )
         run.add_figure(S_EIG, "top_eigenvalues", fig, "Ranked top eigenvalues of H.")
     if "trace" in cfg.what:
@@ -468,9 +467,8 @@ def analyze(
             num_steps=cfg.density_steps,
             num_probes=cfg.density_probes,
         )
-        fig = plots.plot_density(
-            np.asarray(grid),
-            np.asarray(values),
+        fig = hplot.density(
+            dens,
             eigenvalues=None if exact is None else exact.numpy(),
             outliers=None if top is None else top.values.numpy(),
             title="Hessian eigenvalue density (SLQ)",

@@ -2,7 +2,8 @@
 
 * :class:`RunDir` writes (and reads back) a run folder: ``config.json``,
   ``results.json``, ``arrays.npz``, ``metrics.jsonl``, ``figures/*.png``, ``report.html``.
-* :mod:`hesslab.report.plots` turns results into matplotlib figures (pure functions).
+* :mod:`hesslab.report.plots` turns arrays into matplotlib figures (pure functions);
+  :mod:`hesslab.plot` does it from hesslab results and run folders.
 * :func:`rebuild_report` regenerates ``report.html`` from a run folder's files.
 * :func:`progress_bar` and :class:`ProgressCallback` show progress on a terminal.
 """

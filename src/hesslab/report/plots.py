@@ -1,6 +1,10 @@
-"""Pure plotting functions: results in, :class:`matplotlib.figure.Figure` out.
+"""Pure plotting functions: arrays in, :class:`matplotlib.figure.Figure` out.
 
-Each function builds a fresh figure on the Agg canvas without touching pyplot's global
+These draw from numbers (tensors, arrays, lists); :mod:`hesslab.plot` draws from hesslab
+results (densities, eigenpairs, monitor measurements, run folders) by calling them.
+
+Each function builds a fresh figure on the Agg canvas (or draws into a caller's ``ax=``
+where it takes one) without touching pyplot's global
 state (no current figure, no backend switch), so they are safe in libraries, threads and
 headless servers. Inputs may be torch tensors, numpy arrays or lists. Save a figure with
 :meth:`hesslab.report.RunDir.add_figure` or ``fig.savefig(path, dpi=150)``.
@@ -66,6 +70,13 @@ def _figure(width: float = 6.4, height: float = 4.0, **subplot_kw: Any) -> tuple
         FigureCanvasAgg(fig)
         axes = fig.subplots(**subplot_kw)
     return fig, axes
+
+
+def _target(ax: Any | None, width: float = 6.4, height: float = 4.0) -> tuple[Figure, Any]:
+    """``(figure, axes)``: the figure of a caller's ``ax``, or a fresh one (:func:`_figure`)."""
+    if ax is None:
+        return _figure(width, height)
+    return ax.figure, ax
 
 
 def _style(ax: Any, *, title: str | None, xlabel: str | None, ylabel: str | None) -> None:
@@ -136,6 +147,7 @@ def plot_density(
     xlabel: str = "eigenvalue λ",
     label: str = "density estimate",
     bins: int = 60,
+    ax: Any | None = None,
 ) -> Figure:
     """Plot an eigenvalue density, e.g. from stochastic Lanczos quadrature.
 
@@ -150,12 +162,13 @@ def plot_density(
         xlabel: x-axis label.
         label: legend label of the density curve.
         bins: histogram bins for ``eigenvalues``.
+        ax: draw into this matplotlib axes (default: a new figure); its figure is returned.
     """
     x = _vector(grid, "grid")
     y = _vector(density, "density")
     if x.shape != y.shape:
         raise DataError(f"grid and density must have the same length, got {x.size} and {y.size}")
-    fig, ax = _figure()
+    fig, ax = _target(ax)
     positive = y[np.isfinite(y) & (y > 0)]
     floor = positive.max() * 1e-7 if positive.size else 1e-12
     y_plot = np.clip(y, floor, None) if log_scale else y
@@ -209,6 +222,7 @@ def plot_eigenvalues(
     title: str | None = "Eigenvalues by rank",
     ylabel: str = "eigenvalue λ",
     symlog: bool = True,
+    ax: Any | None = None,
 ) -> Figure:
     """Ranked stem plot of eigenvalues (largest first), on a symmetric-log axis.
 
@@ -219,10 +233,11 @@ def plot_eigenvalues(
         title: axes title.
         ylabel: y-axis label.
         symlog: symmetric-log y axis, which shows signs and magnitudes together.
+        ax: draw into this matplotlib axes (default: a new figure); its figure is returned.
     """
     v = _vector(values, "values")
     k = v.size
-    fig, ax = _figure(width=max(6.4, min(10.0, 3.5 + 0.18 * k)))
+    fig, ax = _target(ax, width=max(6.4, min(10.0, 3.5 + 0.18 * k)))
     ranks = np.arange(1, k + 1)
     markerline, stemlines, _ = ax.stem(ranks, v, basefmt=" ")
     markerline.set_color(_COLORS[0])
@@ -254,6 +269,7 @@ def plot_spectra_comparison(
     ylabel: str = "eigenvalue λ",
     top_k: int | None = None,
     symlog: bool = True,
+    ax: Any | None = None,
 ) -> Figure:
     """Compare several ranked spectra side by side (e.g. Hessian vs Gauss–Newton top-k).
 
@@ -263,6 +279,7 @@ def plot_spectra_comparison(
         ylabel: y-axis label.
         top_k: plot only the first ``top_k`` values of each spectrum.
         symlog: symmetric-log y axis.
+        ax: draw into this matplotlib axes (default: a new figure); its figure is returned.
     """
     if not spectra:
         raise DataError("spectra is empty; pass at least one name -> eigenvalues entry")
@@ -271,7 +288,7 @@ def plot_spectra_comparison(
         series = {name: v[:top_k] for name, v in series.items()}
     k = max(v.size for v in series.values())
     n = len(series)
-    fig, ax = _figure(width=max(6.4, min(10.0, 3.5 + 0.2 * k * max(1, n / 2))))
+    fig, ax = _target(ax, width=max(6.4, min(10.0, 3.5 + 0.2 * k * max(1, n / 2))))
     width = 0.8 / n
     markers = ["o", "s", "^", "D", "v", "P", "X"]
     for j, (name, v) in enumerate(series.items()):
@@ -322,6 +339,7 @@ def plot_series(
     ylabel: str | None = None,
     log_y: bool = False,
     z: float = 1.0,
+    ax: Any | None = None,
 ) -> Figure:
     """Plot quantities over training, with shaded error bands.
 
@@ -334,11 +352,12 @@ def plot_series(
         ylabel: y-axis label.
         log_y: logarithmic y axis.
         z: band half-width in standard errors (1 → ± stderr).
+        ax: draw into this matplotlib axes (default: a new figure); its figure is returned.
     """
     if not series:
         raise DataError("series is empty; pass at least one name -> values entry")
     x_shared = None if steps is None else _vector(steps, "steps")
-    fig, ax = _figure()
+    fig, ax = _target(ax)
     for j, (name, spec) in enumerate(series.items()):
         x, y, e = _series_parts(name, spec, x_shared)
         color = _COLORS[j % len(_COLORS)]
