@@ -54,11 +54,15 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """Lazy exports: ``load_run`` (imports the report machinery, hence matplotlib)."""
+    """Lazy exports: ``load_run`` and ``plot`` (they import matplotlib)."""
     if name == "load_run":
         from hesslab.runs import load_run
 
         return load_run
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module("hesslab.plot")
     raise AttributeError(f"module 'hesslab' has no attribute {name!r}")
 
 
@@ -106,6 +110,7 @@ __all__ = [
     "gradient_moment",
     "hessian",
     "layer_groups",
+    "plot",
     "load_run",
     "logdet",
     "logdet_slq",
