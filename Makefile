@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hesslab-installed
 
-.PHONY: setup demo test test-slow lint bench bench-quick bench-all peers clean
+.PHONY: setup demo test test-slow lint docs bench bench-quick bench-all peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
+# The documentation site (docs/, mkdocs.yml) into site/; warnings are errors. The API
+# reference is read from src/ statically (griffe), so building it imports nothing.
+docs: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 # Peer libraries go into the same .venv without touching its torch (bench/install_peers.sh).
 peers: $(STAMP)
 	bash bench/install_peers.sh $(VENV)
@@ -51,4 +57,4 @@ bench-all: bench
 	$(BIN)/python bench/distributed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -194,9 +194,10 @@ class Objective:
             (custom losses are assumed to return the batch mean).
         check_determinism: run the determinism check (train-mode BatchNorm, active
             dropout, nondeterministic forward, data that changes between passes).
-        input_key, target_key: keys of dict batches for criterion losses (default: the
-            first of ``x``/``input``/``inputs``/``input_ids``... and ``y``/``target``/
-            ``labels``...).
+        input_key: key of the inputs in dict batches for criterion losses (default: the
+            first of ``x``/``input``/``inputs``/``input_ids``...).
+        target_key: key of the targets in dict batches for criterion losses (default: the
+            first of ``y``/``target``/``labels``...).
         device: where batches are moved (default: the parameters' device).
         max_batch_size: split every batch into micro-batches of at most this many data
             points for every pass (products, gradients, losses), with exact weights, so

@@ -136,8 +136,12 @@ def logdet_slq(
         checkpoint: a file path; the SLQ state is saved there after every probe and a
             later call with the same arguments resumes from it (see
             :func:`~hesslab.linalg.density.spectral_density`).
-        basis_device, basis_dir, basis_chunk: where the Lanczos bases live (e.g.
-            ``"disk"``), as in :func:`~hesslab.linalg.density.spectral_density`.
+        basis_device: where the Lanczos bases live (e.g. ``"disk"``), as in
+            :func:`~hesslab.linalg.density.spectral_density`.
+        basis_dir: folder of a ``"disk"`` basis, as in
+            :func:`~hesslab.linalg.density.spectral_density`.
+        basis_chunk: vectors moved at a time for a ``"disk"`` basis, as in
+            :func:`~hesslab.linalg.density.spectral_density`.
 
     Returns:
         :class:`~hesslab.linalg.results.LogdetEstimate` with ``method="slq"``,

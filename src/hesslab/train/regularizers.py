@@ -480,9 +480,12 @@ class WSBoundPenalty(_ProbePenalty):
     as ``K → ∞``, or with the probes ``√P · I``).
 
     Args:
-        params, num_probes, gamma, distribution, every, start_step, selection, probes,
-            seed, generator, keep_history: as for :class:`HessianTracePenalty`.
+        params: as for :class:`HessianTracePenalty`.
+        num_probes: as for :class:`HessianTracePenalty`.
         eps: ``ε`` inside the square root.
+        **kwargs: ``gamma``, ``distribution``, ``every``, ``start_step``, ``selection``,
+            ``probes``, ``seed``, ``generator``, ``keep_history``: as for
+            :class:`HessianTracePenalty`.
 
     Attributes:
         last_value: last bound ``U`` (unscaled); see also :attr:`history` (with ``t₁``,
