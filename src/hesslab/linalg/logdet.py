@@ -39,9 +39,13 @@ def logdet(
 
     The eigenvalues come from :func:`~hesslab.linalg.lanczos.eigenpairs` (``which=
     "largest"``, relative residual ``tol``) unless ``eigen_result`` already holds at least
-    ``rank`` of the largest ones. The error of each eigenvalue is at most its residual
-    norm (and ``O(residual^2 / gap)`` for a separated one); ``info["max_abs_error"]`` gives
-    ``sum_i residual_i / lambda_i``, a first-order bound on the error of the sum.
+    ``rank`` of the largest ones. The error of each eigenvalue is at most its error bound
+    ``b_i`` (:meth:`~hesslab.linalg.results.EigenResult.error_bounds`: the residual norm
+    plus the products' rounding ``~ sqrt(P) eps ||A||``; ``O(residual^2 / gap)`` for a
+    separated one); ``info["max_abs_error"]`` gives ``sum_i b_i / lambda_i``, a
+    first-order bound on the error of the sum. An eigenvalue with ``lambda_i <= b_i`` is
+    zero (or negative) within its error, so its log is undefined and the call raises:
+    rounding never turns a zero eigenvalue into a finite ``log(1e-17)``.
 
     Args:
         op: symmetric operator (anything :func:`~hesslab.as_operator` accepts).
@@ -56,8 +60,8 @@ def logdet(
 
     Raises:
         ConfigurationError: ``rank`` invalid, ``eigen_result`` unusable, or one of the top
-            ``r`` eigenvalues is ``<= 0`` (the message says which and the largest rank
-            that works).
+            ``r`` eigenvalues is ``<= b_i`` (not positive within its error bound; the
+            message says which and the largest rank that works).
     """
     t0 = time.perf_counter()
     op = as_operator(op)
@@ -76,15 +80,8 @@ def logdet(
         res = eigenpairs(op, rank, "largest", tol=tol, generator=generator, return_vectors=False)
         num_matvecs = res.num_matvecs
     vals = res.values[:rank].to(torch.float64)
-    resid = res.residual_norms[:rank].to(torch.float64)
-    bad = torch.nonzero(vals <= 0).flatten()
-    if bad.numel():
-        i = int(bad[0])
-        raise ConfigurationError(
-            f"eigenvalue number {i + 1} of the top {rank} is {float(vals[i]):.3e} <= 0, so its "
-            f"log is undefined; use rank <= {i} (the number of positive eigenvalues found), "
-            "or logdet_slq(op, shift=...) for a shifted full-spectrum log-det"
-        )
+    bounds = res.error_bounds(P, op.dtype)[:rank]
+    _require_positive(vals, bounds, rank)
     value = float(torch.log(vals).sum())
     return LogdetEstimate(
         value=value,
@@ -95,10 +92,24 @@ def logdet(
         rank=rank,
         values=vals,
         info={
-            "max_abs_error": float((resid / vals).sum()),
+            "max_abs_error": float((bounds / vals).sum()),
             "all_converged": bool(res.converged[:rank].all()),
         },
     )
+
+
+def _require_positive(vals: torch.Tensor, bounds: torch.Tensor, rank: int) -> None:
+    """Raise unless every ``vals[i] > bounds[i]`` (positive beyond its error bound)."""
+    bad = torch.nonzero(vals <= bounds).flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise ConfigurationError(
+            f"eigenvalue number {i + 1} of the top {rank} is {float(vals[i]):.3e}, not "
+            f"positive within its error bound {float(bounds[i]):.3e} (residual plus "
+            f"rounding), so its log is undefined; use rank <= {i} (the number of clearly "
+            "positive eigenvalues found), a smaller tol if the residual dominates the bound, "
+            "or logdet_slq(op, shift=...) for a shifted full-spectrum log-det"
+        )
 
 
 def logdet_slq(
