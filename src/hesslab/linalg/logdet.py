@@ -21,7 +21,7 @@ from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint
 from hesslab.linalg.density import spectral_density
 from hesslab.linalg.lanczos import eigenpairs
-from hesslab.linalg.results import EigenResult, LogdetEstimate
+from hesslab.linalg.results import EigenResult, LogdetEstimate, rounding_floor
 from hesslab.operators.base import as_operator
 
 __all__ = ["logdet", "logdet_slq"]
@@ -152,9 +152,10 @@ def logdet_slq(
         ``info["samples"]`` the per-probe values.
 
     Raises:
-        ConfigurationError: a Ritz value of ``A + delta I`` is ``<= 0`` (the shifted
-            operator is not positive definite): the message gives the smallest Ritz value
-            and the shift that would be needed.
+        ConfigurationError: a Ritz value of ``A + delta I`` is ``<= 0`` up to rounding
+            (:func:`~hesslab.linalg.results.rounding_floor`; the shifted operator is not
+            positive definite): the message gives the smallest Ritz value and the shift
+            that would be needed.
     """
     t0 = time.perf_counter()
     op = as_operator(op)
@@ -173,12 +174,14 @@ def logdet_slq(
     )
     shifted = dens.nodes + shift
     used = dens.weights > 0
-    if bool((shifted[used] <= 0).any()):
+    scale = float(shifted[used].abs().max()) if bool(used.any()) else 0.0
+    floor = rounding_floor(scale, P, op.dtype)  # a Ritz value this close to 0 may be 0
+    if bool((shifted[used] <= floor).any()):
         lo = float(dens.nodes[used].min())
         raise ConfigurationError(
-            f"A + {shift:g} I is not positive definite: the smallest Ritz value of A is "
-            f"{lo:.6g}; choose shift > {-lo:.6g} (Ritz values lie inside the spectrum, so "
-            "allow a margin)"
+            f"A + {shift:g} I is not positive definite within rounding ({floor:.2g}): the "
+            f"smallest Ritz value of A is {lo:.6g}; choose shift > {-lo:.6g} (Ritz values "
+            "lie inside the spectrum, so allow a margin)"
         )
     logs = torch.where(used, torch.log(shifted.clamp_min(1e-300)), torch.zeros_like(shifted))
     samples = P * (dens.weights * logs).sum(dim=1)
