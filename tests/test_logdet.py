@@ -74,6 +74,8 @@ def test_small_positive_eigenvalue_is_kept() -> None:
             exact = math.log(3.0) + math.log(2.0) + math.log(1e-9)
             assert abs(est.value - exact) <= est.info["max_abs_error"] + 1e-9, (P, seed)
             assert est.info["max_abs_error"] < 1e-2
+    with pytest.raises(HesslabError, match="rank <= 2"):  # a caller's wider error bound
+        logdet(A, 3, tol=1e-13, generator=gen(), error_bounds=1e-8)
 
 
 def test_slq_logdet_within_4_stderr() -> None:

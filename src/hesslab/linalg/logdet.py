@@ -34,6 +34,7 @@ def logdet(
     eigen_result: EigenResult | None = None,
     tol: float = 1e-8,
     generator: torch.Generator | None = None,
+    error_bounds: torch.Tensor | float | None = None,
 ) -> LogdetEstimate:
     """``sum_{i <= rank} log lambda_i`` over the ``rank`` largest eigenvalues.
 
@@ -52,6 +53,9 @@ def logdet(
         rank: ``r``, the size of the non-degenerate block (``1 <= r <= P``).
         eigen_result: optional earlier ``which="largest"`` result with ``>= r`` values.
         tol: relative residual tolerance for the eigenpairs computed here.
+        error_bounds: ``b_i`` (a number or ``[r]``) instead of the default
+            ``EigenResult.error_bounds`` (whose rounding part, ``10 sqrt(P) eps ||A||``,
+            is conservative for a large float32 operator).
         generator: randomness for the eigensolver.
 
     Returns:
@@ -80,7 +84,10 @@ def logdet(
         res = eigenpairs(op, rank, "largest", tol=tol, generator=generator, return_vectors=False)
         num_matvecs = res.num_matvecs
     vals = res.values[:rank].to(torch.float64)
-    bounds = res.error_bounds(P, op.dtype)[:rank]
+    if error_bounds is None:
+        bounds = res.error_bounds(P, op.dtype)[:rank]
+    else:
+        bounds = torch.as_tensor(error_bounds, dtype=torch.float64).expand(rank).clone()
     _require_positive(vals, bounds, rank)
     value = float(torch.log(vals).sum())
     return LogdetEstimate(
