@@ -23,6 +23,7 @@ from hesslab.linalg.results import rounding_floor
 
 __all__ = [
     "DPI",
+    "log_axis_values",
     "plot_density",
     "plot_eigenvalues",
     "plot_heatmap",
@@ -111,14 +112,14 @@ def _rounding_zeros(values: np.ndarray) -> np.ndarray:
     return finite & (np.abs(values) <= rounding_floor(top, int(finite.sum())))
 
 
-def _log_axis(values: np.ndarray) -> np.ndarray:
+def log_axis_values(values: Any) -> np.ndarray:
     """``values`` for a log axis: entries ``<= 0`` within rounding become NaN (not drawn).
 
     Matplotlib drops non-positive values on a log axis but draws a rounding residue such
     as ``+1e-17`` and stretches the axis down to it, so the picture would depend on the
     sign rounding happened to give; here both signs give a gap.
     """
-    out = np.array(values, dtype=np.float64)
+    out = np.array(to_numpy(values), dtype=np.float64)
     out[_rounding_zeros(out) | (out <= 0)] = np.nan
     return out
 
@@ -369,7 +370,7 @@ def plot_series(
     fig, ax = _figure()
     for j, (name, spec) in enumerate(series.items()):
         x, y, e = _series_parts(name, spec, x_shared)
-        y = _log_axis(y) if log_y else y
+        y = log_axis_values(y) if log_y else y
         color = _COLORS[j % len(_COLORS)]
         ax.plot(
             x, y, color=color, linewidth=1.5, marker="o" if y.size <= 30 else None, ms=3, label=name
@@ -418,7 +419,7 @@ def plot_quantile_bands(
         if arr.ndim == 1:
             arr = arr[None, :]
         if log_y:
-            arr = _log_axis(arr)
+            arr = log_axis_values(arr)
         if arr.ndim != 2 or arr.shape[1] != xs.size:
             raise DataError(
                 f"samples{'[' + repr(name) + ']' if name else ''} must have shape "
@@ -488,7 +489,7 @@ def plot_layer_summary(
             raise DataError(f"{quantity!r} has {v.size} values for {len(names)} layers")
         e = None if err is None else np.abs(_vector(err, f"quantities[{quantity!r}] stderr"))
         flag = log_y.get(quantity, False) if isinstance(log_y, Mapping) else log_y
-        v = _log_axis(v) if flag else v
+        v = log_axis_values(v) if flag else v
         ax.bar(x, v, yerr=e, color=_COLORS[j % len(_COLORS)], alpha=0.85, capsize=3, width=0.7)
         if flag:
             ax.set_yscale("log")
@@ -538,7 +539,7 @@ def plot_line_scan(
         y = _vector(values, f"curves[{name!r}]")
         if y.size != ts.size:
             raise DataError(f"curve {name!r} has {y.size} values for {ts.size} points of t")
-        y = _log_axis(y) if log_y else y
+        y = log_axis_values(y) if log_y else y
         (line,) = ax.plot(ts, y, color=_COLORS[j % len(_COLORS)], linewidth=1.6, label=name)
         lines.append(line)
     if log_y:
