@@ -4,7 +4,8 @@ VENV ?= .venv
 # Pinned CPU wheel so CI never pulls a multi-GB CUDA build; override with `make TORCH=torch==X test`.
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.hesslab-installed
+# one stamp per torch requirement, so `make TORCH=torch==2.14.1 test` installs that torch
+STAMP := $(VENV)/.hesslab-installed-$(subst =,,$(subst >,,$(subst <,,$(TORCH))))
 
 .PHONY: setup demo test test-slow test-numerics-alt lint bench bench-quick bench-all peers clean
 
@@ -15,6 +16,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.hesslab-installed*
 	touch $(STAMP)
 
 setup: $(STAMP)
