@@ -112,15 +112,22 @@ def _rounding_zeros(values: np.ndarray) -> np.ndarray:
     return finite & (np.abs(values) <= rounding_floor(top, int(finite.sum())))
 
 
-def log_axis_values(values: Any) -> np.ndarray:
-    """``values`` for a log axis: entries ``<= 0`` within rounding become NaN (not drawn).
+def log_axis_values(values: Any, *, shared_scale: bool = True) -> np.ndarray:
+    """``values`` for a log axis: entries ``<= 0`` (within rounding) become NaN (not drawn).
 
     Matplotlib drops non-positive values on a log axis but draws a rounding residue such
     as ``+1e-17`` and stretches the axis down to it, so the picture would depend on the
-    sign rounding happened to give; here both signs give a gap.
+    sign rounding happened to give. With ``shared_scale`` (values computed on one scale,
+    e.g. per-layer curvatures or a loss landscape) entries that are zero within rounding
+    of the largest (:func:`_rounding_zeros`) are gaps too, whatever their sign; without it
+    (a time series whose values each carry their own relative error, e.g. a loss curve
+    falling over many decades) only entries ``<= 0`` are.
     """
     out = np.array(to_numpy(values), dtype=np.float64)
-    out[_rounding_zeros(out) | (out <= 0)] = np.nan
+    zero = out <= 0
+    if shared_scale:
+        zero |= _rounding_zeros(out)
+    out[zero] = np.nan
     return out
 
 
@@ -370,7 +377,7 @@ def plot_series(
     fig, ax = _figure()
     for j, (name, spec) in enumerate(series.items()):
         x, y, e = _series_parts(name, spec, x_shared)
-        y = log_axis_values(y) if log_y else y
+        y = log_axis_values(y, shared_scale=False) if log_y else y
         color = _COLORS[j % len(_COLORS)]
         ax.plot(
             x, y, color=color, linewidth=1.5, marker="o" if y.size <= 30 else None, ms=3, label=name
@@ -419,7 +426,7 @@ def plot_quantile_bands(
         if arr.ndim == 1:
             arr = arr[None, :]
         if log_y:
-            arr = log_axis_values(arr)
+            arr = log_axis_values(arr, shared_scale=False)
         if arr.ndim != 2 or arr.shape[1] != xs.size:
             raise DataError(
                 f"samples{'[' + repr(name) + ']' if name else ''} must have shape "
@@ -539,7 +546,7 @@ def plot_line_scan(
         y = _vector(values, f"curves[{name!r}]")
         if y.size != ts.size:
             raise DataError(f"curve {name!r} has {y.size} values for {ts.size} points of t")
-        y = log_axis_values(y) if log_y else y
+        y = log_axis_values(y, shared_scale=False) if log_y else y
         (line,) = ax.plot(ts, y, color=_COLORS[j % len(_COLORS)], linewidth=1.6, label=name)
         lines.append(line)
     if log_y:
