@@ -14,7 +14,7 @@ from hesslab import Objective, eigenpairs, trace
 from hesslab.distributed import DistributedOperator, shard_indices
 from hesslab.operators import GGNOperator, GradientMomentOperator, HessianOperator
 
-from .gloo import free_port, run_gloo, tanh_mlp_shard
+from .gloo import run_gloo, tanh_mlp_shard
 from .models import make
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
@@ -78,12 +78,52 @@ def test_requires_initialised_process_group():
 
 
 def _torchrun_cli() -> list[str]:
-    """``torchrun`` with 2 local processes running ``python -m hesslab.cli``."""
-    import shutil
+    """``torchrun`` with 2 local processes running ``python -m hesslab.cli``.
 
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    port = str(free_port())
-    return [torchrun, "--nproc_per_node", "2", "--master_port", port, "-m", "hesslab.cli"]
+    The launcher of *this* interpreter (``python -m torch.distributed.run``, never a
+    ``torchrun`` found on ``PATH``, which may belong to another torch), with
+    ``--standalone``: the launcher binds a free port itself, so parallel test runs cannot
+    race for one picked in advance.
+    """
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*run, "--nproc_per_node", "2", "-m", "hesslab.cli"]
+
+
+def _kill_job(proc) -> None:
+    """SIGKILL a torchrun job, launcher and workers at once (a preemption).
+
+    torchrun starts every worker in a session of its own, so killing the launcher's
+    process group alone leaves the workers running: they would finish the killed run
+    (writing and finally deleting its checkpoints) while the resumed one reads them.
+    """
+    import signal
+    import subprocess
+    import time
+
+    found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    workers = [int(p) for p in found.stdout.split()]
+    assert len(workers) >= 2, f"torchrun's workers not found: {found.stdout!r}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in workers:
+        try:
+            os.killpg(pid, signal.SIGKILL)  # each worker leads its own process group
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in workers), "a killed worker is still running"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
 def _single_process_results(common: list[str], out: Path, env: dict) -> dict:
@@ -161,7 +201,6 @@ def test_cli_resume_under_torchrun_after_kill(tmp_path):
     (a hang, caught by the timeout) or the numbers would differ from the reference.
     """
     import json
-    import signal
     import subprocess
     import time
 
@@ -188,8 +227,7 @@ def test_cli_resume_under_torchrun_after_kill(tmp_path):
             break
         time.sleep(0.05)
     assert ckpt is not None, f"no density checkpoint before the run ended: {proc.poll()}"
-    os.killpg(proc.pid, signal.SIGKILL)  # preemption: every rank dies at once
-    proc.wait(timeout=30)
+    _kill_job(proc)  # preemption: every rank dies at once
     run = ckpt.parent
     assert (ckpt / "eig_top.done.pt").exists() and (ckpt / "trace.done.pt").exists()
     assert not (run / "results.json").exists() or (

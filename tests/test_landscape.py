@@ -99,3 +99,19 @@ def test_filter_normalization():
     pb = db.space.unflatten(filter_normalized_direction(big, torch.Generator().manual_seed(0)))
     assert torch.allclose(pb["conv1.weight"], 10.0 * parts["conv1.weight"], rtol=1e-5)
     assert np.isfinite(d.numpy()).all()
+
+
+def test_log_slice_ignores_rounding_zeros():
+    # a perfect fit's loss is 0 or +1e-33 by CPU: on the log colour scale it is a blank cell
+    # either way, not log10(1e-300) = -300 (or -33) stretching the scale over the others
+    from hesslab.landscape import Slice2D
+
+    a = b = (-1.0, 0.0, 1.0)
+    loss = np.array([[2.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 3.0]])
+    lows = []
+    for zero in (0.0, 1e-33, -1e-33):
+        loss[1, 1] = zero
+        fig = plot_slice_2d(Slice2D(a=a, b=b, loss=loss.copy(), seconds=0.0), log=True)
+        cbar = fig.axes[-1]
+        lows.append(min(cbar.get_ylim()))
+    assert lows[0] == lows[1] == lows[2] > -1.0  # log10 of the smallest nonzero loss, 1

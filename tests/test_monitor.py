@@ -208,3 +208,25 @@ def test_plain_loop_with_dropout_needs_eval():
     net.eval()
     assert mon.step(net, 0)["lambda_max"] > 0
     assert not net.training
+
+
+def test_logdet_refuses_a_zero_eigenvalue():
+    # least squares on N = 3 < P = 6: H = 2 X^T X / N has rank 3, so with logdet_rank = 4
+    # the 4th eigenvalue is an exact 0 (computed as +-1e-17 by CPU): NaN with the reason,
+    # never a finite log(1e-17); rank 3 gives the dense value
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 1, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1).double()
+    evals = torch.linalg.eigvalsh(HessianOperator(Objective(model, "mse", (x, y))).to_dense())
+    top = evals.flip(0)
+    assert float(top[3]) == pytest.approx(0.0, abs=1e-12)
+    for rank in (3, 4):
+        mon = SpectrumMonitor((x, y), "mse", k=rank, logdet_rank=rank, quantities=("logdet",))
+        m = mon.measure(model, 0)
+        if rank == 3:
+            assert m.values["logdet"] == pytest.approx(float(torch.log(top[:3]).sum()), abs=1e-8)
+        else:
+            assert m.values["logdet"] != m.values["logdet"]  # NaN
+            assert any("not positive within its error bound" in n for n in m.diagnostics["notes"])

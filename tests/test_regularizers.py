@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 
 import pytest
@@ -243,3 +245,100 @@ def test_fixed_probes_give_the_dense_hutchinson_formulas(cls):
     assert rec.stderr == pytest.approx(float(q.std()) / math.sqrt(7), rel=1e-10)
     if cls is WSBoundPenalty:
         assert rec.trace_sq == pytest.approx(float(((V @ H) ** 2).sum(1).mean()), rel=1e-10)
+def _bn_net(train: bool = True) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """Linear -> BatchNorm1d -> tanh -> Linear, float64, BN in train (or eval) mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2))
+    model = model.double().train(train)
+    with torch.no_grad():  # running statistics away from (0, 1), so eval mode is not trivial
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    return model, (x, torch.randint(0, 2, (8,), generator=g))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_penalty_gradcheck(train):
+    # backward() of the penalty is a third derivative through BatchNorm (fused kernel: none
+    # in train mode since torch 2.14); finite differences check it on every version
+    model, batch = _bn_net(train)
+    names = [n for n, _ in model.named_parameters()]
+    P = sum(p.numel() for p in model.parameters())
+    V = torch.randn(2, P, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pen = WSBoundPenalty(gamma=1.0, probes=V)
+    inputs = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def f(*ts):
+        return pen.evaluate_at(model, batch, "ce", dict(zip(names, ts, strict=True)))
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
+    for k, v in model.state_dict().items():  # evaluate_at left the running statistics alone
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.BatchNorm1d(4, momentum=0.3).train(),
+        lambda: nn.BatchNorm1d(4).eval(),
+        lambda: nn.BatchNorm1d(4, affine=False, track_running_stats=False).train(),
+        lambda: nn.InstanceNorm1d(4, affine=True, track_running_stats=True).train(),
+    ],
+)
+def test_differentiable_batch_norm_equals_fused_kernel(make):
+    # same outputs, first and second derivatives and running-statistics updates as torch's
+    # fused kernel (which has those on every version), in float64
+    from hesslab.train import differentiable_batch_norm
+
+    torch.manual_seed(0)
+    ref = make().double()
+    for b in ref.buffers():
+        if b.is_floating_point():
+            b.uniform_(0.5, 1.5)
+    ours = copy.deepcopy(ref)
+    x = torch.randn(6, 4, 5, dtype=torch.float64, requires_grad=True)
+    if isinstance(ref, nn.BatchNorm1d):
+        x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn_like(x)
+    results = []
+    for module, ctx in ((ref, contextlib.nullcontext()), (ours, differentiable_batch_norm())):
+        with ctx:
+            y = module(x)
+        (g,) = torch.autograd.grad(y.tanh().sum(), x, create_graph=True)
+        (hv,) = torch.autograd.grad((g * v).sum(), x)
+        results.append((y, g, hv))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for (name, a), (_, b) in zip(ref.named_buffers(), ours.named_buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0, msg=name)
+
+
+def test_callers_fused_batch_norm_loss():
+    # a loss from torch's fused train-mode kernel is refused on every version (2.13: a wrong
+    # third derivative, 2.14: none), with the fix in the message; inside
+    # differentiable_batch_norm() the same loss gives the penalty's own value and the
+    # gradient of evaluate_at (checked against finite differences above)
+    from hesslab.train import differentiable_batch_norm
+
+    model, (x, y) = _bn_net(train=True)
+    names = [n for n, _ in model.named_parameters()]
+    P = sum(p.numel() for p in model.parameters())
+    V = torch.randn(2, P, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pen = HessianTracePenalty(gamma=1.0, probes=V)
+    with pytest.raises(ConfigurationError, match="differentiable_batch_norm"):
+        pen(model, (x, y), "ce", loss=F.cross_entropy(model(x), y))
+    with differentiable_batch_norm():
+        loss = F.cross_entropy(model(x), y)
+    pen(model, (x, y), "ce", loss=loss).backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    inputs = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+    val = pen.evaluate_at(model, (x, y), "ce", dict(zip(names, inputs, strict=True)))
+    want = torch.autograd.grad(val, inputs)
+    assert abs(pen.last_value - val.item()) <= 1e-12 * abs(val.item())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    eval_model, _ = _bn_net(train=False)  # eval mode: the fused kernel is fine
+    eval_loss = F.cross_entropy(eval_model(x), y)
+    assert pen(eval_model, (x, y), "ce", loss=eval_loss).requires_grad

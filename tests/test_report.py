@@ -522,3 +522,28 @@ def test_snapshot_and_restore_of_the_records(tmp_path):
     assert len(run.scalars) == 1
     with pytest.raises(ConfigurationError, match="snapshot"):
         run.restore({"scalars": []})
+
+
+def test_log_axes_ignore_the_sign_of_rounding_zeros() -> None:
+    # an exact zero comes out as +1e-17 on one CPU and -1e-17 on another: figures of values
+    # on one scale (ranked eigenvalues, per-layer curvatures) must be the same (the residue
+    # neither stretches a log axis nor adds negative ticks), while a genuine small value
+    # (1e-3 of the top) still counts; a time series keeps its tiny positive values (each
+    # carries its own relative error) and only drops non-positive ones
+    def axes_of(fig: Figure) -> tuple:
+        ax = fig.axes[0]
+        return (ax.get_yscale(), tuple(np.round(ax.get_ylim(), 12)), tuple(ax.get_yticks()))
+
+    for zero in (1e-17, -1e-17, 0.0):
+        ranked = plot_eigenvalues([10.0, 2.0, zero, -0.5])
+        bars = plot_layer_summary(["a", "b", "c"], {"tr": [3.0, zero, 1.0]}, log_y=True)
+        got = [axes_of(f) for f in (ranked, bars)]
+        if zero == 1e-17:
+            want = got
+        assert got == want, zero
+        series = plot_series(None, {"loss": [1.0, 0.1, 0.01, zero]}, log_y=True)
+        assert np.isnan(series.axes[0].lines[0].get_ydata()[-1]) == (zero <= 0)
+    ticks = axes_of(plot_eigenvalues([10.0, 2.0, 1e-3, -0.5]))[2]
+    assert 1e-3 in ticks and ticks != want[0][2]
+    bars = axes_of(plot_layer_summary(["a", "b", "c"], {"tr": [3.0, 1e-6, 1.0]}, log_y=True))
+    assert bars[1][0] < 1e-6 < want[1][1][0]

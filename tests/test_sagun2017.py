@@ -115,7 +115,8 @@ def test_headline_other_seeds(tmp_path, seed):
     spec = EXPERIMENTS["sagun2017"]
     cfg = spec.config_object(smoke=True, overrides={"seeds": [seed], "digits": False})
     from hesslab.experiments import sagun2017
+    from hesslab.report.progress import StepProgress
 
     run = RunDir.create(tmp_path / "run", config=spec.config(smoke=True), command=["x"])
-    out = sagun2017._part1(cfg, run, sagun2017._Progress(None, 10))
+    out = sagun2017._part1(cfg, run, StepProgress(None, 10))
     assert {k: v[0] for k, v in out["counts"].items()} == {3: 3, 5: 5}

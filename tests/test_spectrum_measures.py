@@ -86,6 +86,24 @@ def test_effective_rank():
     assert effective_rank(torch.zeros(4)) == 0.0
 
 
+def test_effective_rank_treats_rounding_zeros_as_zero():
+    # 1000 exact zeros computed as +-1e-17 (a sign per CPU): the threshold rank with a tiny
+    # rtol is the 2 nonzero values for either sign pattern, and an all-noise spectrum is
+    # rank 0 given its error bound; a genuine 1e-9 still counts
+    signs = torch.randint(0, 2, (1000,), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for noise in (1e-17 * signs, -1e-17 * signs, torch.zeros(1000)):
+        v = torch.cat([torch.tensor([5.0, 1.0], dtype=torch.float64), noise.double()])
+        assert effective_rank(v, method="threshold", rtol=1e-30) == 2.0
+        assert effective_rank(v, method="entropy") == pytest.approx(
+            effective_rank(v[:2], method="entropy"), rel=1e-14
+        )
+        assert effective_rank(noise.double(), method="participation", atol=1e-15) == 0.0
+    w = torch.tensor([5.0, 1.0, 1e-9], dtype=torch.float64)
+    assert effective_rank(w, method="threshold", rtol=1e-12) == 3.0
+    with pytest.raises(ConfigurationError, match="atol"):
+        effective_rank(w, atol=-1.0)
+
+
 @pytest.mark.parametrize(
     "call",
     [

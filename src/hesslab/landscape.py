@@ -379,10 +379,13 @@ def plot_slice_2d(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from hesslab.report.plots import log_axis_values
+
     fig = Figure(figsize=(5.6, 4.6), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    z = np.log10(np.maximum(result.loss, 1e-300)) if log else result.loss
+    # log: a loss that is 0 within rounding is a blank cell, not log10(1e-300) = -300
+    z = np.log10(log_axis_values(result.loss)) if log else result.loss
     A, B = np.meshgrid(np.asarray(result.a), np.asarray(result.b), indexing="ij")
     cs = ax.contourf(A, B, z, levels=levels, cmap="viridis")
     ax.contour(A, B, z, levels=levels, colors="k", linewidths=0.3, alpha=0.5)

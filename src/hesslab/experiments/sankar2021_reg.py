@@ -86,7 +86,11 @@ from hesslab.report import plots
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import evaluate
-from hesslab.train.regularizers import HessianTracePenalty, WSBoundPenalty
+from hesslab.train.regularizers import (
+    HessianTracePenalty,
+    WSBoundPenalty,
+    differentiable_batch_norm,
+)
 
 if TYPE_CHECKING:
     from hesslab.analysis import StageStore
@@ -305,7 +309,8 @@ def train_with_penalty(
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
             xb, yb = x[idx], y[idx]
-            loss = F.cross_entropy(model(xb), yb)
+            with differentiable_batch_norm():  # the penalty differentiates it thrice
+                loss = F.cross_entropy(model(xb), yb)
             objective = loss
             if penalty is not None:
                 objective = loss + penalty(model, (xb, yb), F.cross_entropy, step, loss=loss)

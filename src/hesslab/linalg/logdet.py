@@ -21,7 +21,7 @@ from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint
 from hesslab.linalg.density import spectral_density
 from hesslab.linalg.lanczos import eigenpairs
-from hesslab.linalg.results import EigenResult, LogdetEstimate
+from hesslab.linalg.results import EigenResult, LogdetEstimate, rounding_floor
 from hesslab.operators.base import as_operator
 
 __all__ = ["logdet", "logdet_slq"]
@@ -34,20 +34,28 @@ def logdet(
     eigen_result: EigenResult | None = None,
     tol: float = 1e-8,
     generator: torch.Generator | None = None,
+    error_bounds: torch.Tensor | float | None = None,
 ) -> LogdetEstimate:
     """``sum_{i <= rank} log lambda_i`` over the ``rank`` largest eigenvalues.
 
     The eigenvalues come from :func:`~hesslab.linalg.lanczos.eigenpairs` (``which=
     "largest"``, relative residual ``tol``) unless ``eigen_result`` already holds at least
-    ``rank`` of the largest ones. The error of each eigenvalue is at most its residual
-    norm (and ``O(residual^2 / gap)`` for a separated one); ``info["max_abs_error"]`` gives
-    ``sum_i residual_i / lambda_i``, a first-order bound on the error of the sum.
+    ``rank`` of the largest ones. The error of each eigenvalue is at most its error bound
+    ``b_i`` (:meth:`~hesslab.linalg.results.EigenResult.error_bounds`: the residual norm
+    plus the products' rounding ``~ sqrt(P) eps ||A||``; ``O(residual^2 / gap)`` for a
+    separated one); ``info["max_abs_error"]`` gives ``sum_i b_i / lambda_i``, a
+    first-order bound on the error of the sum. An eigenvalue with ``lambda_i <= b_i`` is
+    zero (or negative) within its error, so its log is undefined and the call raises:
+    rounding never turns a zero eigenvalue into a finite ``log(1e-17)``.
 
     Args:
         op: symmetric operator (anything :func:`~hesslab.as_operator` accepts).
         rank: ``r``, the size of the non-degenerate block (``1 <= r <= P``).
         eigen_result: optional earlier ``which="largest"`` result with ``>= r`` values.
         tol: relative residual tolerance for the eigenpairs computed here.
+        error_bounds: ``b_i`` (a number or ``[r]``) instead of the default
+            ``EigenResult.error_bounds`` (whose rounding part, ``10 sqrt(P) eps ||A||``,
+            is conservative for a large float32 operator).
         generator: randomness for the eigensolver.
 
     Returns:
@@ -56,8 +64,8 @@ def logdet(
 
     Raises:
         ConfigurationError: ``rank`` invalid, ``eigen_result`` unusable, or one of the top
-            ``r`` eigenvalues is ``<= 0`` (the message says which and the largest rank
-            that works).
+            ``r`` eigenvalues is ``<= b_i`` (not positive within its error bound; the
+            message says which and the largest rank that works).
     """
     t0 = time.perf_counter()
     op = as_operator(op)
@@ -76,18 +84,11 @@ def logdet(
         res = eigenpairs(op, rank, "largest", tol=tol, generator=generator, return_vectors=False)
         num_matvecs = res.num_matvecs
     vals = res.values[:rank].to(torch.float64)
-    resid = res.residual_norms[:rank].to(torch.float64)
-    # a value within its error bound of zero is zero (|theta - lambda| <= residual)
-    bound = resid + 10 * torch.finfo(op.dtype).eps * float(res.norm_estimate)
-    bad = torch.nonzero(vals <= bound).flatten()
-    if bad.numel():
-        i = int(bad[0])
-        raise ConfigurationError(
-            f"eigenvalue number {i + 1} of the top {rank} is {float(vals[i]):.3e}, not positive "
-            f"within its error bound {float(bound[i]):.1e}, so its log is undefined; use "
-            f"rank <= {i} (the number of positive eigenvalues found), "
-            "or logdet_slq(op, shift=...) for a shifted full-spectrum log-det"
-        )
+    if error_bounds is None:
+        bounds = res.error_bounds(P, op.dtype)[:rank]
+    else:
+        bounds = torch.as_tensor(error_bounds, dtype=torch.float64).expand(rank).clone()
+    _require_positive(vals, bounds, rank)
     value = float(torch.log(vals).sum())
     return LogdetEstimate(
         value=value,
@@ -98,10 +99,24 @@ def logdet(
         rank=rank,
         values=vals,
         info={
-            "max_abs_error": float((resid / vals).sum()),
+            "max_abs_error": float((bounds / vals).sum()),
             "all_converged": bool(res.converged[:rank].all()),
         },
     )
+
+
+def _require_positive(vals: torch.Tensor, bounds: torch.Tensor, rank: int) -> None:
+    """Raise unless every ``vals[i] > bounds[i]`` (positive beyond its error bound)."""
+    bad = torch.nonzero(vals <= bounds).flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise ConfigurationError(
+            f"eigenvalue number {i + 1} of the top {rank} is {float(vals[i]):.3e}, not "
+            f"positive within its error bound {float(bounds[i]):.3e} (residual plus "
+            f"rounding), so its log is undefined; use rank <= {i} (the number of clearly "
+            "positive eigenvalues found), a smaller tol if the residual dominates the bound, "
+            "or logdet_slq(op, shift=...) for a shifted full-spectrum log-det"
+        )
 
 
 def logdet_slq(
@@ -148,9 +163,10 @@ def logdet_slq(
         ``info["samples"]`` the per-probe values.
 
     Raises:
-        ConfigurationError: a Ritz value of ``A + delta I`` is ``<= 0`` (the shifted
-            operator is not positive definite): the message gives the smallest Ritz value
-            and the shift that would be needed.
+        ConfigurationError: a Ritz value of ``A + delta I`` is ``<= 0`` up to rounding
+            (:func:`~hesslab.linalg.results.rounding_floor`; the shifted operator is not
+            positive definite): the message gives the smallest Ritz value and the shift
+            that would be needed.
     """
     t0 = time.perf_counter()
     op = as_operator(op)
@@ -169,12 +185,14 @@ def logdet_slq(
     )
     shifted = dens.nodes + shift
     used = dens.weights > 0
-    if bool((shifted[used] <= 0).any()):
+    scale = float(shifted[used].abs().max()) if bool(used.any()) else 0.0
+    floor = rounding_floor(scale, P, op.dtype)  # a Ritz value this close to 0 may be 0
+    if bool((shifted[used] <= floor).any()):
         lo = float(dens.nodes[used].min())
         raise ConfigurationError(
-            f"A + {shift:g} I is not positive definite: the smallest Ritz value of A is "
-            f"{lo:.6g}; choose shift > {-lo:.6g} (Ritz values lie inside the spectrum, so "
-            "allow a margin)"
+            f"A + {shift:g} I is not positive definite within rounding ({floor:.2g}): the "
+            f"smallest Ritz value of A is {lo:.6g}; choose shift > {-lo:.6g} (Ritz values "
+            "lie inside the spectrum, so allow a margin)"
         )
     logs = torch.where(used, torch.log(shifted.clamp_min(1e-300)), torch.zeros_like(shifted))
     samples = P * (dens.weights * logs).sum(dim=1)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
+from hesslab.linalg.results import rounding_floor
 
 __all__ = ["OutlierCount", "count_outliers", "effective_rank"]
 
@@ -190,12 +191,15 @@ def effective_rank(
     method: Literal["entropy", "participation", "threshold"] = "entropy",
     negative: Literal["abs", "clip"] = "abs",
     rtol: float = 1e-3,
+    atol: float | None = None,
 ) -> float:
     """Effective rank of a spectrum ``lambda_1..lambda_n`` (any order).
 
     Negative eigenvalues are handled explicitly by ``negative``: ``"abs"`` (default) uses
     ``|lambda_i|`` (curvature magnitude in every direction), ``"clip"`` uses
-    ``max(lambda_i, 0)`` (positive curvature only). With ``w_i`` the resulting weights:
+    ``max(lambda_i, 0)`` (positive curvature only). Values that are zero within their
+    error, ``|lambda_i| <= atol``, count as exactly 0 (their sign and size are rounding:
+    an exact zero eigenvalue computed as ``±1e-17``). With ``w_i`` the resulting weights:
 
     * ``"entropy"`` (Roy & Vetterli, EUSIPCO 2007): ``exp(-sum_i p_i log p_i)`` with
       ``p_i = w_i / sum_j w_j``; equals ``r`` for ``r`` equal nonzero values.
@@ -205,10 +209,27 @@ def effective_rank(
 
     Returns 0.0 when every weight is 0.
 
+    Args:
+        values: the eigenvalues (tensor, array or list).
+        method: ``"entropy"``, ``"participation"`` or ``"threshold"``.
+        negative: ``"abs"`` or ``"clip"``.
+        rtol: ``"threshold"``: relative cut.
+        atol: absolute error bound of the values, e.g. ``res.error_bounds(P).max()`` of
+            an :class:`~hesslab.linalg.results.EigenResult`; default: the float64
+            rounding of the largest, ``rounding_floor(max |lambda|, n)`` (which removes
+            rounding residues next to a nonzero top, but cannot tell that a spectrum
+            that is all rounding noise is zero: pass ``atol`` then).
+
     Raises:
-        ConfigurationError: empty or non-finite input, unknown method or handling.
+        ConfigurationError: empty or non-finite input, unknown method or handling, or a
+            negative ``atol``.
     """
     v = _as_values(values)
+    if atol is None:
+        atol = rounding_floor(float(v.abs().max()), v.numel())
+    if not atol >= 0:
+        raise ConfigurationError(f"atol must be a non-negative error bound, got {atol}")
+    v = torch.where(v.abs() <= atol, torch.zeros_like(v), v)
     if negative == "abs":
         w = v.abs()
     elif negative == "clip":

@@ -23,9 +23,11 @@ from matplotlib.ticker import FixedLocator, NullLocator
 
 from hesslab.errors import DataError
 from hesslab.io import to_numpy
+from hesslab.linalg.results import rounding_floor
 
 __all__ = [
     "DPI",
+    "log_axis_values",
     "plot_density",
     "plot_eigenvalues",
     "plot_heatmap",
@@ -107,14 +109,48 @@ def _vector(x: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _rounding_zeros(values: np.ndarray) -> np.ndarray:
+    """Mask of the entries that are zero within float64 rounding of the largest one.
+
+    ``|v| <= rounding_floor(max |v|, n)`` (:func:`hesslab.linalg.results.rounding_floor`):
+    such an entry (an exact zero eigenvalue computed as ``±1e-17``, a loss at machine
+    precision) has no meaningful sign or magnitude, and a log axis must not depend on it.
+    """
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, dtype=bool)
+    top = float(np.abs(values[finite]).max())
+    return finite & (np.abs(values) <= rounding_floor(top, int(finite.sum())))
+
+
+def log_axis_values(values: Any, *, shared_scale: bool = True) -> np.ndarray:
+    """``values`` for a log axis: entries ``<= 0`` (within rounding) become NaN (not drawn).
+
+    Matplotlib drops non-positive values on a log axis but draws a rounding residue such
+    as ``+1e-17`` and stretches the axis down to it, so the picture would depend on the
+    sign rounding happened to give. With ``shared_scale`` (values computed on one scale,
+    e.g. per-layer curvatures or a loss landscape) entries that are zero within rounding
+    of the largest (:func:`_rounding_zeros`) are gaps too, whatever their sign; without it
+    (a time series whose values each carry their own relative error, e.g. a loss curve
+    falling over many decades) only entries ``<= 0`` are.
+    """
+    out = np.array(to_numpy(values), dtype=np.float64)
+    zero = out <= 0
+    if shared_scale:
+        zero |= _rounding_zeros(out)
+    out[zero] = np.nan
+    return out
+
+
 def _symlog(ax: Any, values: np.ndarray) -> None:
     """Symmetric-log y axis with a decade-aligned linear region and ticks only at decades.
 
     The linear threshold is the decade at or below the smallest nonzero magnitude (but at
     most 4 decades below the largest), so tiny eigenvalues stay visible; ticks sit at 0
     and at ``±10^n`` outside the linear region, so labels never crowd around zero.
+    Values that are zero within rounding (:func:`_rounding_zeros`) count as 0.
     """
-    finite = values[np.isfinite(values)]
+    finite = np.where(_rounding_zeros(values), 0.0, values)[np.isfinite(values)]
     mags = np.abs(finite[finite != 0])
     if mags.size == 0:
         ax.set_yscale("symlog", linthresh=1.0)
@@ -360,6 +396,7 @@ def plot_series(
     fig, ax = _target(ax)
     for j, (name, spec) in enumerate(series.items()):
         x, y, e = _series_parts(name, spec, x_shared)
+        y = log_axis_values(y, shared_scale=False) if log_y else y
         color = _COLORS[j % len(_COLORS)]
         ax.plot(
             x, y, color=color, linewidth=1.5, marker="o" if y.size <= 30 else None, ms=3, label=name
@@ -407,6 +444,8 @@ def plot_quantile_bands(
         arr = to_numpy(s).astype(np.float64, copy=False)
         if arr.ndim == 1:
             arr = arr[None, :]
+        if log_y:
+            arr = log_axis_values(arr, shared_scale=False)
         if arr.ndim != 2 or arr.shape[1] != xs.size:
             raise DataError(
                 f"samples{'[' + repr(name) + ']' if name else ''} must have shape "
@@ -475,8 +514,9 @@ def plot_layer_summary(
         if v.size != len(names):
             raise DataError(f"{quantity!r} has {v.size} values for {len(names)} layers")
         e = None if err is None else np.abs(_vector(err, f"quantities[{quantity!r}] stderr"))
-        ax.bar(x, v, yerr=e, color=_COLORS[j % len(_COLORS)], alpha=0.85, capsize=3, width=0.7)
         flag = log_y.get(quantity, False) if isinstance(log_y, Mapping) else log_y
+        v = log_axis_values(v) if flag else v
+        ax.bar(x, v, yerr=e, color=_COLORS[j % len(_COLORS)], alpha=0.85, capsize=3, width=0.7)
         if flag:
             ax.set_yscale("log")
         _style(ax, title=None, xlabel=None, ylabel=quantity)
@@ -525,6 +565,7 @@ def plot_line_scan(
         y = _vector(values, f"curves[{name!r}]")
         if y.size != ts.size:
             raise DataError(f"curve {name!r} has {y.size} values for {ts.size} points of t")
+        y = log_axis_values(y, shared_scale=False) if log_y else y
         (line,) = ax.plot(ts, y, color=_COLORS[j % len(_COLORS)], linewidth=1.6, label=name)
         lines.append(line)
     if log_y:

@@ -13,6 +13,7 @@ from hesslab.train.regularizers import (
     HessianTracePenalty,
     PenaltyRecord,
     WSBoundPenalty,
+    differentiable_batch_norm,
     middle_layer_parameters,
     middle_parameters,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "SpectrumMonitor",
     "TensorBoardSink",
     "WSBoundPenalty",
+    "differentiable_batch_norm",
     "evaluate",
     "fit",
     "flat_parameters",

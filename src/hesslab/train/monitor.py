@@ -35,7 +35,9 @@ Quantities (keys of :attr:`Measurement.values`; errors under the same key in
     ``ws/lambda_min_lower``, ``ws/lambda_min_upper`` from those traces.
 ``logdet``
     ``sum_{i<=r} log lambda_i`` of the top-``r`` block (``r = logdet_rank``, default
-    ``k``), NaN when one of them is not positive (logged in diagnostics).
+    ``k``) by :func:`hesslab.linalg.logdet.logdet`, error ``sum_i b_i / lambda_i`` with
+    ``b_i`` the eigenvalues' error bounds; NaN when one of them is not positive beyond
+    its error bound (the reason is logged in diagnostics).
 ``effective_rank``
     ``(tr H)^2 / tr H^2``, the participation-ratio effective rank of the whole spectrum
     (exact for PSD ``H``), error by first-order propagation of the two stderrs.
@@ -100,6 +102,7 @@ from hesslab.io import append_jsonl
 from hesslab.linalg import (
     eigenpairs,
     frobenius_sq,
+    logdet,
     spectral_density,
     trace,
     wolkowicz_styan,
@@ -587,13 +590,12 @@ class SpectrumMonitor:
                 values["effective_rank"] = float("nan")
         if "logdet" in q and top is not None:
             r = min(self.logdet_rank or k, top.values.numel())
-            vals = top.values[:r].to(torch.float64)
-            if bool((vals > 0).all()):
-                values["logdet"] = float(torch.log(vals).sum())
-                errors["logdet"] = float((top.residual_norms[:r] / vals).sum())
-            else:
+            try:  # refuses an eigenvalue that is not positive beyond its error bound
+                ld = logdet(op, r, eigen_result=top)
+                values["logdet"], errors["logdet"] = ld.value, ld.info["max_abs_error"]
+            except ConfigurationError as e:
                 values["logdet"] = float("nan")
-                notes.append(f"logdet: one of the top {r} eigenvalues is <= 0")
+                notes.append(f"logdet: {e}")
 
         groups = None
         if q & {"ipr", "layers"}:

@@ -43,6 +43,15 @@ statistics are updated once). Without it the penalty runs its own forward pass o
 model as it is (train or eval mode, never changed), on copies of the model's buffers
 (BatchNorm running statistics stay untouched), so it leaves no state behind besides what
 ``backward()`` accumulates in ``.grad``.
+
+BatchNorm: ``backward()`` of the penalty is a third derivative of the loss, and torch's
+fused training-mode ``batch_norm`` kernel gets it wrong (torch 2.13: a gradient off by
+~10%) or refuses it (torch 2.14). The penalty's own forward therefore runs inside
+:func:`differentiable_batch_norm` (batch and instance norm from elementary ops, the same
+function; in training mode the batch statistics are differentiated as the functions of
+the parameters they are). A ``loss=`` whose graph holds the fused training-mode kernel
+is refused with a :class:`~hesslab.errors.ConfigurationError` that says to wrap the
+loop's forward in :func:`differentiable_batch_norm`; eval-mode BatchNorm is fine.
 """
 
 from __future__ import annotations
@@ -61,12 +70,14 @@ from torch.func import functional_call
 from hesslab.errors import ConfigurationError, DataError, ParameterSelectionError
 from hesslab.objective import derivative_context
 from hesslab.params import layer_groups, select_parameters
+from hesslab.train._norms import differentiable_batch_norm, fused_norm_nodes
 from hesslab.train.fit import resolve_loss
 
 __all__ = [
     "HessianTracePenalty",
     "PenaltyRecord",
     "WSBoundPenalty",
+    "differentiable_batch_norm",
     "middle_layer_parameters",
     "middle_parameters",
 ]
@@ -273,6 +284,7 @@ class _ProbePenalty:
             loss = self._own_forward(model, batch, loss_fn)
             est = self._estimate(loss, tensors, step)
         else:
+            _check_third_derivative(loss)
             try:
                 est = self._estimate(loss, tensors, step)
             except (RuntimeError, NotImplementedError) as e:
@@ -305,21 +317,26 @@ class _ProbePenalty:
             raise ParameterSelectionError(
                 f"values lack the selected parameters {missing}; pass a tensor for each."
             )
-        x, y = _unpack(batch)
-        with derivative_context():
-            out = functional_call(model, dict(values), (x,))
-        loss = resolve_loss(loss_fn)(out, y)
+        loss = self._own_forward(model, batch, loss_fn, values)
         est = self._estimate(loss, [values[n] for n in names], step, record=False)
         return self.gamma * est["value"]
 
     # ------------------------------------------------------------------ internals
 
-    def _own_forward(self, model: nn.Module, batch: Sequence[Any], loss_fn: LossFn) -> Tensor:
+    def _own_forward(
+        self,
+        model: nn.Module,
+        batch: Sequence[Any],
+        loss_fn: LossFn,
+        values: Mapping[str, Tensor] | None = None,
+    ) -> Tensor:
         x, y = _unpack(batch)
-        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         # copies of the buffers absorb any in-place update (BatchNorm running statistics)
-        with derivative_context():  # attention through a kernel with double backward
-            out = functional_call(model, buffers, (x,)) if buffers else model(x)
+        state = {n: b.detach().clone() for n, b in model.named_buffers()}
+        state.update(values or {})
+        # attention through a kernel with double backward, BatchNorm with a third derivative
+        with derivative_context(), differentiable_batch_norm():
+            out = functional_call(model, state, (x,)) if state else model(x)
         return resolve_loss(loss_fn)(out, y)
 
     def _probes(self, P: int, like: Tensor) -> Tensor:
@@ -406,6 +423,19 @@ class _ProbePenalty:
     def series(self, key: str = "value") -> list[float]:
         """``key`` of every recorded call, e.g. ``penalty.series("seconds")``."""
         return [getattr(r, key) for r in self.history]
+
+
+def _check_third_derivative(loss: Tensor) -> None:
+    """Refuse a caller's loss whose graph holds a fused training-mode BatchNorm."""
+    nodes = fused_norm_nodes(loss)
+    if nodes:
+        raise ConfigurationError(
+            f"the loss passed as loss= went through torch's fused training-mode batch_norm "
+            f"({nodes[0]}), whose third derivative (needed by the penalty's backward()) is "
+            "wrong on torch 2.13 and missing on 2.14. Compute the loop's forward inside "
+            "`with hesslab.train.differentiable_batch_norm():`, or call the penalty "
+            "without loss= (it then runs its own forward that way)."
+        )
 
 
 def _unpack(batch: Sequence[Any]) -> tuple[Any, Tensor]:
