@@ -30,8 +30,9 @@ def _shard(model):
 
 
 def _body(rank: int, world: int, out_dir: str) -> None:
+    from hesslab import eigenpairs, spectral_density, trace
     from hesslab.errors import ConfigurationError
-    from hesslab.sharded import ShardedHessianOperator, sharded_lanczos_top
+    from hesslab.sharded import ShardedHessianOperator, sharded_lanczos_top, sharded_trace
 
     model, data = tanh_mlp_shard(rank, world)  # unequal shards (12, 11) and batches
     res = {}
@@ -41,7 +42,7 @@ def _body(rank: int, world: int, out_dir: str) -> None:
         res["unsharded_error"] = str(e)
     model = _shard(model)
     before = [p.to_local().clone() for p in model.parameters()]
-    op = ShardedHessianOperator(model, "ce", data)
+    op = ShardedHessianOperator(model, "ce", data, mode="reverse-over-reverse")
     res["size"], res["full_size"], res["index"] = op.shape[0], op.full_size, op._maps[rank]
     E = torch.eye(op.full_size, dtype=torch.float64)[op._maps[rank]]
     res["exact_rows"] = op.matmat(E)  # this rank's rows of H
@@ -57,6 +58,13 @@ def _body(rank: int, world: int, out_dir: str) -> None:
     vals, vecs = sharded_lanczos_top(op, 2, generator=torch.Generator().manual_seed(0))
     res["eig"], res["eig_vecs"] = vals, vecs
     res["residual"] = op.norm(op.matmat(vecs) - vecs * vals)
+    res["trace"] = sharded_trace(op, 8, generator=torch.Generator().manual_seed(3))
+    full = op.replicated()  # hesslab's own solvers, unchanged, on replicated vectors
+    res["eig_full"] = eigenpairs(full, 2, tol=1e-10, generator=torch.Generator().manual_seed(7))
+    res["trace_full"] = trace(full, 8, generator=torch.Generator().manual_seed(3))
+    res["density_full"] = spectral_density(
+        full, num_steps=12, num_probes=2, generator=torch.Generator().manual_seed(1)
+    )
     res["bit_identical"] = all(
         torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters(), strict=True)
     )
@@ -126,3 +134,24 @@ def test_top_eigenpairs_equal_and_parameters_restored(ranks, dense):
         assert float(r["residual"].max()) <= 1e-8 * float(ref[0])
         assert r["bit_identical"] and all(g is None for g in r["grads"])
     assert torch.equal(ranks[0]["eig"], ranks[1]["eig"])
+
+
+def test_trace_and_solvers_on_the_replicated_view(ranks, dense):
+    from hesslab import eigenpairs, spectral_density, trace
+    from hesslab.linalg.probes import draw_probes
+    from hesslab.operators import DenseOperator
+
+    Z = draw_probes(dense.shape[0], 8, generator=torch.Generator().manual_seed(3))
+    exact_forms = (Z * (dense @ Z)).sum(0)
+    for r in ranks:  # the sharded Hutchinson estimate: the same probes' quadratic forms
+        assert torch.allclose(r["trace"].samples, exact_forms, rtol=1e-10, atol=1e-12)
+    A = DenseOperator(dense)
+    eig = eigenpairs(A, 2, tol=1e-10, generator=torch.Generator().manual_seed(7))
+    tr = trace(A, 8, generator=torch.Generator().manual_seed(3))
+    dens = spectral_density(
+        A, num_steps=12, num_probes=2, generator=torch.Generator().manual_seed(1)
+    )
+    for r in ranks:
+        assert torch.allclose(r["eig_full"].values, eig.values, rtol=1e-10, atol=0)
+        assert abs(r["trace_full"].value - tr.value) <= 1e-10 * abs(tr.value)
+        assert torch.allclose(r["density_full"].nodes, dens.nodes, rtol=1e-8, atol=1e-10)

@@ -53,13 +53,22 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from hesslab.distributed import broadcast_int
 from hesslab.errors import ConfigurationError
+from hesslab.linalg.probes import draw_probes, mean_stderr
+from hesslab.linalg.results import TraceEstimate
 from hesslab.losses import output_tensor
 from hesslab.objective import Objective
 from hesslab.operators.base import LinearOperator
 from hesslab.operators.hessian import HessianOperator
 
-__all__ = ["ShardedHessianOperator", "plain_module", "sharded_lanczos_top"]
+__all__ = [
+    "ReplicatedView",
+    "ShardedHessianOperator",
+    "plain_module",
+    "sharded_lanczos_top",
+    "sharded_trace",
+]
 
 ROUTES = ("exact", "finite-difference")
 
@@ -123,6 +132,7 @@ class ShardedHessianOperator(LinearOperator):
         richardson: Richardson extrapolation of the finite differences.
         error_estimate: compute the finite-difference error estimate (one more
             difference, twice the gradients).
+        mode: the exact route's :class:`HessianOperator` product mode.
         group: process group (default: the world).
         **objective_options: passed to the :class:`~hesslab.Objective` (e.g.
             ``max_batch_size``).
@@ -144,6 +154,7 @@ class ShardedHessianOperator(LinearOperator):
         eps: float | None = None,
         richardson: bool = False,
         error_estimate: bool = True,
+        mode: str = "auto",
         group: Any = None,
         **objective_options: Any,
     ) -> None:
@@ -171,7 +182,7 @@ class ShardedHessianOperator(LinearOperator):
                 "every trainable parameter of the model must be a sharded one"
             )
         self.objective = objective
-        self._hessian = HessianOperator(objective) if route == "exact" else None
+        self._hessian = HessianOperator(objective, mode=mode) if route == "exact" else None
         del full
         count = torch.tensor([float(objective.num_items)], dtype=torch.float64)
         dist.all_reduce(count, group=group)
@@ -251,6 +262,14 @@ class ShardedHessianOperator(LinearOperator):
         out = local.new_zeros(self.shape[0], local.shape[1])  # a rank without entries
         out[: self.local_size] = local
         return out
+
+    def local_part(self, full: Tensor) -> Tensor:
+        """This rank's shard ``[shape[0], K]`` of a full block ``[P, K]``."""
+        return self._pad(full[self._maps[self.rank].to(full.device)].to(self.device, self.dtype))
+
+    def replicated(self) -> ReplicatedView:
+        """The same operator on full (replicated) vectors, for hesslab's unchanged solvers."""
+        return ReplicatedView(self)
 
     # ---------------------------------------------------------------- products
     def _matmat(self, V: Tensor) -> Tensor:
@@ -346,6 +365,14 @@ class ShardedHessianOperator(LinearOperator):
         return torch.stack(cols, 1)
 
 
+def _shared_generator(generator: torch.Generator | None, group: Any) -> torch.Generator:
+    """``generator``, or a fresh one seeded from rank 0's entropy (the same on every rank)."""
+    if generator is not None:
+        return generator
+    seed = broadcast_int(int(torch.randint(0, 2**62, (1,))), group=group)
+    return torch.Generator().manual_seed(seed)
+
+
 def sharded_lanczos_top(
     op: ShardedHessianOperator,
     k: int = 1,
@@ -366,8 +393,8 @@ def sharded_lanczos_top(
         of the Ritz vectors.
     """
     steps = min(steps, op.full_size)
-    full = torch.randn(op.full_size, 1, generator=generator, dtype=torch.float64)
-    q = op._pad(full[op._maps[op.rank].cpu()].to(op.device, op.dtype))
+    generator = _shared_generator(generator, op.group)
+    q = op.local_part(torch.randn(op.full_size, 1, generator=generator, dtype=torch.float64))
     Q = [q / op.norm(q)]
     alphas, betas = [], []
     for j in range(steps):
@@ -391,3 +418,51 @@ def sharded_lanczos_top(
     B = torch.cat(Q[:m], 1)
     vecs = B @ evecs[:, order].to(B.dtype)
     return evals[order].to(op.dtype), vecs
+
+
+class ReplicatedView(LinearOperator):
+    """A sharded operator seen on full vectors ``[P, K]``, the same on every rank.
+
+    Lets :func:`~hesslab.eigenpairs`, :func:`~hesslab.trace` and
+    :func:`~hesslab.spectral_density` run unchanged (every rank runs the same solver
+    with the same generator; the input block is broadcast from rank 0 as in
+    :class:`~hesslab.distributed.DistributedOperator`). The Krylov vectors are then full
+    ``P`` vectors on every rank: a bridge for moderate ``P``, not the ``O(P / W)`` path
+    (:func:`sharded_lanczos_top` and :func:`sharded_trace` are).
+    """
+
+    def __init__(self, op: ShardedHessianOperator) -> None:
+        super().__init__(op.full_size, op.dtype, op.device)
+        self.op = op
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        V = V.detach().to(self.op._comm_device, copy=True).contiguous()
+        dist.broadcast(V, src=dist.get_global_rank(self.op.group, 0) if self.op.group else 0)
+        local = self.op._matmat(self.op.local_part(V))
+        return self.op.gather(local)
+
+
+def sharded_trace(
+    op: ShardedHessianOperator,
+    num_probes: int = 30,
+    *,
+    distribution: str = "rademacher",
+    generator: torch.Generator | None = None,
+) -> TraceEstimate:
+    """Hutchinson's estimate ``tr(H) ~ mean_i v_i^T H v_i`` on sharded probes.
+
+    The probes are drawn over the full ``P`` entries (same generator seed on every rank:
+    the same probes as a single-process run) and each rank keeps its slice; the
+    quadratic forms are summed over the ranks. Reference: Hutchinson (1990), "A
+    stochastic estimator of the trace of the influence matrix".
+    """
+    import time
+
+    start = time.perf_counter()
+    generator = _shared_generator(generator, op.group)
+    full = draw_probes(op.full_size, num_probes, distribution=distribution, generator=generator)
+    V = op.local_part(full)
+    samples = op.dot(V, op.matmat(V)).to(torch.float64).cpu()
+    value, stderr = mean_stderr(samples)
+    seconds = time.perf_counter() - start
+    return TraceEstimate(value, stderr, num_probes, seconds, "hutchinson", samples)
