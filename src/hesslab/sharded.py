@@ -39,7 +39,9 @@ Two product routes:
   ``u^(1/5)``) with the estimate ``||R(eps) - R(2 eps)|| / 5`` (one more difference,
   ``D(4 eps)``; the asymptotic ratio is 15). The
   parameter shards are saved before and copied back after every product (bit-identical;
-  never restored by subtraction), and ``.grad`` is restored.
+  never restored by subtraction), and ``.grad`` is restored. The full parameters are
+  gathered at construction only (for the objective's checks) and freed after, so the
+  route's memory per rank is ``O(P / W)`` plus what FSDP2's own backward needs.
 
 Only ``Shard(0)`` placements on a 1-D mesh (plain FSDP2, no HSDP) are supported.
 """
@@ -183,6 +185,8 @@ class ShardedHessianOperator(LinearOperator):
             )
         self.objective = objective
         self._hessian = HessianOperator(objective, mode=mode) if route == "exact" else None
+        if route != "exact":  # only the data loop is used: drop the full parameter copies
+            objective.theta, objective.model = {}, None
         del full
         count = torch.tensor([float(objective.num_items)], dtype=torch.float64)
         dist.all_reduce(count, group=group)
