@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from hesslab import Objective
+from hesslab.distributed import shard_indices
 from hesslab.operators import HessianOperator
 
 from .gloo import run_gloo, tanh_mlp_shard
@@ -69,6 +70,12 @@ def _body(rank: int, world: int, out_dir: str) -> None:
         torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters(), strict=True)
     )
     res["grads"] = [p.grad for p in model.parameters()]
+    cnn, x, y, _ = make("cnn")  # conv weights, FSDP2 on the root module only
+    fsdp.fully_shard(cnn)
+    idx = list(shard_indices(len(x), rank, world))
+    op = ShardedHessianOperator(cnn, "ce", (x[idx], y[idx]), mode="reverse-over-reverse")
+    res["cnn_index"] = op._maps[rank]
+    res["cnn_rows"] = op.matmat(torch.eye(op.full_size, dtype=torch.float64)[op._maps[rank]])
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -155,3 +162,12 @@ def test_trace_and_solvers_on_the_replicated_view(ranks, dense):
         assert torch.allclose(r["eig_full"].values, eig.values, rtol=1e-10, atol=0)
         assert abs(r["trace_full"].value - tr.value) <= 1e-10 * abs(tr.value)
         assert torch.allclose(r["density_full"].nodes, dens.nodes, rtol=1e-8, atol=1e-10)
+
+
+def test_exact_route_on_a_root_sharded_cnn(ranks):
+    model, x, y, _ = make("cnn")
+    ref = HessianOperator(Objective(model, "ce", (x, y))).to_dense()
+    H = torch.zeros_like(ref)
+    for r in ranks:
+        H[r["cnn_index"]] = r["cnn_rows"][: len(r["cnn_index"])]
+    assert float((H - ref).abs().max()) <= 1e-10 * float(ref.abs().max())
