@@ -171,3 +171,12 @@ def test_exact_route_on_a_root_sharded_cnn(ranks):
     for r in ranks:
         H[r["cnn_index"]] = r["cnn_rows"][: len(r["cnn_index"])]
     assert float((H - ref).abs().max()) <= 1e-10 * float(ref.abs().max())
+
+
+def test_requires_initialised_process_group():
+    from hesslab.errors import ConfigurationError
+    from hesslab.sharded import ShardedHessianOperator
+
+    model, x, y, _ = make("tanh_mlp")
+    with pytest.raises(ConfigurationError, match="torchrun"):
+        ShardedHessianOperator(model, "ce", (x, y))

@@ -177,7 +177,10 @@ class ShardedHessianOperator(LinearOperator):
         super().__init__(max(size, 1), local[0].dtype, local[0].device)
         self.local_size = size
         self._layout()
-        full = {n: p.full_tensor().detach() for n, p in self._params.items()}
+        full = {  # frozen parameters too: the plain copy holds every parameter
+            n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
+            for n, p in model.named_parameters(remove_duplicate=False)
+        }
         objective = Objective(plain_module(model, full), loss_fn, data, **objective_options)
         if objective.space.names != tuple(self._params):
             raise ConfigurationError(
