@@ -33,7 +33,12 @@ def _shard(model):
 def _body(rank: int, world: int, out_dir: str) -> None:
     from hesslab import eigenpairs, spectral_density, trace
     from hesslab.errors import ConfigurationError
-    from hesslab.sharded import ShardedHessianOperator, sharded_lanczos_top, sharded_trace
+    from hesslab.sharded import (
+        ShardedHessianOperator,
+        sharded_lanczos_top,
+        sharded_quadrature,
+        sharded_trace,
+    )
 
     model, data = tanh_mlp_shard(rank, world)  # unequal shards (12, 11) and batches
     res = {}
@@ -60,6 +65,7 @@ def _body(rank: int, world: int, out_dir: str) -> None:
     res["eig"], res["eig_vecs"] = vals, vecs
     res["residual"] = op.norm(op.matmat(vecs) - vecs * vals)
     res["trace"] = sharded_trace(op, 8, generator=torch.Generator().manual_seed(3))
+    res["slq"] = sharded_quadrature(op, 2, 12, generator=torch.Generator().manual_seed(4))
     full = op.replicated()  # hesslab's own solvers, unchanged, on replicated vectors
     res["eig_full"] = eigenpairs(full, 2, tol=1e-10, generator=torch.Generator().manual_seed(7))
     res["trace_full"] = trace(full, 8, generator=torch.Generator().manual_seed(3))
@@ -180,3 +186,17 @@ def test_requires_initialised_process_group():
     model, x, y, _ = make("tanh_mlp")
     with pytest.raises(ConfigurationError, match="torchrun"):
         ShardedHessianOperator(model, "ce", (x, y))
+
+
+def test_sharded_quadrature_equals_lanczos_quadrature(ranks, dense):
+    from hesslab.linalg.probes import draw_probes
+    from hesslab.linalg.quadrature import lanczos_quadrature
+    from hesslab.operators import DenseOperator
+
+    Z = draw_probes(dense.shape[0], 2, generator=torch.Generator().manual_seed(4))
+    rule = lanczos_quadrature(DenseOperator(dense), Z, 12)
+    scale = float(dense.abs().max())
+    for r in ranks:
+        nodes, weights = r["slq"]
+        assert torch.allclose(nodes, rule.nodes, rtol=0, atol=1e-9 * scale)
+        assert torch.allclose(weights, rule.weights, rtol=0, atol=1e-9)

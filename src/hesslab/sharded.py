@@ -70,6 +70,7 @@ __all__ = [
     "ShardedHessianOperator",
     "plain_module",
     "sharded_lanczos_top",
+    "sharded_quadrature",
     "sharded_trace",
 ]
 
@@ -400,11 +401,22 @@ def sharded_lanczos_top(
         ``(values [k], vectors [p, k])``: Ritz values (descending) and this rank's shards
         of the Ritz vectors.
     """
-    steps = min(steps, op.full_size)
     generator = _shared_generator(generator, op.group)
     q = op.local_part(torch.randn(op.full_size, 1, generator=generator, dtype=torch.float64))
-    Q = [q / op.norm(q)]
-    alphas, betas = [], []
+    T, B = _lanczos(op, q[:, 0], steps)
+    evals, evecs = torch.linalg.eigh(T)
+    m = T.shape[0]
+    order = torch.arange(m - 1, max(m - 1 - k, -1), -1)
+    vecs = B @ evecs[:, order].to(B.dtype)
+    return evals[order].to(op.dtype), vecs
+
+
+def _lanczos(op: ShardedHessianOperator, q: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """``steps`` Lanczos steps from sharded ``q``: (``T [m, m]`` float64, basis ``[p, m]``)."""
+    steps = min(steps, op.full_size)
+    Q = [(q / op.norm(q[:, None]))[:, None]]
+    alphas: list[float] = []
+    betas: list[float] = []
     for j in range(steps):
         w = op.matmat(Q[j])
         alphas.append(float(op.dot(w, Q[j])[0]))
@@ -421,11 +433,44 @@ def sharded_lanczos_top(
     if m > 1:
         off = torch.tensor(betas[: m - 1], dtype=torch.float64)
         T += torch.diag(off, 1) + torch.diag(off, -1)
-    evals, evecs = torch.linalg.eigh(T)
-    order = torch.arange(m - 1, max(m - 1 - k, -1), -1)
-    B = torch.cat(Q[:m], 1)
-    vecs = B @ evecs[:, order].to(B.dtype)
-    return evals[order].to(op.dtype), vecs
+    return T, torch.cat(Q[:m], 1)
+
+
+def sharded_quadrature(
+    op: ShardedHessianOperator,
+    num_probes: int = 10,
+    num_steps: int = 30,
+    *,
+    distribution: str = "rademacher",
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Stochastic Lanczos quadrature on sharded probes (the spectral density's rule).
+
+    For each probe ``z`` (drawn over the full ``P`` entries, same generator on every
+    rank), ``num_steps`` Lanczos steps from ``z / ||z||`` give the Gauss rule of the
+    measure ``z^T delta(lambda - H) z / ||z||^2``: nodes the eigenvalues of ``T``,
+    weights the squared first components of its eigenvectors (Golub & Welsch, 1969;
+    Lin, Saad & Yang, 2016, "Approximating spectral densities of large matrices").
+    Memory ``num_steps x P / world_size`` per rank.
+
+    Returns:
+        ``(nodes [K, m], weights [K, m])`` float64 (a probe that found an invariant
+        subspace early repeats its last node with weight 0, as
+        :func:`~hesslab.linalg.quadrature.lanczos_quadrature`).
+    """
+    generator = _shared_generator(generator, op.group)
+    full = draw_probes(op.full_size, num_probes, distribution=distribution, generator=generator)
+    Z = op.local_part(full)
+    m = min(num_steps, op.full_size)
+    nodes = torch.zeros(num_probes, m, dtype=torch.float64)
+    weights = torch.zeros(num_probes, m, dtype=torch.float64)
+    for i in range(num_probes):
+        T, _ = _lanczos(op, Z[:, i], m)
+        evals, evecs = torch.linalg.eigh(T)
+        j = T.shape[0]
+        nodes[i, :j], weights[i, :j] = evals, evecs[0].square()
+        nodes[i, j:] = evals[-1]
+    return nodes, weights
 
 
 class ReplicatedView(LinearOperator):
