@@ -37,7 +37,15 @@ import numpy as np
 
 from hesslab.errors import ConfigurationError
 
-__all__ = ["Verdict", "add_claim", "decide", "decide_equal", "decide_estimate", "verdict_word"]
+__all__ = [
+    "Verdict",
+    "add_claim",
+    "all_of",
+    "decide",
+    "decide_equal",
+    "decide_estimate",
+    "verdict_word",
+]
 
 RULES = ("paired", "welch", "mean", "fraction", "equal")
 
@@ -257,6 +265,14 @@ def decide_equal(
     text = _text(estimate, stderr, n, -1, excluded, math.nan, holds, rule)
     stat = abs(estimate) / bound if bound else math.nan
     return Verdict(holds, rule, float(estimate), float(stderr), stat, n, -1, excluded, text)
+
+
+def all_of(*verdicts: Verdict) -> bool | None:
+    """A conjunction of claims: holds when all hold, does not hold when any does not."""
+    marks = [v.holds for v in verdicts]
+    if any(m is False for m in marks):
+        return False
+    return True if all(m is True for m in marks) else None
 
 
 def add_claim(run_dir: Any, section: str, claim: str, verdict: Verdict, measured: str = "") -> None:
