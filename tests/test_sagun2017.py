@@ -96,7 +96,7 @@ def test_result_numbers_are_sane(smoke_run):
 
 
 def test_outlier_rule():
-    v = torch.tensor([10.0, 9.0, 8.5, 1.0, 0.9, 0.5, 0.0, -0.1])
+    v = torch.tensor([10.0, 9.0, 8.5, 1.0, 0.9, 0.5, 0.3, 0.2, 0.1, 0.05, 0.0, -0.1])
     assert count_outliers_eigengap(v, 6) == (3, pytest.approx(8.5))
     # the top value apart from the others by a similar gap: the bulk edge is the lower gap
     w = torch.tensor([80.0, 10.0, 9.5, 9.0, 8.5, 1.0, 0.9, 0.5])

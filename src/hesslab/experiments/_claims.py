@@ -130,9 +130,13 @@ def decide_estimate(
         t = dev / stderr if math.isfinite(stderr) else math.nan
     holds = _three_way(t, z) if n >= min_seeds else None
     op = ">" if sign > 0 else "<"
-    rule = f"{what} {op} {sign * margin:+.3g} by ≥ {z:g} s.e., ≥ {min_seeds} samples"
+    rule = f"{what} {op} {_num(sign * margin)} by ≥ {z:g} s.e., ≥ {min_seeds} samples"
     text = _text(estimate, stderr, n, agree, excluded, t, holds, rule)
     return Verdict(holds, rule, float(estimate), float(stderr), float(t), n, agree, excluded, text)
+
+
+def _num(x: float) -> str:
+    return "0" if x == 0 else f"{x:.3g}"
 
 
 def _sign(direction: str) -> int:
@@ -230,7 +234,7 @@ def _fraction(x, agree, excluded, min_seeds, sign, margin) -> Verdict:
     if n >= min_seeds:
         holds = True if share >= 2 / 3 else (False if share <= 1 / 3 else None)
     op = ">" if sign > 0 else "<"
-    rule = f"≥ 2/3 of ≥ {min_seeds} seeds with x {op} {sign * margin:+.3g} (≤ 1/3: does not hold)"
+    rule = f"≥ 2/3 of ≥ {min_seeds} seeds with x {op} {_num(sign * margin)} (≤ 1/3: does not hold)"
     est = float(x.mean()) if n else math.nan
     text = (
         f"{agree}/{n} seeds agree (mean x = {est:+.4g}"

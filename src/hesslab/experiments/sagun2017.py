@@ -198,7 +198,7 @@ class Sagun2017Config:
     grad_tol: float | None = None
     minimum_tol: float = 1e-3
     outlier_search: float = 2.0
-    outlier_floor: float = 1e-6
+    outlier_floor: float = 1e-3
     outlier_margin: float = 1.25
     near_zero_tol: float = 1e-6
     dense_max: int = 2500
@@ -241,32 +241,34 @@ class Sagun2017Config:
     @classmethod
     def full(cls) -> Sagun2017Config:
         """The authors' setup (their public code): 2-D blobs, 100 train / 100 test points,
-        ReLU MLP [10, 5], init N(0, 0.1²), full-batch GD lr 0.1 until ‖∇L‖ ≤ 1e-4 (at most
-        100,000 steps), exact Hessians, k = 2..10 over five seeds."""
+        ReLU MLP [10, 5], init N(0, 0.1²), full-batch GD lr 0.1 until ‖∇L‖ ≤ 1e-4, exact
+        Hessians; k = 2, 5, 10 over three seeds (they ran 50 repeats). GD is capped at
+        20,000 steps to fit a 2-core budget: a run that stops above 1e-4 is reported as
+        not a minimum beside its spectrum."""
         return cls(
-            seeds=(0, 1, 2, 3, 4),
-            ks=tuple(range(2, 11)),
+            seeds=(0, 1, 2),
+            ks=(2, 5, 10),
             data="blobs",
             num_points=200,
             dim=2,
             spread=1.0,
             widths=(10, 5),
-            steps=100_000,
+            steps=20_000,
             grad_tol=1e-4,
             minimum_tol=1e-4,
             digits_widths=(32, 32),
             digits_per_class=0,
             digits_steps=2000,
-            width_sweep=((10, 5), (20, 10), (40, 20), (80, 40)),
+            width_sweep=((10, 5), (20, 10), (40, 20)),
             width_k=5,
-            data_sweep=((3, 5.0), (5, 5.0), (7, 5.0), (10, 5.0), (5, 3.0), (5, 2.0)),
-            ggn_ks=(3, 5, 10),
+            data_sweep=((3, 5.0), (5, 5.0), (10, 5.0), (5, 2.5)),
+            ggn_ks=(5, 10),
             line_k=5,
-            line_num_per_class=200,
+            line_num_per_class=20,
             small_epochs=60,
-            large_steps=100_000,
-            polish_steps=100_000,
-            line_t=(-0.2, 1.2, 29),
+            large_steps=20_000,
+            polish_steps=20_000,
+            line_t=(-0.2, 1.2, 15),
         )
 
     @classmethod
@@ -309,7 +311,7 @@ class Sagun2017SimplexConfig(Sagun2017Config):
 
 
 def count_outliers_eigengap(
-    values: Any, max_count: int, *, rel_floor: float = 1e-6, margin: float = 1.25
+    values: Any, max_count: int, *, rel_floor: float = 1e-3, margin: float = 1.25
 ) -> tuple[int, float]:
     """Number of outliers by :func:`hesslab.count_outliers` (gap rule) and its gap ratio.
 
