@@ -116,13 +116,14 @@ Penalty = HessianTracePenalty | WSBoundPenalty
 #: Measured wall time of the smoke size, one thread: 30-45 s on a quiet 2-core machine
 #: (about 100 s when 5 people share the 2 cores).
 SMOKE_SECONDS = 45.0
-#: Measured wall time of the full size (5 seeds x 4 variants, m = 10): 956 s with one
-#: thread while the 2 shared cores were busy (about 0.13 s per penalized call).
-FULL_SECONDS = 960.0
+#: Wall time of the full size (5 seeds x 4 variants, m = 10): 159 s measured on 2 cores
+#: (issue 19); 956 s once with the 2 cores shared, and a run here stopped at 25 min with
+#: 6 of 20 (variant, seed) parts done (87 s CPU) while the 2 cores were shared ~9 ways.
+FULL_SECONDS = 160.0
 WSBOUND_SMOKE_SECONDS = 50.0
-#: Estimate: the smoke settings over 3 seeds took 420 s (measured, loaded machine); the
-#: full size has 5 seeds, 3 variants, m = 10 and up to 300 products for λ_min.
-WSBOUND_FULL_SECONDS = 1200.0
+#: Wall time of the full size (5 seeds, 3 variants, m = 10): 154 s measured on 2 cores
+#: (issue 19).
+WSBOUND_FULL_SECONDS = 155.0
 
 PAPER = (
     "Sankar, Khasbage, Vigneswaran, Balasubramanian (2021), A Deeper Look at the Hessian "
