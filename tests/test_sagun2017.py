@@ -109,7 +109,12 @@ def test_registry_interface():
     spec = get_experiment("sagun2017")
     assert spec.arxiv == "1706.04454"
     smoke, full = spec.config(smoke=True), spec.config(smoke=False)
-    assert smoke["ks"] == [3, 5] and full["ks"] == list(range(2, 11))
+    assert smoke["ks"] == [3, 5] and full["ks"] == [2, 5, 10]
+    # the full size is the authors' setup; the earlier full size is sagun2017-simplex
+    assert full["data"] == "blobs" and full["widths"] == [10, 5] and full["dim"] == 2
+    assert full["grad_tol"] == 1e-4 and len(full["seeds"]) >= 3
+    simplex = get_experiment("sagun2017-simplex").config(smoke=False)
+    assert simplex["data"] == "simplex" and simplex["ks"] == list(range(2, 11))
     json.dumps(full)
     assert spec.default_config(smoke=True) == smoke
     cfg = spec.config(smoke=True, overrides=["ks=[3]", "widths=(8, 8)", "grad_tol=1e-4"])

@@ -317,9 +317,12 @@ def count_outliers_eigengap(
 
     The count searched in ``1..max_count``; the bulk edge is the lowest gap that cannot
     be told from the widest (``margin``). Returns ``(count, λ_count / λ_count+1)``
-    (``(0, nan)`` without a gap).
+    (``(0, nan)`` without a gap or with fewer than two positive eigenvalues).
     """
-    r = _count(values, max_count, rel_floor, margin)
+    v = torch.as_tensor(values).detach().to("cpu", torch.float64).reshape(-1)
+    if int((v > 0).sum()) < 2:
+        return 0, float("nan")
+    r = _count(v, max_count, rel_floor, margin)
     return r.count, (float(r.gaps[r.count - 1]) if r.count else float("nan"))
 
 
