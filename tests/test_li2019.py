@@ -89,9 +89,7 @@ def test_sampled_change_chunked_equals_one_chunk(monkeypatch):
     G = li2019.all_sample_gradients(obj)
     rows_seen: list[int] = []
     real = li2019.loss_at
-    monkeypatch.setattr(
-        li2019, "loss_at", lambda o, t: rows_seen.append(t.shape[0]) or real(o, t)
-    )
+    monkeypatch.setattr(li2019, "loss_at", lambda o, t: rows_seen.append(t.shape[0]) or real(o, t))
     budget = 7 * (8 + 2 * 3) * 8  # 7 rows of (N + 2P) float64 numbers
     assert li2019.sampled_chunk_rows(8, 3, 8, budget) == 7
     for kw in ({}, {"precond": torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)}):
@@ -111,7 +109,7 @@ def test_full_config_sampled_change_memory_is_bounded():
     64 MiB bound, a few hundred rows at a time."""
     cfg = li2019.Li2019Config.full()
     dims = [cfg.dim, *cfg.widths, cfg.classes]
-    P = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=False))
+    P = sum(a * b + b for a, b in itertools.pairwise(dims))
     N = cfg.classes * cfg.per_class // 2
     B, K = max(cfg.batch_sizes), cfg.pred_samples
     assert K * B * P * 8 > 24 * 2**30  # what the unchunked gather needed
