@@ -52,8 +52,13 @@ with covariance ``C_B`` from per-sample gradients
 :func:`hesslab.trace` with its stderr and :func:`hesslab.logdet`). The injected noise
 covariance is measured (trace of the empirical covariance of many draws vs ``tr C_B``).
 
-Claims are decided with standard errors over runs: "falls" holds only when the mean
-decrease exceeds ``z_holds`` (3) standard errors.
+Claims are decided with standard errors over runs (:mod:`hesslab.experiments._claims`):
+"falls" holds only when the mean decrease exceeds ``z_holds`` (3) standard errors over
+at least 3 runs, and does not hold when the mean rises by as much; one MLP run per
+process (the smoke size) leaves the MLP claims undecided. Toy runs that diverge
+(non-finite, or ``|w| ≥`` :data:`DIVERGED_ABS`) are excluded from the statistics from
+the step they diverge, and counted in the table and in every claim (at the full size, 2
+of the 4,000 depth-3 isotropic runs).
 
 Run: ``hesslab reproduce wei2019 --smoke`` (toy depth 2 plus a short MLP part, under a
 minute on 2 cores) or ``hesslab reproduce wei2019`` (see :data:`FULL_SECONDS`).
