@@ -234,10 +234,10 @@ def _fraction(x, agree, excluded, min_seeds, sign, margin) -> Verdict:
     if n >= min_seeds:
         holds = True if share >= 2 / 3 else (False if share <= 1 / 3 else None)
     op = ">" if sign > 0 else "<"
-    rule = f"≥ 2/3 of ≥ {min_seeds} seeds with x {op} {_num(sign * margin)} (≤ 1/3: does not hold)"
+    rule = f"≥ 2/3 of ≥ {min_seeds} samples with x {op} {_num(sign * margin)} (≤ 1/3: no)"
     est = float(x.mean()) if n else math.nan
     text = (
-        f"{agree}/{n} seeds agree (mean x = {est:+.4g}"
+        f"{agree}/{n} agree (mean x = {est:+.4g}"
         + (f", {excluded} non-finite excluded" if excluded else "")
         + f") → {verdict_word(holds)} [{rule}]"
     )
