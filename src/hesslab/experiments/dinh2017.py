@@ -71,9 +71,9 @@ logger = logging.getLogger(__name__)
 
 #: Measured wall time of :meth:`Dinh2017Config.smoke` with one CPU thread.
 SMOKE_SECONDS = 20.0
-#: Wall time of :meth:`Dinh2017Config.full`: 141 s measured on 2 cores (issue 19); a full
-#: run here (results/dinh2017) took 69 s CPU, 466 s wall with the 2 cores shared ~9 ways.
-FULL_SECONDS = 140.0
+#: Wall time of :meth:`Dinh2017Config.full`: a full run here (results/dinh2017) took 69 s
+#: CPU with one thread (466 s wall with the 2 cores shared ~9 ways; 141 s in issue 19).
+FULL_SECONDS = 70.0
 
 PAPER = "Dinh, Pascanu, Bengio, Bengio (2017), arXiv:1703.04933"
 S1 = "1. Rescaled ReLU MLP"
