@@ -61,6 +61,13 @@ def test_demo_small(tmp_path, capsys):
     lam = run.scalar("Top and bottom eigenvalues", "λ top[0]")["value"]
     assert abs(lam - exact[-1]) <= 1e-5 * abs(exact[-1])
     assert "Gauss–Newton" in html
+    # one meaning of "outlier": the summary line, the scalar and count_outliers agree
+    from hesslab import count_outliers
+
+    rec = run.scalar("Top and bottom eigenvalues", "outliers above the bulk edge")
+    want = count_outliers(torch.as_tensor(exact))
+    assert rec["value"] == want.count and rec["diagnostics"]["source"] == "exact spectrum"
+    assert f"outliers above the bulk edge: {want.text} (exact spectrum" in out
 
 
 def _write_model(tmp_path):

@@ -245,6 +245,8 @@ def test_fixed_probes_give_the_dense_hutchinson_formulas(cls):
     assert rec.stderr == pytest.approx(float(q.std()) / math.sqrt(7), rel=1e-10)
     if cls is WSBoundPenalty:
         assert rec.trace_sq == pytest.approx(float(((V @ H) ** 2).sum(1).mean()), rel=1e-10)
+
+
 def _bn_net(train: bool = True) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     """Linear -> BatchNorm1d -> tanh -> Linear, float64, BN in train (or eval) mode."""
     torch.manual_seed(0)

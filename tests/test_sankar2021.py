@@ -93,6 +93,13 @@ def test_smoke_report_complete(smoke_run):
             "lmax_check",
         }, name
     assert (run.path / "metrics.jsonl").stat().st_size > 0
+    # "middle closest" is decided by the share of epochs >= 1 with an interior arg-min
+    for m in result["models"].values():
+        for summary in m["distance_summary"].values():
+            v = summary["verdict"]
+            assert v["n"] >= 3 and v["estimate"] == pytest.approx(summary["interior_fraction"])
+            want = True if v["estimate"] >= 2 / 3 else (False if v["estimate"] <= 1 / 3 else None)
+            assert summary["middle_closest"] is want
 
 
 def test_spearman():

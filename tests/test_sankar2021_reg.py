@@ -45,8 +45,10 @@ def test_tiny_run_writes_report_and_numbers(tmp_path):
     assert rows[1]["penalty_seconds_per_call"] > 0
     for r in rows:
         assert 0 < r["test_accuracy"] <= 1 and r["trace"] > 0 and r["lambda_max"] > 0
-    assert isinstance(result["holds"], bool)
-    assert len(run.figures) == 2 and len(run.claims) == 1
+    # one seed never decides: both claims of the penalty variant are undecided (n = 1)
+    assert result["holds"] is None and result["trace_lower"] == {"middle": None}
+    assert result["verdicts"]["middle"]["trace"]["n"] == 1
+    assert len(run.figures) == 2 and len(run.claims) == 2
     assert calls and calls[-1] == pytest.approx(1.0)
     json.dumps(result, default=str)
     saved = json.loads((run.path / "results.json").read_text())
@@ -102,22 +104,24 @@ def test_plot_variants_is_a_figure():
 
 @pytest.mark.slow
 def test_smoke_trace_penalty_lowers_trace(tmp_path):
-    """Smoke size (seed 0): the middle-layer penalty lowers the trace, accuracy is kept.
+    """Smoke settings over seeds 0-2: the middle-layer penalty lowers the trace, by the
+    paired statistic (mean (middle - none) below zero by >= 2 s.e. over the 3 seeds).
 
-    (The full-network penalty's trace, 45.2 vs 46.6 with stderr about 1.2, is too close to
-    assert a direction on one seed; the multi-seed full size reports it.)
+    (The full-network penalty's trace, 45.2 vs 46.6 with stderr about 1.2 on seed 0, is
+    too close to assert; the 5-seed full size reports its verdict.)
     """
-    _, result, _ = _run(SPEC, tmp_path)
-    s = result["summary"]
-    assert s["middle"]["trace"][0] < 0.9 * s["none"]["trace"][0]
-    assert result["accuracy_kept"]["middle"] and result["accuracy_kept"]["full"]
+    _, result, _ = _run(SPEC, tmp_path, overrides={"seeds": [0, 1, 2]})
+    v = result["verdicts"]["middle"]["trace"]
+    assert v["n"] == 3 and v["estimate"] < -2 * v["stderr"] < 0
+    assert result["trace_lower"]["middle"] is True
 
 
 @pytest.mark.slow
 def test_smoke_ws_penalty_narrows_range(tmp_path):
-    _, result, _ = _run(WSBOUND_SPEC, tmp_path)
-    s = result["summary"]
-    assert s["ws"]["spread"][0] < 0.95 * s["none"]["spread"][0]
-    assert s["ws"]["ws_upper"][0] < 0.95 * s["none"]["ws_upper"][0]
-    assert s["ws"]["lambda_max"][0] < s["none"]["lambda_max"][0]
-    assert result["holds"]
+    """Smoke settings over seeds 0-2 (narrower on every seed when measured): the paired
+    range and bound differences are below zero by >= 2 s.e."""
+    _, result, _ = _run(WSBOUND_SPEC, tmp_path, overrides={"seeds": [0, 1, 2]})
+    for key in ("spread", "ws_upper"):
+        v = result["verdicts"]["ws"][key]
+        assert v["n"] == 3 and v["estimate"] < -2 * v["stderr"] < 0
+    assert result["holds"] is True

@@ -127,3 +127,42 @@ def test_threshold_rank_counts_strictly_above_rtol_times_max():
     assert effective_rank(v, method="threshold", rtol=1e-3) == 3.0  # 1, 0.5, |-0.25|
     assert effective_rank(v, method="threshold", rtol=1e-3, negative="clip") == 2.0
     assert effective_rank(v, method="threshold", rtol=5e-4) == 4.0
+
+
+def test_near_equal_gaps_give_one_count_under_rounding():
+    """Two gaps of nearly equal width (top value apart from 4 more outliers, those apart
+    from the bulk): the count is the number above the lower gap, 5, for every rounding."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.cat(
+        [
+            torch.tensor([80.0, 10.0, 9.5, 9.0, 8.5], dtype=torch.float64),
+            torch.rand(50, generator=g, dtype=torch.float64),  # bulk below 1
+        ]
+    )
+    counts = set()
+    for seed in range(20):
+        noise = torch.randn(base.shape, generator=torch.Generator().manual_seed(seed))
+        r = count_outliers(base * (1 + 1e-9 * noise.double()))
+        counts.add((r.count, r.low, r.high))
+    assert counts == {(5, 1, 5)}
+    assert count_outliers(base).text == "5 (plausible 1-5)"
+    # one clear gap: no range
+    clear = count_outliers(torch.cat([base[1:5], base[5:]]))
+    assert (clear.count, clear.low, clear.high) == (4, 4, 4) and clear.text == "4"
+
+
+def test_values_zero_within_their_error_are_zero():
+    v = torch.tensor([5.0, 2e-17, -3e-17, 0.0], dtype=torch.float64)
+    r = count_outliers(v)
+    assert r.count == 1 and bool((r.values[1:] == 0).all())
+    # a Ritz value below its residual is zero; a residual makes a gap uncertain
+    r = count_outliers(torch.tensor([4.0, 1.0, 0.5]), errors=torch.tensor([0.0, 0.0, 0.6]))
+    assert float(r.values[-1]) == 0.0
+    tight = count_outliers(torch.tensor([4.0, 1.9, 0.1]), errors=torch.zeros(3))
+    loose = count_outliers(torch.tensor([4.0, 1.9, 0.1]), errors=torch.tensor([0, 0.2, 0]))
+    assert tight.low == tight.high == 2  # 1.9/0.1 = 19 is the only gap >= 2.1 of 4/1.9
+    assert loose.low <= tight.count <= loose.high
+    with pytest.raises(ConfigurationError):
+        count_outliers(torch.ones(3), errors=torch.ones(2))
+    with pytest.raises(ConfigurationError):
+        count_outliers(torch.ones(3), margin=0.5)

@@ -68,3 +68,20 @@ def test_config_sizes_and_spec():
     assert dataclasses.is_dataclass(smoke)
     with pytest.raises(dataclasses.FrozenInstanceError):
         smoke.seed = 1  # type: ignore[misc]
+
+
+def test_diverged_toy_runs_are_counted_not_a_crash():
+    """At the full size some noisy toy runs diverge (non-finite iterates; eigvalsh used to
+    raise on them): they are counted, parked and excluded from every statistic."""
+    cfg = dataclasses.replace(
+        wei2019.Wei2019Config.smoke(), toy_runs=200, toy_steps=60, toy_record_every=20,
+        toy_lr=0.12, toy_iso_std=4.0,
+    )  # fmt: skip
+    out = wei2019._toy_process("isotropic", cfg, 3, seed=0)
+    dead = out["diverged"]
+    assert 0 < dead[-1] < cfg.toy_runs and list(dead) == sorted(dead)
+    for key in ("trace", "trace_se", "logdet", "logdet_se"):
+        assert all(math.isfinite(x) for x in out[key])
+    r = {"logdet_change": -1.0, "logdet_change_se": 0.1, "runs_kept": 150, "diverged": 50}
+    v = wei2019._decision(r, "logdet_change", 3.0, "falls")
+    assert v.holds is True and v.excluded == 50 and "50 non-finite excluded" in v.text

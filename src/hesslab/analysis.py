@@ -46,7 +46,7 @@ from hesslab.linalg.bounds import wolkowicz_styan
 from hesslab.linalg.density import spectral_density, wasserstein1
 from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.trace import frobenius_sq, trace
-from hesslab.measures.spectrum import count_outliers
+from hesslab.measures.spectrum import OutlierCount, count_outliers
 from hesslab.objective import Objective
 from hesslab.operators.base import LinearOperator
 from hesslab.operators.class_structure import class_structure, subspace_fraction
@@ -303,6 +303,17 @@ def _classes_stage(
     return {"class_fraction": f_class.tolist(), "explained": explained, "ranks": ranks}
 
 
+def _outlier_count(top: Any, exact: Tensor | None) -> tuple[OutlierCount, str]:
+    """The outlier count of :func:`hesslab.count_outliers`: from the exact spectrum when it
+    was computed, else from the Lanczos top-k with their residual norms as error bounds."""
+    if exact is not None:
+        return count_outliers(exact), "exact spectrum"
+    errors = getattr(top, "residual_norms", None)
+    k = int(top.values.numel())
+    oc = count_outliers(top.values, errors=errors)
+    return oc, f"Lanczos top-{k}" + (" (all above the edge: raise k)" if oc.count >= k - 1 else "")
+
+
 def analyze(
     objective: Objective,
     run: RunDir,
@@ -405,9 +416,16 @@ def analyze(
             )
             _record_eigen(run, S_EIG, "λ bottom", bottom)
             summary["lambda_min"] = float(bottom.values[0])
-        outl = count_outliers(top.values)
-        run.add_scalar(S_EIG, "outliers among top-k", outl.count, method=outl.method)
+        outl, source = _outlier_count(top, exact)
+        run.add_scalar(
+            S_EIG, "outliers above the bulk edge", outl.count, method=outl.method,
+            source=source, low=outl.low, high=outl.high, bulk_edge=outl.threshold,
+        )  # fmt: skip
         summary["outliers"] = int(outl.count)
+        summary["outliers_range"] = (outl.low, outl.high)
+        summary["outliers_text"] = f"{outl.text} ({source}, bulk edge {outl.threshold:.4g})"
+        if outl.count:
+            summary["bulk_edge"] = float(outl.threshold)
         fig = hplot.eigenvalues(
             top, title=f"Top-{cfg.k_top} Hessian eigenvalues (bars: residual norms)"
         )
@@ -471,14 +489,17 @@ def analyze(
             dens,
             eigenvalues=None if exact is None else exact.numpy(),
             outliers=None if top is None else top.values.numpy(),
+            outliers_label=f"Lanczos top-{cfg.k_top} eigenvalues",
+            edge=summary.get("bulk_edge"),
             title="Hessian eigenvalue density (SLQ)",
         )
         run.add_figure(
             S_DENSITY,
             "density",
             fig,
-            "Gaussian-broadened SLQ density; dashed: "
-            "Lanczos top eigenvalues"
+            "Gaussian-broadened SLQ density; dashed: the Lanczos top-k eigenvalues (not "
+            "all outliers); solid: the bulk edge of hesslab.count_outliers (the outliers "
+            "are the eigenvalues above it)"
             + ("; histogram: exact spectrum." if exact is not None else "."),
         )
         if exact is not None:

@@ -327,7 +327,8 @@ def _finish(run: Any, summary: dict[str, Any], seconds: float) -> None:
     if "trace" in summary:
         lines.append(f"tr H = {summary['trace'][0]:.6g} ± {summary['trace'][1]:.2g}")
     if "outliers" in summary:
-        lines.append(f"outliers among top-k: {summary['outliers']}")
+        text = summary.get("outliers_text", summary["outliers"])
+        lines.append(f"outliers above the bulk edge: {text}")
     if "ggn_overlap" in summary:
         lines.append(f"top-k overlap Hessian/Gauss–Newton: {summary['ggn_overlap']:.3f}")
     for line in lines:

@@ -71,9 +71,9 @@ logger = logging.getLogger(__name__)
 
 #: Measured wall time of :meth:`Dinh2017Config.smoke` with one CPU thread.
 SMOKE_SECONDS = 20.0
-#: Wall time of :meth:`Dinh2017Config.full`, measured once with one thread on a loaded
-#: 2-core machine: 365 s (MLP part 174 s, of which ~115 s training under load; convnet 191 s).
-FULL_SECONDS = 400.0
+#: Wall time of :meth:`Dinh2017Config.full`: a full run here (results/dinh2017) took 69 s
+#: CPU with one thread (466 s wall with the 2 cores shared ~9 ways; 141 s in issue 19).
+FULL_SECONDS = 70.0
 
 PAPER = "Dinh, Pascanu, Bengio, Bengio (2017), arXiv:1703.04933"
 S1 = "1. Rescaled ReLU MLP"

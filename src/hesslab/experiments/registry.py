@@ -254,6 +254,24 @@ _BUILTIN: dict[str, ExperimentSpec] = {
         smoke_seconds=sagun2017.SMOKE_SECONDS,
         full_seconds=sagun2017.FULL_SECONDS,
     ),
+    "sagun2017-simplex": ExperimentSpec(
+        name="sagun2017-simplex",
+        title="Bulk and outliers of the Hessian, simplex-mixture variation (Sagun et al. 2017)",
+        paper=(
+            "Sagun, Evci, Guney, Dauphin, Bottou (2017), Empirical Analysis of the Hessian "
+            "of Over-Parametrized Neural Networks"
+        ),
+        arxiv="1706.04454",
+        description=(
+            "The sagun2017 analyses on a variation of the authors' setup: 10-D Gaussian "
+            "mixtures with simplex means, hidden widths (20, 20), a fixed budget of 2,000 "
+            "GD steps instead of training to ‖∇L‖ ≤ 1e-4 on 2-D blobs."
+        ),
+        config_type=sagun2017.Sagun2017SimplexConfig,
+        runner=sagun2017.run,
+        smoke_seconds=sagun2017.SMOKE_SECONDS,
+        full_seconds=sagun2017.SIMPLEX_FULL_SECONDS,
+    ),
 }
 
 #: Experiments defined in their own module as ``module.<attribute>`` (an ExperimentSpec).

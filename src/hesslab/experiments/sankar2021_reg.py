@@ -77,6 +77,7 @@ from torch import nn
 from hesslab.data import digits
 from hesslab.data.datasets import Split
 from hesslab.errors import ConfigurationError
+from hesslab.experiments._claims import Verdict, add_claim, all_of, decide
 from hesslab.experiments._stages import Parts
 from hesslab.experiments.registry import ExperimentSpec
 from hesslab.linalg import eigenpairs, trace, wolkowicz_styan
@@ -119,13 +120,15 @@ Penalty = HessianTracePenalty | WSBoundPenalty
 #: Measured wall time of the smoke size, one thread: 30-45 s on a quiet 2-core machine
 #: (about 100 s when 5 people share the 2 cores).
 SMOKE_SECONDS = 45.0
-#: Measured wall time of the full size (5 seeds x 4 variants, m = 10): 956 s with one
-#: thread while the 2 shared cores were busy (about 0.13 s per penalized call).
-FULL_SECONDS = 960.0
+#: Wall time of the full size (5 seeds x 4 variants, m = 10): a full run here
+#: (results/sankar2021-reg, resumed once) took 282 s CPU with one thread (40 min wall with
+#: the 2 cores shared ~9 ways; 159 s in issue 19).
+FULL_SECONDS = 280.0
 WSBOUND_SMOKE_SECONDS = 50.0
-#: Estimate: the smoke settings over 3 seeds took 420 s (measured, loaded machine); the
-#: full size has 5 seeds, 3 variants, m = 10 and up to 300 products for λ_min.
-WSBOUND_FULL_SECONDS = 1200.0
+#: Wall time of the full size (5 seeds, 3 variants, m = 10): a full run here
+#: (results/wsbound-reg, resumed once) took 336 s CPU with one thread (39 min wall with the
+#: 2 cores shared ~9 ways; 154 s in issue 19).
+WSBOUND_FULL_SECONDS = 340.0
 
 PAPER = (
     "Sankar, Khasbage, Vigneswaran, Balasubramanian (2021), A Deeper Look at the Hessian "
@@ -483,6 +486,80 @@ def _fmt(ms: tuple[float, float], digits_: int = 3) -> str:
     return f"{ms[0]:.{digits_}g} ± {ms[1]:.2g}"
 
 
+def _paired(rows: list[dict[str, Any]], variant: str, key: str, seeds: Sequence[int]) -> list:
+    """``key`` of ``variant`` seed by seed (every variant of a seed shares its init)."""
+    by = {(r["variant"], r["seed"]): r[key] for r in rows}
+    return [by[(variant, s)] for s in seeds]
+
+
+def _trace_claims(
+    cfg: Sankar2021RegConfig, run_dir: RunDir, rows: list[dict[str, Any]], summary: dict
+) -> dict[str, dict[str, Verdict]]:
+    """Per penalty variant: paired (variant − none) differences over the seeds decide
+    "lowers the trace" (< 0 by 2 s.e.) and "keeps accuracy" (> −acc_tol by 2 s.e.)."""
+    out: dict[str, dict[str, Verdict]] = {}
+    base = summary["none"]
+    for v in cfg.variants:
+        if v == "none":
+            continue
+        tr = decide(_paired(rows, v, "trace", cfg.seeds), _paired(rows, "none", "trace", cfg.seeds),
+                    rule="paired", direction="less")  # fmt: skip
+        acc = decide(
+            _paired(rows, v, "test_accuracy", cfg.seeds),
+            _paired(rows, "none", "test_accuracy", cfg.seeds),
+            rule="paired", direction="greater", margin=-cfg.acc_tol,
+        )  # fmt: skip
+        out[v] = {"trace": tr, "accuracy": acc}
+        add_claim(
+            run_dir, S_TRACE, f"{v}: the Hessian-trace penalty lowers the trace of H", tr,
+            f"trace {_fmt(summary[v]['trace'])} vs none {_fmt(base['trace'])} (± = s.d. over "
+            "seeds); paired difference",
+        )  # fmt: skip
+        add_claim(
+            run_dir, S_TRACE,
+            f"{v}: the penalty does not hurt test accuracy (paired drop < {cfg.acc_tol})",
+            acc,
+            f"test acc {_fmt(summary[v]['test_accuracy'])} vs none "
+            f"{_fmt(base['test_accuracy'])} (± = s.d.); paired difference",
+        )  # fmt: skip
+    return out
+
+
+def _ws_claims(
+    cfg: WSBoundRegConfig, run_dir: RunDir, rows: list[dict[str, Any]], summary: dict
+) -> dict[str, dict[str, Verdict]]:
+    """Per penalty variant: paired (variant − none) differences of the eigenvalue range
+    and of the WS bound over the seeds, each < 0 by 2 s.e. to hold."""
+    out: dict[str, dict[str, Verdict]] = {}
+    base = summary["none"]
+    for v in cfg.variants:
+        if v == "none":
+            continue
+        out[v] = {
+            key: decide(
+                _paired(rows, v, key, cfg.seeds),
+                _paired(rows, "none", key, cfg.seeds),
+                rule="paired",
+                direction="less",
+            )
+            for key in ("spread", "ws_upper")
+        }
+        add_claim(
+            run_dir, S_WS,
+            f"{v}: descending the Wolkowicz–Styan bound (HSR) narrows λ_max − λ_min",
+            out[v]["spread"],
+            f"range {_fmt(summary[v]['spread'])} vs none {_fmt(base['spread'])}, λ_max "
+            f"{_fmt(summary[v]['lambda_max'])} vs {_fmt(base['lambda_max'])} (± = s.d. over "
+            "seeds); paired difference",
+        )  # fmt: skip
+        add_claim(
+            run_dir, S_WS, f"{v}: the penalty lowers the WS upper bound", out[v]["ws_upper"],
+            f"bound {_fmt(summary[v]['ws_upper'])} vs none {_fmt(base['ws_upper'])} (± = s.d.); "
+            "paired difference",
+        )  # fmt: skip
+    return out
+
+
 def _loss_figure(curves: dict[str, TrainOutcome], seed: int) -> Figure:
     return plots.plot_series(
         None,
@@ -562,26 +639,10 @@ def run(
         S_TRACE, "loss", _loss_figure(curves, cfg.seeds[0]),
         "Mean minibatch loss per epoch (penalty not included).",
     )  # fmt: skip
-    base = summary["none"]
-    lower = {v: summary[v]["trace"][0] < base["trace"][0] for v in names if v != "none"}
-    no_hurt = {
-        v: summary[v]["test_accuracy"][0] >= base["test_accuracy"][0] - cfg.acc_tol
-        for v in names
-        if v != "none"
-    }
-    holds = all(lower.values()) and all(no_hurt.values())
-    run_dir.add_claim(
-        S_TRACE,
-        "The Hessian-trace penalty (full network and middle layers) lowers the trace and "
-        f"does not hurt test accuracy (mean drop ≤ {cfg.acc_tol}), ideally helps.",
-        "; ".join(
-            f"{v}: trace {_fmt(summary[v]['trace'])} (none {_fmt(base['trace'])}), test acc "
-            f"{_fmt(summary[v]['test_accuracy'])} (none {_fmt(base['test_accuracy'])})"
-            for v in names
-            if v != "none"
-        ),
-        holds,
-    )
+    verdicts = _trace_claims(cfg, run_dir, rows, summary)
+    lower = {v: d["trace"].holds for v, d in verdicts.items()}
+    no_hurt = {v: d["accuracy"].holds for v, d in verdicts.items()}
+    holds = all_of(*(x for d in verdicts.values() for x in d.values()))
     seconds = time.perf_counter() - t0
     run_dir.add_scalar("Timing", "seconds", seconds, unit="s")
     run_dir.flush()
@@ -590,6 +651,7 @@ def run(
         "trace_lower": lower,
         "accuracy_kept": no_hurt,
         "holds": holds,
+        "verdicts": {v: {k: x.as_dict() for k, x in d.items()} for v, d in verdicts.items()},
         "rows": rows,
         "seconds": seconds,
         "config": asdict(cfg),
@@ -663,27 +725,9 @@ def run_wsbound(
         S_WS, "loss", _loss_figure(curves, cfg.seeds[0]),
         "Mean minibatch loss per epoch (penalty not included).",
     )  # fmt: skip
-    base = summary["none"]
-    narrower = {
-        v: summary[v]["spread"][0] < base["spread"][0]
-        and summary[v]["ws_upper"][0] < base["ws_upper"][0]
-        for v in names
-        if v != "none"
-    }
-    holds = all(narrower.values())
-    run_dir.add_claim(
-        S_WS,
-        "Descending the Wolkowicz–Styan upper bound (HSR) narrows the eigenvalue range "
-        "λ_max − λ_min and lowers the bound.",
-        "; ".join(
-            f"{v}: range {_fmt(summary[v]['spread'])} (none {_fmt(base['spread'])}), WS bound "
-            f"{_fmt(summary[v]['ws_upper'])} (none {_fmt(base['ws_upper'])}), λ_max "
-            f"{_fmt(summary[v]['lambda_max'])} (none {_fmt(base['lambda_max'])})"
-            for v in names
-            if v != "none"
-        ),
-        holds,
-    )
+    verdicts = _ws_claims(cfg, run_dir, rows, summary)
+    narrower = {v: all_of(*d.values()) for v, d in verdicts.items()}
+    holds = all_of(*(x for d in verdicts.values() for x in d.values()))
     seconds = time.perf_counter() - t0
     run_dir.add_scalar("Timing", "seconds", seconds, unit="s")
     run_dir.flush()
@@ -691,6 +735,7 @@ def run_wsbound(
         "summary": summary,
         "narrower": narrower,
         "holds": holds,
+        "verdicts": {v: {k: x.as_dict() for k, x in d.items()} for v, d in verdicts.items()},
         "rows": rows,
         "seconds": seconds,
         "config": asdict(cfg),

@@ -38,8 +38,13 @@ class OutlierCount:
         gaps: ``"gap"``: the ratios ``lambda_i / max(lambda_{i+1}, floor)`` of the candidates,
             largest eigenvalue first; ``"edge"``: the distances of the top values above the
             edge in units of the bulk scale. float64 CPU tensor.
-        values: the eigenvalues examined, sorted in decreasing order (float64, CPU).
-        info: rule parameters (``min_ratio``, ``rel_floor``, ``c``, ``scale``, ...).
+        values: the eigenvalues examined, sorted in decreasing order (float64, CPU), with
+            the values that are zero within their error bound set to exactly 0.
+        info: rule parameters (``min_ratio``, ``rel_floor``, ``margin``, ``c``, ...).
+        low: smallest plausible count: the counts of every gap (``"gap"``) or edge
+            (``"edge"``, ``c`` times or over ``margin``) that the rule cannot tell from the
+            chosen one within the eigenvalues' error bounds and the ``margin``.
+        high: largest plausible count (``low <= count <= high``).
     """
 
     count: int
@@ -48,9 +53,24 @@ class OutlierCount:
     gaps: Tensor
     values: Tensor
     info: dict[str, Any]
+    low: int = -1
+    high: int = -1
+
+    def __post_init__(self) -> None:
+        if self.low < 0:
+            object.__setattr__(self, "low", self.count)
+        if self.high < 0:
+            object.__setattr__(self, "high", self.count)
 
     def __int__(self) -> int:
         return self.count
+
+    @property
+    def text(self) -> str:
+        """``"9"`` or ``"9 (plausible 5-9)"`` when the count is uncertain."""
+        return str(self.count) if self.low == self.high else (
+            f"{self.count} (plausible {self.low}-{self.high})"
+        )  # fmt: skip
 
 
 def _as_values(x: Any) -> Tensor:
@@ -98,6 +118,55 @@ def _density_to_values(density: Any, dimension: int | None) -> Tensor:
     return x[idx]
 
 
+def _zeroed(v: Tensor, errors: Any, zero_tol: float | None) -> tuple[Tensor, Tensor]:
+    """``v`` with the values within their error bound of zero set to 0, and the bounds.
+
+    Bounds: ``errors`` (per value, e.g. Ritz residual norms ``‖Hu − θu‖ ≥ |λ − θ|``), else
+    ``zero_tol``, else the rounding bound ``n·ε·max|λ|`` of a dense symmetric eigensolver.
+    """
+    n = v.numel()
+    if errors is not None:
+        e = _as_values(errors).abs()
+        if e.numel() != n:
+            raise ConfigurationError(f"errors must match the {n} eigenvalues, got {e.numel()}")
+    else:
+        tol = zero_tol if zero_tol is not None else n * torch.finfo(torch.float64).eps * float(
+            v.abs().max()
+        )  # fmt: skip
+        e = torch.full_like(v, float(tol))
+    return torch.where(v.abs() <= e, torch.zeros_like(v), v), e
+
+
+def _gap_count(v: Tensor, e: Tensor, min_ratio: float, rel_floor: float, max_count: int | None,
+               margin: float) -> OutlierCount:  # fmt: skip
+    """The gap rule on sorted (decreasing) values ``v`` with error bounds ``e``."""
+    top = float(v[0])
+    info: dict[str, Any] = {"min_ratio": min_ratio, "rel_floor": rel_floor, "margin": margin}
+    empty = torch.zeros(0, dtype=torch.float64)
+    if top <= 0 or v.numel() < 2:
+        return OutlierCount(0, top, "gap", empty, v, info)
+    floor = rel_floor * top
+    info["floor"] = floor
+    k = int((v[:-1] > floor).sum())
+    if max_count is not None:
+        k = min(k, int(max_count))
+    if k == 0:
+        return OutlierCount(0, top, "gap", empty, v, info)
+    ratios = v[:k] / v[1 : k + 1].clamp_min(floor)
+    hi = (v[:k] + e[:k]) / (v[1 : k + 1] - e[1 : k + 1]).clamp_min(floor)
+    lo = (v[:k] - e[:k]).clamp_min(0) / (v[1 : k + 1] + e[1 : k + 1]).clamp_min(floor)
+    if float(hi.max()) < min_ratio:
+        return OutlierCount(0, top, "gap", ratios, v, info)
+    # every gap the widest cannot be told from (error bounds, then the margin) is a
+    # candidate bulk edge; the bulk edge is the lowest of them (everything above it stands
+    # apart from the bulk), and the others give the plausible range of the count
+    near = torch.nonzero(hi >= max(min_ratio, float(lo.max()) / margin)).reshape(-1)
+    count = int(near.max()) + 1
+    low = int(near.min()) + 1 if float(lo.max()) >= min_ratio else 0
+    threshold = 0.5 * (float(v[count - 1]) + float(v[count]))
+    return OutlierCount(count, threshold, "gap", ratios, v, info, low=low, high=count)
+
+
 def count_outliers(
     values_or_density: Tensor | np.ndarray | Any,
     *,
@@ -107,70 +176,79 @@ def count_outliers(
     max_count: int | None = None,
     c: float = 10.0,
     dimension: int | None = None,
+    margin: float = 1.25,
+    errors: Tensor | np.ndarray | None = None,
+    zero_tol: float | None = None,
 ) -> OutlierCount:
-    """Count the eigenvalues that stand out above the bulk of a spectrum.
+    """Count the eigenvalues that stand out above the bulk of a spectrum, with a range.
 
     Only the top of the spectrum is examined (outliers are large positive eigenvalues).
+    First every value within its error bound of zero is set to 0 (``errors``, e.g. Ritz
+    residual norms; else ``zero_tol``; else the dense rounding bound ``n·ε·max|λ|``).
 
-    ``method="gap"`` (default; a log-scale eigengap rule). Sort ``lambda_1 >= lambda_2 >=
-    ...``, let ``floor = rel_floor * lambda_1`` and, for every candidate ``i`` with
-    ``lambda_i > floor`` (and ``i <= max_count``), the ratio
-    ``r_i = lambda_i / max(lambda_{i+1}, floor)``. The count is ``argmax_i r_i`` (the number
-    of eigenvalues above the widest gap on a log scale) if ``max_i r_i >= min_ratio``, and 0
-    otherwise. The floor keeps the ratio finite near zero, where relative gaps in the bulk
-    are meaningless; it also means outliers smaller than ``rel_floor * lambda_1`` are not
-    counted. Works on top-``k`` eigenvalues as long as at least one bulk value is included
-    (pass ``k`` larger than the count you expect). On the Hessian of a trained 64-32-32-10
-    MLP on digits (10 classes) it returns 9, the ``k - 1`` outliers of softmax
-    cross-entropy; on Sagun-like spectra with ``k`` outliers it returns ``k``.
+    ``method="gap"`` (default; the bulk edge at a log-scale eigengap). Sort
+    ``λ₁ ≥ λ₂ ≥ ...``, let ``floor = rel_floor·λ₁`` and, for every candidate ``i`` with
+    ``λᵢ > floor`` (and ``i <= max_count``), ``rᵢ = λᵢ / max(λᵢ₊₁, floor)``. No ``rᵢ``
+    reaching ``min_ratio`` (within the error bounds): no outliers. Otherwise the gaps that
+    cannot be told from the widest one — ``rᵢ`` (at its most favourable within the error
+    bounds) at least ``max r / margin`` (at its least favourable) — are the candidate bulk
+    edges; the count is the number of eigenvalues above the *lowest* of them (everything
+    above the bulk edge stands apart from the bulk, whether or not the outliers are spread
+    among themselves), and :attr:`OutlierCount.low` / ``high`` span the counts of all
+    candidates. Two gaps of nearly equal width (as when the top eigenvalue is itself
+    separated from the other outliers) therefore give the same count on every CPU instead
+    of flipping with rounding. The floor keeps the ratio finite near zero; outliers smaller
+    than ``rel_floor·λ₁`` are not counted. Works on top-``k`` eigenvalues as long as some
+    bulk values are included (pass ``k`` larger than the count you expect); from a spectral
+    density, ``P`` quantiles of the density stand for the eigenvalues. On Sagun-like
+    spectra with ``k`` outliers over a decade it returns ``k``.
 
-    ``method="edge"`` (bulk-edge rule). With the median ``mu`` and the scaled median absolute
-    deviation ``sigma = 1.4826 * MAD`` of all values (the bulk dominates both), the count
-    is the number of values ``> mu + c * sigma``. Needs the full spectrum (or a density with
-    ``dimension``); suits compact bulks (random-matrix-like, as in Sagun et al. 2017's
-    synthetic studies). Real Hessian bulks are heavy-tailed at the scale of their MAD, so
-    ``"edge"`` over-counts there; use ``"gap"``.
+    ``method="edge"`` (bulk-edge rule). With the median ``mu`` and the scaled median
+    absolute deviation ``sigma = 1.4826·MAD`` of all values (the bulk dominates both), the
+    count is the number of values ``> mu + c·sigma`` (``low``/``high``: with ``c·margin``
+    and ``c/margin``). Needs the full spectrum (or a density with ``dimension``); suits
+    compact bulks (random-matrix-like). Real Hessian bulks are heavy-tailed at the scale
+    of their MAD, so ``"edge"`` over-counts there; use ``"gap"``.
 
     Args:
         values_or_density: eigenvalues (tensor, array or list; any order), or a spectral
-            density as a ``(nodes, weights)`` pair or an object with ``.nodes``/``.weights``
-            (then ``P`` quantiles of the density are used as the values).
+            density as a ``(nodes, weights)`` pair or an object with ``.nodes``/``.weights``.
         method: ``"gap"`` or ``"edge"``.
         min_ratio: ``"gap"``: smallest ratio that counts as a gap (default 2).
-        rel_floor: ``"gap"``: floor relative to ``lambda_1`` (default 1e-3).
+        rel_floor: ``"gap"``: floor relative to ``λ₁`` (default 1e-3).
         max_count: ``"gap"``: largest count considered (default: all candidates).
-        c: ``"edge"``: edge at ``median + c * 1.4826 * MAD`` (default 10).
+        c: ``"edge"``: edge at ``median + c·1.4826·MAD`` (default 10).
         dimension: ``P``, needed when a density is given without a ``dimension`` attribute.
+        margin: how much narrower than the widest a gap may be and still be a candidate
+            bulk edge (default 1.25); ``"edge"``: the factor on ``c`` of the range.
+        errors: error bound of each eigenvalue (same order as the values), e.g. Ritz
+            residual norms from :func:`hesslab.eigenpairs`.
+        zero_tol: one error bound for every value (when ``errors`` is not given).
 
     Returns:
-        :class:`OutlierCount` (``int(result)`` is the count).
+        :class:`OutlierCount` (``int(result)`` is the count; ``.low``/``.high`` its range).
 
     Raises:
         ConfigurationError: empty or non-finite input, or bad parameters.
+
+    References:
+        Sagun, Evci, Guney, Dauphin, Bottou (2017), arXiv:1706.04454 (bulk and outliers).
     """
     if isinstance(values_or_density, (Tensor, np.ndarray, list)):
         v = _as_values(values_or_density)
     else:
+        if errors is not None:
+            raise ConfigurationError("errors go with eigenvalues, not with a density")
         v = _density_to_values(values_or_density, dimension)
-    v = torch.sort(v, descending=True).values
-    n = v.numel()
+    if not margin >= 1.0:
+        raise ConfigurationError(f"margin must be at least 1, got {margin}")
+    v, e = _zeroed(v, errors, zero_tol)
+    order = torch.argsort(v, descending=True)
+    v, e = v[order], e[order]
     if method == "gap":
         if not (min_ratio > 1.0 and rel_floor > 0):
             raise ConfigurationError("need min_ratio > 1 and rel_floor > 0")
-        top = float(v[0])
-        info = {"min_ratio": min_ratio, "rel_floor": rel_floor}
-        if top <= 0 or n < 2:
-            return OutlierCount(0, top, "gap", torch.zeros(0, dtype=torch.float64), v, info)
-        floor = rel_floor * top
-        k = int((v[:-1] > floor).sum())
-        if max_count is not None:
-            k = min(k, int(max_count))
-        ratios = v[:k] / v[1 : k + 1].clamp_min(floor)
-        if k == 0 or float(ratios.max()) < min_ratio:
-            return OutlierCount(0, top, "gap", ratios, v, info | {"floor": floor})
-        count = int(torch.argmax(ratios)) + 1
-        threshold = 0.5 * (float(v[count - 1]) + float(v[count]))
-        return OutlierCount(count, threshold, "gap", ratios, v, info | {"floor": floor})
+        return _gap_count(v, e, min_ratio, rel_floor, max_count, margin)
     if method == "edge":
         if not c > 0:
             raise ConfigurationError(f"c must be positive, got {c}")
@@ -180,8 +258,10 @@ def count_outliers(
         count = int((v > edge).sum())
         scale = sigma if sigma > 0 else math.inf
         dist = (v[: max(count, 1)] - edge) / scale
-        info = {"c": c, "median": mu, "scale": sigma}
-        return OutlierCount(count, edge, "edge", dist, v, info)
+        info = {"c": c, "median": mu, "scale": sigma, "margin": margin}
+        low = int((v > mu + c * margin * sigma).sum())
+        high = int((v > mu + c / margin * sigma).sum())
+        return OutlierCount(count, edge, "edge", dist, v, info, low=low, high=high)
     raise ConfigurationError(f"unknown method {method!r}; choose 'gap' or 'edge'")
 
 

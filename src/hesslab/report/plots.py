@@ -178,6 +178,9 @@ def plot_density(
     *,
     eigenvalues: Any | None = None,
     outliers: Any | None = None,
+    outliers_label: str = "top eigenvalues",
+    edge: float | None = None,
+    edge_label: str = "bulk edge",
     log_scale: bool = True,
     title: str | None = "Spectral density",
     xlabel: str = "eigenvalue λ",
@@ -192,7 +195,13 @@ def plot_density(
         density: ``[T]`` density on the grid (integrates to about 1).
         eigenvalues: optional exact eigenvalues, overlaid as a normalised histogram and
             a rug of ticks along the bottom.
-        outliers: optional eigenvalues to mark with dashed vertical lines.
+        outliers: optional eigenvalues to mark with dashed vertical lines (e.g. Lanczos
+            top-k or deflated top-r eigenvalues: not necessarily outliers).
+        outliers_label: legend label of those lines, say what they are (the count is
+            appended).
+        edge: optional bulk edge (e.g. :attr:`hesslab.measures.OutlierCount.threshold`),
+            a solid vertical line.
+        edge_label: legend label of the edge line.
         log_scale: logarithmic density axis (the bulk near zero dwarfs the outliers).
         title: axes title.
         xlabel: x-axis label.
@@ -240,8 +249,10 @@ def plot_density(
                 color=_COLORS[3],
                 linestyle="--",
                 linewidth=0.9,
-                label=f"outliers ({out.size})" if i == 0 else None,
+                label=f"{outliers_label} ({out.size})" if i == 0 else None,
             )
+    if edge is not None and math.isfinite(edge):
+        ax.axvline(edge, color=_COLORS[2], linestyle="-", linewidth=1.2, label=edge_label)
     if log_scale:
         ax.set_yscale("log")
         ax.set_ylim(bottom=floor)
