@@ -21,12 +21,14 @@ from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint
 from hesslab.linalg.density import spectral_density
 from hesslab.linalg.lanczos import eigenpairs
+from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.results import EigenResult, LogdetEstimate
 from hesslab.operators.base import as_operator
 
 __all__ = ["logdet", "logdet_slq"]
 
 
+@records_peak_memory
 def logdet(
     op: Any,
     rank: int,
@@ -104,6 +106,7 @@ def logdet(
     )
 
 
+@records_peak_memory
 def logdet_slq(
     op: Any,
     shift: float = 0.0,

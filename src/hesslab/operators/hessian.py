@@ -13,10 +13,11 @@ Hessian"). Three product modes:
   built once and reused by every later product (only when the data fits in memory).
 
 ``mode="auto"`` times the applicable modes on the first batch at the first product (for
-single products and for blocks separately; up to three interleaved repeats, best time
-each, a mode 1.5x slower than the best dropped after a round, no repeat once a timing run
-takes 0.1 s) and keeps the fastest; the
-choice and the timings are in :attr:`HessianOperator.mode_report`. The first product's
+single products on one column, for blocks on two; each candidate runs once, once more
+only when it is within 1.5x of the best so far but slower, so the choice costs about two
+products of the chosen mode) and keeps the fastest; the choice and the timings are in
+:attr:`HessianOperator.mode_report`. The cached mode's first-order graph is built before
+its timed run and kept only when that mode is chosen. The first product's
 result is the chosen mode's own timing run when that covered the whole input (one
 product saved, the result identical to a recomputation).
 
@@ -64,10 +65,6 @@ _ALIASES = {
     "cached": "reverse-over-reverse-cached",
     "rev-rev-cached": "reverse-over-reverse-cached",
 }
-
-# a timing run at least this long (seconds) is not repeated: scheduler noise is a small
-# fraction of it, and each repeat costs as much again
-_LONG_TIMING = 0.1
 
 # mode choices of "auto" operators in this process: memo key -> mode_report entry
 _MODE_MEMO: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
@@ -196,74 +193,79 @@ class HessianOperator(CurvatureOperator):
         return self._rev_rev(batch, Vd, cached=mode == "reverse-over-reverse-cached")
 
     def _candidates(self) -> list[str]:
-        modes = ["forward-over-reverse"]
-        modes.append("reverse-over-reverse-cached" if self.cache_graph else "reverse-over-reverse")
-        return modes
+        # reverse-over-reverse first: its first-order graph (built before its timed run in
+        # the cached mode) takes the process's first-call costs off the timed runs
+        rev = "reverse-over-reverse-cached" if self.cache_graph else "reverse-over-reverse"
+        return [rev, "forward-over-reverse"]
 
     def _choose(
         self, batch: Any, Vd: Mapping[str, Tensor], kind: str
     ) -> tuple[str, Mapping[str, Tensor] | None]:
         """Time each applicable mode on this batch; the fastest that works, and its product.
 
-        The product is the chosen mode's last timing run when the timed columns were all
-        of ``Vd`` (else ``None``): the same mode on the same input, so the same numbers
-        as a recomputation.
+        Single products are timed on one column, blocks on two (the fewest that run the
+        vectorised paths). Each candidate runs once; a run within 1.5x of the best so
+        far but slower than it runs once more (its first run may carry first-call costs),
+        best time kept; a run more than 1.5x slower is dropped without repeats. The
+        cached mode's first-order graph is built before its run (not timed: every later
+        product reuses it). The product is the chosen mode's last run when the timed
+        columns were all of ``Vd`` (else ``None``): the same mode on the same input, so
+        the same numbers as a recomputation.
         """
-        timings: dict[str, float] = {}
-        errors: dict[str, str] = {}
-        # time on a sub-block of at most 4 columns: timing a whole wide block (e.g. 24 or
-        # 256 columns) cost more products than the algorithm itself in bench/peers
         K_in = next(iter(Vd.values())).shape[0]
-        Vd = {n: t[: min(t.shape[0], 4)] for n, t in Vd.items()}
+        Vd = {n: t[: min(t.shape[0], 1 if kind == "single" else 2)] for n, t in Vd.items()}
         K = next(iter(Vd.values())).shape[0]
-        candidates = []
-        for mode in self._candidates():
+        timings: dict[str, float] = {}
+        if kind == "block":
+            timings.update(self._columns_time(batch, Vd))
+        errors: dict[str, str] = {}
+        outputs: dict[str, Mapping[str, Tensor]] = {}
+        extra = ["columns"] if kind == "block" and "columns" not in timings else []
+        for mode in self._candidates() + extra:
             try:
-                self._apply(mode, batch, Vd)  # warm-up (builds the cached graph)
-                candidates.append(mode)
+                if mode == "reverse-over-reverse-cached":
+                    self._first_order_graph(batch, cached=True)
+                for _repeat in range(2):
+                    t0 = time.perf_counter()
+                    outputs[mode] = self._apply(mode, batch, Vd)
+                    dt = (time.perf_counter() - t0) / K
+                    best = min(timings.values(), default=float("inf"))
+                    timings[mode] = min(timings.get(mode, float("inf")), dt)
+                    if dt <= best or dt > 1.5 * best:  # the best, or clearly slower
+                        break
             except HesslabError:  # a diagnosed input error, not a mode that cannot run
                 raise
             except (RuntimeError, NotImplementedError) as e:  # e.g. an op without vmap rule
                 errors[mode] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        if not candidates:
+                timings.pop(mode, None)
+                outputs.pop(mode, None)
+        if not timings:
             raise ConfigurationError(
                 f"no Hessian-vector product mode works for this model: {errors}"
             )
-        known: dict[str, float] = {}
-        if kind == "block":
-            if "single" not in self.mode_report:
-                self._choose_or_recall(batch, {n: t[:1] for n, t in Vd.items()}, "single")
-            # "columns" is the single-product mode column after column: its time per
-            # column is the one measured for single products (not timed again; timed
-            # here only when the single mode was set without timings)
-            single = self.mode_report["single"]
-            seconds = single.get("seconds_per_column", {}).get(single["mode"])
-            if seconds is None:
-                candidates.append("columns")
-            else:
-                known["columns"] = seconds
-        # interleaved repeats, best time per mode: robust to load from other processes; a
-        # mode 1.5x slower than the best after a round is not timed again. (The timing
-        # products are discarded: the returned product comes from the chosen mode alone,
-        # so a repeated product, e.g. after a checkpoint resume, is bit-identical.)
-        outputs: dict[str, Mapping[str, Tensor]] = {}
-        timings.update(known)
-        for _ in range(3):
-            for mode in candidates:
-                t0 = time.perf_counter()
-                outputs[mode] = self._apply(mode, batch, Vd)
-                dt = (time.perf_counter() - t0) / K
-                timings[mode] = min(timings.get(mode, float("inf")), dt)
-            fastest = min(timings.values())
-            candidates = [m for m in candidates if timings[m] <= 1.5 * fastest]
-            if len(candidates) + sum(timings[m] <= 1.5 * fastest for m in known) < 2:
-                break
-            if fastest * K >= _LONG_TIMING:  # long runs: one round is not noise-dominated
-                break
         best = min(timings, key=timings.__getitem__)
         self.mode_report[kind] = {"mode": best, "seconds_per_column": timings, "errors": errors}
         _remember(self._memo_key(batch, kind), self.mode_report[kind])
+        self._release_unused_graphs()
         return best, outputs.get(best) if K == K_in else None
+
+    def _columns_time(self, batch: Any, Vd: Mapping[str, Tensor]) -> dict[str, float]:
+        """The ``"columns"`` block candidate's time per column: the single products' one.
+
+        Chooses the single mode first if needed; ``{}`` when the single mode was set
+        without timings (then ``"columns"`` is timed like the other candidates).
+        """
+        if "single" not in self.mode_report:
+            self._choose_or_recall(batch, {n: t[:1] for n, t in Vd.items()}, "single")
+        single = self.mode_report["single"]
+        seconds = single.get("seconds_per_column", {}).get(single["mode"])
+        return {} if seconds is None else {"columns": seconds}
+
+    def _release_unused_graphs(self) -> None:
+        """Free the cached graphs when no chosen mode uses them (they hold activations)."""
+        chosen = {self.mode_report.get(k, {}).get("mode") for k in ("single", "block")}
+        if "reverse-over-reverse-cached" not in chosen:
+            self._graphs.clear()
 
     def _batch_matmat(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         if self.mode != "auto":
