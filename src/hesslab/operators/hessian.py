@@ -421,7 +421,9 @@ def _compiled_product(objective: Objective, compile: bool | str) -> Any:
         return vmap(hvp)(Vd)
 
     backend = "inductor" if compile is True else str(compile)
-    return torch.compile(product, backend=backend)
+    # static shapes: a recompilation per batch shape and block width (dynamic shapes fail
+    # in forward-mode AD's make_dual with symbolic sizes, torch 2.13)
+    return torch.compile(product, backend=backend, dynamic=False)
 
 
 def _zeros_if_none(out: Tensor | None, like: Tensor) -> Tensor:
