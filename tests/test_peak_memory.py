@@ -60,3 +60,16 @@ def test_a_nested_call_leaves_the_measurement_to_the_outer_one():
 def test_a_basis_that_does_not_fit_offers_the_disk():
     with pytest.raises(MemoryLimitError, match="basis_device='disk'"):
         Basis(2**44, 64, dtype=torch.float64, device=torch.device("cpu"))
+
+
+def test_the_run_report_records_the_peak_memory(tmp_path):
+    import json
+
+    from hesslab.report.run import RunDir
+
+    run = RunDir.create(tmp_path, "mem")
+    res = hesslab.trace(_hungry(16), num_matvecs=6, generator=torch.Generator().manual_seed(0))
+    run.add_result("Spectrum", "trace", res)
+    run.flush()
+    text = json.dumps(json.loads((run.path / "results.json").read_text()))
+    assert f'"peak_memory_bytes": {res.peak_memory_bytes}' in text
