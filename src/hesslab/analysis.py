@@ -133,6 +133,7 @@ def _record_eigen(run: RunDir, section: str, name: str, res: Any) -> None:
         converged=f"{int(res.converged.sum())}/{len(res.values)}",
         method=res.method,
         tol=res.tol,
+        peak_memory_bytes=getattr(res, "peak_memory_bytes", None),
     )
     rows = [
         {"rank": i + 1, "λ": float(v), "residual ‖Hv − λv‖": float(r), "converged": bool(c)}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hesslab.errors import ConfigurationError, HesslabError
+from hesslab.errors import ConfigurationError, HesslabError, MemoryLimitError
 
 __all__ = [
     "Basis",
@@ -210,6 +210,17 @@ def orthonormalize(W: Tensor, Q: Tensor | None = None, *, rtol: float = 1e-10) -
     return U
 
 
+def _does_not_fit(m: int, P: int, dtype: torch.dtype, device: torch.device, exc: BaseException):
+    """The error for a basis whose ``m x P`` allocation failed: it names the way out."""
+    size = m * P * torch.empty(0, dtype=dtype).element_size()
+    return MemoryLimitError(
+        f"the Krylov basis ({m} vectors of {P} {dtype} entries, {size / 2**30:.2f} GiB) does "
+        f"not fit in memory on {device} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        "; pass basis_device='disk' (a memory-mapped file, basis_dir= chooses its folder) or "
+        "basis_device='cpu' (host memory), or fewer steps / a smaller k"
+    )
+
+
 class Basis:
     """Up to ``m`` orthonormal vectors of length ``P`` (rows of ``Vt [m, P]``).
 
@@ -254,7 +265,10 @@ class Basis:
             self.Vt = self._map(directory)
         else:
             self.chunk = m
-            self.Vt = torch.empty(m, P, dtype=dtype, device=self.device, pin_memory=pin)
+            try:
+                self.Vt = torch.empty(m, P, dtype=dtype, device=self.device, pin_memory=pin)
+            except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError included
+                raise _does_not_fit(m, P, dtype, self.device, exc) from exc
 
     # ----------------------------------------------------------------- storage
     def _map(self, directory: str | os.PathLike[str] | None) -> Tensor:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
+from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.probes import Engine
 from hesslab.linalg.results import BoundsResult, TraceEstimate
 from hesslab.linalg.trace import frobenius_sq, trace
@@ -98,6 +99,7 @@ def _as_value(x: float | TraceEstimate, name: str) -> tuple[float, float]:
     )
 
 
+@records_peak_memory
 def wolkowicz_styan(
     op_or_traces: LinearOperator | Tensor | tuple,
     *,

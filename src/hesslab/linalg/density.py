@@ -35,6 +35,7 @@ from torch import Tensor
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, as_checkpoint
 from hesslab.linalg.lanczos import eigenpairs
+from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.probes import generator_digest
 from hesslab.linalg.quadrature import QuadratureRule, lanczos_quadrature
 from hesslab.linalg.results import TraceEstimate
@@ -87,6 +88,8 @@ class SpectralDensity:
     ritz_residuals: Tensor
     distribution: str = "rademacher"
     info: dict[str, Any] = field(default_factory=dict)
+    #: Peak memory of the call beyond its start, bytes (see :mod:`hesslab.linalg.memory`).
+    peak_memory_bytes: int | None = None
 
     @property
     def num_probes(self) -> int:
@@ -210,6 +213,7 @@ class SpectralDensity:
         )
 
 
+@records_peak_memory
 def spectral_density(
     op: Any,
     num_steps: int = 90,

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.linalg.basis import orthonormalize
+from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.probes import Engine, check_positive_int
 from hesslab.linalg.results import DiagonalEstimate, to_cpu64
 from hesslab.operators.base import DenseOperator, LinearOperator
@@ -59,6 +60,7 @@ def _xdiag_estimates(Omega: Tensor, Y: Tensor, Q: Tensor, Z: Tensor) -> Tensor:
     return out
 
 
+@records_peak_memory
 def diagonal(
     op: LinearOperator | Tensor,
     num_matvecs: int = 96,

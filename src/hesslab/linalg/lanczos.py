@@ -22,6 +22,7 @@ from torch import Tensor
 from hesslab.errors import ConfigurationError, ConvergenceError
 from hesslab.io import Checkpoint, as_checkpoint
 from hesslab.linalg.basis import Basis, BasisStorageError, as_block, chunk_vectors
+from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.probes import draw_probes
 from hesslab.linalg.quadrature import lanczos_quadrature
 from hesslab.linalg.results import EigenResult
@@ -61,6 +62,7 @@ def auto_block_size(k: int, P: int, device: torch.device | str = "cpu") -> int:
 
 
 # ----------------------------------------------------------------------- eigenpairs
+@records_peak_memory
 def eigenpairs(
     op: Any,
     k: int = 1,

@@ -21,12 +21,14 @@ from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint
 from hesslab.linalg.density import spectral_density
 from hesslab.linalg.lanczos import eigenpairs
+from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.results import EigenResult, LogdetEstimate, rounding_floor
 from hesslab.operators.base import as_operator
 
 __all__ = ["logdet", "logdet_slq"]
 
 
+@records_peak_memory
 def logdet(
     op: Any,
     rank: int,
@@ -119,6 +121,7 @@ def _require_positive(vals: torch.Tensor, bounds: torch.Tensor, rank: int) -> No
         )
 
 
+@records_peak_memory
 def logdet_slq(
     op: Any,
     shift: float = 0.0,

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.linalg.basis import as_block
+from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.probes import draw_probes
 from hesslab.linalg.results import EigenResult
 from hesslab.operators.base import as_operator
@@ -28,6 +29,7 @@ from hesslab.validation import require_symmetric
 __all__ = ["power_iteration"]
 
 
+@records_peak_memory
 def power_iteration(
     op: Any,
     k: int = 1,

@@ -3,7 +3,10 @@
 Every result carries its own diagnostics: how many operator columns were applied
 (``num_matvecs``; a block product with ``K`` columns counts ``K``), the wall time
 (``seconds``), and its accuracy (residual norms and converged flags, or a standard error).
-Tensors in results are float64 on the CPU unless stated otherwise.
+Tensors in results are float64 on the CPU unless stated otherwise. ``peak_memory_bytes``
+is the call's peak memory beyond its start (CUDA allocated tensors, or CPU resident set;
+:mod:`hesslab.linalg.memory` says what exactly), ``None`` for a result made by hand or
+inside another measured call.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class EigenResult:
     norm_estimate: float
     num_restarts: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    #: Peak memory of the call beyond its start, bytes (see :mod:`hesslab.linalg.memory`).
+    peak_memory_bytes: int | None = None
 
     @property
     def all_converged(self) -> bool:
@@ -126,6 +131,8 @@ class TraceEstimate:
     method: str
     samples: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: Peak memory of the call beyond its start, bytes (see :mod:`hesslab.linalg.memory`).
+    peak_memory_bytes: int | None = None
 
     @property
     def relative_stderr(self) -> float:
@@ -147,6 +154,8 @@ class DiagonalEstimate:
     seconds: float
     method: str
     info: dict[str, Any] = field(default_factory=dict)
+    #: Peak memory of the call beyond its start, bytes (see :mod:`hesslab.linalg.memory`).
+    peak_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,8 @@ class LogdetEstimate:
     shift: float = 0.0
     values: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: Peak memory of the call beyond its start, bytes (see :mod:`hesslab.linalg.memory`).
+    peak_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +211,8 @@ class BoundsResult:
     seconds: float = 0.0
     #: Warnings about the inputs, e.g. ``s^2 < 0`` from noisy traces clamped to 0.
     notes: tuple[str, ...] = ()
+    #: Peak memory of the call beyond its start, bytes (see :mod:`hesslab.linalg.memory`).
+    peak_memory_bytes: int | None = None
 
 
 def to_cpu64(x: Tensor) -> Tensor:

@@ -69,6 +69,7 @@ from torch import Tensor
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, as_checkpoint
 from hesslab.linalg.basis import KrylovBasis, orthonormalize
+from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.probes import (
     Engine,
     ProductReplay,
@@ -296,6 +297,7 @@ def _check_common(
 
 
 # --------------------------------------------------------------------------- public
+@records_peak_memory
 def trace(
     op: LinearOperator | Tensor,
     num_matvecs: int = 96,
@@ -369,6 +371,7 @@ def trace(
     )  # fmt: skip
 
 
+@records_peak_memory
 def frobenius_sq(
     op: LinearOperator | Tensor,
     num_matvecs: int = 96,

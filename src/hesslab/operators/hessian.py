@@ -13,10 +13,11 @@ Hessian"). Three product modes:
   built once and reused by every later product (only when the data fits in memory).
 
 ``mode="auto"`` times the applicable modes on the first batch at the first product (for
-single products and for blocks separately; up to three interleaved repeats, best time
-each, a mode 1.5x slower than the best dropped after a round, no repeat once a timing run
-takes 0.1 s) and keeps the fastest; the
-choice and the timings are in :attr:`HessianOperator.mode_report`. The first product's
+single products on one column, for blocks on two; each candidate runs once, once more
+only when it is within 1.5x of the best so far but slower, so the choice costs about two
+products of the chosen mode) and keeps the fastest; the choice and the timings are in
+:attr:`HessianOperator.mode_report`. The cached mode's first-order graph is built before
+its timed run and kept only when that mode is chosen. The first product's
 result is the chosen mode's own timing run when that covered the whole input (one
 product saved, the result identical to a recomputation).
 
@@ -65,9 +66,10 @@ _ALIASES = {
     "rev-rev-cached": "reverse-over-reverse-cached",
 }
 
-# a timing run at least this long (seconds) is not repeated: scheduler noise is a small
-# fraction of it, and each repeat costs as much again
-_LONG_TIMING = 0.1
+# forward-over-reverse does a forward and a backward pass plus the tangents: at least this
+# share of the time of the cached mode's graph building (a forward and a create_graph
+# backward), which therefore bounds it from below before it is timed
+_GRADIENT_SHARE = 0.75
 
 # mode choices of "auto" operators in this process: memo key -> mode_report entry
 _MODE_MEMO: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
@@ -92,6 +94,18 @@ class HessianOperator(CurvatureOperator):
             ``"rev-rev"``, ``"cached"``).
         cache_graph: allow the cached mode: ``"auto"`` allows it when the data is a single
             batch (the caller has shown it fits in memory), ``True``/``False`` force it.
+        autocast: ``"bfloat16"`` or ``"float16"`` runs each batch's product under
+            :func:`torch.autocast` (float32 parameters only); the products of the batches
+            come back in float32 and are summed in float32. Relative error against
+            float64 (``||Hv - H_64 v|| / ||H_64 v||``, median over 8 vectors) measured
+            by ``bench/autocast_error.py`` (``bench/results/autocast_error.md``): bfloat16
+            5e-3 to 1e-1, float16 7e-4 to 3e-2 on the test and zoo models.
+        compile: ``True`` compiles the forward-over-reverse product with
+            :func:`torch.compile` (inductor; a string names another backend) and uses
+            that mode (the double backward of the reverse-over-reverse modes cannot be
+            traced). The first product compiles (seconds to minutes on a CPU); off by
+            default: on 2 CPU cores it was no faster than the best eager mode
+            (``bench/results/compile_cpu.md``).
 
     Attributes:
         mode_report: the chosen mode per block kind (``"single"``, ``"block"``), the
@@ -99,14 +113,30 @@ class HessianOperator(CurvatureOperator):
     """
 
     def __init__(
-        self, objective: Objective, *, mode: str = "auto", cache_graph: bool | str = "auto"
+        self,
+        objective: Objective,
+        *,
+        mode: str = "auto",
+        cache_graph: bool | str = "auto",
+        autocast: str | torch.dtype | None = None,
+        compile: bool | str = False,
     ) -> None:
-        super().__init__(objective, mode=mode, cache_graph=cache_graph)
+        super().__init__(
+            objective, mode=mode, cache_graph=cache_graph, autocast=autocast, compile=compile
+        )
         mode = _ALIASES.get(mode, mode)
         if mode != "auto" and mode not in HESSIAN_MODES:
             raise ConfigurationError(
                 f"unknown Hessian mode {mode!r}; use 'auto' or one of {HESSIAN_MODES}"
             )
+        self.autocast = _autocast_dtype(autocast, objective.space.dtype)
+        if compile:
+            if mode not in ("auto", "forward-over-reverse"):
+                raise ConfigurationError(
+                    f"compile=True compiles the forward-over-reverse product (torch.compile "
+                    f"cannot trace the double backward of {mode!r}); drop mode= or compile="
+                )
+            mode = "forward-over-reverse"
         if cache_graph == "auto":
             cache_graph = objective.num_batches == 1 and objective.max_batch_size is None
         if mode == "reverse-over-reverse-cached" and not cache_graph:
@@ -115,9 +145,12 @@ class HessianOperator(CurvatureOperator):
         self.cache_graph = bool(cache_graph)
         self._graphs: dict[int, tuple[list[Tensor], tuple[Tensor, ...]]] = {}
         self._batched_backward_ok = True
+        self._compiled = _compiled_product(objective, compile) if compile else None
         self.mode_report: dict[str, Any] = {
             "requested": mode,
             "cache_graph": self.cache_graph,
+            "autocast": None if self.autocast is None else str(self.autocast),
+            "compile": compile,
             # the scaled_dot_product_attention backend of every derivative pass
             # (hesslab.derivative_context: the fused kernels have no double backward)
             "attention": "math",
@@ -127,6 +160,8 @@ class HessianOperator(CurvatureOperator):
     # ------------------------------------------------------------- products
     def _fwd_rev(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         obj = self.objective
+        if self._compiled is not None:
+            return self._compiled(obj.theta, batch, dict(Vd))
 
         def gfn(theta: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
             return grad(lambda th: obj.batch_loss(th, batch))(theta)
@@ -196,76 +231,103 @@ class HessianOperator(CurvatureOperator):
         return self._rev_rev(batch, Vd, cached=mode == "reverse-over-reverse-cached")
 
     def _candidates(self) -> list[str]:
-        modes = ["forward-over-reverse"]
-        modes.append("reverse-over-reverse-cached" if self.cache_graph else "reverse-over-reverse")
-        return modes
+        # reverse-over-reverse first: its first-order graph (built before its timed run in
+        # the cached mode) takes the process's first-call costs off the timed runs
+        rev = "reverse-over-reverse-cached" if self.cache_graph else "reverse-over-reverse"
+        return [rev, "forward-over-reverse"]
 
     def _choose(
         self, batch: Any, Vd: Mapping[str, Tensor], kind: str
     ) -> tuple[str, Mapping[str, Tensor] | None]:
         """Time each applicable mode on this batch; the fastest that works, and its product.
 
-        The product is the chosen mode's last timing run when the timed columns were all
-        of ``Vd`` (else ``None``): the same mode on the same input, so the same numbers
-        as a recomputation.
+        Single products are timed on one column, blocks on two (the fewest that run the
+        vectorised paths). Each candidate runs once; a run within 1.5x of the best so
+        far but slower than it runs once more (its first run may carry first-call costs),
+        best time kept; a run more than 1.5x slower is dropped without repeats. The
+        cached mode's first-order graph is built before its run (not timed: every later
+        product reuses it); its time bounds forward-over-reverse from below (see
+        ``_GRADIENT_SHARE``), which is not run when that bound is 1.5x the best already.
+        The product is the chosen mode's last run when the timed
+        columns were all of ``Vd`` (else ``None``): the same mode on the same input, so
+        the same numbers as a recomputation.
         """
-        timings: dict[str, float] = {}
-        errors: dict[str, str] = {}
-        # time on a sub-block of at most 4 columns: timing a whole wide block (e.g. 24 or
-        # 256 columns) cost more products than the algorithm itself in bench/peers
         K_in = next(iter(Vd.values())).shape[0]
-        Vd = {n: t[: min(t.shape[0], 4)] for n, t in Vd.items()}
+        Vd = {n: t[: min(t.shape[0], 1 if kind == "single" else 2)] for n, t in Vd.items()}
         K = next(iter(Vd.values())).shape[0]
-        candidates = []
-        for mode in self._candidates():
+        timings: dict[str, float] = {}
+        if kind == "block":
+            timings.update(self._columns_time(batch, Vd))
+        errors: dict[str, str] = {}
+        outputs: dict[str, Mapping[str, Tensor]] = {}
+        floor = 0.0  # a lower bound on forward-over-reverse's seconds per column
+        extra = ["columns"] if kind == "block" and "columns" not in timings else []
+        for mode in self._candidates() + extra:
+            best = min(timings.values(), default=float("inf"))
+            if mode == "forward-over-reverse" and floor > 1.5 * best:
+                errors[mode] = f"not timed: its gradient pass alone takes {floor:.2e} s/column"
+                continue
             try:
-                self._apply(mode, batch, Vd)  # warm-up (builds the cached graph)
-                candidates.append(mode)
+                if mode == "reverse-over-reverse-cached" and self._batch_index not in self._graphs:
+                    t0 = time.perf_counter()
+                    self._first_order_graph(batch, cached=True)
+                    floor = _GRADIENT_SHARE * (time.perf_counter() - t0) / K
+                self._time_mode(mode, batch, Vd, timings, outputs)
             except HesslabError:  # a diagnosed input error, not a mode that cannot run
                 raise
             except (RuntimeError, NotImplementedError) as e:  # e.g. an op without vmap rule
                 errors[mode] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        if not candidates:
+                timings.pop(mode, None)
+                outputs.pop(mode, None)
+        if not timings:
             raise ConfigurationError(
                 f"no Hessian-vector product mode works for this model: {errors}"
             )
-        known: dict[str, float] = {}
-        if kind == "block":
-            if "single" not in self.mode_report:
-                self._choose_or_recall(batch, {n: t[:1] for n, t in Vd.items()}, "single")
-            # "columns" is the single-product mode column after column: its time per
-            # column is the one measured for single products (not timed again; timed
-            # here only when the single mode was set without timings)
-            single = self.mode_report["single"]
-            seconds = single.get("seconds_per_column", {}).get(single["mode"])
-            if seconds is None:
-                candidates.append("columns")
-            else:
-                known["columns"] = seconds
-        # interleaved repeats, best time per mode: robust to load from other processes; a
-        # mode 1.5x slower than the best after a round is not timed again. (The timing
-        # products are discarded: the returned product comes from the chosen mode alone,
-        # so a repeated product, e.g. after a checkpoint resume, is bit-identical.)
-        outputs: dict[str, Mapping[str, Tensor]] = {}
-        timings.update(known)
-        for _ in range(3):
-            for mode in candidates:
-                t0 = time.perf_counter()
-                outputs[mode] = self._apply(mode, batch, Vd)
-                dt = (time.perf_counter() - t0) / K
-                timings[mode] = min(timings.get(mode, float("inf")), dt)
-            fastest = min(timings.values())
-            candidates = [m for m in candidates if timings[m] <= 1.5 * fastest]
-            if len(candidates) + sum(timings[m] <= 1.5 * fastest for m in known) < 2:
-                break
-            if fastest * K >= _LONG_TIMING:  # long runs: one round is not noise-dominated
-                break
         best = min(timings, key=timings.__getitem__)
         self.mode_report[kind] = {"mode": best, "seconds_per_column": timings, "errors": errors}
         _remember(self._memo_key(batch, kind), self.mode_report[kind])
+        self._release_unused_graphs()
         return best, outputs.get(best) if K == K_in else None
 
+    def _time_mode(
+        self, mode: str, batch: Any, Vd: Mapping[str, Tensor], timings: dict, outputs: dict
+    ) -> None:
+        """Run ``mode`` once, again if within 1.5x of the best but slower; best time kept."""
+        K = next(iter(Vd.values())).shape[0]
+        for _repeat in range(2):
+            t0 = time.perf_counter()
+            outputs[mode] = self._apply(mode, batch, Vd)
+            dt = (time.perf_counter() - t0) / K
+            best = min(timings.values(), default=float("inf"))
+            timings[mode] = min(timings.get(mode, float("inf")), dt)
+            if dt <= best or dt > 1.5 * best:  # the best, or clearly slower
+                return
+
+    def _columns_time(self, batch: Any, Vd: Mapping[str, Tensor]) -> dict[str, float]:
+        """The ``"columns"`` block candidate's time per column: the single products' one.
+
+        Chooses the single mode first if needed; ``{}`` when the single mode was set
+        without timings (then ``"columns"`` is timed like the other candidates).
+        """
+        if "single" not in self.mode_report:
+            self._choose_or_recall(batch, {n: t[:1] for n, t in Vd.items()}, "single")
+        single = self.mode_report["single"]
+        seconds = single.get("seconds_per_column", {}).get(single["mode"])
+        return {} if seconds is None else {"columns": seconds}
+
+    def _release_unused_graphs(self) -> None:
+        """Free the cached graphs when no chosen mode uses them (they hold activations)."""
+        chosen = {self.mode_report.get(k, {}).get("mode") for k in ("single", "block")}
+        if "reverse-over-reverse-cached" not in chosen:
+            self._graphs.clear()
+
     def _batch_matmat(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        if self.autocast is None:
+            return self._batch_product(batch, Vd)
+        with torch.autocast(self.device.type, dtype=self.autocast):
+            return self._batch_product(batch, Vd)
+
+    def _batch_product(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         if self.mode != "auto":
             return self._apply(self.mode, batch, Vd)
         kind = "single" if next(iter(Vd.values())).shape[0] == 1 else "block"
@@ -293,6 +355,7 @@ class HessianOperator(CurvatureOperator):
                 str(self.space.dtype),
                 str(self.space.device),
                 self.cache_graph,
+                str(self.autocast),
             )
         shapes = tuple((tuple(t.shape), str(t.dtype), str(t.device)) for t in _tensors(batch))
         return (kind, shapes, *self._structure)
@@ -347,6 +410,45 @@ def _remember(key: tuple, entry: dict[str, Any]) -> None:
         _MODE_MEMO.popitem(last=False)
 
 
+def _autocast_dtype(autocast: str | torch.dtype | None, dtype: torch.dtype) -> torch.dtype | None:
+    """The autocast dtype (``None``: off); autocast lowers float32 work only."""
+    if autocast is None:
+        return None
+    lowered = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}
+    lowered |= {"fp16": torch.float16, "half": torch.float16}
+    out = autocast if isinstance(autocast, torch.dtype) else lowered.get(str(autocast))
+    if out not in (torch.bfloat16, torch.float16):
+        raise ConfigurationError(
+            f"autocast must be None, 'bfloat16' or 'float16', got {autocast!r}"
+        )
+    if dtype != torch.float32:
+        raise ConfigurationError(
+            f"autocast needs float32 parameters (autocast leaves {dtype} work unchanged); "
+            "pass a float32 model, or autocast=None"
+        )
+    return out
+
+
+def _compiled_product(objective: Objective, compile: bool | str) -> Any:
+    """``torch.compile`` of the forward-over-reverse product ``(theta, batch, V) -> H_b V``.
+
+    ``compile=True`` uses the default backend (inductor), a string names another backend
+    (e.g. ``"aot_eager"``).
+    """
+
+    def product(theta: Any, batch: Any, Vd: dict[str, Tensor]) -> Any:
+        def hvp(v: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+            gfn = grad(lambda th: objective.batch_loss(th, batch))
+            return jvp(gfn, (theta,), (v,))[1]
+
+        return vmap(hvp)(Vd)
+
+    backend = "inductor" if compile is True else str(compile)
+    # static shapes: a recompilation per batch shape and block width (dynamic shapes fail
+    # in forward-mode AD's make_dual with symbolic sizes, torch 2.13)
+    return torch.compile(product, backend=backend, dynamic=False)
+
+
 def _zeros_if_none(out: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if out is None else out
 
@@ -359,6 +461,8 @@ def hessian(
     *,
     mode: str = "auto",
     cache_graph: bool | str = "auto",
+    autocast: str | torch.dtype | None = None,
+    compile: bool | str = False,
     **objective_kwargs: Any,
 ) -> HessianOperator:
     """The Hessian of the full-data loss as an operator.
@@ -371,7 +475,9 @@ def hessian(
         >>> top = hesslab.eigenpairs(H, k=5)
     """
     obj = _objective(model_or_objective, loss_fn, data, params, objective_kwargs)
-    return HessianOperator(obj, mode=mode, cache_graph=cache_graph)
+    return HessianOperator(
+        obj, mode=mode, cache_graph=cache_graph, autocast=autocast, compile=compile
+    )
 
 
 def _objective(m: Any, loss_fn: Any, data: Any, params: Any, kw: dict) -> Objective:

@@ -114,6 +114,7 @@ _DIAGNOSTIC_FIELDS = (
     "rank",
     "shift",
     "dimension",
+    "peak_memory_bytes",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
