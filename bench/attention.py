@@ -189,16 +189,19 @@ def _gradient(prob: dict) -> Callable[[], object]:
 def _cell(make: Callable[[dict], Callable], prob: dict, reps: int, math: bool) -> str:
     """Product time / gradient time, both timed interleaved in the same window (so a change
     in the machine's load between cells does not enter the ratio)."""
-    ctx = sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext()
+
+    def ctx() -> contextlib.AbstractContextManager:
+        return sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext()
+
     try:
-        with ctx:
+        with ctx():
             fn = make(prob)
             fn()  # the first product (hesslab: the automatic mode's choice)
         grad = _gradient(prob)
         grad()
         t_fn, t_grad = [], []
         for _ in range(reps):
-            with ctx:
+            with ctx():
                 t0 = time.perf_counter()
                 fn()
                 t_fn.append(time.perf_counter() - t0)
