@@ -13,7 +13,7 @@ Example::
     run.metrics                                     # a pandas DataFrame (if installed)
     run.arrays["Spectrum/top eigenvalues/values"]  # read from arrays.npz on first use
 
-    print(compare_table([load_run(a), load_run(b)], filter="trace"))
+    table = compare_table([load_run(a), load_run(b)], filter="trace")
 """
 
 from __future__ import annotations
