@@ -58,3 +58,8 @@ def test_page_snippets_run(page, tmp_path, monkeypatch):
             if (e.name or "").split(".")[0] in OPTIONAL:
                 pytest.skip(f"{page.name} needs the optional package {e.name}")
             raise
+        except ImportError as e:  # e.g. transformers' Trainer without accelerate
+            missing = [p for p in OPTIONAL if f"`{p}" in str(e) or f"'{p}" in str(e)]
+            if missing:
+                pytest.skip(f"{page.name} needs the optional package {missing[0]}")
+            raise
