@@ -86,6 +86,9 @@ def test_hf_trainer_callback_logs_and_changes_nothing(tmp_path):
     logged = [h for h in trainer.state.log_history if "hessian/lambda/1" in h]
     assert [h["step"] for h in logged] == [3, 6]
     assert logged[-1]["hessian/lambda/1"] == pytest.approx(records[-1]["lambda/1"])
+    # the trainer's own log of steps 3 and 6 survives the callback's (Trainer.log clears
+    # control.should_log; the callback restores it)
+    assert [h["step"] for h in trainer.state.log_history if "loss" in h] == list(range(1, 7))
 
 
 # ------------------------------------------------------------------------- Lightning
