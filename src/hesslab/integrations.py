@@ -117,12 +117,12 @@ class _Measuring:
         return self._monitor
 
     def _measure(self, model: nn.Module, step: int) -> dict[str, float] | None:
-        if step == self._last:  # gradient accumulation: several batch ends per step
+        """Measure once per optimizer step (with gradient accumulation several batch ends
+        share a ``step``)."""
+        if step == self._last:
             return None
-        values = measure_quietly(self.monitor, model, step)
-        if values is not None:
-            self._last = step
-        return values
+        self._last = step
+        return measure_quietly(self.monitor, model, step)
 
 
 def _is_factory(monitor: Any) -> bool:
@@ -220,8 +220,9 @@ def _make_lightning() -> type:
     class LightningSpectrumCallback(_Measuring, Callback):
         """Lightning ``Callback`` running a :class:`SpectrumMonitor` after optimizer steps.
 
-        Measures when ``trainer.global_step`` is a multiple of ``monitor.every`` and logs
-        the values to every logger of the trainer (``logger.log_metrics``) on rank 0.
+        Measures right after an optimizer step when ``trainer.global_step`` is a multiple
+        of ``monitor.every`` (once per step under gradient accumulation) and logs the
+        values to every logger of the trainer (``logger.log_metrics``) on rank 0.
 
         Args:
             monitor: the :class:`~hesslab.train.SpectrumMonitor`, or a function returning
@@ -236,6 +237,9 @@ def _make_lightning() -> type:
         def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
             if stage == "fit":
                 self.monitor  # noqa: B018 (built now, on every rank, after the group exists)
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self._last = int(trainer.global_step)  # measure after optimizer steps only
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kw: Any):
             step = int(trainer.global_step)
