@@ -179,17 +179,15 @@ def _three_term(
     normest: float,
 ) -> tuple[float, float, Tensor, Tensor]:
     """One Lanczos step with partial reorthogonalization (Simon 1984) on ``w = A v_j``:
-    ``w -= beta_{j-1} v_{j-1}``, ``alpha = v_j^T w``, ``w -= alpha v_j`` (and the
+    ``alpha = v_j^T w``, ``w -= beta_{j-1} v_{j-1} + alpha v_j`` in one pass (and the
     projection off ``U``); a full Gram–Schmidt against ``v_0..v_j`` only when the
     omega-recurrence says the basis would lose semi-orthogonality. ``T`` (float64
     ``[m, m]``) is the tridiagonal so far, updated with ``alpha``. Returns
     ``(alpha, ||w||, w, omega)``, ``omega`` the new vector's estimates."""
-    if j:
-        basis.sub_mm_(j, w, w.new_full((1, 1), float(T[j - 1, j])), start=j - 1)
-    a_t = basis.tmm(j + 1, w, start=j)
-    basis.sub_mm_(j + 1, w, a_t.to(w.dtype), start=j)
-    a = float(a_t[0, 0])
+    a = float(basis.tmm(j + 1, w, start=j)[0, 0])
     T[j, j] = a
+    lo = max(j - 1, 0)
+    basis.sub_mm_(j + 1, w, T[lo : j + 1, j : j + 1].to(dtype=w.dtype, device=w.device), start=lo)
     if U is not None:
         _, w = orthogonalize(U, w)
     bnorm = float(col_norms(w)[0])

@@ -57,7 +57,6 @@ from hesslab.linalg.basis import (
     col_norms,
     orthogonalize,
     owned,
-    rows_times,
 )
 from hesslab.linalg.probes import draw_probes
 from hesslab.linalg.results import EigenResult
@@ -229,18 +228,18 @@ class ThickRestartLanczos:
 
     def _local_orthogonalize(self, W: Tensor, s: int, n: int) -> None:
         """Partial reorthogonalization's local step (single vector ``v_s``, ``n = s + 1``):
-        ``W -= V[:, lo:s] H[lo:s, s]`` with the known couplings (the previous vector, or
-        the kept Ritz vectors after a restart), then ``alpha = v_s^T W``,
-        ``W -= alpha v_s``; ``H[s, s] = alpha``."""
+        ``alpha = v_s^T W``, then in one pass ``W -= V[:, lo:n] [H[lo:s, s]; alpha]`` with
+        the couplings ``H`` holds (the previous vector, or the kept Ritz vectors after a
+        restart); ``H[s, s] = alpha``. (``alpha`` is taken before the couplings are
+        removed: it differs from ``v_s^T (W - V H[lo:s, s])`` by ``O(omega ||A||)``, below
+        the accuracy semi-orthogonality gives the projected matrix.)"""
         H = self.H
         nz = torch.nonzero(H[:s, s]).flatten()
         lo = int(nz[0]) if nz.numel() else s
-        if lo < s:
-            D = H[lo:s, s:n].to(dtype=W.dtype, device=W.device)
-            self.basis.sub_mm_(s, W, D, start=lo)
-        a = self.basis.tmm(n, W, start=s)
-        self.basis.sub_mm_(n, W, a.to(W.dtype), start=s)
-        H[s:n, s:n] = a.cpu()
+        a = self.basis.tmm(n, W, start=s).cpu()
+        H[s:n, s:n] = a
+        D = H[lo:n, s:n].to(dtype=W.dtype, device=W.device)
+        self.basis.sub_mm_(n, W, D, start=lo)
 
     def _partial(self, W: Tensor, s: int, n: int) -> tuple[Tensor, Tensor | None, float | None]:
         """``(W, omega, beta)``: with partial reorthogonalization, the estimates ``omega``
@@ -368,8 +367,8 @@ class ThickRestartLanczos:
             info["full_reorthogonalizations"] = self.ortho.full_count
         if return_vectors or true_residuals:
             X = self.basis.combine(self.n, p["Y"][:, wanted])
-            if self.ortho is not None:
-                X = _lowdin(X)
+            if self.ortho is not None and X.shape[1] == 1:
+                X = X / col_norms(X).to(X.dtype)
             if true_residuals:
                 AX = self.apply(X).to(f64)
                 vals = values.to(device=X.device)
@@ -426,18 +425,3 @@ class ThickRestartLanczos:
             self.ortho.load_state_dict(state["ortho"])
         self.t0 = time.perf_counter()
         self.done = self.full = False
-
-
-def _lowdin(X: Tensor) -> Tensor:
-    """``X (X^T X)^{-1/2}``: the nearest orthonormal columns (Löwdin 1950), for Ritz
-    vectors of a semi-orthogonal basis (``X^T X = I + O(sqrt(eps))``); ``X`` unchanged
-    when already orthonormal to ``100 eps``."""
-    if X.shape[1] == 1:
-        return X / col_norms(X).to(X.dtype)
-    G = rows_times(X.T, X)
-    eye = torch.eye(G.shape[0], dtype=f64, device=G.device)
-    if float((G - eye).abs().max()) <= 100 * torch.finfo(X.dtype).eps:
-        return X
-    w, U = torch.linalg.eigh(G)
-    inv_sqrt = (U * w.clamp_min(torch.finfo(f64).tiny).rsqrt()) @ U.T
-    return X @ inv_sqrt.to(X.dtype)
