@@ -56,10 +56,13 @@ def test_headline_outliers_equal_k(smoke_run):
 
 
 def test_claims_are_not_overwritten(smoke_run):
-    """Section 3 holds two claims: both reach the result dict."""
+    """Section 3 holds two claims: both reach the result dict, keyed by (section, claim)."""
     run, result, _ = smoke_run
-    assert len(result["claims"]) == len(run.claims)
-    assert sum(k.startswith("3. Data sweep") for k in result["claims"]) == 2
+    claims = result["claims"]
+    assert sum(len(c) for c in claims.values()) == len(run.claims)
+    assert len(claims["3. Data sweep (fixed architecture)"]) == 2
+    for c in run.claims:
+        assert claims[c["section"]][c["claim"]] is c["holds"]
 
 
 def test_every_part_wrote_figure_claim_and_table(smoke_run):
@@ -90,7 +93,8 @@ def test_result_numbers_are_sane(smoke_run):
     line = result["line"]
     assert len(line["t"]) >= 11 and min(line["t"]) < 0 < 1 < max(line["t"])
     assert math.isfinite(line["barrier"]) and math.isfinite(line["barrier_test"])
-    assert all(v is None or isinstance(v, bool) for v in result["claims"].values())
+    holds = [v for c in result["claims"].values() for v in c.values()]
+    assert holds and all(v is None or isinstance(v, bool) for v in holds)
     fractions = [f for _, f in calls]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
 

@@ -55,9 +55,9 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,8 +66,8 @@ from torch import Tensor, nn
 from hesslab.data import balanced_subset, blobs, digits, gaussian_mixture
 from hesslab.data.datasets import Split
 from hesslab.errors import ConfigurationError
-from hesslab.experiments._claims import add_claim, decide
-from hesslab.experiments._stages import Parts
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import add_claim, decide, record
 from hesslab.measures.spectrum import OutlierCount, count_outliers
 from hesslab.models import mlp
 from hesslab.operators import ggn, hessian
@@ -76,12 +76,11 @@ from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import evaluate, fit
 
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
-
 __all__ = [
     "FULL_SECONDS",
+    "SIMPLEX_SPEC",
     "SMOKE_SECONDS",
+    "SPEC",
     "Sagun2017Config",
     "Sagun2017SimplexConfig",
     "count_outliers_eigengap",
@@ -108,8 +107,6 @@ S2 = "2. Width sweep (fixed data)"
 S3 = "3. Data sweep (fixed architecture)"
 S4 = "4. Gauss-Newton vs Hessian"
 S5 = "5. Small-batch vs large-batch solutions"
-
-Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -767,7 +764,8 @@ def _part2(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
     holds = False if not (grows and steady) else share.holds
     run.add_scalar(S2, "outlier stability max/min", stability)
     mins = sum(r["minimum"] for r in rows)
-    run.add_claim(
+    record(
+        run,
         S2,
         "Adding parameters with the data fixed grows the bulk and leaves the outliers "
         f"(each top-k eigenvalue within a factor {cfg.outlier_stability} across widths, "
@@ -860,7 +858,8 @@ def _part3(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
             )
         verdicts[label] = all(ok)
         what = "less separation" if label == "separation" else "more clusters"
-        run.add_claim(
+        record(
+            run,
             S3,
             f"Changing the data ({what}) moves the outliers but not the bulk: λ₁ changes by "
             f"≥ {cfg.move_min}× while the fraction of near-zero eigenvalues changes by "
@@ -930,7 +929,8 @@ def _part4(
     )
     rels = [r["max rel. diff"] for r in rows]
     holds = min(overlaps.values()) >= cfg.overlap_min and max(rels) <= cfg.ggn_rel_tol
-    run.add_claim(
+    record(
+        run,
         S4,
         "The outliers come from the Gauss–Newton term: the top-k eigenvalues of H and G agree "
         f"and their top-k eigenspaces coincide (overlap ≥ {cfg.overlap_min}, eigenvalues "
@@ -1040,7 +1040,8 @@ def _part5(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
         if 0 < int(np.argmax(seg)) < seg.size - 1
         else "monotone between the endpoints (no bump)"
     )
-    run.add_claim(
+    record(
+        run,
         S5,
         "Small- and large-batch solutions are connected through a flat region: on the line "
         f"between them the loss goes slightly up then down (barrier ≤ {cfg.barrier_tol} nats).",
@@ -1068,67 +1069,94 @@ def _part5(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
 # entry point
 
 
-def run(
-    run_dir: RunDir,
-    config: Sagun2017Config | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Run all five parts into ``run_dir`` (not finalized here) and return the headline.
+def _steps(cfg: Sagun2017Config) -> int:
+    return (
+        len(cfg.ks) * len(cfg.seeds) + int(cfg.digits) + len(cfg.width_sweep)
+        + len(cfg.data_sweep) + len(cfg.ggn_ks) + 3
+    )  # fmt: skip
 
-    Args:
-        run_dir: the run folder (created by the caller, e.g. with ``asdict(config)``).
-        config: the sizes and knobs (default :meth:`Sagun2017Config.smoke`).
-        progress: optional ``progress(description, fraction_done)``.
-        stages: where finished parts are saved, and loaded from on a second call instead
-            of re-run (:class:`~hesslab.experiments._stages.Parts`); ``None``: nothing is
-            saved.
+
+def _parts(cfg: Sagun2017Config) -> list[Part]:
+    """The five parts; part 4 reuses the models part 1 trained."""
+    return [
+        Part("part1", lambda c: _part1(c.cfg, c.run_dir, c.tick)),
+        Part("part2", lambda c: _part2(c.cfg, c.run_dir, c.tick)),
+        Part("part3", lambda c: _part3(c.cfg, c.run_dir, c.tick)),
+        Part("part4", lambda c: _part4(c.cfg, c.run_dir, c.tick, c.results["part1"]["models"])),
+        Part("part5", lambda c: _part5(c.cfg, c.run_dir, c.tick)),
+    ]
+
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """The headline of the five parts and their wall times.
 
     Returns:
         ``{"outliers": {k: count of the first seed}, "outliers_by_seed": {k: [counts]},
         "digits_outliers": int | None, "width_sweep": {...}, "data_sweep": {...},
         "ggn": {"overlap": {k: float}, ...}, "line": {"barrier": float, ...},
-        "claims": {section: holds}, "seconds": {part: float}}``.
-
-    References:
-        Sagun, Evci, Guney, Dauphin, Bottou (2017), "Empirical Analysis of the Hessian of
-        Over-Parametrized Neural Networks", arXiv:1706.04454.
+        "claims": {section: {claim: holds}}, "seconds": {part: float}}``.
     """
-    cfg = config or Sagun2017Config.smoke()
-    total = (
-        len(cfg.ks) * len(cfg.seeds) + int(cfg.digits) + len(cfg.width_sweep)
-        + len(cfg.data_sweep) + len(cfg.ggn_ks) + 3
-    )  # fmt: skip
-    tick = StepProgress(progress, total, logger=logger)
-    part = Parts(run_dir, stages, tick)
-    p1 = part("part1", lambda: _part1(cfg, run_dir, tick))
-    p2 = part("part2", lambda: _part2(cfg, run_dir, tick))
-    p3 = part("part3", lambda: _part3(cfg, run_dir, tick))
-    p4 = part("part4", lambda: _part4(cfg, run_dir, tick, p1["models"]))
-    p5 = part("part5", lambda: _part5(cfg, run_dir, tick))
-    seconds = dict(part.seconds)
-
-    for name, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
-    claims: dict[str, bool | None] = {}
-    for c in run_dir.claims:  # a section may hold several claims: number them
-        key, i = c["section"], 2
-        while key in claims:
-            key, i = f"{c['section']} ({i})", i + 1
-        claims[key] = c["holds"]
-    result = {
+    seconds = ctx.record_part_seconds()
+    p1 = ctx.results["part1"]
+    return {
         "outliers": {k: v[0] for k, v in p1["counts"].items()},
         "outliers_by_seed": p1["counts"],
         "outlier_bounds": p1["bounds"],
         "outlier_verdict": p1["verdict"],
         "digits_outliers": None if p1["digits"] is None else p1["digits"]["outliers"],
-        "width_sweep": p2,
-        "data_sweep": p3,
-        "ggn": p4,
-        "line": p5,
-        "claims": claims,
+        "width_sweep": ctx.results["part2"],
+        "data_sweep": ctx.results["part3"],
+        "ggn": ctx.results["part4"],
+        "line": ctx.results["part5"],
+        "claims": ctx.claims,
         "seconds": seconds,
-        "config": asdict(cfg),
+        "config": asdict(ctx.cfg),
     }
-    run_dir.flush()
-    return result
+
+
+_SPEC_TEXT = {
+    "paper": (
+        "Sagun, Evci, Guney, Dauphin, Bottou (2017), Empirical Analysis of the Hessian "
+        "of Over-Parametrized Neural Networks"
+    ),
+    "arxiv": "1706.04454",
+    "smoke_seconds": SMOKE_SECONDS,
+    "parts": _parts,
+    "summary": _summary,
+    "steps": _steps,
+}
+
+#: ``sagun2017``: the authors' setup. Reference: Sagun, Evci, Guney, Dauphin, Bottou
+#: (2017), "Empirical Analysis of the Hessian of Over-Parametrized Neural Networks",
+#: arXiv:1706.04454.
+SPEC = Experiment(
+    name="sagun2017",
+    title="Bulk and outliers of the Hessian (Sagun et al. 2017)",
+    description=(
+        "Exact Hessian spectra of small ReLU MLPs trained on Gaussian mixtures with k "
+        "classes (and an MLP on digits): a bulk near zero plus about k outliers; width "
+        "sweep (bulk grows, outliers stay), data sweep (outliers move), Gauss-Newton vs "
+        "Hessian outliers, and the line between small- and large-batch solutions."
+    ),
+    config_type=Sagun2017Config,
+    full_seconds=FULL_SECONDS,
+    **_SPEC_TEXT,
+)
+
+#: ``sagun2017-simplex``: the same analyses on the simplex-mixture variation.
+SIMPLEX_SPEC = Experiment(
+    name="sagun2017-simplex",
+    title="Bulk and outliers of the Hessian, simplex-mixture variation (Sagun et al. 2017)",
+    description=(
+        "The sagun2017 analyses on a variation of the authors' setup: 10-D Gaussian "
+        "mixtures with simplex means, hidden widths (20, 20), a fixed budget of 2,000 "
+        "GD steps instead of training to ‖∇L‖ ≤ 1e-4 on 2-D blobs."
+    ),
+    config_type=Sagun2017SimplexConfig,
+    full_seconds=SIMPLEX_FULL_SECONDS,
+    **_SPEC_TEXT,
+)
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size).
+run = SPEC.run
