@@ -388,8 +388,11 @@ def _overlap_at(
 def _train_and_track(
     cfg: Li2019Config, fraction: float, B: int, seed: int
 ) -> tuple[torch.nn.Module, tuple[Tensor, Tensor], dict[str, list[float]]]:
-    """SGD with batches of ``B`` drawn with replacement (:func:`hesslab.train.fit`); the
-    overlap is measured by a callback every ``measure_every`` steps and at the end."""
+    """SGD with batches of ``B`` drawn with replacement, tracking the overlap.
+
+    Trained by :func:`hesslab.train.fit`; the overlap is measured by a callback every
+    ``measure_every`` steps and at the end.
+    """
     data = _data(cfg, fraction)
     model = mlp(
         cfg.dim, cfg.widths, cfg.classes, activation="relu", seed=cfg.seed, dtype=_dtype(cfg)

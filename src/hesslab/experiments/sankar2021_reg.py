@@ -280,9 +280,9 @@ def train_with_penalty(
     lr_decay: float = 0.1,
     seed: int = 0,
 ) -> TrainOutcome:
-    """SGD with momentum on ``split.train`` with ``loss + penalty`` (the model is trained
-    in place; the batch order comes from ``torch.Generator().manual_seed(seed)``).
+    """SGD with momentum on ``split.train`` with ``loss + penalty``, in place.
 
+    The batch order comes from ``torch.Generator().manual_seed(seed)``. Trained by
     :func:`hesslab.train.fit` with ``penalty=``: the penalty reuses the minibatch loss of
     the step (``loss=``), so each step costs one forward pass plus the penalty's products.
     """

@@ -631,8 +631,9 @@ def _continue(
     iso_std: float,
     measure_at: set[int],
 ) -> dict[str, list[float]]:
-    """Continue ``mlp_steps`` updates of one process from ``start`` (:func:`fit`: SGD
-    draws batches with replacement, the others are full batch); measured by a callback.
+    """Continue ``mlp_steps`` updates of one process from ``start``, measured by a callback.
+
+    Trained by :func:`fit`: SGD draws batches with replacement, the others are full batch.
 
     A run whose weights turn non-finite records NaN from then on (fit stops it at the
     first non-finite loss; the remaining records are NaN, counted by the claims).
