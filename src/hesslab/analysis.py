@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -43,7 +42,7 @@ from torch import Tensor
 
 from hesslab import plot as hplot
 from hesslab.errors import ConfigurationError
-from hesslab.io import Checkpoint, atomic_torch_save
+from hesslab.io import Checkpoint
 from hesslab.linalg.density import wasserstein1
 from hesslab.measures.spectrum import OutlierCount
 from hesslab.objective import Objective
@@ -54,6 +53,7 @@ from hesslab.operators.hessian import HessianOperator
 from hesslab.quantities import Settings, measure
 from hesslab.report import plots
 from hesslab.report.run import RunDir
+from hesslab.stages import StageStore
 
 __all__ = [
     "DEFAULT_PARTS",
@@ -153,64 +153,6 @@ def _record_eigen(run: RunDir, section: str, name: str, res: Any) -> None:
 
 def _gen(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
-
-
-class StageStore:
-    """Finished stages and solver checkpoints of one resumable job, in one folder.
-
-    ``store.run("eig_top", lambda ckpt: eigenpairs(..., checkpoint=ckpt))`` returns the
-    saved result when ``<folder>/eig_top.done.pt`` exists; otherwise it calls the
-    function with the solver checkpoint ``<folder>/eig_top.pt`` (a
-    :class:`~hesslab.io.Checkpoint`, or ``None`` for a store without folder), saves the
-    result atomically and returns it. Every saved stage carries ``key`` (what identifies
-    the job, e.g. its configuration); a stage saved under another key raises
-    :class:`~hesslab.errors.ConfigurationError`.
-
-    Args:
-        folder: where the files go (created when needed); ``None`` stores nothing.
-        key: JSON-like description of the job; compared on every load.
-        writable: ``False`` reads finished stages and solver checkpoints but never writes
-            or removes anything: the non-zero ranks of a torchrun job, which compute the
-            same stages as rank 0 and resume from what rank 0 wrote.
-    """
-
-    def __init__(
-        self, folder: str | os.PathLike[str] | None, key: Any = None, *, writable: bool = True
-    ) -> None:
-        self.folder = None if folder is None else Path(folder)
-        self.key = key
-        self.writable = writable
-
-    def checkpoint(self, stage: str) -> Checkpoint | None:
-        """The solver checkpoint of ``stage`` (``None`` without folder)."""
-        if self.folder is None:
-            return None
-        if self.writable:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        return Checkpoint(self.folder / f"{stage}.pt", self.writable)
-
-    def load(self, stage: str) -> tuple[bool, Any]:
-        """``(True, result)`` when ``stage`` was finished, else ``(False, None)``."""
-        if self.folder is None or not (self.folder / f"{stage}.done.pt").exists():
-            return False, None
-        path = self.folder / f"{stage}.done.pt"
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved.get("key") != self.key:
-            raise ConfigurationError(
-                f"{path} belongs to a job with another configuration; resume with the "
-                f"configuration it was written with, or delete {self.folder} to start afresh"
-            )
-        return True, saved["result"]
-
-    def run(self, stage: str, fn: Callable[[Checkpoint | None], T]) -> T:
-        """The result of ``stage``: loaded when finished before, else computed and saved."""
-        done, result = self.load(stage)
-        if done:
-            return result
-        result = fn(self.checkpoint(stage))
-        if self.folder is not None and self.writable:
-            atomic_torch_save(self.folder / f"{stage}.done.pt", {"key": self.key, "result": result})
-        return result
 
 
 def _identity(op: LinearOperator) -> LinearOperator:
