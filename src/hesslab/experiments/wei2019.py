@@ -48,9 +48,10 @@ the minimum (Adam, then full-batch GD to ``‖∇L‖`` ≈ 1e-6), then continue
 same total power (``σ² = tr C_B / P``, ``"sgd"`` convention), (d) GD + Gaussian noise
 with covariance ``C_B`` from per-sample gradients
 (:class:`~hesslab.train.optim.HessianShapedNoiseGD`). Tracked: exact ``Tr H`` and
-``Σ_{i≤r} log λᵢ`` of the dense Hessian (``P ≤ dense_max``; otherwise
-:func:`hesslab.trace` with its stderr and :func:`hesslab.logdet`). The injected noise
-covariance is measured (trace of the empirical covariance of many draws vs ``tr C_B``).
+``Σ_{i≤r} log λᵢ`` of the dense Hessian (``eigenpairs(method="auto")``: dense up to
+``P = 2000``; otherwise :func:`hesslab.trace` with its stderr and
+:func:`hesslab.logdet`). The injected noise covariance is measured (trace of the
+empirical covariance of many draws vs ``tr C_B``).
 
 Claims are decided with standard errors over runs (:mod:`hesslab.experiments._claims`):
 "falls" holds only when the mean decrease exceeds ``z_holds`` (3) standard errors over
@@ -88,9 +89,11 @@ from hesslab.experiments._claims import (
     decide_estimate,
     record,
 )
+from hesslab.linalg.lanczos import use_dense
 from hesslab.models import mlp
 from hesslab.objective import Objective
 from hesslab.operators import hessian
+from hesslab.quantities import Settings, measure
 from hesslab.report import plots
 from hesslab.report.run import RunDir
 from hesslab.train import fit
@@ -149,7 +152,8 @@ class Wei2019Config:
         mlp_measure: number of measurements over the continued steps (plus the start).
         mlp_runs: independent continuations per process (noise seeds).
         mlp_logdet_rank: ``r`` of ``Σ_{i≤r} log λᵢ``.
-        dense_max: largest ``P`` for dense Hessians (else Krylov trace + Lanczos logdet).
+        dense_max: largest ``P`` for the dense Hessian of part 3's cosine(H, C_B) (the
+            tracked ``Tr H`` and logdet follow ``eigenpairs(method="auto")``).
         noise_draws: draws used to measure the injected covariance.
         z_holds: a change "holds" when it exceeds this many standard errors.
         dtype: ``"float64"`` (default) or ``"float32"``.
@@ -566,23 +570,19 @@ def _mlp_data(cfg: Wei2019Config) -> tuple[Tensor, Tensor]:
 
 
 def _measure(cfg: Wei2019Config, model: torch.nn.Module, data, seed: int) -> dict[str, float]:
-    H = hessian(model, "mse", data)
-    P, r = H.shape[0], cfg.mlp_logdet_rank
-    if P <= cfg.dense_max:
-        A = H.to_dense().to(torch.float64)
-        w = torch.linalg.eigvalsh((A + A.T) / 2)
-        top = w[-r:]
-        return {
-            "trace": float(w.sum()),
-            "trace_se": 0.0,
-            "logdet": float(torch.log(top.clamp_min(1e-300)).sum()),
-            "lambda_max": float(w[-1]),
-        }
-    from hesslab.linalg.logdet import logdet
-    from hesslab.linalg.trace import trace
+    """``Tr H``, ``Σ_{i≤r} log λᵢ`` and ``λ_max`` of the MSE Hessian at ``model``.
 
-    t = trace(H, num_matvecs=96, generator=_gen(seed))
-    ld = logdet(H, r, generator=_gen(seed + 1))
+    The top ``r`` eigenvalues come from ``eigenpairs(method="auto")``: dense ``eigh`` for
+    small ``P`` (then the trace is exact too: ``P`` unit-vector products, stderr 0), else
+    Lanczos (then the trace is the Krylov estimate with its stderr).
+    """
+    H = hessian(model, "mse", data)
+    r = min(cfg.mlp_logdet_rank, H.shape[0])
+    s = Settings(k=r, tol=1e-8, method="auto", return_vectors=False, num_matvecs=96)
+    top = measure("top_k", H, s, _gen(seed + 1))
+    method = "exact" if top.method == "dense" else "krylov"
+    t = measure("trace", H, s.replace(trace_method=method), _gen(seed))
+    ld = measure("logdet", H, s.replace(given={"top_k": top}))
     return {
         "trace": t.value,
         "trace_se": t.stderr,
@@ -792,7 +792,7 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
             steps,
             s_tr,
             title="MLP: Tr H",
-            ylabel="Tr H (exact)" if P <= cfg.dense_max else "Tr H (krylov)",
+            ylabel="Tr H (exact)" if use_dense(P, cfg.mlp_logdet_rank) else "Tr H (krylov)",
         ),
         caption="Tr H vs steps per optimizer (mean ± stderr over noise seeds). "
         "Expected: GD flat, SGD and H-shaped fall.",
