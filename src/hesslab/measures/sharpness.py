@@ -223,36 +223,16 @@ def epsilon_sharpness(
         Keskar et al. (2017), arXiv:1609.04836, Metric 2.1.
     """
     t0 = time.perf_counter()
-    eps = float(eps)
-    if not (math.isfinite(eps) and eps > 0):
-        raise ConfigurationError(f"eps must be a positive number, got {eps!r}")
-    if int(steps) < 0:
-        raise ConfigurationError(f"steps must be non-negative, got {steps}")
-    lr = (0.25 if box else 1.0) if lr is None else float(lr)
-    if not (math.isfinite(lr) and lr > 0):
-        raise ConfigurationError(f"lr must be a positive number, got {lr!r}")
+    eps, lr = _check_ascent(eps, steps, lr, box)
     theta = objective.flat_params().detach()
     radius = eps * (theta.abs() + 1.0) if box else None
-
-    def project(d: Tensor) -> Tensor:
-        if box:
-            return torch.maximum(torch.minimum(d, radius), -radius)
-        n = float(d.norm())
-        return d * (eps / n) if n > eps else d
-
     base, grad = _value_and_grad(objective, theta)
     n_grad = 1
     delta = torch.zeros_like(theta)
     losses = [base]
     best, best_delta = base, delta
     if random_start:
-        gen = _check_generator(generator)
-        if box:
-            u = torch.rand(theta.shape, generator=gen, dtype=torch.float64)
-            delta = ((2 * u - 1).to(theta) * radius) / 2
-        else:
-            z = torch.randn(theta.shape, generator=gen, dtype=torch.float64).to(theta)
-            delta = z * (eps / 2 / float(z.norm()))
+        delta = _random_start(theta, eps, radius, _check_generator(generator))
         cur, grad = _value_and_grad(objective, theta + delta)
         n_grad += 1
         losses.append(cur)
@@ -261,14 +241,10 @@ def epsilon_sharpness(
     stopped = "steps"
     taken = 0
     for step in range(int(steps)):
-        if box:
-            delta = project(delta + lr * radius * torch.sign(grad))
-        else:
-            gn = float(grad.norm())
-            if gn == 0.0 or not math.isfinite(gn):
-                stopped = "zero gradient" if gn == 0.0 else "non-finite gradient"
-                break
-            delta = project(delta + (lr * eps / gn) * grad)
+        delta, why = _ascent_step(delta, grad, eps, lr, radius)
+        if why is not None:
+            stopped = why
+            break
         cur, grad = _value_and_grad(objective, theta + delta)
         n_grad += 1
         taken += 1
@@ -290,6 +266,47 @@ def epsilon_sharpness(
         seconds=time.perf_counter() - t0,
         info={"lr": lr, "random_start": bool(random_start), "stopped": stopped},
     )
+
+
+def _check_ascent(eps: float, steps: int, lr: float | None, box: bool) -> tuple[float, float]:
+    """Validated ``(eps, lr)`` of :func:`epsilon_sharpness` (``lr``'s default per set)."""
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps > 0):
+        raise ConfigurationError(f"eps must be a positive number, got {eps!r}")
+    if int(steps) < 0:
+        raise ConfigurationError(f"steps must be non-negative, got {steps}")
+    lr = (0.25 if box else 1.0) if lr is None else float(lr)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigurationError(f"lr must be a positive number, got {lr!r}")
+    return eps, lr
+
+
+def _random_start(theta: Tensor, eps: float, radius: Tensor | None, gen: torch.Generator) -> Tensor:
+    """A uniform point of the half box (``radius`` given), else of the sphere ``‖δ‖ = ε/2``."""
+    if radius is not None:
+        u = torch.rand(theta.shape, generator=gen, dtype=torch.float64)
+        return ((2 * u - 1).to(theta) * radius) / 2
+    z = torch.randn(theta.shape, generator=gen, dtype=torch.float64).to(theta)
+    return z * (eps / 2 / float(z.norm()))
+
+
+def _ascent_step(
+    delta: Tensor, grad: Tensor, eps: float, lr: float, radius: Tensor | None
+) -> tuple[Tensor, str | None]:
+    """One projected ascent step on ``δ``, or ``(δ, why)`` when the ball's step is undefined.
+
+    Box (``radius`` given): ``clip(δ + lr·r⊙sign(g), −r, r)``. Ball:
+    ``Π_ε(δ + lr·ε·g/‖g‖)``; a zero or non-finite gradient stops the ascent.
+    """
+    if radius is not None:
+        d = delta + lr * radius * torch.sign(grad)
+        return torch.maximum(torch.minimum(d, radius), -radius), None
+    gn = float(grad.norm())
+    if gn == 0.0 or not math.isfinite(gn):
+        return delta, "zero gradient" if gn == 0.0 else "non-finite gradient"
+    d = delta + (lr * eps / gn) * grad
+    n = float(d.norm())
+    return (d * (eps / n) if n > eps else d), None
 
 
 # --------------------------------------------------------------------------- invariants
