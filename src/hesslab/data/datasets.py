@@ -442,23 +442,7 @@ def gaussian_mixture(
     if means == "auto":
         means = "simplex" if dim >= num_classes - 1 else "random"
     rng = np.random.default_rng(seed)
-    if means == "simplex":
-        if dim < num_classes - 1:
-            raise ConfigurationError(
-                f"a simplex of {num_classes} means needs dim >= {num_classes - 1}, got dim="
-                f"{dim}; raise dim or pass means='random'."
-            )
-        mu = np.zeros((num_classes, dim))
-        mu[:, : num_classes - 1] = _simplex(num_classes) * separation
-        q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
-        q = q * np.sign(np.diag(r))  # Haar-distributed rotation
-        mu = mu @ q.T
-    elif means == "random":
-        d = rng.standard_normal((num_classes, dim))
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
-        mu = d * separation / math.sqrt(2.0)
-    else:
-        raise ConfigurationError(f"means must be 'auto', 'simplex' or 'random', got {means!r}.")
+    mu = _mixture_means(num_classes, dim, separation, means, rng)
     y = np.repeat(np.arange(num_classes), num_per_class)
     x = mu[y] + spread * rng.standard_normal((y.size, dim))
     return _split_and_pack(
@@ -478,6 +462,28 @@ def gaussian_mixture(
             "separation": separation,
         },
     )
+
+
+def _mixture_means(
+    num_classes: int, dim: int, separation: float, means: str, rng: np.random.Generator
+) -> np.ndarray:
+    """The ``[k, d]`` class means of :func:`gaussian_mixture` (``means`` simplex or random)."""
+    if means == "simplex":
+        if dim < num_classes - 1:
+            raise ConfigurationError(
+                f"a simplex of {num_classes} means needs dim >= {num_classes - 1}, got dim="
+                f"{dim}; raise dim or pass means='random'."
+            )
+        mu = np.zeros((num_classes, dim))
+        mu[:, : num_classes - 1] = _simplex(num_classes) * separation
+        q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+        q = q * np.sign(np.diag(r))  # Haar-distributed rotation
+        return mu @ q.T
+    if means == "random":
+        d = rng.standard_normal((num_classes, dim))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        return d * separation / math.sqrt(2.0)
+    raise ConfigurationError(f"means must be 'auto', 'simplex' or 'random', got {means!r}.")
 
 
 def _sklearn_split(
