@@ -176,9 +176,9 @@ def test_analyze_resume_after_interruption_gives_the_same_numbers(tmp_path, monk
 
     # resuming must not recompute the finished stages: the eigensolver is not called
     monkeypatch.setattr(density_mod, "lanczos_quadrature", real)
-    import hesslab.analysis as analysis_mod
+    import hesslab.quantities as quantities_mod  # analyze's eigensolves go through it
 
-    real_eigenpairs = analysis_mod.eigenpairs
+    real_eigenpairs = quantities_mod.eigenpairs
     solved = []
 
     def no_eigenpairs(*a, **kw):
@@ -186,7 +186,7 @@ def test_analyze_resume_after_interruption_gives_the_same_numbers(tmp_path, monk
         assert kw["checkpoint"].path.stem not in ("eig_top", "eig_bottom"), "finished stage reran"
         return real_eigenpairs(*a, **kw)
 
-    monkeypatch.setattr(analysis_mod, "eigenpairs", no_eigenpairs)
+    monkeypatch.setattr(quantities_mod, "eigenpairs", no_eigenpairs)
     calls["n"] = 0
     monkeypatch.setattr(density_mod, "lanczos_quadrature", interrupting)  # counts calls
     calls["n"] = -10  # never reaches 2 again

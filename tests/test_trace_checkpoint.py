@@ -117,7 +117,7 @@ def test_changed_input_blocks_are_refused(tmp_path):
 
 def test_analyze_resumes_an_interrupted_trace_stage(tmp_path, monkeypatch):
     """``hesslab analyze`` stopped inside the trace stage: the resume reuses its products."""
-    import hesslab.analysis as analysis_mod
+    import hesslab.quantities as analysis_mod  # analyze measures through it
     from hesslab.cli import main
 
     from .test_resume_density import _analyze_argv, _numbers, _only_dir
