@@ -227,45 +227,49 @@ def epsilon_sharpness(
     theta = objective.flat_params().detach()
     radius = eps * (theta.abs() + 1.0) if box else None
     base, grad = _value_and_grad(objective, theta)
-    n_grad = 1
     delta = torch.zeros_like(theta)
-    losses = [base]
-    best, best_delta = base, delta
+    seen = _Ascent(base, delta)
     if random_start:
         delta = _random_start(theta, eps, radius, _check_generator(generator))
         cur, grad = _value_and_grad(objective, theta + delta)
-        n_grad += 1
-        losses.append(cur)
-        if cur > best:
-            best, best_delta = cur, delta
-    stopped = "steps"
-    taken = 0
+        seen.add(cur, delta)
+    stopped, taken = "steps", 0
     for step in range(int(steps)):
         delta, why = _ascent_step(delta, grad, eps, lr, radius)
         if why is not None:
             stopped = why
             break
         cur, grad = _value_and_grad(objective, theta + delta)
-        n_grad += 1
+        seen.add(cur, delta)
         taken += 1
-        losses.append(cur)
-        if cur > best:
-            best, best_delta = cur, delta
         if callback is not None:
             callback(step + 1, cur)
     return SharpnessResult(
-        value=(best - base) / (1.0 + base),
+        value=(seen.best - base) / (1.0 + base),
         loss=base,
-        max_loss=best,
+        max_loss=seen.best,
         eps=eps,
         box=bool(box),
         num_steps=taken,
-        distance=float(best_delta.norm()),
-        losses=tuple(losses),
-        num_gradients=n_grad,
+        distance=float(seen.best_delta.norm()),
+        losses=tuple(seen.losses),
+        num_gradients=len(seen.losses),
         seconds=time.perf_counter() - t0,
         info={"lr": lr, "random_start": bool(random_start), "stopped": stopped},
     )
+
+
+class _Ascent:
+    """The losses of an ascent (one per gradient) and the best point ``δ`` seen so far."""
+
+    def __init__(self, loss: float, delta: Tensor) -> None:
+        self.losses, self.best, self.best_delta = [loss], loss, delta
+
+    def add(self, loss: float, delta: Tensor) -> None:
+        """Record the loss at ``θ + δ``; keep ``δ`` if it is the largest so far."""
+        self.losses.append(loss)
+        if loss > self.best:
+            self.best, self.best_delta = loss, delta
 
 
 def _check_ascent(eps: float, steps: int, lr: float | None, box: bool) -> tuple[float, float]:
