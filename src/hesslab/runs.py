@@ -147,6 +147,12 @@ class Run:
             f"{len(self.arrays)} arrays)"
         )
 
+    def _repr_html_(self) -> str:
+        """HTML table of the run's status, sizes and first scalars (Jupyter)."""
+        from hesslab import display
+
+        return display.html_table(self, display.run_rows(self))
+
 
 def _decode(x: Any) -> Any:
     return as_float(x) if isinstance(x, str) and x in _NONFINITE else x
