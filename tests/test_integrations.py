@@ -66,7 +66,19 @@ def _hf_run(tmp_path, with_callback: bool):
         save_strategy="no",
         disable_tqdm=True,
     )
+
+    class Reporter(transformers.TrainerCallback):
+        """What a reporting integration (TensorBoardCallback, W&B, ...) receives: on_log."""
+
+        def __init__(self):
+            self.logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append((state.global_step, dict(logs or {})))
+
     trainer = transformers.Trainer(model=model, args=args, train_dataset=DS())
+    trainer.reporter = Reporter()
+    trainer.add_callback(trainer.reporter)
     path = tmp_path / "hf.jsonl"
     if with_callback:
         analysis = [{"input_ids": ids[:8]}]
@@ -86,6 +98,10 @@ def test_hf_trainer_callback_logs_and_changes_nothing(tmp_path):
     logged = [h for h in trainer.state.log_history if "hessian/lambda/1" in h]
     assert [h["step"] for h in logged] == [3, 6]
     assert logged[-1]["hessian/lambda/1"] == pytest.approx(records[-1]["lambda/1"])
+    # the trainer's reporting integrations get the values through on_log
+    reported = [(step, logs) for step, logs in trainer.reporter.logs if "hessian/trace" in logs]
+    assert [step for step, _ in reported] == [3, 6]
+    assert reported[-1][1]["hessian/lambda/1"] == pytest.approx(records[-1]["lambda/1"])
     # the trainer's own log of steps 3 and 6 survives the callback's (Trainer.log clears
     # control.should_log; the callback restores it)
     assert [h["step"] for h in trainer.state.log_history if "loss" in h] == list(range(1, 7))

@@ -604,7 +604,7 @@ def _analyze_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, tor
 
 def _make_model(args: argparse.Namespace, data: Any) -> torch.nn.Module:
     """``--model``: a zoo name (sizes from the data, ``--model-option`` s) or ``file.py:fn``."""
-    from hesslab.experiments.registry import _parse_value
+    from hesslab.experiments._base import parse_value
     from hesslab.models import MODELS, build_model
 
     options = {}
@@ -612,7 +612,7 @@ def _make_model(args: argparse.Namespace, data: Any) -> torch.nn.Module:
         key, sep, value = str(item).partition("=")
         if not sep:
             raise ConfigurationError(f"--model-option {item!r} must look like key=value")
-        options[key.strip()] = _parse_value(value.strip())
+        options[key.strip()] = parse_value(value.strip())
     if ":" not in args.model and args.model.lower().replace("-", "_") in MODELS:
         return build_model(args.model, data, **{"seed": args.seed, **options})
     if options:
