@@ -11,7 +11,10 @@ decomposition (:func:`~hesslab.operators.class_structure.class_structure`). When
 is small enough the exact spectrum (dense float64 ``eigh``) is computed too and every
 estimate is compared against it.
 
-``hesslab demo`` and ``hesslab analyze`` are thin wrappers around this function.
+Every part measures through the vocabulary of :mod:`hesslab.quantities`
+(:data:`PART_QUANTITIES` names the entries) and is timed by its results' own
+``seconds``. ``hesslab demo`` and ``hesslab analyze`` are thin wrappers around this
+function.
 
 Preemption: with ``checkpoint_dir``, every finished stage (an eigensolve, a trace
 estimate, the density, one layer, ...) is saved there as ``<stage>.done.pt`` and the

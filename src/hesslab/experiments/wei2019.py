@@ -48,9 +48,10 @@ the minimum (Adam, then full-batch GD to ``‖∇L‖`` ≈ 1e-6), then continue
 same total power (``σ² = tr C_B / P``, ``"sgd"`` convention), (d) GD + Gaussian noise
 with covariance ``C_B`` from per-sample gradients
 (:class:`~hesslab.train.optim.HessianShapedNoiseGD`). Tracked: exact ``Tr H`` and
-``Σ_{i≤r} log λᵢ`` of the dense Hessian (``P ≤ dense_max``; otherwise
-:func:`hesslab.trace` with its stderr and :func:`hesslab.logdet`). The injected noise
-covariance is measured (trace of the empirical covariance of many draws vs ``tr C_B``).
+``Σ_{i≤r} log λᵢ`` of the dense Hessian (``eigenpairs(method="auto")``: dense up to
+``P = 2000``; otherwise :func:`hesslab.trace` with its stderr and
+:func:`hesslab.logdet`). The injected noise covariance is measured (trace of the
+empirical covariance of many draws vs ``tr C_B``).
 
 Claims are decided with standard errors over runs (:mod:`hesslab.experiments._claims`):
 "falls" holds only when the mean decrease exceeds ``z_holds`` (3) standard errors over
@@ -71,7 +72,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,24 +80,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hesslab.data import balanced_subset, digits
-from hesslab.experiments._claims import Verdict, add_claim, decide, decide_equal, decide_estimate
-from hesslab.experiments._stages import Parts
-from hesslab.experiments.registry import ExperimentSpec
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import (
+    Verdict,
+    add_claim,
+    decide,
+    decide_equal,
+    decide_estimate,
+    record,
+)
+from hesslab.linalg.lanczos import use_dense
 from hesslab.models import mlp
 from hesslab.objective import Objective
 from hesslab.operators import hessian
+from hesslab.quantities import Settings, measure
 from hesslab.report import plots
-from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import fit
 from hesslab.train.optim import HessianShapedNoiseGD, NoisyGD, SGDNoiseSampler
 
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
-
 __all__ = [
     "FULL_SECONDS",
     "SMOKE_SECONDS",
+    "SPEC",
     "Wei2019Config",
     "run",
     "toy_hessian",
@@ -115,7 +121,6 @@ S1 = "1. Toy degenerate valley"
 S2 = "2. MLP on digits (non-realizable)"
 S3 = "3. Injected noise covariance"
 
-Progress = Callable[[str, float], None]
 OPTIMIZERS = ("GD", "SGD", "isotropic", "H-shaped")
 
 
@@ -147,7 +152,8 @@ class Wei2019Config:
         mlp_measure: number of measurements over the continued steps (plus the start).
         mlp_runs: independent continuations per process (noise seeds).
         mlp_logdet_rank: ``r`` of ``Σ_{i≤r} log λᵢ``.
-        dense_max: largest ``P`` for dense Hessians (else Krylov trace + Lanczos logdet).
+        dense_max: largest ``P`` for the dense Hessian of part 3's cosine(H, C_B) (the
+            tracked ``Tr H`` and logdet follow ``eigenpairs(method="auto")``).
         noise_draws: draws used to measure the injected covariance.
         z_holds: a change "holds" when it exceeds this many standard errors.
         dtype: ``"float64"`` (default) or ``"float32"``.
@@ -538,7 +544,8 @@ def _part1(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
             run_dir.add_scalar(
                 S1, "label-noise SGD: measured final Tr H", meas, res["SGD"]["trace_se"][-1]
             )
-            run_dir.add_claim(
+            record(
+                run_dir,
                 S1,
                 "depth 2: the D-ODE prediction dD/dk = −2η²s²D/(2 − ηλ) gives the mean "
                 "Tr H under label-noise SGD (within 15%)",
@@ -563,23 +570,19 @@ def _mlp_data(cfg: Wei2019Config) -> tuple[Tensor, Tensor]:
 
 
 def _measure(cfg: Wei2019Config, model: torch.nn.Module, data, seed: int) -> dict[str, float]:
-    H = hessian(model, "mse", data)
-    P, r = H.shape[0], cfg.mlp_logdet_rank
-    if P <= cfg.dense_max:
-        A = H.to_dense().to(torch.float64)
-        w = torch.linalg.eigvalsh((A + A.T) / 2)
-        top = w[-r:]
-        return {
-            "trace": float(w.sum()),
-            "trace_se": 0.0,
-            "logdet": float(torch.log(top.clamp_min(1e-300)).sum()),
-            "lambda_max": float(w[-1]),
-        }
-    from hesslab.linalg.logdet import logdet
-    from hesslab.linalg.trace import trace
+    """``Tr H``, ``Σ_{i≤r} log λᵢ`` and ``λ_max`` of the MSE Hessian at ``model``.
 
-    t = trace(H, num_matvecs=96, generator=_gen(seed))
-    ld = logdet(H, r, generator=_gen(seed + 1))
+    The top ``r`` eigenvalues come from ``eigenpairs(method="auto")``: dense ``eigh`` for
+    small ``P`` (then the trace is exact too: ``P`` unit-vector products, stderr 0), else
+    Lanczos (then the trace is the Krylov estimate with its stderr).
+    """
+    H = hessian(model, "mse", data)
+    r = min(cfg.mlp_logdet_rank, H.shape[0])
+    s = Settings(k=r, tol=1e-8, method="auto", return_vectors=False, num_matvecs=96)
+    top = measure("top_k", H, s, _gen(seed + 1))
+    method = "exact" if top.method == "dense" else "krylov"
+    t = measure("trace", H, s.replace(trace_method=method), _gen(seed))
+    ld = measure("logdet", H, s.replace(given={"top_k": top}))
     return {
         "trace": t.value,
         "trace_se": t.stderr,
@@ -628,8 +631,9 @@ def _continue(
     iso_std: float,
     measure_at: set[int],
 ) -> dict[str, list[float]]:
-    """Continue ``mlp_steps`` updates of one process from ``start`` (:func:`fit`: SGD
-    draws batches with replacement, the others are full batch); measured by a callback.
+    """Continue ``mlp_steps`` updates of one process from ``start``, measured by a callback.
+
+    Trained by :func:`fit`: SGD draws batches with replacement, the others are full batch.
 
     A run whose weights turn non-finite records NaN from then on (fit stops it at the
     first non-finite loss; the remaining records are NaN, counted by the claims).
@@ -690,7 +694,8 @@ def _mlp_claims(
             changes["isotropic"]["logdet_change"], rule="mean", direction="less", z=z
         ),
     }
-    run_dir.add_claim(
+    record(
+        run_dir,
         S2,
         "MLP: GD at the minimum keeps Tr H flat (relative change < 1e-3)",
         f"relative change {gd_rel:.2g} (GD is deterministic: one run) → "
@@ -787,7 +792,7 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
             steps,
             s_tr,
             title="MLP: Tr H",
-            ylabel="Tr H (exact)" if P <= cfg.dense_max else "Tr H (krylov)",
+            ylabel="Tr H (exact)" if use_dense(P, cfg.mlp_logdet_rank) else "Tr H (krylov)",
         ),
         caption="Tr H vs steps per optimizer (mean ± stderr over noise seeds). "
         "Expected: GD flat, SGD and H-shaped fall.",
@@ -849,7 +854,8 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
         "point vs tr C_B from dense per-sample gradients.",
     )
     ok = all(abs(t - trC) <= z * se for t, se in meas.values())
-    run_dir.add_claim(
+    record(
+        run_dir,
         S3,
         "the injected noise has the intended total power tr C_B (all three)",
         "; ".join(f"{k}: {t:.4g} ± {se:.2g}" for k, (t, se) in meas.items()) + f" vs {trC:.4g}",
@@ -869,42 +875,30 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
     }
 
 
-def run(
-    run_dir: RunDir,
-    config: Wei2019Config | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Run the toy valley (and the MLP part) into ``run_dir`` (not finalized here).
+def _parts(cfg: Wei2019Config) -> list[Part]:
+    """The toy valley, then (optionally) the MLP part with the injected-noise check."""
+    toy = Part("toy", lambda c: _part1(c.cfg, c.run_dir, c.tick))
+    return [toy, Part("mlp", lambda c: _part2(c.cfg, c.run_dir, c.tick))] if cfg.mlp else [toy]
 
-    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished part is
-    saved there and, on a second call with the same store, loaded instead of re-run
-    (``hesslab reproduce --resume``, :class:`~hesslab.experiments._stages.Parts`).
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """The parts' wall times.
 
     Returns:
         ``{"toy": {depth: {"changes": {process: {...}}, "claims": {...}}}, "mlp": {...} |
         None, "seconds": {...}, "config": {...}}``.
-
-    References:
-        Wei & Schwab (2019), "How noise affects the Hessian spectrum in overparameterized
-        neural networks", arXiv:1910.00195.
     """
-    cfg = config or Wei2019Config.smoke()
-    tick = StepProgress(progress, len(cfg.toy_depths) + (5 if cfg.mlp else 0), logger=logger)
-    part = Parts(run_dir, stages, tick)
-    toy = part("toy", lambda: _part1(cfg, run_dir, tick))
-    mlp_res = None
-    if cfg.mlp:
-        mlp_res = part("mlp", lambda: _part2(cfg, run_dir, tick))
-    seconds = dict(part.seconds)
-    for name, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
-    run_dir.flush()
-    return {"toy": toy, "mlp": mlp_res, "seconds": seconds, "config": asdict(cfg)}
+    seconds = ctx.record_part_seconds()
+    return {
+        "toy": ctx.results["toy"],
+        "mlp": ctx.results.get("mlp"),
+        "seconds": seconds,
+        "config": asdict(ctx.cfg),
+    }
 
 
 #: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
-SPEC = ExperimentSpec(
+SPEC = Experiment(
     name="wei2019",
     title="How noise shapes the Hessian in a degenerate valley (Wei & Schwab 2019)",
     paper=(
@@ -919,7 +913,15 @@ SPEC = ExperimentSpec(
         "SGD-like noise, log det of the non-degenerate block under isotropic noise, GD stays."
     ),
     config_type=Wei2019Config,
-    runner=run,
     smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
+    parts=_parts,
+    summary=_summary,
+    steps=lambda cfg: len(cfg.toy_depths) + (5 if cfg.mlp else 0),
 )
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size): the toy valley and the MLP
+#: part. Reference: Wei & Schwab (2019), "How noise affects the Hessian spectrum in
+#: overparameterized neural networks", arXiv:1910.00195.
+run = SPEC.run

@@ -59,6 +59,10 @@ Quantities (keys of :attr:`Measurement.values`; errors under the same key in
 ``grad_alignment``
     ``grad_alignment`` = ``||U_H^T g||^2 / ||g||^2`` for the full-batch gradient ``g``.
 
+Every operator quantity is measured through the vocabulary of :mod:`hesslab.quantities`
+(:data:`USES` names the entries each monitor quantity needs); the per-quantity
+``diagnostics["seconds"]`` and ``diagnostics["matvecs"]`` are the results' own.
+
 Warm starts: the top-``k`` Lanczos run is started from the previous eigenvectors. With
 ``compare_cold`` the same eigenproblem is also solved from a random start and both
 product counts (``diagnostics["matvecs"]["top_k"]`` and ``["top_k_cold"]``) and the
