@@ -218,7 +218,6 @@ class Experiment:
             parts replace the records).
         check: ``check(cfg)`` raises :class:`~hesslab.errors.ConfigurationError` on a
             config that cannot run, before anything is written.
-        default_smoke: a ``config=None`` run uses the smoke size (else the full size).
     """
 
     name: str
@@ -234,7 +233,6 @@ class Experiment:
     steps: Callable[[Any], float] | None = None
     setup: Callable[[Context], None] | None = None
     check: Callable[[Any], None] | None = None
-    default_smoke: bool = True
 
     def config_object(
         self,
@@ -285,11 +283,13 @@ class Experiment:
     def resolve(self, config: Mapping[str, Any] | Any | None) -> Any:
         """The config dataclass from a dict (as in ``config.json``), an instance or ``None``.
 
+        ``None`` gives the smoke size.
+
         Raises:
             ConfigurationError: unknown settings, or neither a dict nor the config type.
         """
         if config is None:
-            return self.config_type.smoke() if self.default_smoke else self.config_type.full()
+            return self.config_type.smoke()
         if isinstance(config, Mapping):
             known = {f.name for f in dataclasses.fields(self.config_type)}
             unknown = set(config) - known
@@ -321,7 +321,7 @@ class Experiment:
         Args:
             run_dir: the run folder, normally created with ``config`` as its config.
             config: a dict from :meth:`config`, the dataclass itself, or ``None`` (the
-                smoke size, or the full size where ``default_smoke`` is false).
+                smoke size).
             progress: optional ``progress(description, fraction_done)``.
             stages: where finished parts are saved and, on a second call with the same
                 store, loaded from instead of re-run (``hesslab reproduce --resume``; see
