@@ -47,7 +47,6 @@ from torch import nn
 from hesslab.data import digits
 from hesslab.experiments._base import Context, Experiment, Part
 from hesslab.experiments._claims import record
-from hesslab.linalg import eigenpairs, trace
 from hesslab.measures.sharpness import (
     epsilon_sharpness,
     layer_normalized_sharpness,
@@ -56,6 +55,7 @@ from hesslab.measures.sharpness import (
 from hesslab.models import lenet, mlp
 from hesslab.objective import Objective
 from hesslab.operators import hessian
+from hesslab.quantities import Settings, measure
 from hesslab.reparam import rescale_pair, scalable_layers
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
@@ -158,26 +158,15 @@ def _measures(
     obj = Objective(model, "ce", data)
     H = hessian(obj)
     seed = cfg.seed
-    lam = eigenpairs(
-        H,
-        1,
-        tol=cfg.lanczos_tol,
-        generator=torch.Generator().manual_seed(seed),
-        return_vectors=False,
-    )
-    tr = trace(H, cfg.trace_matvecs, generator=torch.Generator().manual_seed(seed + 1))
+    s = Settings(tol=cfg.lanczos_tol, return_vectors=False, num_matvecs=cfg.trace_matvecs)
+    lam = measure("lambda_max", H, s, torch.Generator().manual_seed(seed))
+    tr = measure("trace", H, s, torch.Generator().manual_seed(seed + 1))
     sharp = epsilon_sharpness(
         obj, cfg.eps, steps=cfg.sharpness_steps, generator=torch.Generator().manual_seed(seed + 2)
     )
     inv_op = scale_invariant_operator(H, obj.flat_params())
-    inv_tr = trace(inv_op, cfg.trace_matvecs, generator=torch.Generator().manual_seed(seed + 3))
-    inv_lam = eigenpairs(
-        inv_op,
-        1,
-        tol=cfg.lanczos_tol,
-        generator=torch.Generator().manual_seed(seed + 4),
-        return_vectors=False,
-    )
+    inv_tr = measure("trace", inv_op, s, torch.Generator().manual_seed(seed + 3))
+    inv_lam = measure("lambda_max", inv_op, s, torch.Generator().manual_seed(seed + 4))
     layers = layer_normalized_sharpness(
         obj,
         trace_method="krylov",

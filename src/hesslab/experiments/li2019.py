@@ -76,6 +76,7 @@ from hesslab.operators.base import FunctionOperator
 from hesslab.reparam import rescale
 from hesslab.report import plots
 from hesslab.report.run import RunDir
+from hesslab.train import fit
 
 __all__ = [
     "FULL_SECONDS",
@@ -83,7 +84,6 @@ __all__ = [
     "SPEC",
     "Li2019Config",
     "loss_at",
-    "minibatch_moment",
     "predicted_change",
     "run",
     "sampled_change",
@@ -217,23 +217,6 @@ def _dtype(cfg: Li2019Config) -> torch.dtype:
 def all_sample_gradients(objective: Objective) -> Tensor:
     """Per-sample gradients ``[P, N]`` of every data point (columns ``gᵢ``)."""
     return torch.cat([per_sample_gradients(objective, b) for b, _ in objective.batches()], 1)
-
-
-def minibatch_moment(G: Tensor, batch_size: int, replacement: bool = True) -> Tensor:
-    """Dense ``M_B = ḡḡᵀ + f·C`` from per-sample gradients ``G`` (``[P, N]``).
-
-    ``C = GGᵀ/N − ḡḡᵀ``; ``f = 1/B`` with replacement, ``(N − B)/(B(N − 1))`` without.
-
-    Raises:
-        ConfigurationError: ``batch_size`` outside ``1..N``.
-    """
-    N = G.shape[1]
-    if not 1 <= batch_size <= N:
-        raise ConfigurationError(f"batch_size must be between 1 and N={N}, got {batch_size}")
-    gbar = G.mean(1)
-    C = G @ G.T / N - torch.outer(gbar, gbar)
-    f = 1.0 / batch_size if replacement else ((N - batch_size) / (batch_size * (N - 1)))
-    return torch.outer(gbar, gbar) + f * C
 
 
 def predicted_change(
@@ -405,34 +388,30 @@ def _overlap_at(
 def _train_and_track(
     cfg: Li2019Config, fraction: float, B: int, seed: int
 ) -> tuple[torch.nn.Module, tuple[Tensor, Tensor], dict[str, list[float]]]:
+    """SGD with batches of ``B`` drawn with replacement, tracking the overlap.
+
+    Trained by :func:`hesslab.train.fit`; the overlap is measured by a callback every
+    ``measure_every`` steps and at the end.
+    """
     data = _data(cfg, fraction)
-    x, y = data
-    N = x.shape[0]
     model = mlp(
         cfg.dim, cfg.widths, cfg.classes, activation="relu", seed=cfg.seed, dtype=_dtype(cfg)
     )
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    g = _gen(seed)
-    rec: dict[str, list[float]] = {
-        "step": [],
-        "overlap": [],
-        "random": [],
-        "lambda_max": [],
-        "loss": [],
-    }
-    for step in range(cfg.steps + 1):
+    keys = ("step", "overlap", "random", "lambda_max", "loss")
+    rec: dict[str, list[float]] = {key: [] for key in keys}
+
+    def track(net: torch.nn.Module, step: int, info: dict[str, Any]) -> None:
         if step % cfg.measure_every == 0 or step == cfg.steps:
-            m = _overlap_at(model.eval(), data, B, cfg, seed + 7 * step)
+            m = _overlap_at(net, data, B, cfg, seed + 7 * step)
             rec["step"].append(step)
             for key, v in m.items():
                 rec[key].append(v)
-        if step == cfg.steps:
-            break
-        idx = torch.randint(0, N, (B,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-    return model.eval(), data, rec
+
+    res = fit(
+        model, data, optimizer="sgd", lr=cfg.lr, batch_size=B, sampling="replacement",
+        steps=cfg.steps, generator=_gen(seed), callbacks=track, chunk_size=None,
+    )  # fmt: skip
+    return res.model, data, rec
 
 
 def _part1(cfg: Li2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> dict[str, Any]:
@@ -533,9 +512,7 @@ def _part2(
         gbar = G.mean(1)
         H = hessian(obj).to_dense()
         H = 0.5 * (H + H.T)
-        M = minibatch_moment(G, B)
-        M_lib = gradient_moment(obj, kind="minibatch", batch_size=B).to_dense()
-        lib_err = float((M - M_lib).abs().max() / M.abs().max())
+        M = gradient_moment(obj, kind="minibatch", batch_size=B).to_dense()
         trHM = float((H * M.T).sum())
         trHM_s, trHM_se = _hm_trace_stochastic(H, M, cfg.pred_probes, cfg.seed + 31 * n)
         lmax = float(torch.linalg.eigvalsh(H)[-1])
@@ -550,7 +527,6 @@ def _part2(
             "trace_HM_exact": trHM,
             "trace_HM_hutchinson": trHM_s,
             "trace_HM_hutchinson_se": trHM_se,
-            "moment_library_rel_diff": lib_err,
             "lambda_max": lmax,
             "points": [],
         }

@@ -54,7 +54,6 @@ import copy
 import itertools
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -418,38 +417,28 @@ def _spectrum(
     Dense (exact, float64) when ``P <= cfg.dense_max`` or ``dense`` (bulk statistics
     need every eigenvalue); Lanczos top-``top`` otherwise.
     """
+    from hesslab.linalg.lanczos import eigenpairs
+
     make = hessian if which == "hessian" else ggn
     op = make(model, cfg.loss, data)
     P = op.shape[0]
-    t0 = time.perf_counter()
-    if dense or P <= cfg.dense_max:
-        A = op.to_dense()
-        A = (A + A.T) / 2
-        w, U = torch.linalg.eigh(A.to(torch.float64))
-        w, U = w.flip(0), U.flip(1)
-        out = {"values": w.cpu(), "method": "dense eigh", "exact": True}
-        if vectors:
-            out["vectors"] = U.cpu()
-    else:
-        from hesslab.linalg.lanczos import eigenpairs
-
-        k = min(P, top or cfg.digits_top)
-        res = eigenpairs(
-            op, k, which="largest", tol=cfg.lanczos_tol,
-            generator=torch.Generator().manual_seed(seed),
-            return_vectors=vectors,
-        )  # fmt: skip
-        out = {
-            "values": res.values.to(torch.float64).cpu(),
-            "method": f"lanczos top-{k} ({res.num_matvecs} matvecs, "
-            f"{int(res.converged.sum())}/{k} converged)",
-            "exact": False,
-            "converged": bool(res.converged.all()),
-        }
-        if vectors:
-            out["vectors"] = res.vectors.to(torch.float64).cpu()
+    exact = dense or P <= cfg.dense_max
+    k = P if exact else min(P, top or cfg.digits_top)
+    res = eigenpairs(
+        op, k, which="largest", tol=cfg.lanczos_tol, method="dense" if exact else "lanczos",
+        generator=torch.Generator().manual_seed(seed), return_vectors=vectors,
+    )  # fmt: skip
+    method = "dense eigh"
+    if not exact:
+        method = f"lanczos top-{k} ({res.num_matvecs} matvecs, "
+        method += f"{int(res.converged.sum())}/{k} converged)"
+    out = {"values": res.values.to(torch.float64).cpu(), "method": method, "exact": exact}
+    if not exact:
+        out["converged"] = bool(res.converged.all())
+    if vectors:
+        out["vectors"] = res.vectors.to(torch.float64).cpu()
     out["P"] = P
-    out["seconds"] = time.perf_counter() - t0
+    out["seconds"] = res.seconds
     return out
 
 

@@ -51,10 +51,8 @@ Measurements (final model, eval mode, the whole training set): trace by
 ``λ_max`` (and ``λ_min`` for ``wsbound-reg``) by Lanczos (``lanczos_tol``); the WS
 bound by :func:`hesslab.wolkowicz_styan` with estimated traces.
 
-Training loop: :func:`hesslab.train.fit` has callbacks but no hook for extra loss terms,
-so this module has its own small SGD loop (:func:`train_with_penalty`). A
-``loss_terms=[fn(model, batch, loss, step) -> Tensor]`` argument of ``fit`` (added to
-the minibatch loss before ``backward``) would let the penalties plug into ``fit``.
+Training: :func:`hesslab.train.fit` with ``penalty=`` (:func:`train_with_penalty`): the
+penalty is added to each minibatch loss before ``backward``, reusing its graph.
 
 Run: ``hesslab reproduce sankar2021-reg --smoke`` (one seed, under a minute on 2 cores)
 or ``hesslab reproduce sankar2021-reg`` (5 seeds); likewise ``wsbound-reg``.
@@ -71,7 +69,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -80,16 +77,15 @@ from hesslab.data.datasets import Split
 from hesslab.errors import ConfigurationError
 from hesslab.experiments._base import Context, Experiment, Part
 from hesslab.experiments._claims import Verdict, add_claim, all_of, decide
-from hesslab.linalg import eigenpairs, trace, wolkowicz_styan
 from hesslab.models import lenet
 from hesslab.operators import hessian
+from hesslab.quantities import Settings, measure
 from hesslab.report import plots
 from hesslab.report.run import RunDir
-from hesslab.train import evaluate
+from hesslab.train import evaluate, fit
 from hesslab.train.regularizers import (
     HessianTracePenalty,
     WSBoundPenalty,
-    differentiable_batch_norm,
 )
 
 __all__ = [
@@ -284,56 +280,43 @@ def train_with_penalty(
     lr_decay: float = 0.1,
     seed: int = 0,
 ) -> TrainOutcome:
-    """SGD with momentum on ``split.train`` with ``loss + penalty`` (the model is trained
-    in place; the batch order comes from ``torch.Generator().manual_seed(seed)``).
+    """SGD with momentum on ``split.train`` with ``loss + penalty``, in place.
 
-    The penalty reuses the minibatch loss of the loop (``loss=``), so each step costs one
-    forward pass plus the penalty's products.
+    The batch order comes from ``torch.Generator().manual_seed(seed)``. Trained by
+    :func:`hesslab.train.fit` with ``penalty=``: the penalty reuses the minibatch loss of
+    the step (``loss=``), so each step costs one forward pass plus the penalty's products.
     """
     t0 = time.perf_counter()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    gen = torch.Generator().manual_seed(int(seed))
-    x, y = split.train.x, split.train.y
-    n = x.shape[0]
-    step = 0
-    epoch_loss = []
-    model.train()
-    for epoch in range(int(epochs)):
-        if epoch in set(milestones):
-            for group in opt.param_groups:
-                group["lr"] *= lr_decay
-        perm = torch.randperm(n, generator=gen).to(x.device)
-        total = 0.0
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            xb, yb = x[idx], y[idx]
-            with differentiable_batch_norm():  # the penalty differentiates it thrice
-                loss = F.cross_entropy(model(xb), yb)
-            objective = loss
-            if penalty is not None:
-                objective = loss + penalty(model, (xb, yb), F.cross_entropy, step, loss=loss)
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            opt.step()
-            total += float(loss.detach()) * xb.shape[0]
-            step += 1
-        epoch_loss.append(total / n)
-        if not math.isfinite(epoch_loss[-1]):
-            logger.warning("training diverged at epoch %d", epoch)
-            break
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
+    res = fit(
+        model, split.train, optimizer="sgd", lr=lr, momentum=momentum,
+        batch_size=batch_size, epochs=int(epochs), milestones=milestones, gamma=lr_decay,
+        seed=int(seed), penalty=penalty, chunk_size=None, inplace=True,
+    )  # fmt: skip
     hist = penalty.history if penalty is not None else []
     return TrainOutcome(
-        model=model,
-        epoch_loss=tuple(epoch_loss),
+        model=res.model,
+        epoch_loss=_epoch_means(res.history, len(split.train), batch_size),
         penalty_values=tuple(r.value for r in hist),
         penalty_steps=tuple(r.step for r in hist),
         penalty_seconds=float(np.mean([r.seconds for r in hist])) if hist else 0.0,
         seconds=time.perf_counter() - t0,
-        steps=step,
+        steps=res.steps,
     )
+
+
+def _epoch_means(history: Sequence[dict[str, float]], n: int, batch_size: int) -> tuple:
+    """Mean minibatch loss per epoch, each batch weighted by its size (the last is short)."""
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    means, total, pos = [], 0.0, 0
+    for rec in history:
+        total += rec["loss"] * sizes[pos]
+        pos += 1
+        if pos == len(sizes):
+            means.append(total / n)
+            total, pos = 0.0, 0
+    if pos:  # a run stopped inside an epoch (diverged): its partial mean
+        means.append(total / n)
+    return tuple(means)
 
 
 def _make_penalty(cfg: Any, variant: str, seed: int, steps_per_epoch: int) -> Penalty | None:
@@ -359,13 +342,14 @@ def _make_penalty(cfg: Any, variant: str, seed: int, steps_per_epoch: int) -> Pe
 
 
 def _measure(cfg: Any, model: nn.Module, split: Split, seed: int, *, ws: bool) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    """``tr H`` and ``lambda_max`` (with ``ws``: ``lambda_min`` and the Wolkowicz–Styan
+    bounds) on the training split, and the accuracies; ``measure_seconds`` is the sum of
+    the curvature results' own ``seconds``."""
     H = hessian(model, "ce", split.train.tensors)
-    tr = trace(H, cfg.trace_matvecs, generator=torch.Generator().manual_seed(seed))
-    top = eigenpairs(
-        H, 1, "largest", tol=cfg.lanczos_tol, generator=torch.Generator().manual_seed(seed),
-        return_vectors=False,
-    )  # fmt: skip
+    s = Settings(tol=cfg.lanczos_tol, return_vectors=False, num_matvecs=cfg.trace_matvecs)
+    tr = measure("trace", H, s, torch.Generator().manual_seed(seed))
+    top = measure("lambda_max", H, s, torch.Generator().manual_seed(seed))
+    results = [tr, top]
     out: dict[str, Any] = {
         "trace": tr.value,
         "trace_stderr": tr.stderr,
@@ -373,13 +357,10 @@ def _measure(cfg: Any, model: nn.Module, split: Split, seed: int, *, ws: bool) -
         "lambda_max_converged": bool(top.converged.all()),
     }
     if ws:
-        low = eigenpairs(
-            H, 1, "smallest", tol=cfg.lanczos_tol, max_matvecs=cfg.min_matvecs,
-            generator=torch.Generator().manual_seed(seed), return_vectors=False,
-        )  # fmt: skip
-        b = wolkowicz_styan(
-            H, num_matvecs=cfg.trace_matvecs, generator=torch.Generator().manual_seed(seed)
-        )
+        s_low = s.replace(k=1, max_matvecs=cfg.min_matvecs)
+        low = measure("bottom", H, s_low, torch.Generator().manual_seed(seed))
+        b = measure("ws_bounds", H, s, torch.Generator().manual_seed(seed))
+        results += [low, b]
         out.update(
             lambda_min=float(low.values[0]),
             lambda_min_converged=bool(low.converged.all()),
@@ -390,7 +371,7 @@ def _measure(cfg: Any, model: nn.Module, split: Split, seed: int, *, ws: bool) -
     _, acc = evaluate(model, split.test)
     tl, ta = evaluate(model, split.train)
     out.update(test_accuracy=acc, train_accuracy=ta, train_loss=tl)
-    out["measure_seconds"] = time.perf_counter() - t0
+    out["measure_seconds"] = sum(float(r.seconds) for r in results)
     return out
 
 

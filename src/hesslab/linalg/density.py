@@ -16,7 +16,8 @@ Accuracy: for a single probe the error of the quadrature measure in the 1-Wasser
 distance is ``O(width / m)`` from the quadrature plus ``O(width / sqrt(P))`` from the
 probe; with ``P`` in the thousands one probe with many steps beats several probes with
 few steps at the same number of products, hence the defaults ``num_steps=90,
-num_probes=1``. Full reorthogonalization keeps the nodes free of ghost copies.
+num_probes=1``. Partial reorthogonalization (semi-orthogonal bases) keeps the nodes free
+of ghost copies.
 """
 
 from __future__ import annotations
@@ -233,7 +234,8 @@ def spectral_density(
     """Spectral density of a symmetric operator by stochastic Lanczos quadrature.
 
     Runs ``num_probes`` independent Lanczos recurrences of ``m = num_steps`` steps (one
-    block product of ``K`` columns per step), with full reorthogonalization, and keeps each
+    block product of ``K`` columns per step), with partial reorthogonalization (semi-
+    orthogonal bases, see :mod:`hesslab.linalg.quadrature`), and keeps each
     probe's Gauss quadrature rule (see the module docstring for the math).
 
     Deflation (``deflate = r > 0``): the top-``r`` eigenpairs by magnitude are computed

@@ -204,7 +204,7 @@ def eigenpairs(
     generator = resolve_generator(generator)
     basis = _basis(op, m, basis_device, basis_dir, basis_chunk)
     try:
-        start = _start_block(v0, P, b, generator, basis.device)
+        start = _start_block(v0, P, b, generator, basis.device, basis.dtype)
         solver = ThickRestartLanczos(
             op, k, which, tol=tol, block_size=b, max_matvecs=max_matvecs, basis=basis,
             start=start, generator=generator, callback=callback,
@@ -307,13 +307,21 @@ def _basis(
 
 
 def _start_block(
-    v0: Any, P: int, b: int, generator: torch.Generator, device: torch.device
+    v0: Any,
+    P: int,
+    b: int,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    """The float64 ``[P, b]`` start block: ``v0`` (normalized columns, summed for ``b = 1``,
-    grouped into ``b`` columns or padded with random ones) or ``b`` random columns."""
+    """The ``[P, b]`` start block: ``v0`` (float64, normalized columns, summed for
+    ``b = 1``, grouped into ``b`` columns or padded with random ones) or ``b`` random
+    Gaussian columns drawn directly in ``dtype`` (the basis dtype: no float64 draw and
+    conversion of ``P`` entries)."""
     f64 = torch.float64
     if v0 is None:
-        return draw_probes(P, b, distribution="gaussian", generator=generator, device=device)
+        gdev = generator.device
+        return torch.randn((P, b), generator=generator, dtype=dtype, device=gdev).to(device)
     X0 = as_block(v0, P, "v0").to(dtype=f64, device=device)
     norms = torch.linalg.vector_norm(X0, dim=0)
     X0 = X0[:, norms > 0] / norms[norms > 0]

@@ -1,7 +1,11 @@
 """Gauss quadrature rules of spectral measures by Lanczos: the SLQ recurrence.
 
-For a start vector ``v``, ``m`` Lanczos steps with full reorthogonalization give the
-tridiagonal ``T_m``; with ``T_m = S diag(theta) S^T`` the Gauss quadrature rule for the
+For a start vector ``v``, ``m`` Lanczos steps give the tridiagonal ``T_m`` (with partial
+reorthogonalization, Simon 1984: a full Gram–Schmidt only when the omega-recurrence of
+:class:`~hesslab.linalg.basis.OrthogonalityEstimate` says the basis would lose
+semi-orthogonality, ``|v_i^T v_j| > sqrt(eps)``; ``T_m`` is then the projection of ``A`` on
+an orthonormal basis of the Krylov space to ``O(eps ||A||)``, so its nodes carry no ghost
+copies); with ``T_m = S diag(theta) S^T`` the Gauss quadrature rule for the
 spectral measure ``mu_v = sum_i (u_i^T v)^2/||v||^2 delta_{lambda_i}`` has nodes
 ``theta`` and weights ``S[0, :]^2``, exact for polynomials of degree ``<= 2m - 1``
 (Golub & Welsch, 1969; Golub & Meurant, 2010, "Matrices, Moments and Quadrature").
@@ -22,7 +26,14 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError
-from hesslab.linalg.basis import BREAKDOWN_RTOL, Basis, col_norms, orthogonalize, owned
+from hesslab.linalg.basis import (
+    BREAKDOWN_RTOL,
+    Basis,
+    OrthogonalityEstimate,
+    col_norms,
+    orthogonalize,
+    owned,
+)
 from hesslab.operators.base import LinearOperator
 from hesslab.validation import require_symmetric
 
@@ -126,6 +137,8 @@ def _recurrences(
     beta = torch.zeros(K, m, dtype=f64)
     steps = torch.zeros(K, dtype=torch.long)
     active = [True] * K
+    orthos = [OrthogonalityEstimate(m, V0.dtype) for _ in range(K)]
+    tridiagonals = [torch.zeros(m, m, dtype=f64) for _ in range(K)]
     num_matvecs, normest = 0, 0.0
     for j in range(m):
         idx = [kk for kk in range(K) if active[kk]]
@@ -137,25 +150,55 @@ def _recurrences(
         num_matvecs += len(idx)
         if U is not None:
             _, Wa = orthogonalize(U, Wa)
-        wnorms = col_norms(Wa)
-        normest = max(normest, float(wnorms.max()))
+        normest = max(normest, float(col_norms(Wa).max()))
         for c, kk in enumerate(idx):
             w = Wa[:, c : c + 1].contiguous()
-            C, w = orthogonalize(bases[kk], w, j + 1, norms=wnorms[c : c + 1])
-            a = float(C[j, 0])
-            if U is not None:
-                _, w = orthogonalize(U, w)
+            T = tridiagonals[kk]
+            a, bnorm, w, omega = _three_term(bases[kk], orthos[kk], T, w, j, U, normest)
             alpha[kk, j], steps[kk] = a, j + 1
-            bnorm = float(col_norms(w)[0])
             beta[kk, j] = bnorm
             if j + 1 < m:
                 if bnorm <= BREAKDOWN_RTOL * max(normest, abs(a), 1e-300) or j + 1 >= P:
                     active[kk] = False
                 else:
                     bases[kk].put(j + 1, w.div_(bnorm))
+                    orthos[kk].set(j + 1, omega)
+                    T[j, j + 1] = T[j + 1, j] = bnorm
         if callback is not None:
             callback({"step": j + 1, "num_matvecs": num_matvecs})
     return _rules(alpha, beta, steps, m, num_matvecs)
+
+
+def _three_term(
+    basis: Basis,
+    ortho: OrthogonalityEstimate,
+    T: Tensor,
+    w: Tensor,
+    j: int,
+    U: Tensor | None,
+    normest: float,
+) -> tuple[float, float, Tensor, Tensor]:
+    """One Lanczos step with partial reorthogonalization (Simon 1984) on ``w = A v_j``:
+    ``alpha = v_j^T w``, ``w -= beta_{j-1} v_{j-1} + alpha v_j`` in one pass (and the
+    projection off ``U``); a full Gram–Schmidt against ``v_0..v_j`` only when the
+    omega-recurrence says the basis would lose semi-orthogonality. ``T`` (float64
+    ``[m, m]``) is the tridiagonal so far, updated with ``alpha``. Returns
+    ``(alpha, ||w||, w, omega)``, ``omega`` the new vector's estimates."""
+    a = float(basis.tmm(j + 1, w, start=j)[0, 0])
+    T[j, j] = a
+    lo = max(j - 1, 0)
+    basis.sub_mm_(j + 1, w, T[lo : j + 1, j : j + 1].to(dtype=w.dtype, device=w.device), start=lo)
+    if U is not None:
+        _, w = orthogonalize(U, w)
+    bnorm = float(col_norms(w)[0])
+    x = ortho.predict(T, j, j + 1, bnorm, max(normest, abs(a)))
+    if ortho.needs_full(x):
+        _, w = orthogonalize(basis, w, j + 1)
+        if U is not None:
+            _, w = orthogonalize(U, w)
+        bnorm = float(col_norms(w)[0])
+        x = ortho.full(x)
+    return a, bnorm, w, x
 
 
 def _rules(alpha: Tensor, beta: Tensor, steps: Tensor, m: int, num_matvecs: int) -> QuadratureRule:

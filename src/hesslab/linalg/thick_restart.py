@@ -16,13 +16,22 @@ selector of the newest block) gives every Ritz residual for free:
 (a thick restart: the kept block of ``H`` is diagonal, coupled to ``Q`` by ``R Y``), and
 the recurrence continues.
 
-Every new block is orthogonalized against the whole basis by
-:func:`~hesslab.linalg.basis.orthogonalize` (block classical Gram–Schmidt, repeated only
-when needed), so there are no ghost eigenvalues. The basis is kept in the operator's
-dtype (see :mod:`hesslab.linalg.basis`); ``H``, the Ritz values and residuals are float64
-on the CPU. Convergence is checked after every product (an ``eigh`` of the ``n x n``
-projected matrix, negligible next to a Hessian-vector product), which saves the matvecs a
-check at restarts only would waste.
+Orthogonality: single-vector Lanczos (``b = 1``) uses partial reorthogonalization
+(Simon 1984, :class:`~hesslab.linalg.basis.OrthogonalityEstimate`): each step removes
+only the couplings ``H`` already holds (the previous vector, or the kept Ritz vectors
+after a restart) and ``alpha v_s``, and tracks the loss of orthogonality with the
+omega-recurrence; a full Gram–Schmidt against the whole basis
+(:func:`~hesslab.linalg.basis.orthogonalize`, block classical, repeated only when needed)
+runs for two consecutive vectors whenever an estimate exceeds ``min(sqrt(eps), tol)``.
+The basis stays semi-orthogonal, so there are no ghost eigenvalues, and the true residuals
+of the Ritz vectors stay within ``~tol ||A||`` of the Ritz residuals. This reads the basis
+only at those steps: at P = 11M (float32) the vector work of a top-1 solve fell from
+1.3x to 0.4x of the product time (``bench/krylov_overhead.py``). Block Lanczos
+(``b > 1``) orthogonalizes every new block against the whole basis. The basis is kept in
+the operator's dtype (see :mod:`hesslab.linalg.basis`); ``H``, the Ritz values and
+residuals are float64 on the CPU. Convergence is checked after every product (an
+``eigh`` of the ``n x n`` projected matrix, negligible next to a Hessian-vector
+product), which saves the matvecs a check at restarts only would waste.
 
 The shape follows scipy's ARPACK wrapper (a reverse-communication object driven by a
 loop): :func:`~hesslab.linalg.lanczos.eigenpairs` checks its arguments, builds a
@@ -41,7 +50,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hesslab.linalg.basis import BREAKDOWN_RTOL, Basis, col_norms, orthogonalize, owned
+from hesslab.linalg.basis import (
+    BREAKDOWN_RTOL,
+    Basis,
+    OrthogonalityEstimate,
+    col_norms,
+    orthogonalize,
+    owned,
+)
 from hesslab.linalg.probes import draw_probes
 from hesslab.linalg.results import EigenResult
 from hesslab.operators.base import LinearOperator
@@ -107,6 +123,7 @@ class ThickRestartLanczos:
         start: Tensor,
         generator: torch.Generator,
         callback: Callable[[dict[str, Any]], None] | None = None,
+        reorthogonalization: str = "partial",
     ) -> None:
         self.op, self.k, self.which, self.tol = op, k, which, float(tol)
         self.b, self.max_matvecs, self.basis = block_size, max_matvecs, basis
@@ -119,6 +136,12 @@ class ThickRestartLanczos:
         self.prior_seconds, self.t0 = 0.0, time.perf_counter()
         self.done = self.full = False
         self._pending: dict[str, Any] = {}
+        partial = reorthogonalization == "partial" and self.b == 1
+        # a loss of orthogonality omega moves the true residuals of the Ritz vectors
+        # from the Ritz residuals by about omega ||A||: keep omega below tol as well
+        eps = torch.finfo(basis.dtype).eps
+        threshold = min(eps**0.5, self.tol)
+        self.ortho = OrthogonalityEstimate(self.m, basis.dtype, threshold) if partial else None
         X0 = start.to(dtype=basis.dtype, device=basis.device, copy=True)
         scale = float(col_norms(X0).max()) if X0.numel() else 0.0
         Q0, _, _ = self._new_block(X0, 0, min(self.b, self.P), scale)
@@ -146,19 +169,28 @@ class ThickRestartLanczos:
         self.steps += 1
         s, n, H = self.s, self.n, self.H
         W = self.apply(self.basis.cols(s, n))
-        norms = col_norms(W)
-        col_norm = float(norms.max())
-        C, W = orthogonalize(self.basis, W, n, norms=norms)
-        Cc = C.cpu()
-        H[:n, s:n] = Cc
-        H[s:n, :n] = Cc.T
-        blk = H[s:n, s:n].clone()
-        H[s:n, s:n] = 0.5 * (blk + blk.T)
+        if self.ortho is None:
+            norms = col_norms(W)
+            col_norm = float(norms.max())
+            C, W = orthogonalize(self.basis, W, n, norms=norms)
+            Cc = C.cpu()
+            H[:n, s:n] = Cc
+            H[s:n, :n] = Cc.T
+            blk = H[s:n, s:n].clone()
+            H[s:n, s:n] = 0.5 * (blk + blk.T)
+        else:
+            self._local_orthogonalize(W, s, n)
+        W, omega_q, beta = self._partial(W, s, n)
+        if self.ortho is not None:  # ||A v_s||^2 = ||H[:, s]||^2 + beta^2 (no extra pass)
+            col_norm = float(H[:n, s].square().sum().sqrt()) + (beta or 0.0)
         theta, Y = torch.linalg.eigh(H[:n, :n])
         self.normest = max(self.normest, float(theta.abs().max()))
-        Q, R, filled = self._new_block(W, n, min(self.b, self.P - n), max(self.normest, col_norm))
-        if filled and self.first_breakdown is None:
-            self.first_breakdown = self.steps
+        scale = max(self.normest, col_norm)
+        Q, R, filled = self._new_block(W, n, min(self.b, self.P - n), scale, beta=beta)
+        if filled:
+            omega_q = None if omega_q is None else torch.full_like(omega_q, self.ortho.eps)
+            if self.first_breakdown is None:
+                self.first_breakdown = self.steps
         R = R.cpu()
         res = (
             torch.linalg.vector_norm(R @ Y[s:n, :], dim=0)
@@ -167,8 +199,16 @@ class ThickRestartLanczos:
         )
         order = wanted_order(theta, self.which)
         conv = res[order[: self.k]] <= self.tol * self.normest
-        self._pending = {"theta": theta, "Y": Y, "Q": Q, "R": R, "res": res, "order": order}
+        self._pending = {
+            "theta": theta, "Y": Y, "Q": Q, "R": R, "res": res, "order": order,
+            "omega_q": omega_q,
+        }  # fmt: skip
         self._report(conv)
+        self._advance(conv, Q, R, omega_q)
+
+    def _advance(self, conv: Tensor, Q: Tensor, R: Tensor, omega_q: Tensor | None) -> None:
+        """Decide ``done`` / ``full``, or append the new block ``Q`` (coupled by ``R``)."""
+        s, n, H = self.s, self.n, self.H
         # after an invariant subspace, the Krylov space of the random continuation vector
         # gets as many steps as the first one took before convergence may be declared
         # (it may hold further copies of found eigenvalues, or larger ones)
@@ -180,9 +220,43 @@ class ThickRestartLanczos:
             self.basis.put(n, Q)
             H[n : n + bq, s:n] = R
             H[s:n, n : n + bq] = R.T
+            if omega_q is not None:
+                self.ortho.set(n, omega_q)
             self.s, self.n = n, n + bq
         else:
             self.full = True
+
+    def _local_orthogonalize(self, W: Tensor, s: int, n: int) -> None:
+        """Partial reorthogonalization's local step (single vector ``v_s``, ``n = s + 1``):
+        ``alpha = v_s^T W``, then in one pass ``W -= V[:, lo:n] [H[lo:s, s]; alpha]`` with
+        the couplings ``H`` holds (the previous vector, or the kept Ritz vectors after a
+        restart); ``H[s, s] = alpha``. (``alpha`` is taken before the couplings are
+        removed: it differs from ``v_s^T (W - V H[lo:s, s])`` by ``O(omega ||A||)``, below
+        the accuracy semi-orthogonality gives the projected matrix.)"""
+        H = self.H
+        nz = torch.nonzero(H[:s, s]).flatten()
+        lo = int(nz[0]) if nz.numel() else s
+        a = self.basis.tmm(n, W, start=s).cpu()
+        H[s:n, s:n] = a
+        D = H[lo:n, s:n].to(dtype=W.dtype, device=W.device)
+        self.basis.sub_mm_(n, W, D, start=lo)
+
+    def _partial(self, W: Tensor, s: int, n: int) -> tuple[Tensor, Tensor | None, float | None]:
+        """``(W, omega, beta)``: with partial reorthogonalization, the estimates ``omega``
+        of the new vector's inner products with the basis (after a full Gram–Schmidt when
+        they exceed the threshold) and ``beta = ||W||``; ``(W, None, None)`` without."""
+        if self.ortho is None:
+            return W, None, None
+        beta = float(col_norms(W)[0])
+        H = self.H
+        normest = max(self.normest, float(H[s, s].abs()))
+        x = self.ortho.predict(H, s, n, beta, normest)
+        if not self.ortho.needs_full(x):
+            return W, x, beta
+        # the removed components (below the threshold times beta) stay out of H, as in
+        # Simon's method: H keeps the structure the omega-recurrence models
+        _, W = orthogonalize(self.basis, W, n)
+        return W, self.ortho.full(x), None
 
     def _report(self, conv: Tensor) -> None:
         if self.callback is None:
@@ -209,6 +283,9 @@ class ThickRestartLanczos:
         nk = keep_count(self.k, n, self.m, self.b, int(conv.sum()))
         keep = p["order"][:nk]
         self.basis.restart(n, Y[:, keep])
+        if self.ortho is not None:
+            q = p["omega_q"]
+            self.ortho.restart(Y[:, keep], n, q if q is not None and Q.shape[1] else Y[:0, 0])
         bq = Q.shape[1]
         self.basis.put(nk, Q)
         H.zero_()
@@ -221,7 +298,9 @@ class ThickRestartLanczos:
         self.full = False
 
     # ------------------------------------------------------------- new blocks
-    def _new_block(self, W: Tensor, n: int, width: int, scale: float) -> tuple[Tensor, Tensor, int]:
+    def _new_block(
+        self, W: Tensor, n: int, width: int, scale: float, beta: float | None = None
+    ) -> tuple[Tensor, Tensor, int]:
         """Orthonormal block ``Q`` (``[P, <= width]``), ``R`` (float64) with ``W ~= Q R``,
         and the number of random columns added.
 
@@ -229,13 +308,14 @@ class ThickRestartLanczos:
         ``W`` with singular values below ``BREAKDOWN_RTOL * scale`` count as zero (an
         invariant subspace); they are replaced by random directions orthogonal to the
         basis and the kept ones (zero rows of ``R``), as long as the space has room.
+        ``beta``: the norm of a single column ``W`` if known.
         """
         bw = W.shape[1]
         if width <= 0:
             return W[:, :0], torch.zeros(0, bw, dtype=f64), 0
         thresh = BREAKDOWN_RTOL * scale
         if bw == 1:
-            beta = float(col_norms(W)[0])
+            beta = float(col_norms(W)[0]) if beta is None else beta
             if beta > thresh:
                 Q, R = W.div_(beta), torch.full((1, 1), beta, dtype=f64)
             else:
@@ -282,8 +362,13 @@ class ThickRestartLanczos:
         residuals = p["res"][wanted].clone()
         info: dict[str, Any] = {"block_size": self.b, "max_basis": self.m, "residual_kind": "ritz"}
         vectors = None
+        if self.ortho is not None:
+            info["reorthogonalization"] = "partial"
+            info["full_reorthogonalizations"] = self.ortho.full_count
         if return_vectors or true_residuals:
             X = self.basis.combine(self.n, p["Y"][:, wanted])
+            if self.ortho is not None and X.shape[1] == 1:
+                X = X / col_norms(X).to(X.dtype)
             if true_residuals:
                 AX = self.apply(X).to(f64)
                 vals = values.to(device=X.device)
@@ -323,6 +408,7 @@ class ThickRestartLanczos:
             "normest": self.normest,
             "generator": self.generator.get_state(),
             "seconds": self.seconds,
+            "ortho": None if self.ortho is None else self.ortho.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -335,5 +421,7 @@ class ThickRestartLanczos:
         self.normest = state["normest"]
         self.generator.set_state(state["generator"])
         self.prior_seconds = float(state.get("seconds", 0.0))
+        if self.ortho is not None and state.get("ortho") is not None:
+            self.ortho.load_state_dict(state["ortho"])
         self.t0 = time.perf_counter()
         self.done = self.full = False
