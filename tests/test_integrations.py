@@ -173,6 +173,30 @@ def test_build_monitor_takes_a_monitor_or_a_function(tmp_path):
         build_monitor(lambda: 3)
 
 
+def test_measure_quietly_measures_the_model_not_a_submodule_called_module(tmp_path):
+    from hesslab.integrations import measure_quietly
+
+    class Outer(nn.Module):  # e.g. a LightningModule wrapping self.module
+        def __init__(self):
+            super().__init__()
+            self.module = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+
+        def forward(self, x):
+            return 3.0 * self.module(x)
+
+    torch.manual_seed(0)
+    outer = Outer()
+    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    got = measure_quietly(_monitor((x, y), "ce", tmp_path / "a.jsonl"), outer, 3)
+    want = _monitor((x, y), "ce", tmp_path / "b.jsonl").step(outer, 3)
+    inner = _monitor((x, y), "ce", tmp_path / "c.jsonl").step(outer.module, 3)
+    assert got["lambda/1"] == pytest.approx(want["lambda/1"], rel=1e-6)
+    assert abs(inner["lambda/1"] - want["lambda/1"]) > 0.1 * want["lambda/1"]
+    wrapped = nn.DataParallel(outer)  # a real wrapper is unwrapped (CPU: no devices)
+    again = measure_quietly(_monitor((x, y), "ce", tmp_path / "d.jsonl"), wrapped, 3)
+    assert again["lambda/1"] == pytest.approx(want["lambda/1"], rel=1e-6)
+
+
 def test_missing_package_message(monkeypatch):
     import builtins
 
