@@ -422,19 +422,32 @@ def _finish(cfg: Sagun2017Config, res: Any, split: Split) -> Any:
         return res
     if cfg.finisher != "lbfgs":
         raise ConfigurationError(f"finisher must be 'none' or 'lbfgs', got {cfg.finisher!r}")
-    net = copy.deepcopy(res.model).train()
+    net = copy.deepcopy(res.model)
     x, y = split.train.tensors
     loss_fn = resolve_loss(cfg.loss)
-    params = [p for p in net.parameters() if p.requires_grad]
-
-    def closure() -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        value = loss_fn(net(x), y)
-        value.backward()
-        return value
-
     spent, chunk, last = 0, max(1, min(500, cfg.finisher_iters)), math.inf
     while spent < cfg.finisher_iters:  # restarts with a fresh history while progressing
+        made: list[torch.optim.LBFGS] = []
+        step = fit(
+            net, split.train, loss=cfg.loss, optimizer=_lbfgs(cfg, chunk, made),
+            batch_size=None, steps=1, inplace=True,
+        )  # fmt: skip
+        if not step.history:  # the loss turned non-finite: nothing to continue
+            break
+        value, opt = step.history[0]["loss"], made[0]
+        spent += max(1, int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", chunk)))
+        if float(_grad_norm_of(net, x, y, loss_fn)) <= cfg.grad_tol or value >= last:
+            break  # reached the criterion, or a restart made no progress (a kink)
+        last = value
+    done = fit(net, split, loss=cfg.loss, optimizer="gd", steps=0, grad_tol=cfg.grad_tol)
+    return dataclasses.replace(done, steps=res.steps + spent, stopped_by="lbfgs",
+                               seconds=res.seconds + done.seconds)  # fmt: skip
+
+
+def _lbfgs(cfg: Sagun2017Config, chunk: int, made: list) -> Callable:
+    """The finisher's L-BFGS factory for :func:`fit` (each optimizer made is appended)."""
+
+    def make(params: list) -> torch.optim.LBFGS:
         opt = torch.optim.LBFGS(
             params,
             lr=1.0,
@@ -444,16 +457,10 @@ def _finish(cfg: Sagun2017Config, res: Any, split: Split) -> Any:
             tolerance_grad=cfg.grad_tol / 10,
             tolerance_change=1e-30,
         )
-        value = float(opt.step(closure).detach())
-        spent += max(1, int(opt.state[params[0]].get("n_iter", chunk)))
-        if float(_grad_norm_of(net, x, y, loss_fn)) <= cfg.grad_tol or value >= last:
-            break  # reached the criterion, or a restart made no progress (a kink)
-        last = value
-    for p in params:
-        p.grad = None
-    done = fit(net, split, loss=cfg.loss, optimizer="gd", steps=0, grad_tol=cfg.grad_tol)
-    return dataclasses.replace(done, steps=res.steps + spent, stopped_by="lbfgs",
-                               seconds=res.seconds + done.seconds)  # fmt: skip
+        made.append(opt)
+        return opt
+
+    return make
 
 
 def _grad_norm_of(net: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable) -> Tensor:
