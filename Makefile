@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # one stamp per torch requirement, so `make TORCH=torch==2.14.1 test` installs that torch
 STAMP := $(VENV)/.hesslab-installed-$(subst =,,$(subst >,,$(subst <,,$(TORCH))))
 
-.PHONY: setup demo test test-slow test-numerics-alt lint docs bench bench-quick bench-all peers clean
+.PHONY: setup demo test test-slow test-numerics-alt lint docs bench bench-quick bench-all bench-scale bench-scale-quick peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,14 @@ bench: peers
 
 bench-quick: peers
 	$(BIN)/python bench/peers --quick
+
+# bench-scale: issue 14's table (ResNet-18, ViT-tiny, a 33M GPT-2 against the peers; about
+# 30 min on 2 free cores, results/scale.md); bench-scale-quick: small models (minutes).
+bench-scale: peers
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python bench/scale.py
+
+bench-scale-quick: peers
+	$(BIN)/python bench/scale.py --quick
 
 bench-all: bench
 	$(BIN)/python bench/hvp_cost.py

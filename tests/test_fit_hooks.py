@@ -67,11 +67,11 @@ def test_penalty_reproduces_a_hand_computed_step():
     )  # fmt: skip
     names = [name for name, _ in model.named_parameters()]
     params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
-    out = torch.func.functional_call(model, dict(zip(names, params)), data.x)
+    out = torch.func.functional_call(model, dict(zip(names, params, strict=True)), data.x)
     loss = F.mse_loss(out.squeeze(-1), data.y)
     term = c * loss**2 + gam * sum((p**2).sum() for p in params)
     grads = torch.autograd.grad(loss + term, params)
-    expect = torch.cat([(p - lr * g).reshape(-1) for p, g in zip(params, grads)])
+    expect = torch.cat([(p - lr * g).reshape(-1) for p, g in zip(params, grads, strict=True)])
     assert torch.allclose(_flat(res.model), expect.detach(), rtol=1e-12, atol=1e-14)
     assert steps_seen == [0]
     assert res.history[0]["penalty"] == pytest.approx(float(term.detach()), rel=1e-12)
@@ -125,7 +125,7 @@ def test_sampling_with_replacement_draws_from_the_generator():
     g = torch.Generator().manual_seed(5)
     expect = [torch.randint(0, n, (B,), generator=g).to(F64) for _ in range(res.steps)]
     assert len(model.seen) == res.steps
-    assert all(torch.equal(a, b) for a, b in zip(model.seen, expect))
+    assert all(torch.equal(a, b) for a, b in zip(model.seen, expect, strict=True))
     # with replacement, repeated indices within a batch occur (shuffle never repeats)
     assert any(s.unique().numel() < B for s in expect)
     model.seen.clear()
@@ -167,7 +167,7 @@ def test_label_noise_is_fresh_gaussian_from_the_generator():
     )  # fmt: skip
     g = torch.Generator().manual_seed(4)
     expect = [data.y + s * torch.randn(6, generator=g, dtype=F64) for _ in range(3)]
-    assert all(torch.equal(a, b) for a, b in zip(seen[:3], expect))
+    assert all(torch.equal(a, b) for a, b in zip(seen[:3], expect, strict=True))
     # a callable gets the targets and the generator
     calls = []
     fit(

@@ -66,7 +66,19 @@ def _hf_run(tmp_path, with_callback: bool):
         save_strategy="no",
         disable_tqdm=True,
     )
+
+    class Reporter(transformers.TrainerCallback):
+        """What a reporting integration (TensorBoardCallback, W&B, ...) receives: on_log."""
+
+        def __init__(self):
+            self.logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append((state.global_step, dict(logs or {})))
+
     trainer = transformers.Trainer(model=model, args=args, train_dataset=DS())
+    trainer.reporter = Reporter()
+    trainer.add_callback(trainer.reporter)
     path = tmp_path / "hf.jsonl"
     if with_callback:
         analysis = [{"input_ids": ids[:8]}]
@@ -86,6 +98,10 @@ def test_hf_trainer_callback_logs_and_changes_nothing(tmp_path):
     logged = [h for h in trainer.state.log_history if "hessian/lambda/1" in h]
     assert [h["step"] for h in logged] == [3, 6]
     assert logged[-1]["hessian/lambda/1"] == pytest.approx(records[-1]["lambda/1"])
+    # the trainer's reporting integrations get the values through on_log
+    reported = [(step, logs) for step, logs in trainer.reporter.logs if "hessian/trace" in logs]
+    assert [step for step, _ in reported] == [3, 6]
+    assert reported[-1][1]["hessian/lambda/1"] == pytest.approx(records[-1]["lambda/1"])
     # the trainer's own log of steps 3 and 6 survives the callback's (Trainer.log clears
     # control.should_log; the callback restores it)
     assert [h["step"] for h in trainer.state.log_history if "loss" in h] == list(range(1, 7))
@@ -155,6 +171,30 @@ def test_build_monitor_takes_a_monitor_or_a_function(tmp_path):
     assert build_monitor(monitor) is monitor and build_monitor(lambda: monitor) is monitor
     with pytest.raises(hesslab.ConfigurationError, match="SpectrumMonitor or a function"):
         build_monitor(lambda: 3)
+
+
+def test_measure_quietly_measures_the_model_not_a_submodule_called_module(tmp_path):
+    from hesslab.integrations import measure_quietly
+
+    class Outer(nn.Module):  # e.g. a LightningModule wrapping self.module
+        def __init__(self):
+            super().__init__()
+            self.module = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+
+        def forward(self, x):
+            return 3.0 * self.module(x)
+
+    torch.manual_seed(0)
+    outer = Outer()
+    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    got = measure_quietly(_monitor((x, y), "ce", tmp_path / "a.jsonl"), outer, 3)
+    want = _monitor((x, y), "ce", tmp_path / "b.jsonl").step(outer, 3)
+    inner = _monitor((x, y), "ce", tmp_path / "c.jsonl").step(outer.module, 3)
+    assert got["lambda/1"] == pytest.approx(want["lambda/1"], rel=1e-6)
+    assert abs(inner["lambda/1"] - want["lambda/1"]) > 0.1 * want["lambda/1"]
+    wrapped = nn.DataParallel(outer)  # a real wrapper is unwrapped (CPU: no devices)
+    again = measure_quietly(_monitor((x, y), "ce", tmp_path / "d.jsonl"), wrapped, 3)
+    assert again["lambda/1"] == pytest.approx(want["lambda/1"], rel=1e-6)
 
 
 def test_missing_package_message(monkeypatch):

@@ -232,9 +232,20 @@ def _analyze(tmp_path, out):
     return argv, lambda run: [*argv, "--resume", str(run)]
 
 
-def _reproduce(tmp_path, out):
-    argv = ["reproduce", "sagun2017", *TINY, "--out", str(out)]
-    return argv, lambda run: [*argv[:-1], str(tmp_path / "unused"), "--resume", str(run)]
+def _reproduce(name: str, options: list[str]):
+    def command(tmp_path, out):
+        argv = ["reproduce", name, *options, "--out", str(out)]
+        return argv, lambda run: [*argv[:-1], str(tmp_path / "unused"), "--resume", str(run)]
+
+    return command
+
+
+# dinh2017's two parts (MLP, LeNet) at a few seconds each
+DINH_TINY = [
+    "--smoke", "--quiet", "--set", "convnet=true", "--set", "epochs=2",
+    "--set", "hessian_points=64", "--set", "alphas=[0.1,1,10]",
+    "--set", "sharpness_steps=3", "--set", "trace_matvecs=12",
+]  # fmt: skip
 
 
 def _reproduce_numbers(path):
@@ -247,8 +258,16 @@ def _reproduce_numbers(path):
 
 RUNNERS = {
     "analyze": (_analyze, lambda path: _numbers(path)),
-    "reproduce-sagun2017": (_reproduce, _reproduce_numbers),
+    "reproduce-sagun2017": (_reproduce("sagun2017", TINY), _reproduce_numbers),
+    "reproduce-dinh2017": (_reproduce("dinh2017", DINH_TINY), _reproduce_numbers),
 }
+RUNNER_CASES = [
+    pytest.param("analyze", 0.3),
+    pytest.param("analyze", 0.8),
+    pytest.param("reproduce-sagun2017", 0.3),
+    pytest.param("reproduce-sagun2017", 0.8),
+    pytest.param("reproduce-dinh2017", 0.7, marks=pytest.mark.slow),  # ~40 s CPU
+]
 
 
 @pytest.fixture(scope="module")
@@ -270,8 +289,7 @@ def uninterrupted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("fraction", [0.3, 0.8])
-@pytest.mark.parametrize("name", list(RUNNERS))
+@pytest.mark.parametrize(("name", "fraction"), RUNNER_CASES)
 def test_interrupted_runner_resumes_to_the_uninterrupted_results(
     tmp_path, monkeypatch, uninterrupted, name, fraction
 ):

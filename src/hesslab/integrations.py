@@ -65,8 +65,13 @@ def _preserved_rng() -> Iterator[None]:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP / accelerate wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` wrappers.
+
+    Only those: a model of the user's with a submodule called ``module`` (a
+    ``LightningModule`` whose ``forward`` wraps ``self.module``) is measured as it is.
+    """
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
         model = model.module
     return model
 

@@ -31,7 +31,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -39,6 +39,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hesslab import validation
+from hesslab.batches import (
+    batch_rows,
+    batch_tensors,
+    fingerprint,
+    is_tensor_batch,
+    loader_sizes,
+    map_tensors,
+)
 from hesslab.errors import ConfigurationError, DataError, NonDeterminismError
 from hesslab.losses import (
     BatchLoss,
@@ -87,34 +95,6 @@ def _differentiating() -> bool:
     return torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None
 
 
-def _is_tensor_batch(data: Any) -> bool:
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
-        return True
-    return isinstance(data, Mapping) and data and all(isinstance(t, Tensor) for t in data.values())
-
-
-def _tensors(batch: Any) -> list[Tensor]:
-    if isinstance(batch, Tensor):
-        return [batch]
-    if isinstance(batch, Mapping):
-        return [t for v in batch.values() for t in _tensors(v)]
-    if isinstance(batch, (tuple, list)):
-        return [t for v in batch for t in _tensors(v)]
-    return []
-
-
-def _map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    if isinstance(batch, Tensor):
-        return fn(batch)
-    if isinstance(batch, Mapping):
-        return type(batch)({k: _map_tensors(v, fn) for k, v in batch.items()})
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_map_tensors(v, fn) for v in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_map_tensors(v, fn) for v in batch)
-    return batch
-
-
 # batches of two passes that the determinism check compares
 _CHECKED_BATCHES = 4
 
@@ -126,42 +106,6 @@ def _refuse_shuffling(data: Any) -> None:
             "the DataLoader shuffles (RandomSampler): every pass would see other batches. "
             "Use DataLoader(..., shuffle=False), or pass check_determinism=False"
         )
-
-
-def _loader_sizes(data: Any) -> list[int] | None:
-    """Batch sizes of a sequential, default-collated ``DataLoader`` without reading it."""
-    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, default_collate
-
-    if not isinstance(data, DataLoader) or data.collate_fn is not default_collate:
-        return None
-    bs = data.batch_sampler
-    if type(bs) is not BatchSampler or not isinstance(bs.sampler, SequentialSampler):
-        return None
-    try:
-        n = len(data.dataset)
-    except TypeError:
-        return None
-    size = bs.batch_size
-    sizes = [size] * (n // size)
-    if n % size and not bs.drop_last:
-        sizes.append(n % size)
-    return sizes
-
-
-def _rows(t: Tensor, a: int, b: int, n: int) -> Tensor:
-    """Rows ``a:b`` of a batch tensor (tensors without the batch dimension are kept)."""
-    return t[a:b] if t.ndim > 0 and t.shape[0] == n else t
-
-
-def _fingerprint(batch: Any) -> tuple:
-    """Cheap content signature of a batch: shapes plus two position-weighted sums."""
-    out = []
-    for t in _tensors(batch):
-        t = t.detach()
-        flat = (t.flatten(1) if t.ndim > 1 else t.reshape(-1, 1)).to(torch.float64)
-        w = torch.arange(1, flat.shape[0] + 1, dtype=torch.float64, device=flat.device)
-        out.append((tuple(t.shape), float(flat.sum()), float((flat.sum(1) * w).sum())))
-    return tuple(out)
 
 
 class Objective:
@@ -274,7 +218,7 @@ class Objective:
     # ------------------------------------------------------------------ data
     @staticmethod
     def _normalize_data(data: Any) -> Any:
-        if _is_tensor_batch(data):
+        if is_tensor_batch(data):
             return [data]
         if isinstance(data, Tensor):
             raise DataError("data is a single tensor; pass (inputs, targets) or a DataLoader")
@@ -297,14 +241,14 @@ class Objective:
             t = t.to(self.device, non_blocking=True)
             return t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t
 
-        return _map_tensors(batch, move)
+        return map_tensors(batch, move)
 
     def _batch_size(self, batch: Any) -> int:
         if isinstance(batch, Mapping):
             key = self._input_key(batch)
-            ts = _tensors(batch[key])
+            ts = batch_tensors(batch[key])
         else:
-            ts = _tensors(batch)
+            ts = batch_tensors(batch)
         if not ts or ts[0].ndim == 0:
             raise DataError(
                 "cannot read the batch size: batches must hold tensors with a leading "
@@ -325,20 +269,20 @@ class Objective:
         """
         if check:
             _refuse_shuffling(self._data)
-        sizes = None if self.loss.per_item else _loader_sizes(self._data)
+        sizes = None if self.loss.per_item else loader_sizes(self._data)
         counts: list[float] = []
         if sizes is None:
             sizes = []
             for batch in self._data:
-                validation.check_batch_finite(_tensors(batch), len(sizes))
+                validation.check_batch_finite(batch_tensors(batch), len(sizes))
                 sizes.append(self._batch_size(batch))
                 if self.loss.per_item and self.loss.kind != "custom":
                     counts.append(ce_count(self.loss, self._split(batch)[1]))
         if not sizes or sum(sizes) == 0:
             raise DataError("the data yields no data points")
         if check and not isinstance(self._data, list):
-            first = [_fingerprint(b) for b in itertools.islice(self._data, _CHECKED_BATCHES)]
-            second = [_fingerprint(b) for b in itertools.islice(self._data, _CHECKED_BATCHES)]
+            first = [fingerprint(b) for b in itertools.islice(self._data, _CHECKED_BATCHES)]
+            second = [fingerprint(b) for b in itertools.islice(self._data, _CHECKED_BATCHES)]
             if second != first:
                 raise NonDeterminismError(
                     "the data changed between two passes (a shuffled DataLoader, random "
@@ -416,7 +360,7 @@ class Objective:
                 continue
             for a in range(0, n, self.max_batch_size):
                 b = min(n, a + self.max_batch_size)
-                part = _map_tensors(batch, lambda t, a=a, b=b, n=n: _rows(t, a, b, n))
+                part = map_tensors(batch, lambda t, a=a, b=b, n=n: batch_rows(t, a, b, n))
                 yield self._prepare(part), self._micro_weight(i, b - a, n)
         if count != len(self._sizes):
             raise NonDeterminismError(
@@ -560,7 +504,7 @@ class Objective:
         ``l_i = (N / N_items) * total_i``, the point's summed item losses relative to the
         mean number of items per point (for a language model a sample is a sequence).
         """
-        batch = _map_tensors(sample, lambda t: t.unsqueeze(0))
+        batch = map_tensors(sample, lambda t: t.unsqueeze(0))
         loss = self.batch_loss(theta, batch)
         if self.loss.per_item and self.loss.reduction == "mean":
             return loss * (self.num_data / self.num_items)

@@ -191,9 +191,11 @@ def _is_run_dir(obj: Any) -> bool:
 
 
 def _run_eigen(path: str | os.PathLike[str], name: str | None) -> Any:
-    """The stored fields of an ``EigenResult`` of a run folder (``RunDir.add_result``):
-    values, residual norms and converged flags from ``arrays.npz``, the rest from
-    ``results.json``."""
+    """The stored fields of an ``EigenResult`` of a run folder (``RunDir.add_result``).
+
+    Values, residual norms and converged flags come from ``arrays.npz``, the rest from
+    ``results.json``.
+    """
     from types import SimpleNamespace
 
     from hesslab.runs import load_run

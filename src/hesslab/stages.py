@@ -45,7 +45,8 @@ import torch
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, atomic_torch_save, atomic_write_text
-from hesslab.report.folder import METRICS_FILE, RunDir
+from hesslab.report.folder import RunDir
+from hesslab.report.layout import METRICS_FILE
 from hesslab.report.progress import StepProgress
 
 __all__ = ["Parts", "StageStore"]

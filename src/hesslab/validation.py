@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hesslab.batches import batch_tensors
 from hesslab.errors import (
     ConfigurationError,
     DataError,
@@ -342,22 +343,12 @@ def _first_loss(objective: Any, leaves: Mapping[str, Tensor], batch: Any) -> Ten
     except HesslabError:
         raise
     except (RuntimeError, IndexError) as e:
-        shapes = [tuple(t.shape) for t in _batch_tensors(batch)]
+        shapes = [tuple(t.shape) for t in batch_tensors(batch)]
         raise DataError(
             f"evaluating the loss on the first batch (tensors of shapes {shapes}) failed: "
             f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. Check that the data fit the "
             "model (input size, number of classes, dtype) and that the loss suits the targets"
         ) from e
-
-
-def _batch_tensors(batch: Any) -> list[Tensor]:
-    if isinstance(batch, Tensor):
-        return [batch]
-    if isinstance(batch, Mapping):
-        return [t for v in batch.values() for t in _batch_tensors(v)]
-    if isinstance(batch, (tuple, list)):
-        return [t for v in batch for t in _batch_tensors(v)]
-    return []
 
 
 def check_batch_loss(objective: Any, batch: Any, batch_index: int) -> None:

@@ -72,7 +72,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,26 +80,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hesslab.data import balanced_subset, digits
-from hesslab.experiments._claims import Verdict, add_claim, decide, decide_equal, decide_estimate
-from hesslab.experiments._stages import Parts
-from hesslab.experiments.registry import ExperimentSpec
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import (
+    Verdict,
+    add_claim,
+    decide,
+    decide_equal,
+    decide_estimate,
+    record,
+)
 from hesslab.linalg.lanczos import use_dense
 from hesslab.models import mlp
 from hesslab.objective import Objective
 from hesslab.operators import hessian
 from hesslab.quantities import Settings, measure
 from hesslab.report import plots
-from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import fit
 from hesslab.train.optim import HessianShapedNoiseGD, NoisyGD, SGDNoiseSampler
 
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
-
 __all__ = [
     "FULL_SECONDS",
     "SMOKE_SECONDS",
+    "SPEC",
     "Wei2019Config",
     "run",
     "toy_hessian",
@@ -118,7 +121,6 @@ S1 = "1. Toy degenerate valley"
 S2 = "2. MLP on digits (non-realizable)"
 S3 = "3. Injected noise covariance"
 
-Progress = Callable[[str, float], None]
 OPTIMIZERS = ("GD", "SGD", "isotropic", "H-shaped")
 
 
@@ -542,7 +544,8 @@ def _part1(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
             run_dir.add_scalar(
                 S1, "label-noise SGD: measured final Tr H", meas, res["SGD"]["trace_se"][-1]
             )
-            run_dir.add_claim(
+            record(
+                run_dir,
                 S1,
                 "depth 2: the D-ODE prediction dD/dk = −2η²s²D/(2 − ηλ) gives the mean "
                 "Tr H under label-noise SGD (within 15%)",
@@ -628,8 +631,9 @@ def _continue(
     iso_std: float,
     measure_at: set[int],
 ) -> dict[str, list[float]]:
-    """Continue ``mlp_steps`` updates of one process from ``start`` (:func:`fit`: SGD
-    draws batches with replacement, the others are full batch); measured by a callback.
+    """Continue ``mlp_steps`` updates of one process from ``start``, measured by a callback.
+
+    Trained by :func:`fit`: SGD draws batches with replacement, the others are full batch.
 
     A run whose weights turn non-finite records NaN from then on (fit stops it at the
     first non-finite loss; the remaining records are NaN, counted by the claims).
@@ -690,7 +694,8 @@ def _mlp_claims(
             changes["isotropic"]["logdet_change"], rule="mean", direction="less", z=z
         ),
     }
-    run_dir.add_claim(
+    record(
+        run_dir,
         S2,
         "MLP: GD at the minimum keeps Tr H flat (relative change < 1e-3)",
         f"relative change {gd_rel:.2g} (GD is deterministic: one run) → "
@@ -849,7 +854,8 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
         "point vs tr C_B from dense per-sample gradients.",
     )
     ok = all(abs(t - trC) <= z * se for t, se in meas.values())
-    run_dir.add_claim(
+    record(
+        run_dir,
         S3,
         "the injected noise has the intended total power tr C_B (all three)",
         "; ".join(f"{k}: {t:.4g} ± {se:.2g}" for k, (t, se) in meas.items()) + f" vs {trC:.4g}",
@@ -869,42 +875,30 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
     }
 
 
-def run(
-    run_dir: RunDir,
-    config: Wei2019Config | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Run the toy valley (and the MLP part) into ``run_dir`` (not finalized here).
+def _parts(cfg: Wei2019Config) -> list[Part]:
+    """The toy valley, then (optionally) the MLP part with the injected-noise check."""
+    toy = Part("toy", lambda c: _part1(c.cfg, c.run_dir, c.tick))
+    return [toy, Part("mlp", lambda c: _part2(c.cfg, c.run_dir, c.tick))] if cfg.mlp else [toy]
 
-    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished part is
-    saved there and, on a second call with the same store, loaded instead of re-run
-    (``hesslab reproduce --resume``, :class:`~hesslab.experiments._stages.Parts`).
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """The parts' wall times.
 
     Returns:
         ``{"toy": {depth: {"changes": {process: {...}}, "claims": {...}}}, "mlp": {...} |
         None, "seconds": {...}, "config": {...}}``.
-
-    References:
-        Wei & Schwab (2019), "How noise affects the Hessian spectrum in overparameterized
-        neural networks", arXiv:1910.00195.
     """
-    cfg = config or Wei2019Config.smoke()
-    tick = StepProgress(progress, len(cfg.toy_depths) + (5 if cfg.mlp else 0), logger=logger)
-    part = Parts(run_dir, stages, tick)
-    toy = part("toy", lambda: _part1(cfg, run_dir, tick))
-    mlp_res = None
-    if cfg.mlp:
-        mlp_res = part("mlp", lambda: _part2(cfg, run_dir, tick))
-    seconds = dict(part.seconds)
-    for name, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
-    run_dir.flush()
-    return {"toy": toy, "mlp": mlp_res, "seconds": seconds, "config": asdict(cfg)}
+    seconds = ctx.record_part_seconds()
+    return {
+        "toy": ctx.results["toy"],
+        "mlp": ctx.results.get("mlp"),
+        "seconds": seconds,
+        "config": asdict(ctx.cfg),
+    }
 
 
 #: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
-SPEC = ExperimentSpec(
+SPEC = Experiment(
     name="wei2019",
     title="How noise shapes the Hessian in a degenerate valley (Wei & Schwab 2019)",
     paper=(
@@ -919,7 +913,15 @@ SPEC = ExperimentSpec(
         "SGD-like noise, log det of the non-degenerate block under isotropic noise, GD stays."
     ),
     config_type=Wei2019Config,
-    runner=run,
     smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
+    parts=_parts,
+    summary=_summary,
+    steps=lambda cfg: len(cfg.toy_depths) + (5 if cfg.mlp else 0),
 )
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size): the toy valley and the MLP
+#: part. Reference: Wei & Schwab (2019), "How noise affects the Hessian spectrum in
+#: overparameterized neural networks", arXiv:1910.00195.
+run = SPEC.run

@@ -422,6 +422,8 @@ def _run(
     callback,
     checkpoint,
 ) -> TraceEstimate:
+    """The estimator behind :func:`trace` and :func:`frobenius_sq`: checks, engine,
+    checkpoint, the method's initial estimate, then the adaptive rounds."""
     t0 = time.perf_counter()
     _check_common(num_matvecs, method, methods, rtol)
     entry = generator_digest(generator)
@@ -432,23 +434,15 @@ def _run(
         krylov_block = check_positive_int("krylov_block", krylov_block)
     N = num_matvecs
     cap = 10 * N if max_matvecs is None else check_positive_int("max_matvecs", max_matvecs)
-    step = block_size if block_size is not None else max(2, N // 4)
     info: dict = {"distribution": distribution, "kind": kind}
     checkpoint = as_checkpoint(checkpoint)
     if checkpoint is not None:
         key = {
-            "estimator": kind,
-            "method": method,
-            "P": engine.P,
-            "dtype": str(engine.op.dtype),
-            "num_matvecs": N,
-            "distribution": distribution,
-            "rtol": rtol,
-            "max_matvecs": cap,
-            "block_size": block_size,
-            "krylov_block": krylov_block,
-            "generator": entry,
-        }
+            "estimator": kind, "method": method, "P": engine.P,
+            "dtype": str(engine.op.dtype), "num_matvecs": N, "distribution": distribution,
+            "rtol": rtol, "max_matvecs": cap, "block_size": block_size,
+            "krylov_block": krylov_block, "generator": entry,
+        }  # fmt: skip
         name = "trace" if kind == "trace" else "frobenius_sq"
         engine.replay = ProductReplay(checkpoint, key, engine.generator, name)
 
@@ -466,75 +460,101 @@ def _run(
 
     if method == "exact":
         result = snapshot(_exact(engine, kind), 0.0, None)
-        if engine.replay is not None:
-            engine.replay.remove()
-        return result
-
-    if method == "xtrace":
-        if N < 4:
-            raise ConfigurationError(f"xtrace needs num_matvecs >= 4, got {N}")
-        xt = _XTrace(engine)
-        xt.add(min(N // 2, engine.P))
-
-        def estimate():
-            v, se, est = xt.estimate()
-            info["path"] = xt.path
-            info["num_probes"] = xt.Omega.shape[1]
-            return v, se, est
-
-        def extend(k: int) -> None:
-            xt.add(max(1, k // 2))
-
-        cost = 2
     else:
-        if method == "hutchinson":
-            empty = torch.zeros(engine.P, 0, dtype=torch.float64, device=engine.device)
-            st = _Deflated(engine, empty, empty, 0.0, kind)
-            st.draw(N)
-        elif method == "hutch++":
-            if N < 3:
-                raise ConfigurationError(f"hutch++ needs num_matvecs >= 3, got {N}")
-            s = min(N // 3, engine.P)
-            S = engine.probes(s)
-            Q = orthonormalize(engine.apply(S))
-            Z = engine.apply(Q)
-            st = _Deflated(engine, Q, Z, float((Q * Z).sum()), kind)
-            st.draw(N - engine.num_matvecs)
-            info["sketch_dim"] = Q.shape[1]
-        else:  # krylov
-            if N < 3:
-                raise ConfigurationError(f"krylov needs num_matvecs >= 3, got {N}")
-            st, kinfo = _krylov_deflation(engine, N, kind, krylov_block)
-            info.update(kinfo)
-
-        def estimate():
-            v, se = st.estimate()
-            info["num_samples"] = st.samples.numel()
-            return v, se, st.samples
-
-        def extend(k: int) -> None:
-            st.draw(k)
-
-        cost = 1
-
-    value, stderr, samples = estimate()
-    if rtol is not None:
-        if callback is not None:
-            callback(snapshot(value, stderr, samples))
-        while stderr > rtol * abs(value):
-            room = cap - engine.num_matvecs
-            k = min(step, room)
-            if k < cost:
-                break
-            extend(k)
-            value, stderr, samples = estimate()
-            if callback is not None and stderr > rtol * abs(value):
-                callback(snapshot(value, stderr, samples))
-        info["rtol"] = rtol
-        info["rtol_met"] = bool(stderr <= rtol * abs(value))
-    result = snapshot(value, stderr, samples)
+        if method == "xtrace":
+            rounds = _xtrace_rounds(engine, N, info)
+        else:
+            rounds = _deflated_rounds(engine, method, N, kind, krylov_block, info)
+        step = block_size if block_size is not None else max(2, N // 4)
+        value, stderr, samples = _adaptive(rounds, engine, rtol, cap, step, snapshot, callback)
+        if rtol is not None:
+            info["rtol"] = rtol
+            info["rtol_met"] = bool(stderr <= rtol * abs(value))
+        result = snapshot(value, stderr, samples)
     if engine.replay is not None:
         engine.replay.remove()
-    if callback is not None:
+    if callback is not None and method != "exact":
         callback(result)
     return result
+
+
+class _Rounds:
+    """A method's state for :func:`_adaptive`: ``estimate() -> (value, stderr, samples)``,
+    ``extend(k)`` (spend about ``k`` more products), and the fewest products an extension
+    needs (``cost``)."""
+
+    def __init__(self, estimate: Callable, extend: Callable[[int], None], cost: int) -> None:
+        self.estimate, self.extend, self.cost = estimate, extend, cost
+
+
+def _xtrace_rounds(engine: Engine, N: int, info: dict) -> _Rounds:
+    if N < 4:
+        raise ConfigurationError(f"xtrace needs num_matvecs >= 4, got {N}")
+    xt = _XTrace(engine)
+    xt.add(min(N // 2, engine.P))
+
+    def estimate():
+        v, se, est = xt.estimate()
+        info["path"] = xt.path
+        info["num_probes"] = xt.Omega.shape[1]
+        return v, se, est
+
+    return _Rounds(estimate, lambda k: xt.add(max(1, k // 2)), 2)
+
+
+def _deflated_rounds(
+    engine: Engine, method: str, N: int, kind: str, krylov_block: int | None, info: dict
+) -> _Rounds:
+    """Hutchinson, Hutch++ or krylov: the deflation (if any) and the first probes."""
+    if method == "hutchinson":
+        empty = torch.zeros(engine.P, 0, dtype=torch.float64, device=engine.device)
+        st = _Deflated(engine, empty, empty, 0.0, kind)
+        st.draw(N)
+    elif method == "hutch++":
+        if N < 3:
+            raise ConfigurationError(f"hutch++ needs num_matvecs >= 3, got {N}")
+        S = engine.probes(min(N // 3, engine.P))
+        Q = orthonormalize(engine.apply(S))
+        Z = engine.apply(Q)
+        st = _Deflated(engine, Q, Z, float((Q * Z).sum()), kind)
+        st.draw(N - engine.num_matvecs)
+        info["sketch_dim"] = Q.shape[1]
+    else:  # krylov
+        if N < 3:
+            raise ConfigurationError(f"krylov needs num_matvecs >= 3, got {N}")
+        st, kinfo = _krylov_deflation(engine, N, kind, krylov_block)
+        info.update(kinfo)
+
+    def estimate():
+        v, se = st.estimate()
+        info["num_samples"] = st.samples.numel()
+        return v, se, st.samples
+
+    return _Rounds(estimate, st.draw, 1)
+
+
+def _adaptive(
+    rounds: _Rounds,
+    engine: Engine,
+    rtol: float | None,
+    cap: int,
+    step: int,
+    snapshot: Callable,
+    callback: Callable | None,
+) -> tuple[float, float, Tensor]:
+    """The initial estimate, then (with ``rtol``) rounds of ``step`` products until
+    ``stderr <= rtol |value|`` or the cap; ``callback`` sees every unfinished estimate."""
+    value, stderr, samples = rounds.estimate()
+    if rtol is None:
+        return value, stderr, samples
+    if callback is not None:
+        callback(snapshot(value, stderr, samples))
+    while stderr > rtol * abs(value):
+        k = min(step, cap - engine.num_matvecs)
+        if k < rounds.cost:
+            break
+        rounds.extend(k)
+        value, stderr, samples = rounds.estimate()
+        if callback is not None and stderr > rtol * abs(value):
+            callback(snapshot(value, stderr, samples))
+    return value, stderr, samples

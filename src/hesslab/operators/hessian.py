@@ -50,8 +50,9 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
+from hesslab.batches import batch_tensors
 from hesslab.errors import ConfigurationError, HesslabError
-from hesslab.objective import Objective, _tensors
+from hesslab.objective import Objective
 from hesslab.operators.curvature import CurvatureOperator
 
 __all__ = ["HESSIAN_MODES", "HessianOperator", "clear_mode_memo", "hessian"]
@@ -357,7 +358,7 @@ class HessianOperator(CurvatureOperator):
                 self.cache_graph,
                 str(self.autocast),
             )
-        shapes = tuple((tuple(t.shape), str(t.dtype), str(t.device)) for t in _tensors(batch))
+        shapes = tuple((tuple(t.shape), str(t.dtype), str(t.device)) for t in batch_tensors(batch))
         return (kind, shapes, *self._structure)
 
     def _choose_or_recall(

@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
-import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -61,7 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hesslab.errors import ConfigurationError, DataError
+from hesslab.errors import ConfigurationError
 from hesslab.io import (
     append_jsonl,
     atomic_write_bytes,
@@ -73,8 +71,21 @@ from hesslab.io import (
     to_jsonable,
     write_json,
 )
-from hesslab.report.environment import capture_environment, now
+from hesslab.report.environment import now
 from hesslab.report.html import render_report
+from hesslab.report.layout import (
+    ARRAYS_FILE,
+    CONFIG_FILE,
+    FIGURES_DIR,
+    METRICS_FILE,
+    REPORT_FILE,
+    RESULTS_FILE,
+    check_name,
+    check_run_folder,
+    clear_run_folder,
+    config_record,
+    new_run_path,
+)
 from hesslab.report.plots import DPI
 from hesslab.report.records import RESULTS_FORMAT, RUN_SCHEMA, Records, summarise_result
 from hesslab.report.scalars import flatten_result, is_array, result_fields, scalar_value
@@ -92,84 +103,6 @@ __all__ = [
     "rebuild_report",
 ]
 
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.json"
-ARRAYS_FILE = "arrays.npz"
-METRICS_FILE = "metrics.jsonl"
-REPORT_FILE = "report.html"
-FIGURES_DIR = "figures"
-
-_RUN_FILES = (CONFIG_FILE, RESULTS_FILE, ARRAYS_FILE, METRICS_FILE, REPORT_FILE)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _check_name(name: str, what: str) -> None:
-    if not _NAME_RE.match(name):
-        raise ConfigurationError(
-            f"{what} {name!r} may only contain letters, digits, '_', '.' and '-' "
-            "(and must start with a letter or digit)"
-        )
-
-
-def _new_run_path(out: Path, name: str) -> Path:
-    """``out/<name>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``, ... appended if taken."""
-    _check_name(name, "run name")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, n = out / f"{name}-{stamp}", 2
-    while path.exists():
-        path, n = out / f"{name}-{stamp}-{n}", n + 1
-    return path
-
-
-def _clear_run_folder(path: Path, overwrite: bool) -> None:
-    """Make ``path`` usable as a run folder: absent, empty, or (``overwrite``) cleared."""
-    if path.exists() and not path.is_dir():
-        raise ConfigurationError(f"{path} is a file; choose a folder for the run")
-    if not (path.is_dir() and any(path.iterdir())):
-        return
-    if not overwrite:
-        raise ConfigurationError(
-            f"{path} exists and is not empty; choose a new output folder or allow overwriting it"
-        )
-    for file in _RUN_FILES:
-        (path / file).unlink(missing_ok=True)
-    figures = path / FIGURES_DIR
-    if figures.is_dir():
-        for png in figures.glob("*.png"):
-            png.unlink()
-
-
-def _config_record(
-    path: Path,
-    name: str | None,
-    config: Mapping[str, Any],
-    command: Sequence[str],
-    *,
-    title: str | None,
-    description: str | None,
-    seed: int | None,
-    device: str | torch.device | None,
-) -> dict[str, Any]:
-    """The contents of ``config.json``."""
-    if seed is None and isinstance(config.get("seed"), int):
-        seed = config["seed"]
-    device_str = str(device if device is not None else config.get("device") or "cpu")
-    return {
-        "format": RESULTS_FORMAT,
-        "schema": RUN_SCHEMA,
-        "name": name or path.name,
-        "title": title or name or path.name,
-        "description": description,
-        "created": now(),
-        "command": [str(c) for c in command],
-        "command_line": shlex.join(str(c) for c in command),
-        "cwd": os.getcwd(),
-        "seed": seed,
-        "device": device_str,
-        "config": to_jsonable(config),
-        "environment": capture_environment(device_str),
-    }
-
 
 def _png_bytes(fig: Any) -> bytes:
     """PNG bytes of a matplotlib figure (closed afterwards if pyplot owns it) or bytes."""
@@ -182,14 +115,6 @@ def _png_bytes(fig: Any) -> bytes:
 
         plt.close(fig)
     return buf.getvalue()
-
-
-def _check_run_folder(path: Path) -> None:
-    if not (path / CONFIG_FILE).exists():
-        raise DataError(
-            f"{path} is not a hesslab run folder (no {CONFIG_FILE}); pass the folder a "
-            "hesslab command wrote"
-        )
 
 
 class RunDir:
@@ -254,14 +179,14 @@ class RunDir:
         config = dict(config or {})
         out = Path(out)
         if name is not None:
-            path = _new_run_path(out, name)
+            path = new_run_path(out, name)
         else:
             path = out
-            _clear_run_folder(path, overwrite)
+            clear_run_folder(path, overwrite)
         (path / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
         if command is None:
             command = list(getattr(sys, "orig_argv", sys.argv))
-        record = _config_record(
+        record = config_record(
             path,
             name,
             config,
@@ -283,7 +208,7 @@ class RunDir:
         finalized again.
         """
         path = Path(path)
-        _check_run_folder(path)
+        check_run_folder(path)
         run = cls(path, read_json(path / CONFIG_FILE))
         results = read_json(path / RESULTS_FILE) if (path / RESULTS_FILE).exists() else {}
         run._status = results.get("status", "incomplete")
@@ -303,7 +228,7 @@ class RunDir:
         :meth:`flush`); ``metrics.jsonl`` and ``figures/`` stay.
         """
         path = Path(path)
-        _check_run_folder(path)
+        check_run_folder(path)
         (path / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
         return cls(path, read_json(path / CONFIG_FILE))
 
@@ -442,7 +367,7 @@ class RunDir:
         Returns:
             The path of the PNG file.
         """
-        _check_name(name, "figure name")
+        check_name(name, "figure name")
         self._records.section(section)
         file = f"{FIGURES_DIR}/{name}.png"
         path = atomic_write_bytes(self.path / file, _png_bytes(fig))

@@ -387,7 +387,6 @@ def _templates() -> jinja2.Environment:
         md_inline=markdown_inline,
         cell=_cell_html,
         value_html=_value_html,
-        number_html=_number_html,
         format_number=format_number,
         text=_text,
     )

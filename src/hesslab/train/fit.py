@@ -383,6 +383,10 @@ def _check_options(
         raise ConfigurationError(
             f"eval_every must be a positive number of epochs, got {eval_every}."
         )
+    _check_sampling(sampling, label_noise)
+
+
+def _check_sampling(sampling: str, label_noise: LabelNoise | None) -> None:
     if sampling not in SAMPLINGS:
         raise ConfigurationError(
             f"unknown sampling {sampling!r}; use 'shuffle' (a permutation per epoch) or "
