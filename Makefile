@@ -43,6 +43,7 @@ test-numerics-alt: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/python tools/lint_offenders.py --check
 
 # The documentation site (docs/, mkdocs.yml) into site/; warnings are errors. The API
 # reference is read from src/ statically (griffe), so building it imports nothing.

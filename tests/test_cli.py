@@ -270,7 +270,7 @@ def test_reproduce_smoke_through_the_cli(tmp_path, capsys):
 
 
 def test_demo_resume_reuses_the_trained_model(tmp_path, monkeypatch, capsys):
-    import hesslab.analysis as analysis_mod
+    import hesslab.quantities as analysis_mod  # analyze measures through it
     import hesslab.train as train_mod
 
     argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--widths", "6", *FAST]

@@ -38,7 +38,8 @@ def test_headline(smoke_run):
     # λ_max(H) grows in both directions away from α = 1 (block scaling α^{∓2})
     assert rows[1e-3]["lambda_max"] > 1e3 * rows[1.0]["lambda_max"]
     assert rows[1e3]["lambda_max"] > 1e3 * rows[1.0]["lambda_max"]
-    assert all(result["claims"].values())
+    holds = [h for c in result["claims"].values() for h in c.values()]
+    assert len(holds) == 3 and all(holds)
     assert result["convnet"] is None
 
 

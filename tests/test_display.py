@@ -127,3 +127,22 @@ def test_landscape_and_training_results():
     assert "test loss" not in text and "Linear" not in text
     pr = PenaltyRecord(4, 2.0, 0.02, 0.5, 2.0, math.nan, 8, 100, 0.25)
     _check(pr, "step=4", "value=2 ± 0.5", "penalty=0.02", "probes=8")
+
+
+def test_loaded_run_has_a_short_repr_and_an_html_table(tmp_path):
+    from hesslab import load_run
+    from hesslab.report import RunDir
+
+    with RunDir.create(tmp_path / "run", config={"seed": 0}) as run:
+        run.add_scalar("Spectrum", "tr H", 3.3219, stderr=0.74)
+        for i in range(9):
+            run.add_scalar("Spectrum", f"top[{i}]", 10.0 - i)
+        run.log_metrics(0, loss=1.0)
+    loaded = load_run(tmp_path / "run")
+    text = repr(loaded)
+    assert len(text) < 300 and "status='complete'" in text and "10 scalars" in text
+    page = loaded._repr_html_()
+    assert page.startswith("<table>") and "<b>Run</b>" in page
+    assert "Spectrum/tr H</th><td style='text-align:left'>3.322 ± 0.74" in page
+    assert "Spectrum/top[6]" in page and "Spectrum/top[7]" not in page  # the first 8
+    assert "2 more (run.results_frame())" in page

@@ -1,4 +1,4 @@
-"""Every ```python block of the documentation (docs/**/*.md) runs.
+"""Every ```python block of the documentation (docs/**/*.md and the README) runs.
 
 The blocks of one page run in order in one namespace (as in a notebook), in a temporary
 working directory. A block preceded by a ``<!-- skip-test -->`` line is not run (only for
@@ -32,12 +32,18 @@ def python_blocks(text: str) -> list[str]:
     return list(blocks)
 
 
-PAGES = sorted(p for p in DOCS.rglob("*.md") if python_blocks(p.read_text()))
+README = DOCS.parent / "README.md"
+PAGES = [*sorted(p for p in DOCS.rglob("*.md") if python_blocks(p.read_text())), README]
+
+
+def _name(page: Path) -> str:
+    return "README.md" if page == README else page.relative_to(DOCS).as_posix()
 
 
 def test_pages_have_snippets():
-    names = {p.relative_to(DOCS).as_posix() for p in PAGES}
+    names = {_name(p) for p in PAGES}
     assert {"guide/own-model.md", "guide/huggingface.md", "guide/training.md"} <= names
+    assert python_blocks(README.read_text()), "the README's own-model example is a python block"
 
 
 def test_skip_marker_is_honoured():
@@ -47,7 +53,7 @@ def test_skip_marker_is_honoured():
     assert python_blocks(hidden) == ["y = 2\n", "print(y)\n"]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
+@pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_page_snippets_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__docs__"}

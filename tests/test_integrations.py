@@ -66,7 +66,19 @@ def _hf_run(tmp_path, with_callback: bool):
         save_strategy="no",
         disable_tqdm=True,
     )
+
+    class Reporter(transformers.TrainerCallback):
+        """What a reporting integration (TensorBoardCallback, W&B, ...) receives: on_log."""
+
+        def __init__(self):
+            self.logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append((state.global_step, dict(logs or {})))
+
     trainer = transformers.Trainer(model=model, args=args, train_dataset=DS())
+    trainer.reporter = Reporter()
+    trainer.add_callback(trainer.reporter)
     path = tmp_path / "hf.jsonl"
     if with_callback:
         analysis = [{"input_ids": ids[:8]}]
@@ -86,6 +98,13 @@ def test_hf_trainer_callback_logs_and_changes_nothing(tmp_path):
     logged = [h for h in trainer.state.log_history if "hessian/lambda/1" in h]
     assert [h["step"] for h in logged] == [3, 6]
     assert logged[-1]["hessian/lambda/1"] == pytest.approx(records[-1]["lambda/1"])
+    # the trainer's reporting integrations get the values through on_log
+    reported = [(step, logs) for step, logs in trainer.reporter.logs if "hessian/trace" in logs]
+    assert [step for step, _ in reported] == [3, 6]
+    assert reported[-1][1]["hessian/lambda/1"] == pytest.approx(records[-1]["lambda/1"])
+    # the trainer's own log of steps 3 and 6 survives the callback's (Trainer.log clears
+    # control.should_log; the callback restores it)
+    assert [h["step"] for h in trainer.state.log_history if "loss" in h] == list(range(1, 7))
 
 
 # ------------------------------------------------------------------------- Lightning
@@ -117,10 +136,17 @@ def _lightning_run(tmp_path, with_callback: bool):
     path = tmp_path / "pl.jsonl"
     callbacks = [LightningSpectrumCallback(_monitor((x, y), "ce", path))] if with_callback else []
     trainer = L.Trainer(
-        max_steps=6, logger=logger, callbacks=callbacks, accelerator="cpu", devices=1,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        max_steps=6,
+        logger=logger,
+        callbacks=callbacks,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         log_every_n_steps=1,
-    )  # fmt: skip
+        accumulate_grad_batches=2,  # two batch ends per optimizer step: measured once
+    )
     trainer.fit(module, loader)
     return module, logger, path
 
@@ -135,6 +161,16 @@ def test_lightning_callback_logs_and_changes_nothing(tmp_path):
     metrics = (logger.log_dir + "/metrics.csv") if hasattr(logger, "log_dir") else None
     text = open(metrics).read()
     assert "hessian/lambda/1" in text and "hessian/trace" in text
+
+
+def test_build_monitor_takes_a_monitor_or_a_function(tmp_path):
+    from hesslab.integrations import build_monitor
+
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    monitor = _monitor((x, y), "ce", tmp_path / "m.jsonl")
+    assert build_monitor(monitor) is monitor and build_monitor(lambda: monitor) is monitor
+    with pytest.raises(hesslab.ConfigurationError, match="SpectrumMonitor or a function"):
+        build_monitor(lambda: 3)
 
 
 def test_missing_package_message(monkeypatch):

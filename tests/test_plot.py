@@ -245,3 +245,36 @@ def test_density_from_an_analysis_run_folder(tmp_path):
     empty.finalize()
     with pytest.raises(DataError, match="no density arrays"):
         hplot.density(tmp_path / "empty")
+
+
+def _bar_errors(ax) -> np.ndarray:
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = bars[0].lines[2][0].get_segments()
+    return np.array([abs(s[1][1] - s[0][1]) / 2 for s in segments])
+
+
+def test_eigenvalues_and_layer_spectra_from_an_analysis_run_folder(tmp_path):
+    """The arrays and table `hesslab analyze` stores draw what the results draw."""
+    A, _ = _operator()
+    res = hesslab.eigenpairs(A, 5, generator=_gen(4))
+    rows = [
+        {"layer": "fc1", "P": 10, "λ_max": 3.0, "trace": 5.0, "trace stderr": 0.5},
+        {"layer": "fc2", "P": 20, "λ_max": 1.5, "trace": 2.0, "trace stderr": 0.25},
+    ]
+    with RunDir.create(tmp_path / "run") as run:
+        run.add_result("Top and bottom eigenvalues", "λ top", res, max_scalars=0)
+        run.add_table("Layerwise Hessians", "per-layer summary", rows)
+    ax = hplot.eigenvalues(tmp_path / "run").axes[0]
+    assert np.array_equal(_bar_errors(ax), _bar_errors(hplot.eigenvalues(res).axes[0]))
+    assert np.allclose(_bar_errors(ax)[3:], res.residual_norms.numpy()[3:], rtol=1e-6)
+    assert "5 largest eigenvalues" in ax.get_title() and "5/5 converged" in ax.get_title()
+    with pytest.raises(DataError, match="no eigenvalue result named 'λ bottom'"):
+        hplot.eigenvalues(tmp_path / "run", name="λ bottom")
+    axes = hplot.layer_spectra(tmp_path / "run").axes
+    assert len(axes) == 2
+    heights = [sorted(p.get_height() for p in ax.patches) for ax in axes]
+    assert heights == [[1.5, 3.0], [2.0, 5.0]]
+    assert np.allclose(sorted(_bar_errors(axes[1])), [0.25, 0.5])
+    RunDir.create(tmp_path / "empty").finalize()
+    with pytest.raises(DataError, match="no per-layer summary"):
+        hplot.layer_spectra(tmp_path / "empty")

@@ -1,5 +1,10 @@
 """Checkpointed SLQ and resumable ``hesslab analyze``: an interrupted run resumes to the
-numbers of an uninterrupted one."""
+numbers of an uninterrupted one.
+
+The plain "interrupted SLQ / logdet resumes bit-identically" checks live with every other
+resumable solver in test_resume_contract; here: the block-run comparison, refusals,
+read-only resumes and ``analyze --resume``'s bookkeeping.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ import torch
 from hesslab.cli import main
 from hesslab.errors import ConfigurationError
 from hesslab.linalg.density import spectral_density
-from hesslab.linalg.logdet import logdet_slq
 from hesslab.operators import FunctionOperator
 
 from .test_cli import _write_model
@@ -43,29 +47,6 @@ def _density(op, ckpt, **kw):
     kw = {"num_steps": 15, "num_probes": 4, **kw}
     res = spectral_density(op, generator=gen, checkpoint=ckpt, **kw)
     return res, gen
-
-
-@pytest.mark.parametrize("deflate", [0, 2])
-def test_interrupted_slq_resumes_bit_identical(tmp_path, deflate):
-    op, _ = _operator()
-    ref, ref_gen = _density(op, tmp_path / "ref.pt", deflate=deflate)
-    assert not (tmp_path / "ref.pt").exists()
-    ckpt = tmp_path / "slq.pt"
-    deflation = ref.info.get("deflation_matvecs", 0)
-    # stop in the middle of the third probe
-    failing, _ = _operator(fail_after=deflation + 2 * 15 + 5)
-    with pytest.raises(_Stop):
-        _density(failing, ckpt, deflate=deflate)
-    state = torch.load(ckpt, weights_only=False)
-    assert len(state["probes"]) == 2
-    op2, count = _operator()
-    res, gen = _density(op2, ckpt, deflate=deflate)
-    assert count["columns"] == 2 * 15  # only the two missing probes ran
-    for name in ("nodes", "weights", "ritz_residuals", "steps", "locked", "outliers"):
-        assert torch.equal(getattr(res, name), getattr(ref, name)), name
-    assert res.num_matvecs == ref.num_matvecs
-    assert torch.equal(gen.get_state(), ref_gen.get_state())
-    assert not ckpt.exists()
 
 
 def test_checkpointed_slq_matches_the_block_run():
@@ -99,42 +80,6 @@ def test_mismatched_slq_checkpoint_is_refused(tmp_path):
     with pytest.raises(ConfigurationError, match="seeded the same way"):
         spectral_density(op, 15, 4, generator=torch.Generator().manual_seed(8), checkpoint=ckpt)
     assert ckpt.exists()  # refused, not overwritten
-
-
-def test_logdet_slq_resumes(tmp_path):
-    P = 60
-    A = torch.diag(torch.linspace(1.0, 5.0, P, dtype=torch.float64))
-    count = {"n": 0}
-
-    def mm(V, limit=None):
-        count["n"] += V.shape[1]
-        if limit is not None and count["n"] > limit:
-            raise _Stop
-        return A @ V
-
-    kw = {"num_steps": 10, "num_probes": 3}
-    ref = logdet_slq(
-        FunctionOperator(mm, P, dtype=torch.float64),
-        generator=torch.Generator().manual_seed(0),
-        **kw,
-    )
-    ckpt = tmp_path / "ld.pt"
-    count["n"] = 0
-    with pytest.raises(_Stop):
-        logdet_slq(
-            FunctionOperator(lambda V: mm(V, 15), P, dtype=torch.float64),
-            generator=torch.Generator().manual_seed(0),
-            checkpoint=ckpt,
-            **kw,
-        )
-    res = logdet_slq(
-        FunctionOperator(mm, P, dtype=torch.float64),
-        generator=torch.Generator().manual_seed(0),
-        checkpoint=ckpt,
-        **kw,
-    )
-    torch.testing.assert_close(res.value, ref.value, rtol=1e-12, atol=0)
-    assert not ckpt.exists()
 
 
 # ------------------------------------------------------------------ hesslab analyze --resume
@@ -231,9 +176,9 @@ def test_analyze_resume_after_interruption_gives_the_same_numbers(tmp_path, monk
 
     # resuming must not recompute the finished stages: the eigensolver is not called
     monkeypatch.setattr(density_mod, "lanczos_quadrature", real)
-    import hesslab.analysis as analysis_mod
+    import hesslab.quantities as quantities_mod  # analyze's eigensolves go through it
 
-    real_eigenpairs = analysis_mod.eigenpairs
+    real_eigenpairs = quantities_mod.eigenpairs
     solved = []
 
     def no_eigenpairs(*a, **kw):
@@ -241,7 +186,7 @@ def test_analyze_resume_after_interruption_gives_the_same_numbers(tmp_path, monk
         assert kw["checkpoint"].path.stem not in ("eig_top", "eig_bottom"), "finished stage reran"
         return real_eigenpairs(*a, **kw)
 
-    monkeypatch.setattr(analysis_mod, "eigenpairs", no_eigenpairs)
+    monkeypatch.setattr(quantities_mod, "eigenpairs", no_eigenpairs)
     calls["n"] = 0
     monkeypatch.setattr(density_mod, "lanczos_quadrature", interrupting)  # counts calls
     calls["n"] = -10  # never reaches 2 again

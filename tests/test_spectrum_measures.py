@@ -55,6 +55,18 @@ def test_no_outliers():
     assert count_outliers(-torch.ones(10)).count == 0
 
 
+def test_a_near_miss_refusal_is_uncertain():
+    """Widest gap 1.85 (below min_ratio 2, within the margin 1.25): count 0, but the
+    plausible range reaches the count that gap would give; a flat spectrum stays 0-0."""
+    v = torch.tensor([1.0, 0.95, 0.9, 0.85, 0.8, 0.8 / 1.85, 0.4, 0.38, 0.36, 0.35])
+    r = count_outliers(v)
+    assert (r.count, r.low, r.high) == (0, 0, 5) and r.text == "0 (plausible 0-5)"
+    assert r.info["widest_ratio"] == pytest.approx(1.85)
+    assert count_outliers(v, margin=1.0).high == 0
+    flat = count_outliers(torch.ones(10) + 0.01 * torch.arange(10.0))
+    assert (flat.count, flat.high) == (0, 0)
+
+
 def test_density_input():
     v = sagun_like(4, P=400)
     nodes, weights = v, torch.full_like(v, 1.0 / 400)

@@ -1,4 +1,8 @@
-"""trace / frobenius_sq with checkpoint=: an interrupted estimate resumes bit-identically."""
+"""trace / frobenius_sq with checkpoint=: refusals, read-only resumes, analyze's trace stage.
+
+That an interrupted estimate resumes bit-identically (every method, the generator's state,
+the products reused) is tested with every other resumable solver in test_resume_contract.
+"""
 
 from __future__ import annotations
 
@@ -45,69 +49,6 @@ def _same(a, b) -> None:
         assert b.samples is None
     else:
         assert torch.equal(a.samples, b.samples)
-
-
-CASES = [
-    (trace, "krylov", {}),
-    (trace, "hutch++", {}),
-    (trace, "xtrace", {}),
-    (trace, "hutchinson", {"block_size": 5}),
-    (trace, "exact", {"block_size": 16}),
-    (trace, "krylov", {"rtol": 1e-4, "block_size": 6}),  # adaptive rounds after the budget
-    (trace, "xtrace", {"rtol": 1e-4, "max_matvecs": 80}),
-    (frobenius_sq, "krylov", {}),
-    (frobenius_sq, "hutchinson", {"block_size": 4}),
-]
-
-
-@pytest.mark.parametrize(("fn", "method", "kw"), CASES)
-def test_interrupted_estimate_resumes_bit_identically(tmp_path, fn, method, kw):
-    A = _spiked()
-    ref = fn(A, 24, method=method, generator=torch.Generator().manual_seed(3), **kw)
-    op = _Flaky(A)
-    fn(op, 24, method=method, generator=torch.Generator().manual_seed(3), **kw)
-    total = op.calls
-    assert total >= 2
-    ckpt = tmp_path / "trace.ckpt"
-    for fail_at in sorted({1, total // 2, total - 1}):
-        op = _Flaky(A, fail_at=fail_at)
-        with pytest.raises(_Interrupted):
-            fn(
-                op,
-                24,
-                method=method,
-                generator=torch.Generator().manual_seed(3),
-                checkpoint=ckpt,
-                **kw,
-            )
-        assert ckpt.exists()
-        resumed_op = _Flaky(A)
-        out = fn(
-            resumed_op,
-            24,
-            method=method,
-            generator=torch.Generator().manual_seed(3),
-            checkpoint=ckpt,
-            **kw,
-        )
-        # the products saved before the interruption are read back, not recomputed (one
-        # more call: the check of the first saved product's first column)
-        assert resumed_op.calls == total - fail_at + 1
-        _same(out, ref)
-        assert out.seconds > 0
-        assert not list(tmp_path.iterdir())  # index and product files removed
-
-
-def test_generator_state_after_a_resume_matches_an_uninterrupted_run(tmp_path):
-    A = _spiked()
-    g_ref = torch.Generator().manual_seed(5)
-    trace(A, 30, generator=g_ref)
-    g = torch.Generator().manual_seed(5)
-    with pytest.raises(_Interrupted):
-        trace(_Flaky(A, fail_at=2), 30, generator=g, checkpoint=tmp_path / "c")
-    g = torch.Generator().manual_seed(5)
-    trace(A, 30, generator=g, checkpoint=tmp_path / "c")
-    assert torch.equal(g.get_state(), g_ref.get_state())
 
 
 def test_checkpoint_of_other_arguments_is_refused(tmp_path):
@@ -176,7 +117,7 @@ def test_changed_input_blocks_are_refused(tmp_path):
 
 def test_analyze_resumes_an_interrupted_trace_stage(tmp_path, monkeypatch):
     """``hesslab analyze`` stopped inside the trace stage: the resume reuses its products."""
-    import hesslab.analysis as analysis_mod
+    import hesslab.quantities as analysis_mod  # analyze measures through it
     from hesslab.cli import main
 
     from .test_resume_density import _analyze_argv, _numbers, _only_dir

@@ -11,7 +11,10 @@ decomposition (:func:`~hesslab.operators.class_structure.class_structure`). When
 is small enough the exact spectrum (dense float64 ``eigh``) is computed too and every
 estimate is compared against it.
 
-``hesslab demo`` and ``hesslab analyze`` are thin wrappers around this function.
+Every part measures through the vocabulary of :mod:`hesslab.quantities`
+(:data:`PART_QUANTITIES` names the entries) and is timed by its results' own
+``seconds``. ``hesslab demo`` and ``hesslab analyze`` are thin wrappers around this
+function.
 
 Preemption: with ``checkpoint_dir``, every finished stage (an eigensolve, a trace
 estimate, the density, one layer, ...) is saved there as ``<stage>.done.pt`` and the
@@ -29,10 +32,8 @@ every stage; rank 0 writes the files and the other ranks
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -41,21 +42,27 @@ from torch import Tensor
 
 from hesslab import plot as hplot
 from hesslab.errors import ConfigurationError
-from hesslab.io import Checkpoint, atomic_torch_save
-from hesslab.linalg.bounds import wolkowicz_styan
-from hesslab.linalg.density import spectral_density, wasserstein1
-from hesslab.linalg.lanczos import eigenpairs
-from hesslab.linalg.trace import frobenius_sq, trace
-from hesslab.measures.spectrum import OutlierCount, count_outliers
+from hesslab.io import Checkpoint
+from hesslab.linalg.density import wasserstein1
+from hesslab.measures.spectrum import OutlierCount
 from hesslab.objective import Objective
 from hesslab.operators.base import LinearOperator
 from hesslab.operators.class_structure import class_structure, subspace_fraction
 from hesslab.operators.ggn import GGNOperator
 from hesslab.operators.hessian import HessianOperator
+from hesslab.quantities import Settings, measure
 from hesslab.report import plots
 from hesslab.report.run import RunDir
+from hesslab.stages import StageStore
 
-__all__ = ["DEFAULT_PARTS", "PARTS", "AnalysisConfig", "StageStore", "analyze"]
+__all__ = [
+    "DEFAULT_PARTS",
+    "PARTS",
+    "PART_QUANTITIES",
+    "AnalysisConfig",
+    "StageStore",
+    "analyze",
+]
 
 T = TypeVar("T")
 
@@ -148,78 +155,81 @@ def _gen(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-class StageStore:
-    """Finished stages and solver checkpoints of one resumable job, in one folder.
-
-    ``store.run("eig_top", lambda ckpt: eigenpairs(..., checkpoint=ckpt))`` returns the
-    saved result when ``<folder>/eig_top.done.pt`` exists; otherwise it calls the
-    function with the solver checkpoint ``<folder>/eig_top.pt`` (a
-    :class:`~hesslab.io.Checkpoint`, or ``None`` for a store without folder), saves the
-    result atomically and returns it. Every saved stage carries ``key`` (what identifies
-    the job, e.g. its configuration); a stage saved under another key raises
-    :class:`~hesslab.errors.ConfigurationError`.
-
-    Args:
-        folder: where the files go (created when needed); ``None`` stores nothing.
-        key: JSON-like description of the job; compared on every load.
-        writable: ``False`` reads finished stages and solver checkpoints but never writes
-            or removes anything: the non-zero ranks of a torchrun job, which compute the
-            same stages as rank 0 and resume from what rank 0 wrote.
-    """
-
-    def __init__(
-        self, folder: str | os.PathLike[str] | None, key: Any = None, *, writable: bool = True
-    ) -> None:
-        self.folder = None if folder is None else Path(folder)
-        self.key = key
-        self.writable = writable
-
-    def checkpoint(self, stage: str) -> Checkpoint | None:
-        """The solver checkpoint of ``stage`` (``None`` without folder)."""
-        if self.folder is None:
-            return None
-        if self.writable:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        return Checkpoint(self.folder / f"{stage}.pt", self.writable)
-
-    def load(self, stage: str) -> tuple[bool, Any]:
-        """``(True, result)`` when ``stage`` was finished, else ``(False, None)``."""
-        if self.folder is None or not (self.folder / f"{stage}.done.pt").exists():
-            return False, None
-        path = self.folder / f"{stage}.done.pt"
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved.get("key") != self.key:
-            raise ConfigurationError(
-                f"{path} belongs to a job with another configuration; resume with the "
-                f"configuration it was written with, or delete {self.folder} to start afresh"
-            )
-        return True, saved["result"]
-
-    def run(self, stage: str, fn: Callable[[Checkpoint | None], T]) -> T:
-        """The result of ``stage``: loaded when finished before, else computed and saved."""
-        done, result = self.load(stage)
-        if done:
-            return result
-        result = fn(self.checkpoint(stage))
-        if self.folder is not None and self.writable:
-            atomic_torch_save(self.folder / f"{stage}.done.pt", {"key": self.key, "result": result})
-        return result
-
-
 def _identity(op: LinearOperator) -> LinearOperator:
     return op
 
 
-def _classes_stage(
-    objective: Objective,
-    run: RunDir,
-    cfg: AnalysisConfig,
-    store: StageStore,
-    basis: dict[str, Any],
-    *,
-    distributed: bool,
-) -> dict[str, Any] | None:
+#: The quantities of :mod:`hesslab.quantities` each part of :func:`analyze` measures
+#: (``"exact_limit"`` adds ``"spectrum"``).
+PART_QUANTITIES: dict[str, tuple[str, ...]] = {
+    "eig": ("top_k", "bottom", "outliers"),
+    "trace": ("trace", "trace_sq", "ws_bounds"),
+    "density": ("density",),
+    "layers": ("top_k", "trace"),
+    "ggn": ("top_k",),
+    "classes": ("top_k",),
+}
+
+
+@dataclass
+class _Job:
+    """The state one :func:`analyze` call threads through its parts."""
+
+    objective: Objective
+    run: RunDir
+    cfg: AnalysisConfig
+    store: StageStore
+    H_local: HessianOperator
+    H: LinearOperator
+    wrap: Callable[[LinearOperator], LinearOperator]
+    progress: Callable[[str], None] | None
+    summary: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    part: str = ""
+
+    @property
+    def P(self) -> int:
+        return self.H.shape[0]
+
+    def begin(self, part: str) -> None:
+        """Start a part: report it and time it by its results' own ``seconds``."""
+        self.part = part
+        self.timings.setdefault(part, 0.0)
+        if self.progress is not None:
+            self.progress(part)
+
+    def settings(self, **changes: Any) -> Settings:
+        cfg = self.cfg
+        base = Settings(
+            k=cfg.k_top, tol=cfg.tol, num_matvecs=cfg.trace_matvecs,
+            num_steps=cfg.density_steps, num_probes=cfg.density_probes,
+            basis_device=cfg.basis_device, basis_dir=cfg.basis_dir,
+        )  # fmt: skip
+        return base.replace(**changes)
+
+    def stage(
+        self, stage: str, name: str, op: LinearOperator, seed: int | None, s: Settings
+    ) -> Any:
+        """Quantity ``name`` of ``op`` as the resumable stage ``stage``; ``seed`` is the
+        offset from ``config.seed`` of its generator (``None``: deterministic)."""
+
+        def compute(ckpt: Checkpoint | None) -> Any:
+            gen = None if seed is None else _gen(self.cfg.seed + seed, op.device)
+            return measure(name, op, s.replace(checkpoint=ckpt), gen)
+
+        result = self.store.run(stage, compute)
+        self.timings[self.part] = self.timings.get(self.part, 0.0) + float(result.seconds)
+        return result
+
+    def top(self) -> Any:
+        """The top-``k_top`` eigenpairs of H (stage ``eig_top``)."""
+        return self.stage("eig_top", "top_k", self.H, 0, self.settings())
+
+
+def _classes_stage(job: _Job) -> dict[str, Any] | None:
     """Papyan's (2020) decomposition of G: where do its top eigenvectors live?"""
+    objective, run, cfg = job.objective, job.run, job.cfg
+    distributed = job.wrap is not _identity
     if objective.loss.kind != "ce" or distributed:
         why = "under torchrun" if distributed else "for a non-cross-entropy loss"
         run.add_text(
@@ -229,19 +239,8 @@ def _classes_stage(
         )
         return None
     cs = class_structure(objective)
-    C, dev = cs.num_classes, cs.ggn.device
-    g_top = store.run(
-        "ggn_top",
-        lambda ckpt: eigenpairs(
-            cs.ggn,
-            cfg.k_top,
-            "largest",
-            tol=cfg.tol,
-            generator=_gen(cfg.seed + 5, dev),
-            checkpoint=ckpt,
-            **basis,
-        ),
-    )
+    C = cs.num_classes
+    g_top = job.stage("ggn_top", "top_k", cs.ggn, 5, job.settings())
     U = g_top.vectors.to(cs.ggn.dtype)
     Q_class = cs.class_means.range_basis()
     Q_both = torch.cat([Q_class, cs.cross_class.range_basis()], dim=1)
@@ -264,6 +263,23 @@ def _classes_stage(
         "ranks",
         [{"part": k, "rank": r, "predicted (at most)": b} for k, (r, b) in ranks.items()],
     )
+    _record_classes(run, cfg, cs, g_top, f_class, f_both)
+    m = min(C, len(g_top.values))
+    explained = int((f_class[:m] >= 0.5).sum())
+    run.add_claim(
+        S_CLASSES,
+        f"Papyan (2020): the top C = {C} outliers of G come from the class means",
+        f"{explained}/{m} of the top {m} eigenvectors have ≥ 50% of their norm² in the "
+        f"span of the class means (mean fraction {float(f_class[:m].mean()):.3f})",
+        holds=True if explained == m else False if 2 * explained < m else None,
+    )
+    return {"class_fraction": f_class.tolist(), "explained": explained, "ranks": ranks}
+
+
+def _record_classes(
+    run: RunDir, cfg: AnalysisConfig, cs: Any, g_top: Any, f_class: Tensor, f_both: Tensor
+) -> None:
+    """The table and figure of the class-structure part."""
     run.add_table(
         S_CLASSES,
         "top eigenvectors of G",
@@ -292,27 +308,223 @@ def _classes_stage(
         "Eigenvalues of G beside the exact spectra of its class-mean and "
         "cross-class parts (Papyan 2020).",
     )
-    m = min(C, len(g_top.values))
-    explained = int((f_class[:m] >= 0.5).sum())
-    run.add_claim(
-        S_CLASSES,
-        f"Papyan (2020): the top C = {C} outliers of G come from the class means",
-        f"{explained}/{m} of the top {m} eigenvectors have ≥ 50% of their norm² in the "
-        f"span of the class means (mean fraction {float(f_class[:m].mean()):.3f})",
-        holds=True if explained == m else False if 2 * explained < m else None,
-    )
-    return {"class_fraction": f_class.tolist(), "explained": explained, "ranks": ranks}
 
 
-def _outlier_count(top: Any, exact: Tensor | None) -> tuple[OutlierCount, str]:
+def _outlier_count(job: _Job, top: Any, exact: Any) -> tuple[OutlierCount, str]:
     """The outlier count of :func:`hesslab.count_outliers`: from the exact spectrum when it
     was computed, else from the Lanczos top-k with their residual norms as error bounds."""
+    given = {"top_k": top} if exact is None else {"spectrum": exact}
+    oc = measure("outliers", job.H, job.settings(given=given))
     if exact is not None:
-        return count_outliers(exact), "exact spectrum"
-    errors = getattr(top, "residual_norms", None)
+        return oc, "exact spectrum"
     k = int(top.values.numel())
-    oc = count_outliers(top.values, errors=errors)
     return oc, f"Lanczos top-{k}" + (" (all above the edge: raise k)" if oc.count >= k - 1 else "")
+
+
+def _exact_part(job: _Job) -> Any:
+    """The exact spectrum (dense float64 ``eigvalsh``) when ``P <= exact_limit``."""
+    cfg = job.cfg
+    if not (cfg.exact_limit and job.P <= cfg.exact_limit):
+        return None
+    job.begin("exact spectrum (dense eigh)")
+    exact = job.stage("spectrum", "spectrum", job.H, None, job.settings())
+    job.summary["exact_seconds"] = exact.seconds
+    job.run.add_array("exact_eigenvalues", exact.values.numpy())
+    return exact
+
+
+def _eig_part(job: _Job, exact: Any) -> Any:
+    """Top and bottom eigenpairs of H and the outliers above the bulk edge."""
+    cfg, run, summary = job.cfg, job.run, job.summary
+    job.begin("top eigenpairs")
+    top = job.top()
+    _record_eigen(run, S_EIG, "λ top", top)
+    summary["lambda_max"] = float(top.values[0])
+    summary["top_eigenvalues"] = top.values.tolist()
+    if cfg.k_bottom:
+        job.begin("bottom eigenpairs")
+        bottom = job.stage("eig_bottom", "bottom", job.H, 1, job.settings(k=cfg.k_bottom))
+        _record_eigen(run, S_EIG, "λ bottom", bottom)
+        summary["lambda_min"] = float(bottom.values[0])
+    outl, source = _outlier_count(job, top, exact)
+    run.add_scalar(
+        S_EIG, "outliers above the bulk edge", outl.count, method=outl.method,
+        source=source, low=outl.low, high=outl.high, bulk_edge=outl.threshold,
+    )  # fmt: skip
+    summary["outliers"] = int(outl.count)
+    summary["outliers_range"] = (outl.low, outl.high)
+    summary["outliers_text"] = f"{outl.text} ({source}, bulk edge {outl.threshold:.4g})"
+    if outl.count:
+        summary["bulk_edge"] = float(outl.threshold)
+    fig = hplot.eigenvalues(
+        top, title=f"Top-{cfg.k_top} Hessian eigenvalues (bars: residual norms)"
+    )
+    run.add_figure(S_EIG, "top_eigenvalues", fig, "Ranked top eigenvalues of H.")
+    return top
+
+
+def _trace_part(job: _Job) -> tuple[Any, Any]:
+    """``tr H``, ``tr H²`` and the Wolkowicz–Styan bounds they imply."""
+    cfg, run = job.cfg, job.run
+    job.begin("trace and tr(H²)")
+    tr = job.stage("trace", "trace", job.H, 2, job.settings())
+    tr2 = job.stage("trace_sq", "trace_sq", job.H, 3, job.settings())
+    run.add_result(S_TRACE, "tr H", tr)
+    run.add_result(S_TRACE, "tr H²", tr2)
+    bounds = measure("ws_bounds", job.H, job.settings(given={"trace": tr, "trace_sq": tr2}))
+    run.add_result(S_TRACE, "Wolkowicz–Styan", bounds)
+    job.summary["trace"] = (tr.value, tr.stderr)
+    job.summary["trace_sq"] = (tr2.value, tr2.stderr)
+    run.add_text(
+        S_TRACE,
+        f"Trace by `{tr.method}` and tr(H²) by `{tr2.method}` with {cfg.trace_matvecs} "
+        "products each; the Wolkowicz–Styan bounds (1980) on λ_max and λ_min follow from "
+        "the two traces alone, with the ranges they span when each trace moves by its "
+        "standard error.",
+    )
+    return tr, tr2
+
+
+def _density_part(job: _Job, top: Any, exact: Any) -> None:
+    """The SLQ spectral density, compared with the exact spectrum when there is one."""
+    cfg, run = job.cfg, job.run
+    job.begin("spectral density")
+    dens = job.stage("density", "density", job.H, 4, job.settings())
+    grid = dens.grid()
+    values = dens.evaluate(grid)
+    run.add_array("density/grid", np.asarray(grid))
+    run.add_array("density/values", np.asarray(values))
+    nodes, weights = dens.nodes_and_weights()
+    run.add_array("density/nodes", np.asarray(nodes))
+    run.add_array("density/weights", np.asarray(weights))
+    run.add_scalar(
+        S_DENSITY, "SLQ products", dens.num_matvecs, seconds=dens.seconds,
+        num_steps=cfg.density_steps, num_probes=cfg.density_probes,
+    )  # fmt: skip
+    ex = None if exact is None else exact.values
+    fig = hplot.density(
+        dens,
+        eigenvalues=None if ex is None else ex.numpy(),
+        outliers=None if top is None else top.values.numpy(),
+        outliers_label=f"Lanczos top-{cfg.k_top} eigenvalues",
+        edge=job.summary.get("bulk_edge"),
+        title="Hessian eigenvalue density (SLQ)",
+    )
+    run.add_figure(
+        S_DENSITY,
+        "density",
+        fig,
+        "Gaussian-broadened SLQ density; dashed: the Lanczos top-k eigenvalues (not "
+        "all outliers); solid: the bulk edge of hesslab.count_outliers (the outliers "
+        "are the eigenvalues above it)"
+        + ("; histogram: exact spectrum." if ex is not None else "."),
+    )
+    if ex is not None:
+        w1 = wasserstein1(nodes, weights, ex, torch.full_like(ex, 1.0 / job.P))
+        width = float(ex[-1] - ex[0])
+        run.add_scalar(S_DENSITY, "W1(SLQ, exact) / spectral width", w1 / width)
+        job.summary["density_w1_rel"] = w1 / width
+
+
+def _layers_part(job: _Job) -> None:
+    """Top eigenvalue and trace of every diagonal block ``H[l, l]`` (Sankar et al. 2021)."""
+    cfg, run = job.cfg, job.run
+    job.begin("layerwise Hessians")
+    rows = []
+    blocks = {name: job.wrap(b) for name, b in job.H_local.blocks().items()}
+    for i, (name, block) in enumerate(blocks.items()):
+        Pb = block.shape[0]
+        s = job.settings(k=min(cfg.layer_k, Pb), return_vectors=False)
+        res = job.stage(f"layer{i}_eig", "top_k", block, 10 + i, s)
+        s = job.settings(num_matvecs=min(cfg.trace_matvecs, 3 * Pb))
+        btr = job.stage(f"layer{i}_trace", "trace", block, 100 + i, s)
+        rows.append(
+            {
+                "layer": name,
+                "P": Pb,
+                "λ_max": float(res.values[0]),
+                "trace": btr.value,
+                "trace stderr": btr.stderr,
+                "matvecs": res.num_matvecs + btr.num_matvecs,
+            }
+        )
+    run.add_table(S_LAYERS, "per-layer summary", rows)
+    fig = plots.plot_layer_summary(
+        [r["layer"] for r in rows],
+        {"λ_max": [r["λ_max"] for r in rows], "trace": [r["trace"] for r in rows]},
+    )
+    run.add_figure(
+        S_LAYERS,
+        "layers",
+        fig,
+        "Top eigenvalue and trace of each diagonal block H[l, l] (weight with its bias).",
+    )
+    job.summary["layers"] = rows
+
+
+def _ggn_part(job: _Job, top: Any) -> None:
+    """Top eigenpairs of the Gauss–Newton matrix and their overlap with H's."""
+    run, k = job.run, job.cfg.k_top
+    job.begin("Gauss–Newton vs Hessian")
+    G = job.wrap(GGNOperator(job.objective))
+    g_top = job.stage("ggn_top", "top_k", G, 5, job.settings())
+    h_top = top or job.top()
+    U_h = h_top.vectors.to(torch.float64)
+    U_g = g_top.vectors.to(torch.float64)
+    overlap = float((U_h.T @ U_g).square().sum() / k)
+    _record_eigen(run, S_GGN, "λ top (GGN)", g_top)
+    run.add_scalar(S_GGN, f"top-{k} subspace overlap ‖U_Hᵀ U_G‖²_F / k", overlap)
+    job.summary["ggn_overlap"] = overlap
+    fig = plots.plot_spectra_comparison(
+        {"Hessian": h_top.values.numpy(), "Gauss–Newton": g_top.values.numpy()},
+        title="Top eigenvalues: Hessian vs Gauss–Newton",
+    )
+    run.add_figure(
+        S_GGN,
+        "ggn_vs_hessian",
+        fig,
+        "The outliers of H come from the Gauss–Newton term (Sagun et al. 2017).",
+    )
+    run.add_claim(
+        S_GGN,
+        "Sagun et al. (2017): the outliers of the Hessian come from the Gauss–Newton term",
+        f"top-{k} subspace overlap {overlap:.3f}; λ_max H = {float(h_top.values[0]):.4g}, "
+        f"λ_max G = {float(g_top.values[0]):.4g}",
+        holds=overlap > 0.5,
+    )
+
+
+def _exact_check(job: _Job, exact: Any, top: Any, traces: tuple[Any, Any] | None) -> None:
+    """Every estimate against the exact spectrum."""
+    cfg, rows = job.cfg, []
+    ex = exact.values
+    if top is not None:
+        ex_top = ex.flip(0)[: cfg.k_top]
+        rel = ((top.values - ex_top).abs() / ex_top.abs().clamp_min(1e-300)).max()
+        rows.append(
+            {
+                "quantity": f"top-{cfg.k_top} eigenvalues",
+                "max rel. error": float(rel),
+                "estimate": float(top.values[0]),
+                "exact": float(ex_top[0]),
+            }
+        )
+    if traces is not None:
+        for name, est, truth in (
+            ("trace", traces[0], float(ex.sum())),
+            ("tr(H²)", traces[1], float(ex.square().sum())),
+        ):
+            rows.append(
+                {
+                    "quantity": name,
+                    "max rel. error": abs(est.value - truth) / abs(truth),
+                    "estimate": est.value,
+                    "exact": truth,
+                    "within 3 stderr": abs(est.value - truth) <= 3 * est.stderr,
+                }
+            )
+    job.run.add_table(S_EXACT, "estimates vs exact", rows)
+    job.summary["exact_check"] = rows
 
 
 def analyze(
@@ -326,6 +538,10 @@ def analyze(
     write_checkpoints: bool = True,
 ) -> dict[str, Any]:
     """Run the curvature analysis of ``objective`` and record everything in ``run``.
+
+    Each part measures the quantities :data:`PART_QUANTITIES` names from
+    :mod:`hesslab.quantities`; its time (``summary["seconds"]``, the ``"Run"`` section's
+    ``seconds: <part>``) is the sum of its results' own ``seconds``.
 
     Args:
         objective: the model, loss and data at the point to analyse.
@@ -346,303 +562,41 @@ def analyze(
         A summary dict of the headline numbers (also in ``run``'s results).
     """
     cfg = config or AnalysisConfig()
-    timings: dict[str, float] = {}
-    clock = {"name": None, "t": time.perf_counter()}
-
-    def note(msg: str) -> None:
-        now = time.perf_counter()
-        if clock["name"] is not None:
-            timings[clock["name"]] = timings.get(clock["name"], 0.0) + now - clock["t"]
-        clock["name"], clock["t"] = msg, now
-        if progress is not None:
-            progress(msg)
-
     wrap = wrap or _identity
     H_local = HessianOperator(objective)
     H = wrap(H_local)
     P = H.shape[0]
-    dev = H.device
     N = getattr(H, "num_total", objective.num_data)  # all shards under DistributedOperator
-    summary: dict[str, Any] = {"P": P, "N": N}
     store = StageStore(
         checkpoint_dir, {"P": P, "N": N, "config": asdict(cfg)}, writable=write_checkpoints
     )
+    job = _Job(objective, run, cfg, store, H_local, H, wrap, progress, {"P": P, "N": N})
     run.add_text(
         S_EIG,
         f"Hessian of the mean loss over N = {N} points, P = {P} parameters, "
         f"{objective.space.dtype}. Eigenpairs by thick-restart Lanczos with full "
         f"reorthogonalization, stopped when every residual ‖Hv − λv‖ ≤ {cfg.tol:g}·‖H‖.",
     )
-    exact = None
-    if cfg.exact_limit and P <= cfg.exact_limit:
-        note("exact spectrum (dense eigh)")
-
-        def dense_spectrum(_: Any) -> tuple[Tensor, float]:
-            t0 = time.perf_counter()
-            D = H.to_dense().to(torch.float64)
-            return torch.linalg.eigvalsh((D + D.T) / 2).cpu(), time.perf_counter() - t0
-
-        exact, summary["exact_seconds"] = store.run("exact", dense_spectrum)
-        run.add_array("exact_eigenvalues", exact.numpy())
-
-    basis = {"basis_device": cfg.basis_device, "basis_dir": cfg.basis_dir}
-
-    def top_eigenpairs(ckpt: Checkpoint | None) -> Any:
-        gen = _gen(cfg.seed, dev)
-        return eigenpairs(
-            H, cfg.k_top, "largest", tol=cfg.tol, generator=gen, checkpoint=ckpt, **basis
-        )
-
-    top = None
-    if "eig" in cfg.what:
-        note("top eigenpairs")
-        top = store.run("eig_top", top_eigenpairs)
-        _record_eigen(run, S_EIG, "λ top", top)
-        summary["lambda_max"] = float(top.values[0])
-        summary["top_eigenvalues"] = top.values.tolist()
-        bottom = None
-        if cfg.k_bottom:
-            note("bottom eigenpairs")
-            bottom = store.run(
-                "eig_bottom",
-                lambda ckpt: eigenpairs(
-                    H,
-                    cfg.k_bottom,
-                    "smallest",
-                    tol=cfg.tol,
-                    generator=_gen(cfg.seed + 1, dev),
-                    checkpoint=ckpt,
-                    **basis,
-                ),
-            )
-            _record_eigen(run, S_EIG, "λ bottom", bottom)
-            summary["lambda_min"] = float(bottom.values[0])
-        outl, source = _outlier_count(top, exact)
-        run.add_scalar(
-            S_EIG, "outliers above the bulk edge", outl.count, method=outl.method,
-            source=source, low=outl.low, high=outl.high, bulk_edge=outl.threshold,
-        )  # fmt: skip
-        summary["outliers"] = int(outl.count)
-        summary["outliers_range"] = (outl.low, outl.high)
-        summary["outliers_text"] = f"{outl.text} ({source}, bulk edge {outl.threshold:.4g})"
-        if outl.count:
-            summary["bulk_edge"] = float(outl.threshold)
-        fig = hplot.eigenvalues(
-            top, title=f"Top-{cfg.k_top} Hessian eigenvalues (bars: residual norms)"
-        )
-        run.add_figure(S_EIG, "top_eigenvalues", fig, "Ranked top eigenvalues of H.")
-    if "trace" in cfg.what:
-        note("trace and tr(H²)")
-        tr = store.run(
-            "trace",
-            lambda ckpt: trace(
-                H, cfg.trace_matvecs, generator=_gen(cfg.seed + 2, dev), checkpoint=ckpt
-            ),
-        )
-        tr2 = store.run(
-            "trace_sq",
-            lambda ckpt: frobenius_sq(
-                H, cfg.trace_matvecs, generator=_gen(cfg.seed + 3, dev), checkpoint=ckpt
-            ),
-        )
-        run.add_result(S_TRACE, "tr H", tr)
-        run.add_result(S_TRACE, "tr H²", tr2)
-        bounds = wolkowicz_styan((tr, tr2, P))
-        run.add_result(S_TRACE, "Wolkowicz–Styan", bounds)
-        summary["trace"] = (tr.value, tr.stderr)
-        summary["trace_sq"] = (tr2.value, tr2.stderr)
-        run.add_text(
-            S_TRACE,
-            f"Trace by `{tr.method}` and tr(H²) by `{tr2.method}` with {cfg.trace_matvecs} "
-            "products each; the Wolkowicz–Styan bounds (1980) on λ_max and λ_min follow from "
-            "the two traces alone, with the ranges they span when each trace moves by its "
-            "standard error.",
-        )
+    exact = _exact_part(job)
+    top = _eig_part(job, exact) if "eig" in cfg.what else None
+    traces = _trace_part(job) if "trace" in cfg.what else None
     if "density" in cfg.what:
-        note("spectral density")
-        dens = store.run(
-            "density",
-            lambda ckpt: spectral_density(
-                H,
-                cfg.density_steps,
-                cfg.density_probes,
-                generator=_gen(cfg.seed + 4, dev),
-                checkpoint=ckpt,
-                **basis,
-            ),
-        )
-        grid = dens.grid()
-        values = dens.evaluate(grid)
-        run.add_array("density/grid", np.asarray(grid))
-        run.add_array("density/values", np.asarray(values))
-        nodes, weights = dens.nodes_and_weights()
-        run.add_array("density/nodes", np.asarray(nodes))
-        run.add_array("density/weights", np.asarray(weights))
-        run.add_scalar(
-            S_DENSITY,
-            "SLQ products",
-            dens.num_matvecs,
-            seconds=dens.seconds,
-            num_steps=cfg.density_steps,
-            num_probes=cfg.density_probes,
-        )
-        fig = hplot.density(
-            dens,
-            eigenvalues=None if exact is None else exact.numpy(),
-            outliers=None if top is None else top.values.numpy(),
-            outliers_label=f"Lanczos top-{cfg.k_top} eigenvalues",
-            edge=summary.get("bulk_edge"),
-            title="Hessian eigenvalue density (SLQ)",
-        )
-        run.add_figure(
-            S_DENSITY,
-            "density",
-            fig,
-            "Gaussian-broadened SLQ density; dashed: the Lanczos top-k eigenvalues (not "
-            "all outliers); solid: the bulk edge of hesslab.count_outliers (the outliers "
-            "are the eigenvalues above it)"
-            + ("; histogram: exact spectrum." if exact is not None else "."),
-        )
-        if exact is not None:
-            w1 = wasserstein1(nodes, weights, exact, torch.full_like(exact, 1.0 / P))
-            width = float(exact[-1] - exact[0])
-            run.add_scalar(S_DENSITY, "W1(SLQ, exact) / spectral width", w1 / width)
-            summary["density_w1_rel"] = w1 / width
+        _density_part(job, top, exact)
     if "layers" in cfg.what:
-        note("layerwise Hessians")
-        rows = []
-        blocks = {name: wrap(b) for name, b in H_local.blocks().items()}
-        for i, (name, block) in enumerate(blocks.items()):
-            res = store.run(
-                f"layer{i}_eig",
-                lambda ckpt, i=i, block=block: eigenpairs(
-                    block,
-                    min(cfg.layer_k, block.shape[0]),
-                    "largest",
-                    tol=cfg.tol,
-                    generator=_gen(cfg.seed + 10 + i, dev),
-                    return_vectors=False,
-                    checkpoint=ckpt,
-                    **basis,
-                ),
-            )
-            btr = store.run(
-                f"layer{i}_trace",
-                lambda ckpt, i=i, block=block: trace(
-                    block,
-                    min(cfg.trace_matvecs, 3 * block.shape[0]),
-                    generator=_gen(cfg.seed + 100 + i, dev),
-                    checkpoint=ckpt,
-                ),
-            )
-            rows.append(
-                {
-                    "layer": name,
-                    "P": block.shape[0],
-                    "λ_max": float(res.values[0]),
-                    "trace": btr.value,
-                    "trace stderr": btr.stderr,
-                    "matvecs": res.num_matvecs + btr.num_matvecs,
-                }
-            )
-        run.add_table(S_LAYERS, "per-layer summary", rows)
-        fig = plots.plot_layer_summary(
-            [r["layer"] for r in rows],
-            {"λ_max": [r["λ_max"] for r in rows], "trace": [r["trace"] for r in rows]},
-        )
-        run.add_figure(
-            S_LAYERS,
-            "layers",
-            fig,
-            "Top eigenvalue and trace of each diagonal block H[l, l] (weight with its bias).",
-        )
-        summary["layers"] = rows
+        _layers_part(job)
     if "ggn" in cfg.what and objective.loss.kind != "custom":
-        note("Gauss–Newton vs Hessian")
-        G = wrap(GGNOperator(objective))
-        k = cfg.k_top
-        g_top = store.run(
-            "ggn_top",
-            lambda ckpt: eigenpairs(
-                G,
-                k,
-                "largest",
-                tol=cfg.tol,
-                generator=_gen(cfg.seed + 5, dev),
-                checkpoint=ckpt,
-                **basis,
-            ),
-        )
-        h_top = top or store.run("eig_top", top_eigenpairs)
-        U_h = h_top.vectors.to(torch.float64)
-        U_g = g_top.vectors.to(torch.float64)
-        overlap = float((U_h.T @ U_g).square().sum() / k)
-        _record_eigen(run, S_GGN, "λ top (GGN)", g_top)
-        run.add_scalar(S_GGN, f"top-{k} subspace overlap ‖U_Hᵀ U_G‖²_F / k", overlap)
-        summary["ggn_overlap"] = overlap
-        fig = plots.plot_spectra_comparison(
-            {"Hessian": h_top.values.numpy(), "Gauss–Newton": g_top.values.numpy()},
-            title="Top eigenvalues: Hessian vs Gauss–Newton",
-        )
-        run.add_figure(
-            S_GGN,
-            "ggn_vs_hessian",
-            fig,
-            "The outliers of H come from the Gauss–Newton term (Sagun et al. 2017).",
-        )
-        run.add_claim(
-            S_GGN,
-            "Sagun et al. (2017): the outliers of the Hessian come from the Gauss–Newton term",
-            f"top-{k} subspace overlap {overlap:.3f}; λ_max H = {float(h_top.values[0]):.4g}, "
-            f"λ_max G = {float(g_top.values[0]):.4g}",
-            holds=overlap > 0.5,
-        )
+        _ggn_part(job, top)
     if "classes" in cfg.what:
-        note("class structure (Papyan 2020)")
-        classes = _classes_stage(
-            objective, run, cfg, store, basis, distributed=wrap is not _identity
-        )
+        job.begin("class structure (Papyan 2020)")
+        classes = _classes_stage(job)
         if classes is not None:
-            summary["classes"] = classes
+            job.summary["classes"] = classes
     if exact is not None:
-        rows = []
-        if top is not None:
-            ex_top = exact.flip(0)[: cfg.k_top]
-            rel = ((top.values - ex_top).abs() / ex_top.abs().clamp_min(1e-300)).max()
-            rows.append(
-                {
-                    "quantity": f"top-{cfg.k_top} eigenvalues",
-                    "max rel. error": float(rel),
-                    "estimate": float(top.values[0]),
-                    "exact": float(ex_top[0]),
-                }
-            )
-        if "trace" in cfg.what:
-            t_ex = float(exact.sum())
-            rows.append(
-                {
-                    "quantity": "trace",
-                    "max rel. error": abs(tr.value - t_ex) / abs(t_ex),
-                    "estimate": tr.value,
-                    "exact": t_ex,
-                    "within 3 stderr": abs(tr.value - t_ex) <= 3 * tr.stderr,
-                }
-            )
-            t2_ex = float(exact.square().sum())
-            rows.append(
-                {
-                    "quantity": "tr(H²)",
-                    "max rel. error": abs(tr2.value - t2_ex) / abs(t2_ex),
-                    "estimate": tr2.value,
-                    "exact": t2_ex,
-                    "within 3 stderr": abs(tr2.value - t2_ex) <= 3 * tr2.stderr,
-                }
-            )
-        run.add_table(S_EXACT, "estimates vs exact", rows)
-        summary["exact_check"] = rows
-    note("done")
-    for name, secs in timings.items():
+        _exact_check(job, exact, top, traces)
+    if progress is not None:
+        progress("done")
+    for name, secs in job.timings.items():
         run.add_scalar("Run", f"seconds: {name}", secs, unit="s")
-    summary["seconds"] = timings
-    summary["config"] = asdict(cfg)
-    return summary
+    job.summary["seconds"] = job.timings
+    job.summary["config"] = asdict(cfg)
+    return job.summary

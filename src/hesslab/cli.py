@@ -604,7 +604,7 @@ def _analyze_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, tor
 
 def _make_model(args: argparse.Namespace, data: Any) -> torch.nn.Module:
     """``--model``: a zoo name (sizes from the data, ``--model-option`` s) or ``file.py:fn``."""
-    from hesslab.experiments.registry import _parse_value
+    from hesslab.experiments._base import parse_value
     from hesslab.models import MODELS, build_model
 
     options = {}
@@ -612,7 +612,7 @@ def _make_model(args: argparse.Namespace, data: Any) -> torch.nn.Module:
         key, sep, value = str(item).partition("=")
         if not sep:
             raise ConfigurationError(f"--model-option {item!r} must look like key=value")
-        options[key.strip()] = _parse_value(value.strip())
+        options[key.strip()] = parse_value(value.strip())
     if ":" not in args.model and args.model.lower().replace("-", "_") in MODELS:
         return build_model(args.model, data, **{"seed": args.seed, **options})
     if options:
@@ -849,6 +849,7 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, exact_limit: int) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``hesslab`` argument parser: one sub-command per ``cmd_*`` function."""
     from hesslab import __version__
 
     parser = _Parser(
@@ -866,23 +867,31 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False, parents=[debug])
     common.add_argument("--out", default="runs", help="folder for run folders (default runs/)")
     common.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    common.add_argument("--quiet", action="store_true", help="no progress bars")
-    common.add_argument(
-        "--threads",
-        type=_int_at_least(0),
-        default=0,
-        help="torch CPU threads (default: torch's choice)",
-    )
+    _add_run_options(common)
     common_noseed = _Parser(add_help=False, parents=[debug])
     common_noseed.add_argument("--out", default="runs", help="folder for run folders")
-    common_noseed.add_argument("--quiet", action="store_true", help="no progress bars")
-    common_noseed.add_argument(
+    _add_run_options(common_noseed)
+
+    _add_demo_command(sub, common)
+    _add_analyze_command(sub, common)
+    _add_reproduce_command(sub, common_noseed)
+    _add_run_folder_commands(sub, debug)
+    return parser
+
+
+def _add_run_options(parent: argparse.ArgumentParser) -> None:
+    """``--quiet`` and ``--threads``, shared by the commands that compute."""
+    parent.add_argument("--quiet", action="store_true", help="no progress bars")
+    parent.add_argument(
         "--threads",
         type=_int_at_least(0),
         default=0,
         help="torch CPU threads (default: torch's choice)",
     )
 
+
+def _add_demo_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``hesslab demo``."""
     p = sub.add_parser(
         "demo", parents=[common], help="analyse a small MLP on digits", description=DEMO_DESCRIPTION
     )
@@ -893,6 +902,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis_options(p, exact_limit=4000)
     p.set_defaults(func=cmd_demo)
 
+
+def _add_analyze_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``hesslab analyze``: the model, the data and the analysis options."""
     p = sub.add_parser(
         "analyze",
         parents=[common],
@@ -946,6 +958,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis_options(p, exact_limit=0)
     p.set_defaults(func=cmd_analyze)
 
+
+def _add_reproduce_command(sub: Any, common_noseed: argparse.ArgumentParser) -> None:
+    """``hesslab reproduce``."""
     p = sub.add_parser(
         "reproduce",
         parents=[common_noseed],
@@ -970,6 +985,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_reproduce)
 
+
+def _add_run_folder_commands(sub: Any, debug: argparse.ArgumentParser) -> None:
+    """``hesslab list``, ``report`` and ``compare`` (no computation)."""
     p = sub.add_parser("list", parents=[debug], help="list the reproducible analyses")
     p.set_defaults(func=cmd_list)
 
@@ -987,7 +1005,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["markdown", "csv"], default="markdown", help="table format")
     p.add_argument("--filter", metavar="SUBSTRING", help="only quantities containing SUBSTRING")
     p.set_defaults(func=cmd_compare)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -284,3 +284,19 @@ def slice_summary(r: Any) -> Summary:
     if losses:
         rows.append(("loss", f"[{fmt(min(losses))}, {fmt(max(losses))}]"))
     return [*rows, ("seconds", f"{r.seconds:.3g}")]
+
+
+def run_rows(run: Any, limit: int = 8) -> Summary:
+    """A loaded run folder (:class:`hesslab.runs.Run`): status, sizes, its first scalars."""
+    rows: Summary = [
+        ("status", str(run.status)),
+        ("schema", str(run.schema)),
+        ("scalars", str(len(run.results))),
+        ("metric records", str(len(run.metrics))),
+        ("arrays", str(len(run.arrays))),
+    ]
+    for key, rec in list(run.results.items())[:limit]:
+        rows.append((key, plus_minus(rec.get("value"), rec.get("stderr"))))
+    if len(run.results) > limit:
+        rows.append(("…", f"{len(run.results) - limit} more (run.results_frame())"))
+    return rows

@@ -90,6 +90,7 @@ class BatchLoss:
         self.count = count
 
     def __call__(self, model_fn: Callable[..., Any], batch: Any) -> Tensor | LossValue:
+        """The loss of one ``batch`` under ``model_fn``: ``fn(model_fn, batch)``."""
         return self.fn(model_fn, batch)
 
 
@@ -137,8 +138,11 @@ class LossSpec:
 
 # --------------------------------------------------------------------------- resolving
 def _mse(reduction: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """Mean-squared error written out: ``F.mse_loss``'s backward fails under forward-mode AD
-    (PyTorch raises "ZeroTensors are immutable" in ``jvp(grad(...))``)."""
+    """Mean-squared error written out.
+
+    ``F.mse_loss``'s backward fails under forward-mode AD (PyTorch raises "ZeroTensors are
+    immutable" in ``jvp(grad(...))``).
+    """
 
     def mse(outputs: Tensor, targets: Tensor) -> Tensor:
         sq = (outputs - targets).square()

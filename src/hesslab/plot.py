@@ -186,10 +186,50 @@ def _zero_within_error(values: np.ndarray, errors: np.ndarray | None) -> np.ndar
     return np.where(np.abs(values) <= np.abs(errors), 0.0, values)
 
 
+def _is_run_dir(obj: Any) -> bool:
+    return isinstance(obj, (str, os.PathLike)) and Path(obj).is_dir()
+
+
+def _run_eigen(path: str | os.PathLike[str], name: str | None) -> Any:
+    """The stored fields of an ``EigenResult`` of a run folder (``RunDir.add_result``).
+
+    Values, residual norms and converged flags come from ``arrays.npz``, the rest from
+    ``results.json``.
+    """
+    from types import SimpleNamespace
+
+    from hesslab.runs import load_run
+
+    run = load_run(path)
+    found = [
+        r
+        for r in run.summary.get("results", [])
+        if r.get("type") == "EigenResult" and (name is None or r.get("name") == name)
+    ]
+    names = [
+        r.get("name") for r in run.summary.get("results", []) if r.get("type") == "EigenResult"
+    ]
+    if not found:
+        raise DataError(
+            f"{path} holds no eigenvalue result named {name!r} (it has {names or 'none'}); "
+            "pass name= one of them, or an EigenResult"
+        )
+    fields = found[0]["fields"]
+    arrays = {}
+    for key in ("values", "residual_norms", "converged"):
+        spec = fields.get(key)
+        if not (isinstance(spec, Mapping) and spec.get("array") in run.arrays):
+            raise DataError(f"{path}: the eigenvalue result {found[0]['name']!r} has no {key}")
+        arrays[key] = run.arrays[spec["array"]]
+    which, method = fields.get("which", "largest"), fields.get("method", "lanczos")
+    return SimpleNamespace(**arrays, which=which, method=method)
+
+
 def eigenvalues(
     result: Any,
     ax: Any | None = None,
     *,
+    name: str | None = "λ top",
     title: str | None = None,
     ylabel: str = "eigenvalue λ",
     symlog: bool = True,
@@ -202,8 +242,12 @@ def eigenvalues(
     bar of zero is drawn as 0 (its sign and magnitude are not resolved).
 
     Args:
-        result: an :class:`~hesslab.linalg.results.EigenResult` (:func:`hesslab.eigenpairs`).
+        result: an :class:`~hesslab.linalg.results.EigenResult` (:func:`hesslab.eigenpairs`),
+            or a run folder holding one (``hesslab analyze``: values and residual norms
+            from ``arrays.npz``).
         ax: draw into this matplotlib axes (default: a new figure).
+        name: with a run folder, the stored result's name (``"λ top"``, ``"λ bottom"``,
+            ``"λ top (GGN)"``; ``None``: the first one).
         title: axes title (default: says which end, the method and that bars are residuals).
         ylabel: y-axis label.
         symlog: symmetric-log y axis (signs and magnitudes together).
@@ -211,6 +255,8 @@ def eigenvalues(
     Returns:
         The figure (of ``ax`` when given).
     """
+    if _is_run_dir(result):
+        result = _run_eigen(result, name)
     if not (hasattr(result, "values") and hasattr(result, "residual_norms")):
         raise DataError(
             f"eigenvalues() takes an EigenResult (hesslab.eigenpairs); got {type(result).__name__}"
@@ -243,10 +289,13 @@ def layer_spectra(
 
     Densities are overlaid on one grid (:func:`density`); eigenvalue results (or plain
     arrays of eigenvalues) are compared rank by rank
-    (:func:`hesslab.report.plots.plot_spectra_comparison`).
+    (:func:`hesslab.report.plots.plot_spectra_comparison`). A run folder of ``hesslab
+    analyze`` (its ``layers`` part) keeps each block's ``λ_max`` and ``tr H[l, l]`` ± its
+    standard error: they are drawn as one bar panel each, the report's figure.
 
     Args:
-        spectra: block name -> result, all densities or all eigenvalue results.
+        spectra: block name -> result, all densities or all eigenvalue results; or a run
+            folder.
         ax: draw into this matplotlib axes (default: a new figure).
         title: axes title.
         top_k: eigenvalue results: plot only the first ``top_k`` of each.
@@ -255,6 +304,8 @@ def layer_spectra(
     Returns:
         The figure (of ``ax`` when given).
     """
+    if _is_run_dir(spectra):
+        return _run_layers(spectra, title)
     if not isinstance(spectra, Mapping) or not spectra:
         raise DataError("layer_spectra() takes a non-empty dict: layer name -> result")
     kinds = {_is_density(v) for v in spectra.values()}
@@ -269,6 +320,23 @@ def layer_spectra(
 
     values = {str(n): to_numpy(getattr(r, "values", r)) for n, r in spectra.items()}
     return _plots().plot_spectra_comparison(values, title=title, top_k=top_k, ax=ax, **kwargs)
+
+
+def _run_layers(path: str | os.PathLike[str], title: str | None) -> Figure:
+    """The per-layer table of an analysis run folder as bar panels (λ_max, trace ± s.e.)."""
+    from hesslab.runs import load_run
+
+    tables = load_run(path).summary.get("tables", [])
+    rows = next((t.get("rows") for t in tables if t.get("name") == "per-layer summary"), None)
+    if not rows:
+        raise DataError(
+            f"{path} holds no per-layer summary; pass a run folder of `hesslab analyze` with "
+            "the layers part (--what ...,layers), or a dict of layer results"
+        )
+    names = [r["layer"] for r in rows]
+    trace = ([r["trace"] for r in rows], [r.get("trace stderr") or 0.0 for r in rows])
+    quantities = {"λ_max": [r["λ_max"] for r in rows], "trace": trace}
+    return _plots().plot_layer_summary(names, quantities, title=title)
 
 
 def _records(source: Any) -> list[dict[str, Any]]:

@@ -152,8 +152,10 @@ def _resolve_alphas(
 def _plan(
     model: nn.Module, alphas: Sequence[float] | Mapping[str, float]
 ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
-    """Per Linear/Conv layer ``(weight factor, bias factor)`` and per BatchNorm the scale ``c``
-    it absorbs. Validates the network along the way."""
+    """Per Linear/Conv layer ``(weight factor, bias factor)``; per BatchNorm its scale ``c``.
+
+    The scale ``c`` is the factor the BatchNorm absorbs. Validates the network along the way.
+    """
     leaves = _leaves(model)
     layers = [n for n, m in leaves if isinstance(m, _PARAM_LAYERS)]
     factors = _resolve_alphas(layers, alphas)

@@ -32,13 +32,8 @@ import numpy as np
 
 from hesslab.errors import DataError
 from hesslab.io import as_float, read_json, read_jsonl
-from hesslab.report.run import (
-    ARRAYS_FILE,
-    CONFIG_FILE,
-    METRICS_FILE,
-    RESULTS_FILE,
-    RUN_SCHEMA,
-)
+from hesslab.report.layout import ARRAYS_FILE, CONFIG_FILE, METRICS_FILE, RESULTS_FILE
+from hesslab.report.records import RUN_SCHEMA
 
 __all__ = ["RUN_SCHEMA", "LazyArrays", "Run", "compare_table", "load_run"]
 
@@ -151,6 +146,12 @@ class Run:
             f"{len(self.results)} scalars, {len(self.metrics)} metric records, "
             f"{len(self.arrays)} arrays)"
         )
+
+    def _repr_html_(self) -> str:
+        """HTML table of the run's status, sizes and first scalars (Jupyter)."""
+        from hesslab import display
+
+        return display.html_table(self, display.run_rows(self))
 
 
 def _decode(x: Any) -> Any:

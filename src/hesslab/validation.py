@@ -332,8 +332,11 @@ def check_objective(objective: Any) -> None:
 
 
 def _first_loss(objective: Any, leaves: Mapping[str, Tensor], batch: Any) -> Tensor:
-    """The first batch's loss; a failing forward pass (data that do not fit the model) is
-    reported as a :class:`DataError` naming the batch's shapes, the cause chained."""
+    """The first batch's loss.
+
+    A failing forward pass (data that do not fit the model) is reported as a
+    :class:`DataError` naming the batch's shapes, the cause chained.
+    """
     try:
         return objective.batch_loss(leaves, batch)
     except HesslabError:
@@ -358,9 +361,11 @@ def _batch_tensors(batch: Any) -> list[Tensor]:
 
 
 def check_batch_loss(objective: Any, batch: Any, batch_index: int) -> None:
-    """One forward pass without gradients on a prepared batch: its targets pass
-    :func:`check_targets` with readable values and its loss is finite (for operators whose
-    products run inside ``vmap``, where values cannot be read)."""
+    """One forward pass without gradients on a prepared batch: targets readable, loss finite.
+
+    Its targets pass :func:`check_targets` with readable values and its loss is finite (for
+    operators whose products run inside ``vmap``, where values cannot be read).
+    """
     if objective.loss.kind == "custom":
         return
     with torch.no_grad():

@@ -176,44 +176,12 @@ def mnist(
     root = Path(root)
     folder = find_mnist_dir(root)
     if folder is None:
-        missing = []
-        for stem in _MNIST_FILES.values():
-            if not any(_find_mnist_file(f, stem) for f in _mnist_candidates(root)):
-                missing.append(stem)
-        looked = ", ".join(str(f) for f in _mnist_candidates(root))
-        raise DataError(
-            f"MNIST not found under {str(root)!r}: missing "
-            f"{', '.join(missing) or 'a complete set'} (plain or .gz; looked in {looked}). "
-            f"{_MNIST_HOWTO}"
-        )
-    parts = []
+        _raise_mnist_missing(root)
+    out = []
     for part, limit in (("train", num_train), ("test", num_test)):
-        img_path = _find_mnist_file(folder, _MNIST_FILES[f"{part}_images"])
-        lab_path = _find_mnist_file(folder, _MNIST_FILES[f"{part}_labels"])
-        assert img_path is not None and lab_path is not None
-        images, labels = read_idx(img_path), read_idx(lab_path)
-        if images.ndim != 3 or images.dtype != np.uint8:
-            raise DataError(
-                f"{str(img_path)!r} should hold uint8 images [N, H, W] (magic 00000803), "
-                f"found {images.dtype} of shape {images.shape}."
-            )
-        if labels.ndim != 1 or labels.dtype != np.uint8:
-            raise DataError(
-                f"{str(lab_path)!r} should hold uint8 labels [N] (magic 00000801), found "
-                f"{labels.dtype} of shape {labels.shape}."
-            )
-        if images.shape[0] != labels.shape[0]:
-            raise DataError(
-                f"{img_path.name} holds {images.shape[0]} images but {lab_path.name} holds "
-                f"{labels.shape[0]} labels; the files come from different downloads."
-            )
-        if labels.size and labels.max() > 9:
-            raise DataError(f"{str(lab_path)!r} has label {labels.max()} > 9; file is corrupt.")
+        images, labels, path = _read_mnist_part(folder, part)
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
-        parts.append((images, labels, img_path))
-    out = []
-    for part, (images, labels, path) in zip(("train", "test"), parts, strict=True):
         x = torch.from_numpy(images.copy()).to(dtype).div_(255.0).unsqueeze(1)
         if normalize:
             mean, std = MNIST_MEAN_STD
@@ -229,6 +197,46 @@ def mnist(
         y = torch.from_numpy(labels.astype(np.int64))
         out.append(TensorData(x, y, name=name, num_classes=10, meta=meta))
     return Split(out[0], out[1])
+
+
+def _raise_mnist_missing(root: Path) -> None:
+    """Raise the :class:`DataError` that lists the missing MNIST files and where it looked."""
+    missing = []
+    for stem in _MNIST_FILES.values():
+        if not any(_find_mnist_file(f, stem) for f in _mnist_candidates(root)):
+            missing.append(stem)
+    looked = ", ".join(str(f) for f in _mnist_candidates(root))
+    raise DataError(
+        f"MNIST not found under {str(root)!r}: missing "
+        f"{', '.join(missing) or 'a complete set'} (plain or .gz; looked in {looked}). "
+        f"{_MNIST_HOWTO}"
+    )
+
+
+def _read_mnist_part(folder: Path, part: str) -> tuple[np.ndarray, np.ndarray, Path]:
+    """The checked uint8 images ``[N, H, W]`` and labels ``[N]`` of ``part``, and the path."""
+    img_path = _find_mnist_file(folder, _MNIST_FILES[f"{part}_images"])
+    lab_path = _find_mnist_file(folder, _MNIST_FILES[f"{part}_labels"])
+    assert img_path is not None and lab_path is not None
+    images, labels = read_idx(img_path), read_idx(lab_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(
+            f"{str(img_path)!r} should hold uint8 images [N, H, W] (magic 00000803), "
+            f"found {images.dtype} of shape {images.shape}."
+        )
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DataError(
+            f"{str(lab_path)!r} should hold uint8 labels [N] (magic 00000801), found "
+            f"{labels.dtype} of shape {labels.shape}."
+        )
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{img_path.name} holds {images.shape[0]} images but {lab_path.name} holds "
+            f"{labels.shape[0]} labels; the files come from different downloads."
+        )
+    if labels.size and labels.max() > 9:
+        raise DataError(f"{str(lab_path)!r} has label {labels.max()} > 9; file is corrupt.")
+    return images, labels, img_path
 
 
 # ---------------------------------------------------------------------------------------

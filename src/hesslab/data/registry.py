@@ -56,7 +56,7 @@ def load_data(
         **kwargs: passed to the loader.
 
     Returns:
-        A :class:`~hesslab.data.datasets.Split`.
+        A :class:`~hesslab.data.Split`.
 
     Raises:
         DataError: the name is neither bundled nor an existing file or recognised folder.

@@ -41,9 +41,11 @@ __all__ = [
     "Verdict",
     "add_claim",
     "all_of",
+    "claims_by_key",
     "decide",
     "decide_equal",
     "decide_estimate",
+    "record",
     "verdict_word",
 ]
 
@@ -284,5 +286,58 @@ def add_claim(run_dir: Any, section: str, claim: str, verdict: Verdict, measured
 
     The claims table shows ``"<measured>; <verdict.text>"`` and the verdict.
     """
-    text = f"{measured}; {verdict.text}" if measured else verdict.text
-    run_dir.add_claim(section, claim, text, verdict.holds)
+    record(run_dir, section, claim, measured, verdict)
+
+
+def claims_by_key(run_dir: Any) -> dict[str, dict[str, bool | None]]:
+    """``{section: {claim: holds}}`` of every claim in ``run_dir``: the one claims schema.
+
+    Keyed by the section and the claim (JSON-ready), so two claims of one section are two
+    entries and neither can replace the other (:func:`record` refuses a repeated pair).
+    """
+    out: dict[str, dict[str, bool | None]] = {}
+    for c in run_dir.claims:
+        out.setdefault(c["section"], {})[c["claim"]] = c["holds"]
+    return out
+
+
+def record(
+    run_dir: Any,
+    section: str,
+    claim: str,
+    measured: Any,
+    verdict: Verdict | bool | None,
+) -> bool | None:
+    """Write one claim into ``run_dir``; every experiment's claims pass through here.
+
+    Same arguments as :meth:`hesslab.report.run.RunDir.add_claim`, with a
+    :class:`Verdict` allowed as ``verdict``.
+
+    Args:
+        run_dir: the run folder.
+        section: the report section the claim belongs to.
+        claim: the paper's claim in words; unique within ``section``.
+        measured: what the run measured, in words (``""``: the verdict's text alone).
+        verdict: a :class:`Verdict` (its statistic is appended to ``measured``), or the
+            outcome of an experiment-specific rule stated in ``measured``: ``True`` /
+            ``False`` / ``None`` (undecided).
+
+    Returns:
+        Whether the claim holds (``None``: undecided).
+
+    Raises:
+        ConfigurationError: ``(section, claim)`` was recorded before in this run (one
+            verdict would silently replace the other).
+    """
+    if str(claim) in claims_by_key(run_dir).get(str(section), {}):
+        raise ConfigurationError(
+            f"claim {claim!r} of section {section!r} was already recorded in this run; "
+            "give each claim of a section its own wording"
+        )
+    if isinstance(verdict, Verdict):
+        text = f"{measured}; {verdict.text}" if measured != "" else verdict.text
+        holds = verdict.holds
+    else:
+        text, holds = measured, verdict
+    run_dir.add_claim(section, claim, text, holds)
+    return holds

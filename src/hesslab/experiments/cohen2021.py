@@ -53,24 +53,20 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from hesslab.data import balanced_subset, load_data
 from hesslab.errors import ConfigurationError
-from hesslab.experiments._stages import Parts
-from hesslab.experiments.registry import ExperimentSpec, Progress
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import record
 from hesslab.models import mlp
 from hesslab.report import plots
-from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import fit
 from hesslab.train.monitor import SpectrumMonitor
-
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
 
 __all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "SPEC", "Cohen2021Config", "judge_run", "run"]
 
@@ -333,7 +329,7 @@ def _report(
     ):
         holds, _ = _verdict({eta: [j[key] for j in js] for eta, js in judged.items()}, cfg.agree)
         text = "; ".join(_measured(key, eta, js) for eta, js in judged.items())
-        run_dir.add_claim(section, claim, f"{text} (rule: {_rule(key, cfg)})", holds)
+        record(run_dir, section, claim, f"{text} (rule: {_rule(key, cfg)})", holds)
         out[key] = holds
     return out
 
@@ -377,57 +373,61 @@ def _rule(key: str, cfg: Cohen2021Config) -> str:
     )
 
 
-def run(
-    run_dir: RunDir,
-    config: Cohen2021Config | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Train by full-batch GD at each step size and seed, track λ_max, judge the claims.
-
-    With ``stages`` every finished (step size, seed) run is saved and reloaded on resume
-    (:class:`~hesslab.experiments._stages.Parts`).
-
-    Returns:
-        ``{"claims": {"sharpening", "eos", "nonmonotone"}, "per_run": [...],
-        "diverged": int, "P": int, "seconds": float}``.
-    """
-    cfg = config or Cohen2021Config.smoke()
+def _check(cfg: Cohen2021Config) -> None:
     if not cfg.lrs or len(cfg.seeds) < 1 or any(eta <= 0 for eta in cfg.lrs):
         raise ConfigurationError("cohen2021 needs positive step sizes lrs and at least one seed")
-    tick = StepProgress(progress, len(cfg.lrs) * len(cfg.seeds), logger=logger)
-    part = Parts(run_dir, stages, tick)
-    runs: dict[float, list[dict[str, Any]]] = {}
-    for eta in cfg.lrs:
-        for seed in cfg.seeds:
 
-            def one(eta: float = eta, seed: int = seed) -> dict[str, Any]:
-                r = _run_one(cfg, eta, seed)
-                tick(f"η = {eta:g}, seed {seed}")
-                return r
 
-            runs.setdefault(eta, []).append(part(f"eta{eta:g}_seed{seed}", one))
-    t_report = time.perf_counter()
-    judged = {eta: [judge_run(r, cfg) for r in rs] for eta, rs in runs.items()}
-    first = runs[cfg.lrs[0]][0]
-    run_dir.add_text(
-        S0,
+def _one(ctx: Context, eta: float, seed: int) -> dict[str, Any]:
+    r = _run_one(ctx.cfg, eta, seed)
+    ctx.tick(f"η = {eta:g}, seed {seed}")
+    return r
+
+
+def _parts(cfg: Cohen2021Config) -> list[Part]:
+    """One part per (step size, seed) run."""
+    return [
+        Part(f"eta{eta:g}_seed{seed}", lambda c, eta=eta, seed=seed: _one(c, eta, seed))
+        for eta in cfg.lrs
+        for seed in cfg.seeds
+    ]
+
+
+def _setup_text(cfg: Cohen2021Config, P: int) -> str:
+    return (
         f"{PAPER} (arXiv:2103.00065). Full-batch GD on {cfg.per_class} points per class of "
-        f"{cfg.data} ({cfg.per_class * 10} points), MLP {first['P']} parameters (hidden "
+        f"{cfg.data} ({cfg.per_class * 10} points), MLP {P} parameters (hidden "
         f"{list(cfg.widths)}, {cfg.activation}), {cfg.loss} loss, {cfg.dtype}; step sizes "
         f"{list(cfg.lrs)}, {cfg.steps} steps, λ_max every {cfg.every} steps (Lanczos, "
         f"relative residual {cfg.tol:g}, warm-started), seeds {list(cfg.seeds)}. "
         f"Rules: sharpening = minimum λ_max before the first crossing ≤ {1 - cfg.ps_rise:g}·2/η; "
         f"EoS = median λ_max·η/2 after it in [{cfg.eos_band[0]:g}, {cfg.eos_band[1]:g}] "
         f"(≥ {cfg.min_after} measurements); a claim holds when ≥ {cfg.agree:.0%} of the seeds "
-        "of every η confirm it.",
+        "of every η confirm it."
     )
+
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """Judge every run, write the figures, table and claims.
+
+    Returns:
+        ``{"claims": {"sharpening", "eos", "nonmonotone"}, "per_run": [...],
+        "diverged": int, "P": int, "seconds": float}``.
+    """
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    t_report = time.perf_counter()
+    runs: dict[float, list[dict[str, Any]]] = {}
+    for eta in cfg.lrs:
+        runs[eta] = [ctx.results[f"eta{eta:g}_seed{seed}"] for seed in cfg.seeds]
+    judged = {eta: [judge_run(r, cfg) for r in rs] for eta, rs in runs.items()}
+    first = runs[cfg.lrs[0]][0]
+    run_dir.add_text(S0, _setup_text(cfg, first["P"]))
     _figures(run_dir, cfg, runs)
     claims = _report(run_dir, cfg, runs, judged)
     all_runs = [r for rs in runs.values() for r in rs]
     diverged = sum(r["diverged"] for r in all_runs)
     # each part's wall time when it ran (also for parts loaded on --resume) + the report
-    seconds = sum(part.seconds.values()) + time.perf_counter() - t_report
+    seconds = sum(ctx.seconds.values()) + time.perf_counter() - t_report
     run_dir.add_scalar(S4, "diverged runs", diverged, total=len(all_runs))
     run_dir.add_scalar(S4, "Hessian-vector products", sum(r["matvecs"] for r in all_runs))
     run_dir.add_scalar(S4, "seconds", seconds, unit="s", note="sum of the runs' wall times")
@@ -452,7 +452,7 @@ def run(
     }
 
 
-SPEC = ExperimentSpec(
+SPEC = Experiment(
     name="cohen2021",
     title="The edge of stability under full-batch gradient descent (Cohen et al. 2021)",
     paper=PAPER,
@@ -464,7 +464,15 @@ SPEC = ExperimentSpec(
         "non-monotonically; verdicts over seeds by stated rules."
     ),
     config_type=Cohen2021Config,
-    runner=run,
     smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
+    parts=_parts,
+    summary=_summary,
+    steps=lambda cfg: len(cfg.lrs) * len(cfg.seeds),
+    check=_check,
 )
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size): trains by full-batch GD at
+#: each step size and seed (one resumable part each), tracks λ_max, judges the claims.
+run = SPEC.run

@@ -37,18 +37,16 @@ convnet; see :data:`FULL_SECONDS`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from hesslab.data import digits
-from hesslab.experiments._stages import Parts
-from hesslab.experiments.registry import ExperimentSpec
-from hesslab.linalg import eigenpairs, trace
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import record
 from hesslab.measures.sharpness import (
     epsilon_sharpness,
     layer_normalized_sharpness,
@@ -57,13 +55,11 @@ from hesslab.measures.sharpness import (
 from hesslab.models import lenet, mlp
 from hesslab.objective import Objective
 from hesslab.operators import hessian
+from hesslab.quantities import Settings, measure
 from hesslab.reparam import rescale_pair, scalable_layers
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import fit
-
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
 
 __all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "SPEC", "Dinh2017Config", "run"]
 
@@ -80,7 +76,6 @@ S1 = "1. Rescaled ReLU MLP"
 S2 = "2. Rescaled ReLU convnet"
 S0 = "Setup"
 
-Progress = Callable[[str, float], None]
 
 #: measures that move under rescaling / that do not
 MOVING = ("lambda_max", "trace", "eps_sharpness")
@@ -163,26 +158,15 @@ def _measures(
     obj = Objective(model, "ce", data)
     H = hessian(obj)
     seed = cfg.seed
-    lam = eigenpairs(
-        H,
-        1,
-        tol=cfg.lanczos_tol,
-        generator=torch.Generator().manual_seed(seed),
-        return_vectors=False,
-    )
-    tr = trace(H, cfg.trace_matvecs, generator=torch.Generator().manual_seed(seed + 1))
+    s = Settings(tol=cfg.lanczos_tol, return_vectors=False, num_matvecs=cfg.trace_matvecs)
+    lam = measure("lambda_max", H, s, torch.Generator().manual_seed(seed))
+    tr = measure("trace", H, s, torch.Generator().manual_seed(seed + 1))
     sharp = epsilon_sharpness(
         obj, cfg.eps, steps=cfg.sharpness_steps, generator=torch.Generator().manual_seed(seed + 2)
     )
     inv_op = scale_invariant_operator(H, obj.flat_params())
-    inv_tr = trace(inv_op, cfg.trace_matvecs, generator=torch.Generator().manual_seed(seed + 3))
-    inv_lam = eigenpairs(
-        inv_op,
-        1,
-        tol=cfg.lanczos_tol,
-        generator=torch.Generator().manual_seed(seed + 4),
-        return_vectors=False,
-    )
+    inv_tr = measure("trace", inv_op, s, torch.Generator().manual_seed(seed + 3))
+    inv_lam = measure("lambda_max", inv_op, s, torch.Generator().manual_seed(seed + 4))
     layers = layer_normalized_sharpness(
         obj,
         trace_method="krylov",
@@ -347,7 +331,8 @@ def _sweep(
     run.add_scalar(section, "max relative output change", out_max)
     run.add_scalar(section, "gradient norm at alpha=1", ref["grad_norm"])
     holds_f = out_max <= cfg.output_tol and len(accs) == 1
-    run.add_claim(
+    record(
+        run,
         section,
         "T_α leaves the function unchanged (outputs and test accuracy)",
         f"max relative output change {out_max:.1e} over α ∈ [{alphas.min():.0e}, "
@@ -355,14 +340,16 @@ def _sweep(
         holds_f,
     )
     holds_m = all(v >= cfg.move_min for v in moves.values())
-    run.add_claim(
+    record(
+        run,
         section,
         "λ_max, tr(H) and ε-sharpness can be made arbitrarily large by T_α",
         ", ".join(f"{k} moves {v:.3g}x" for k, v in moves.items()),
         holds_m,
     )
     holds_i = all(v <= cfg.invariant_tol for v in inv_dev.values())
-    run.add_claim(
+    record(
+        run,
         section,
         "normalized measures (Σθ²H_jj, λ_max(ΘHΘ), λ_max(H_pp)‖θ_p‖², tr(H_pp)‖θ_p‖²/P_p) "
         "are invariant",
@@ -385,39 +372,8 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, tor
     return (x, y) if n <= 0 or n >= x.shape[0] else (x[:n], y[:n])
 
 
-def run(
-    run_dir: RunDir,
-    config: Dinh2017Config | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Run the reproduction into ``run_dir`` (not finalized here) and return the headline.
-
-    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished part is
-    saved there and, on a second call with the same store, loaded instead of re-run
-    (``hesslab reproduce --resume``, :class:`~hesslab.experiments._stages.Parts`).
-
-    Args:
-        run_dir: the run folder.
-        config: sizes and knobs (default :meth:`Dinh2017Config.smoke`).
-        progress: optional ``progress(description, fraction_done)``.
-
-    Returns:
-        ``{"mlp": {"output_change", "test_accuracies", "moves": {measure: max/min},
-        "invariant_deviation": {measure: max rel. deviation}, "rows": [...],
-        "claims": {...}}, "convnet": {...} | None, "claims": {section: holds},
-        "seconds": {...}, "config": {...}}``.
-
-    References:
-        Dinh, Pascanu, Bengio, Bengio (2017), "Sharp Minima Can Generalize For Deep Nets",
-        ICML, arXiv:1703.04933.
-    """
-    cfg = config or Dinh2017Config.smoke()
-    tick = StepProgress(
-        progress, len(cfg.alphas) * (1 + int(cfg.convnet)) + 1 + int(cfg.convnet), logger=logger
-    )
-    dtype = torch.float64
-    run_dir.add_text(
+def _setup(ctx: Context) -> None:
+    ctx.run_dir.add_text(
         S0,
         f"{PAPER}. Function-preserving rescaling T_α(θ₁, θ₂) = (αθ₁, θ₂/α) of the first two "
         "layers of trained ReLU networks (biases: layer 1's bias × α). Everything in float64. "
@@ -427,8 +383,10 @@ def run(
         "(L(θ′) − L(θ)) / (1 + L(θ)) maximised over ‖θ′ − θ‖ ≤ ε by projected gradient ascent "
         "(a lower bound on the maximum).",
     )
-    part = Parts(run_dir, stages, tick)
-    training = dict(
+
+
+def _training(cfg: Dinh2017Config) -> dict[str, Any]:
+    return dict(
         lr=cfg.lr,
         momentum=cfg.momentum,
         batch_size=cfg.batch_size,
@@ -436,49 +394,59 @@ def run(
         seed=cfg.seed,
     )
 
-    def mlp_part() -> dict[str, Any]:
-        split = digits(seed=cfg.seed, dtype=dtype)
-        res = fit(mlp(64, cfg.widths, 10, seed=cfg.seed, dtype=dtype), split, **training)
-        model = res.model.eval()
-        tick("MLP trained")
-        run_dir.add_scalar(S1, "MLP test accuracy", res.final_test_accuracy)
-        run_dir.add_scalar(S1, "MLP train loss", res.final_train_loss)
-        hess = _subset(split.train.x, split.train.y, cfg.hessian_points)
-        return _sweep(run_dir, S1, model, hess, (split.test.x, split.test.y), cfg, tick, "MLP")
 
-    def convnet_part() -> dict[str, Any]:
-        isplit = digits(flat=False, seed=cfg.seed, dtype=dtype)
-        net = lenet(
-            1, 10, image_size=8, seed=cfg.seed, channels=cfg.conv_channels,
-            hidden=cfg.conv_hidden, dtype=dtype,
-        )  # fmt: skip
-        res_c = fit(net, isplit, **training)
-        conv = res_c.model.eval()
-        tick("convnet trained")
-        run_dir.add_scalar(S2, "convnet test accuracy", res_c.final_test_accuracy)
-        hess_c = _subset(isplit.train.x, isplit.train.y, cfg.hessian_points)
-        return _sweep(
-            run_dir, S2, conv, hess_c, (isplit.test.x, isplit.test.y), cfg, tick, "convnet"
-        )
+def _mlp_part(ctx: Context) -> dict[str, Any]:
+    cfg, run_dir, tick, dtype = ctx.cfg, ctx.run_dir, ctx.tick, torch.float64
+    split = digits(seed=cfg.seed, dtype=dtype)
+    res = fit(mlp(64, cfg.widths, 10, seed=cfg.seed, dtype=dtype), split, **_training(cfg))
+    model = res.model.eval()
+    tick("MLP trained")
+    run_dir.add_scalar(S1, "MLP test accuracy", res.final_test_accuracy)
+    run_dir.add_scalar(S1, "MLP train loss", res.final_train_loss)
+    hess = _subset(split.train.x, split.train.y, cfg.hessian_points)
+    return _sweep(run_dir, S1, model, hess, (split.test.x, split.test.y), cfg, tick, "MLP")
 
-    out_mlp = part("mlp", mlp_part)
-    out_conv = part("convnet", convnet_part) if cfg.convnet else None
-    seconds = dict(part.seconds)
-    for name, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
-    claims = {f"{c['section']}: {c['claim']}": c["holds"] for c in run_dir.claims}
-    run_dir.flush()
+
+def _convnet_part(ctx: Context) -> dict[str, Any]:
+    cfg, run_dir, tick, dtype = ctx.cfg, ctx.run_dir, ctx.tick, torch.float64
+    isplit = digits(flat=False, seed=cfg.seed, dtype=dtype)
+    net = lenet(
+        1, 10, image_size=8, seed=cfg.seed, channels=cfg.conv_channels,
+        hidden=cfg.conv_hidden, dtype=dtype,
+    )  # fmt: skip
+    res_c = fit(net, isplit, **_training(cfg))
+    conv = res_c.model.eval()
+    tick("convnet trained")
+    run_dir.add_scalar(S2, "convnet test accuracy", res_c.final_test_accuracy)
+    hess_c = _subset(isplit.train.x, isplit.train.y, cfg.hessian_points)
+    return _sweep(run_dir, S2, conv, hess_c, (isplit.test.x, isplit.test.y), cfg, tick, "convnet")
+
+
+def _parts(cfg: Dinh2017Config) -> list[Part]:
+    return [Part("mlp", _mlp_part)] + ([Part("convnet", _convnet_part)] if cfg.convnet else [])
+
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """The headline.
+
+    Returns:
+        ``{"mlp": {"output_change", "test_accuracies", "moves": {measure: max/min},
+        "invariant_deviation": {measure: max rel. deviation}, "rows": [...],
+        "claims": {...}}, "convnet": {...} | None, "claims": {section: {claim: holds}},
+        "seconds": {...}, "config": {...}}``.
+    """
+    seconds = ctx.record_part_seconds()
     return {
-        "mlp": out_mlp,
-        "convnet": out_conv,
-        "claims": claims,
+        "mlp": ctx.results["mlp"],
+        "convnet": ctx.results.get("convnet"),
+        "claims": ctx.claims,
         "seconds": seconds,
-        "config": asdict(cfg),
+        "config": asdict(ctx.cfg),
     }
 
 
 #: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
-SPEC = ExperimentSpec(
+SPEC = Experiment(
     name="dinh2017",
     title="Sharp minima can generalize: rescaling moves flatness (Dinh et al. 2017)",
     paper=("Dinh, Pascanu, Bengio, Bengio (2017), Sharp Minima Can Generalize For Deep Nets"),
@@ -491,7 +459,16 @@ SPEC = ExperimentSpec(
         "constant."
     ),
     config_type=Dinh2017Config,
-    runner=run,
     smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
+    parts=_parts,
+    summary=_summary,
+    steps=lambda cfg: len(cfg.alphas) * (1 + int(cfg.convnet)) + 1 + int(cfg.convnet),
+    setup=_setup,
 )
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size). Reference: Dinh, Pascanu,
+#: Bengio, Bengio (2017), "Sharp Minima Can Generalize For Deep Nets", ICML,
+#: arXiv:1703.04933.
+run = SPEC.run

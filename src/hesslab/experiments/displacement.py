@@ -36,30 +36,25 @@ Run: ``hesslab reproduce displacement --smoke`` (about 30-50 s on 2 CPU cores) o
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from hesslab.data import balanced_subset, digits
-from hesslab.experiments._claims import Verdict, add_claim, all_of, decide
-from hesslab.experiments._stages import Parts
-from hesslab.experiments.registry import ExperimentSpec
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import Verdict, add_claim, all_of, decide, record
 from hesslab.measures.eigvec import ipr_null
 from hesslab.models import mlp
 from hesslab.report import plots
 from hesslab.report.run import RunDir
 from hesslab.train import fit
 from hesslab.train.monitor import SpectrumMonitor
-
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
 
 __all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "SPEC", "DisplacementConfig", "run"]
 
@@ -74,8 +69,6 @@ FULL_SECONDS = 50.0
 S1 = "1. Displacement of the leading eigenvectors"
 S2 = "2. Localization (IPR) of the leading eigenvectors"
 S3 = "3. Tracking cost"
-
-Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -218,61 +211,34 @@ def _mean_se(x: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / math.sqrt(a.size))
 
 
-def run(
-    run_dir: RunDir,
-    config: DisplacementConfig | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Train with each optimizer and seed, track the top eigenvectors, judge the claim.
+def _train(ctx: Context, seed: int, opt: str) -> dict[str, Any]:
+    """One training run (optimizer, seed) with the spectrum monitor."""
+    cfg = ctx.cfg
+    train = digits(seed=seed, dtype=getattr(torch, cfg.dtype)).train
+    if cfg.per_class > 0:
+        train = balanced_subset(train, cfg.per_class, seed=seed)
+    out = _run_one(cfg, seed, opt, train)
+    ctx.tick(f"{opt}, seed {seed}")
+    return out
 
-    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished training
-    run (optimizer, seed) is saved there and, on a second call with the same store, loaded
-    instead of re-run (``hesslab reproduce --resume``,
-    :class:`~hesslab.experiments._stages.Parts`).
 
-    Returns:
-        ``{"summary": {opt: {"subdisp_ref_final", "subdisp_prev_late", "ipr_late",
-        "ipr_init", "disp_ref_final"} (seed means)}, "per_seed": {...}, "ipr_null": float,
-        "claims": {"stabilize": bool, "localize": bool}, "agreement": {...},
-        "warm_start": {...}, "seconds": float}``.
-    """
-    cfg = config or DisplacementConfig.smoke()
-    t0 = time.perf_counter()
-    dtype = getattr(torch, cfg.dtype)
-    total = len(cfg.seeds) * len(cfg.optimizers)
-    done = 0
-    runs: dict[str, dict[int, dict[str, Any]]] = {o: {} for o in cfg.optimizers}
-    part = Parts(run_dir, stages)
-    for seed in cfg.seeds:
-        split = digits(seed=seed, dtype=dtype)
-        train = split.train
-        if cfg.per_class > 0:
-            train = balanced_subset(train, cfg.per_class, seed=seed)
-        for opt in cfg.optimizers:
-            if progress is not None:
-                progress(f"{opt}, seed {seed}", done / total)
-            runs[opt][seed] = part(
-                f"{opt}_seed{seed}",
-                lambda seed=seed, opt=opt, train=train: _run_one(cfg, seed, opt, train),
-            )
-            done += 1
-    if progress is not None:
-        progress("report", 1.0)
+def _parts(cfg: DisplacementConfig) -> list[Part]:
+    """One part per (seed, optimizer) training run."""
+    return [
+        Part(f"{opt}_seed{seed}", lambda c, seed=seed, opt=opt: _train(c, seed, opt))
+        for seed in cfg.seeds
+        for opt in cfg.optimizers
+    ]
 
-    any_run = next(iter(runs[cfg.optimizers[0]].values()))
-    P = int(any_run["P"])
-    null = ipr_null(P)
-    steps = any_run["steps"]
-    late = steps > cfg.t_w
 
-    per_seed: dict[str, dict[str, list[float]]] = {}
-    summary: dict[str, dict[str, float]] = {}
+_SEED_KEYS = ("subdisp_ref_final", "subdisp_prev_late", "ipr_late", "ipr_init", "acc")
+
+
+def _per_seed(cfg: DisplacementConfig, runs: dict, late: np.ndarray) -> dict[str, list[float]]:
+    """``{opt: {quantity: [per-seed value]}}`` of the headline quantities."""
+    per_seed = {}
     for opt in cfg.optimizers:
-        rows = {
-            key: []
-            for key in ("subdisp_ref_final", "subdisp_prev_late", "ipr_late", "ipr_init", "acc")
-        }
+        rows: dict[str, list[float]] = {key: [] for key in _SEED_KEYS}
         rows["disp_ref_final"] = []
         for seed in cfg.seeds:
             r = runs[opt][seed]
@@ -283,26 +249,19 @@ def run(
             rows["ipr_init"].append(float(r["ipr_mean"][0]))
             rows["acc"].append(float(r["final_train_accuracy"] or math.nan))
         per_seed[opt] = rows
+    return per_seed
+
+
+def _seed_means(per_seed: dict) -> dict[str, dict[str, float]]:
+    summary = {}
+    for opt, rows in per_seed.items():
         summary[opt] = {key: _mean_se(v)[0] for key, v in rows.items()}
         summary[opt].update({f"{key}_se": _mean_se(v)[1] for key, v in rows.items()})
+    return summary
 
-    a, s = "adam", "sgd"
-    have = a in summary and s in summary
-    stabilize = localize = None
-    agree: dict[str, float] = {}
-    verdicts: dict[str, Verdict] = {}
-    if have:
-        verdicts = {
-            key: decide(per_seed[a][key], per_seed[s][key], rule="paired", z=cfg.z_holds)
-            for key in ("subdisp_ref_final", "subdisp_prev_late", "ipr_late")
-        }
-        stabilize = all_of(verdicts["subdisp_ref_final"], verdicts["subdisp_prev_late"])
-        localize = verdicts["ipr_late"].holds
-        agree = {k: v.agree / max(v.n, 1) for k, v in verdicts.items()}
 
-    # ------------------------------------------------------------------ report
-    run_dir.add_text(
-        S1,
+def _setup_text(cfg: DisplacementConfig, P: int) -> str:
+    return (
         f"MLP 64-{'-'.join(map(str, cfg.widths))}-10 ({cfg.activation}, P = {P}) on digits "
         f"({'all' if cfg.per_class == 0 else cfg.per_class} training points per class), "
         f"{cfg.steps} steps, batch {cfg.batch_size}; SGD lr {cfg.sgd_lr} (momentum "
@@ -311,17 +270,22 @@ def run(
         "displacement 1 - ||U(t_w)^T U(t)||_F^2 / k is the headline (near-degenerate top "
         "eigenvalues make single vectors swap); the vector form 2(1 - |<v_i(t_w), v_i(t)>|) "
         "averaged over i is shown alongside. A random k-subspace has displacement "
-        f"1 - k/P = {1 - cfg.k / P:.4f} from a fixed one.",
+        f"1 - k/P = {1 - cfg.k / P:.4f} from a fixed one."
     )
 
-    def band(key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        out = {}
-        for opt in cfg.optimizers:
-            arr = np.stack([runs[opt][sd][key] for sd in cfg.seeds])
-            se = _nanse(arr, 0) if len(cfg.seeds) > 1 else np.zeros(arr.shape[1])
-            out[opt] = (_nanmean(arr, 0), se)
-        return out
 
+def _band(cfg: DisplacementConfig, runs: dict, key: str) -> dict[str, tuple[Any, Any]]:
+    """``{opt: (seed mean, stderr)}`` of a tracked series."""
+    out = {}
+    for opt in cfg.optimizers:
+        arr = np.stack([runs[opt][sd][key] for sd in cfg.seeds])
+        se = _nanse(arr, 0) if len(cfg.seeds) > 1 else np.zeros(arr.shape[1])
+        out[opt] = (_nanmean(arr, 0), se)
+    return out
+
+
+def _figures(run_dir: RunDir, cfg: DisplacementConfig, runs: dict, steps, null: float) -> None:
+    band = functools.partial(_band, cfg, runs)
     fig = plots.plot_series(
         steps,
         {f"{o} (vs t_w)": v for o, v in band("subdisp_ref").items()}
@@ -348,6 +312,8 @@ def run(
     )
     run_dir.add_figure(S2, "ipr", fig, "Seed mean +- stderr; dashed: random-vector null.")
 
+
+def _table(run_dir: RunDir, cfg: DisplacementConfig, summary: dict, null: float, P: int) -> None:
     rows = []
     for opt in cfg.optimizers:
         sm = summary[opt]
@@ -374,8 +340,10 @@ def run(
                 stderr=summary[opt][f"{key}_se"],
                 seeds=len(cfg.seeds),
             )
-    if have:
-        _claims(run_dir, verdicts, stabilize, summary, null, cfg.k)
+
+
+def _warm_start(run_dir: RunDir, cfg: DisplacementConfig, runs: dict) -> dict[str, dict]:
+    """The warm-start savings of the tracking, per optimizer (section 3)."""
     warm = {
         opt: {
             "matvecs_warm": sum(runs[opt][sd]["warm"]["matvecs_warm"] for sd in cfg.seeds),
@@ -402,7 +370,49 @@ def run(
         "random start on the same Hessian (every "
         f"{cfg.compare_cold}-th measurement): the saving is 1 - warm/cold products.",
     )
-    seconds = time.perf_counter() - t0
+    return warm
+
+
+def _verdicts(cfg: DisplacementConfig, per_seed: dict) -> dict[str, Verdict]:
+    """Paired Adam − SGD verdicts over the seeds (none without both optimizers)."""
+    if not ("adam" in per_seed and "sgd" in per_seed):
+        return {}
+    return {
+        key: decide(per_seed["adam"][key], per_seed["sgd"][key], rule="paired", z=cfg.z_holds)
+        for key in ("subdisp_ref_final", "subdisp_prev_late", "ipr_late")
+    }
+
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """Judge the claims over the seeds and write the report.
+
+    Returns:
+        ``{"summary": {opt: {"subdisp_ref_final", "subdisp_prev_late", "ipr_late",
+        "ipr_init", "disp_ref_final"} (seed means)}, "per_seed": {...}, "ipr_null": float,
+        "claims": {"stabilize": bool, "localize": bool}, "agreement": {...},
+        "warm_start": {...}, "seconds": float}``.
+    """
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    runs = {o: {sd: ctx.results[f"{o}_seed{sd}"] for sd in cfg.seeds} for o in cfg.optimizers}
+    ctx.tick("report")
+    any_run = next(iter(runs[cfg.optimizers[0]].values()))
+    P = int(any_run["P"])
+    null = ipr_null(P)
+    steps = any_run["steps"]
+    per_seed = _per_seed(cfg, runs, steps > cfg.t_w)
+    summary = _seed_means(per_seed)
+    verdicts = _verdicts(cfg, per_seed)
+    stabilize = localize = None
+    if verdicts:
+        stabilize = all_of(verdicts["subdisp_ref_final"], verdicts["subdisp_prev_late"])
+        localize = verdicts["ipr_late"].holds
+    run_dir.add_text(S1, _setup_text(cfg, P))
+    _figures(run_dir, cfg, runs, steps, null)
+    _table(run_dir, cfg, summary, null, P)
+    if verdicts:
+        _claims(run_dir, verdicts, stabilize, summary, null, cfg.k)
+    warm = _warm_start(run_dir, cfg, runs)
+    seconds = ctx.elapsed()
     run_dir.add_scalar(S3, "seconds", seconds, unit="s")
     return {
         "summary": summary,
@@ -411,7 +421,7 @@ def run(
         "P": P,
         "claims": {"stabilize": stabilize, "localize": localize},
         "verdicts": {k: v.as_dict() for k, v in verdicts.items()},
-        "agreement": agree,
+        "agreement": {k: v.agree / max(v.n, 1) for k, v in verdicts.items()},
         "warm_start": warm,
         "all_converged": all(runs[o][sd]["converged"] for o in cfg.optimizers for sd in cfg.seeds),
         "seconds": seconds,
@@ -429,7 +439,8 @@ def _claims(
     """The two claims, each decided by paired Adam − SGD differences over the seeds."""
     a, s = summary["adam"], summary["sgd"]
     v1, v2, v3 = (verdicts[x] for x in ("subdisp_ref_final", "subdisp_prev_late", "ipr_late"))
-    run_dir.add_claim(
+    record(
+        run_dir,
         S1,
         "SGD stabilizes the leading Hessian directions; Adam reorganizes them more "
         "(larger displacement from t_w and between measurements).",
@@ -450,7 +461,7 @@ def _claims(
     )
 
 
-SPEC = ExperimentSpec(
+SPEC = Experiment(
     name="displacement",
     title="Eigenvector displacement and localization: SGD vs Adam",
     paper=(
@@ -465,7 +476,14 @@ SPEC = ExperimentSpec(
         "and the Hessian at initialisation."
     ),
     config_type=DisplacementConfig,
-    runner=run,
     smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
+    parts=_parts,
+    summary=_summary,
+    steps=lambda cfg: len(cfg.seeds) * len(cfg.optimizers) + 1,
 )
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size): trains with each optimizer
+#: and seed (one resumable part each), tracks the top eigenvectors, judges the claims.
+run = SPEC.run

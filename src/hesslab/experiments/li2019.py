@@ -55,7 +55,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,9 +65,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hesslab.data import gaussian_mixture, with_label_noise
 from hesslab.errors import ConfigurationError
-from hesslab.experiments._claims import add_claim, decide
-from hesslab.experiments._stages import Parts
-from hesslab.experiments.registry import ExperimentSpec
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import add_claim, decide, record
 from hesslab.linalg import eigenpairs, trace
 from hesslab.measures import scale_invariant_trace, subspace_overlap
 from hesslab.models import mlp
@@ -76,18 +75,15 @@ from hesslab.operators import gradient_moment, hessian, per_sample_gradients
 from hesslab.operators.base import FunctionOperator
 from hesslab.reparam import rescale
 from hesslab.report import plots
-from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
-
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
+from hesslab.train import fit
 
 __all__ = [
     "FULL_SECONDS",
     "SMOKE_SECONDS",
+    "SPEC",
     "Li2019Config",
     "loss_at",
-    "minibatch_moment",
     "predicted_change",
     "run",
     "sampled_change",
@@ -106,8 +102,6 @@ S1 = "1. Overlap of the top subspaces of H and M_B"
 S2 = "2. Predicted vs actual one-step loss change"
 S3 = "3. Many small nets (vmap over seeds)"
 S4 = "4. Scale-invariant trace under rescaling"
-
-Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -223,23 +217,6 @@ def _dtype(cfg: Li2019Config) -> torch.dtype:
 def all_sample_gradients(objective: Objective) -> Tensor:
     """Per-sample gradients ``[P, N]`` of every data point (columns ``gᵢ``)."""
     return torch.cat([per_sample_gradients(objective, b) for b, _ in objective.batches()], 1)
-
-
-def minibatch_moment(G: Tensor, batch_size: int, replacement: bool = True) -> Tensor:
-    """Dense ``M_B = ḡḡᵀ + f·C`` from per-sample gradients ``G`` (``[P, N]``).
-
-    ``C = GGᵀ/N − ḡḡᵀ``; ``f = 1/B`` with replacement, ``(N − B)/(B(N − 1))`` without.
-
-    Raises:
-        ConfigurationError: ``batch_size`` outside ``1..N``.
-    """
-    N = G.shape[1]
-    if not 1 <= batch_size <= N:
-        raise ConfigurationError(f"batch_size must be between 1 and N={N}, got {batch_size}")
-    gbar = G.mean(1)
-    C = G @ G.T / N - torch.outer(gbar, gbar)
-    f = 1.0 / batch_size if replacement else ((N - batch_size) / (batch_size * (N - 1)))
-    return torch.outer(gbar, gbar) + f * C
 
 
 def predicted_change(
@@ -411,34 +388,30 @@ def _overlap_at(
 def _train_and_track(
     cfg: Li2019Config, fraction: float, B: int, seed: int
 ) -> tuple[torch.nn.Module, tuple[Tensor, Tensor], dict[str, list[float]]]:
+    """SGD with batches of ``B`` drawn with replacement, tracking the overlap.
+
+    Trained by :func:`hesslab.train.fit`; the overlap is measured by a callback every
+    ``measure_every`` steps and at the end.
+    """
     data = _data(cfg, fraction)
-    x, y = data
-    N = x.shape[0]
     model = mlp(
         cfg.dim, cfg.widths, cfg.classes, activation="relu", seed=cfg.seed, dtype=_dtype(cfg)
     )
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    g = _gen(seed)
-    rec: dict[str, list[float]] = {
-        "step": [],
-        "overlap": [],
-        "random": [],
-        "lambda_max": [],
-        "loss": [],
-    }
-    for step in range(cfg.steps + 1):
+    keys = ("step", "overlap", "random", "lambda_max", "loss")
+    rec: dict[str, list[float]] = {key: [] for key in keys}
+
+    def track(net: torch.nn.Module, step: int, info: dict[str, Any]) -> None:
         if step % cfg.measure_every == 0 or step == cfg.steps:
-            m = _overlap_at(model.eval(), data, B, cfg, seed + 7 * step)
+            m = _overlap_at(net, data, B, cfg, seed + 7 * step)
             rec["step"].append(step)
             for key, v in m.items():
                 rec[key].append(v)
-        if step == cfg.steps:
-            break
-        idx = torch.randint(0, N, (B,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-    return model.eval(), data, rec
+
+    res = fit(
+        model, data, optimizer="sgd", lr=cfg.lr, batch_size=B, sampling="replacement",
+        steps=cfg.steps, generator=_gen(seed), callbacks=track, chunk_size=None,
+    )  # fmt: skip
+    return res.model, data, rec
 
 
 def _part1(cfg: Li2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> dict[str, Any]:
@@ -539,9 +512,7 @@ def _part2(
         gbar = G.mean(1)
         H = hessian(obj).to_dense()
         H = 0.5 * (H + H.T)
-        M = minibatch_moment(G, B)
-        M_lib = gradient_moment(obj, kind="minibatch", batch_size=B).to_dense()
-        lib_err = float((M - M_lib).abs().max() / M.abs().max())
+        M = gradient_moment(obj, kind="minibatch", batch_size=B).to_dense()
         trHM = float((H * M.T).sum())
         trHM_s, trHM_se = _hm_trace_stochastic(H, M, cfg.pred_probes, cfg.seed + 31 * n)
         lmax = float(torch.linalg.eigvalsh(H)[-1])
@@ -556,7 +527,6 @@ def _part2(
             "trace_HM_exact": trHM,
             "trace_HM_hutchinson": trHM_s,
             "trace_HM_hutchinson_se": trHM_se,
-            "moment_library_rel_diff": lib_err,
             "lambda_max": lmax,
             "points": [],
         }
@@ -640,7 +610,8 @@ def _part2(
         )
 
     holds = all(ok(p) for p in small)
-    run_dir.add_claim(
+    record(
+        run_dir,
         S2,
         f"the second-order prediction matches the actual one-step change for small η "
         f"(c = {cfg.pred_lr_factors[0]:g}; within {cfg.pred_rel_tol:.0%} or 3 stderr)",
@@ -653,7 +624,8 @@ def _part2(
         holds,
     )
     curv_rel = max(p["curv_rel_error"] for p in small)
-    run_dir.add_claim(
+    record(
+        run_dir,
         S2,
         "the curvature term (η²/2)Tr(H M_B) alone matches the measured Δ + η∇Lᵀg_B at "
         "small η (within 10%; a stricter test than the claim above: with ReLU the Hessian "
@@ -663,7 +635,8 @@ def _part2(
     )
     if small_adam:
         adam_ok = all(ok(p) for p in small_adam)
-        run_dir.add_claim(
+        record(
+            run_dir,
             S2,
             "Adam-like preconditioned step: −η∇LᵀD∇L + (η²/2)Tr(DHDM_B) matches at small η",
             "; ".join(
@@ -716,7 +689,8 @@ def _part4(cfg: Li2019Config, run_dir: RunDir, model: torch.nn.Module, data) -> 
     )
     run_dir.add_table(S4, "rescalings", rows)
     holds = rel < 1e-8 and tr_ratio > 2
-    run_dir.add_claim(
+    record(
+        run_dir,
         S4,
         "Σθ²H_jj is invariant under rescaling (while tr H is not)",
         f"max relative change of Σθ²H_jj {rel:.2g}; tr H varies by a factor {tr_ratio:.3g}; "
@@ -890,7 +864,8 @@ def _part3(cfg: Li2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> d
     q05 = min(s["overlap_end_q05"] for s in summary.values())
     thr = max(0.5, cfg.overlap_factor * null)
     holds = q05 > thr
-    run_dir.add_claim(
+    record(
+        run_dir,
         S3,
         "top subspaces of H and M_B overlap strongly (≫ random), across seeds",
         f"5% quantile of the end overlap over {R} nets per group (lowest group) {q05:.3f} "
@@ -917,47 +892,41 @@ def _check(cfg: Li2019Config) -> None:
         raise ConfigurationError(f"top_k must be at least 1, got {cfg.top_k}")
 
 
-def run(
-    run_dir: RunDir,
-    config: Li2019Config | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Run all four parts into ``run_dir`` (not finalized here).
+def _invariance(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.cfg
+    model, data, _ = ctx.results["overlap"]["runs"][(cfg.noise_fractions[0], cfg.batch_sizes[0])]
+    out = _part4(cfg, ctx.run_dir, model, data)
+    ctx.tick("scale invariance")
+    return out
 
-    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished part is
-    saved there and, on a second call with the same store, loaded instead of re-run
-    (``hesslab reproduce --resume``, :class:`~hesslab.experiments._stages.Parts`).
+
+def _parts(cfg: Li2019Config) -> list[Part]:
+    """The four parts; parts 2 and 4 reuse the models part 1 trained."""
+    return [
+        Part("overlap", lambda c: _part1(c.cfg, c.run_dir, c.tick)),
+        Part(
+            "prediction", lambda c: _part2(c.cfg, c.run_dir, c.results["overlap"]["runs"], c.tick)
+        ),
+        Part("repeats", lambda c: _part3(c.cfg, c.run_dir, c.tick)),
+        Part("invariance", _invariance),
+    ]
+
+
+def _steps(cfg: Li2019Config) -> int:
+    n_runs = len(cfg.noise_fractions) * len(cfg.batch_sizes)
+    return 2 * n_runs + len(cfg.repeat_noise_fractions) + 1
+
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """The parts' headlines and wall times.
 
     Returns:
         ``{"overlap": {...}, "prediction": {...}, "repeats": {...}, "invariance": {...},
         "claims": {...}, "seconds": {...}, "config": {...}}``.
-
-    References:
-        Li, Gu, Zhou, Chen, Banerjee (2019), "Hessian based analysis of SGD for Deep Nets:
-        Dynamics and Generalization", arXiv:1907.10732.
     """
-    cfg = config or Li2019Config.smoke()
-    _check(cfg)
-    n_runs = len(cfg.noise_fractions) * len(cfg.batch_sizes)
-    tick = StepProgress(progress, 2 * n_runs + len(cfg.repeat_noise_fractions) + 1, logger=logger)
-    part = Parts(run_dir, stages, tick)
-    p1 = part("overlap", lambda: _part1(cfg, run_dir, tick))
-    p2 = part("prediction", lambda: _part2(cfg, run_dir, p1["runs"], tick))
-    p3 = part("repeats", lambda: _part3(cfg, run_dir, tick))
-
-    def invariance() -> dict[str, Any]:
-        model, data, _ = p1["runs"][(cfg.noise_fractions[0], cfg.batch_sizes[0])]
-        out = _part4(cfg, run_dir, model, data)
-        tick("scale invariance")
-        return out
-
-    p4 = part("invariance", invariance)
-    seconds = dict(part.seconds)
-    for name, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
-    run_dir.flush()
-    p1 = {k: v for k, v in p1.items() if k != "runs"}
+    seconds = ctx.record_part_seconds()
+    p1 = {k: v for k, v in ctx.results["overlap"].items() if k != "runs"}
+    p2, p3, p4 = (ctx.results[k] for k in ("prediction", "repeats", "invariance"))
     return {
         "overlap": p1,
         "prediction": p2,
@@ -970,12 +939,12 @@ def run(
             "invariant": p4["holds"],
         },
         "seconds": seconds,
-        "config": asdict(cfg),
+        "config": asdict(ctx.cfg),
     }
 
 
 #: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
-SPEC = ExperimentSpec(
+SPEC = Experiment(
     name="li2019",
     title="Hessian and gradient second moment under SGD (Li et al. 2019)",
     paper=(
@@ -990,7 +959,16 @@ SPEC = ExperimentSpec(
         "many tiny nets trained with vmap; invariance of Σθ²H_jj under layer rescaling."
     ),
     config_type=Li2019Config,
-    runner=run,
     smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
+    parts=_parts,
+    summary=_summary,
+    steps=_steps,
+    check=_check,
 )
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size): all four parts. Reference:
+#: Li, Gu, Zhou, Chen, Banerjee (2019), "Hessian based analysis of SGD for Deep Nets:
+#: Dynamics and Generalization", arXiv:1907.10732.
+run = SPEC.run

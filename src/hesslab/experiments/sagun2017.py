@@ -51,13 +51,13 @@ cores) or ``hesslab reproduce sagun2017`` (full size; see :data:`FULL_SECONDS`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,22 +66,22 @@ from torch import Tensor, nn
 from hesslab.data import balanced_subset, blobs, digits, gaussian_mixture
 from hesslab.data.datasets import Split
 from hesslab.errors import ConfigurationError
-from hesslab.experiments._claims import add_claim, decide
-from hesslab.experiments._stages import Parts
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import add_claim, decide, record
 from hesslab.measures.spectrum import OutlierCount, count_outliers
 from hesslab.models import mlp
-from hesslab.operators import ggn, hessian
+from hesslab.objective import Objective
+from hesslab.operators import class_structure, ggn, hessian, subspace_fraction
 from hesslab.report import plots
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
-from hesslab.train import evaluate, fit
-
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
+from hesslab.train import evaluate, fit, resolve_loss
 
 __all__ = [
     "FULL_SECONDS",
+    "SIMPLEX_SPEC",
     "SMOKE_SECONDS",
+    "SPEC",
     "Sagun2017Config",
     "Sagun2017SimplexConfig",
     "count_outliers_eigengap",
@@ -108,8 +108,7 @@ S2 = "2. Width sweep (fixed data)"
 S3 = "3. Data sweep (fixed architecture)"
 S4 = "4. Gauss-Newton vs Hessian"
 S5 = "5. Small-batch vs large-batch solutions"
-
-Progress = Callable[[str, float], None]
+S6 = "6. Class structure (Papyan): why the outliers number about k"
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,9 @@ class Sagun2017Config:
         momentum: GD heavy-ball momentum.
         steps: GD steps (upper bound when ``grad_tol`` is set).
         grad_tol: stop when ``‖∇L‖ ≤ grad_tol`` (``None``: run all ``steps``).
+        finisher: ``"lbfgs"``: a GD run that stops above ``grad_tol`` is continued by
+            full-batch L-BFGS (strong Wolfe) to ``grad_tol`` (``"none"``: GD only).
+        finisher_iters: most L-BFGS iterations of the finisher.
         minimum_tol: a solution counts as a minimum when ``‖∇L‖ ≤ minimum_tol`` (reported
             beside every spectrum; claims comparing solutions need minima).
         outlier_search: the outlier count is searched in ``1..ceil(outlier_search·k)``.
@@ -199,6 +201,8 @@ class Sagun2017Config:
     momentum: float = 0.0
     steps: int = 1000
     grad_tol: float | None = None
+    finisher: str = "none"
+    finisher_iters: int = 2000
     minimum_tol: float = 1e-3
     outlier_search: float = 2.0
     outlier_floor: float = 1e-3
@@ -245,19 +249,21 @@ class Sagun2017Config:
     def full(cls) -> Sagun2017Config:
         """The authors' setup (their public code): 2-D blobs, 100 train / 100 test points,
         ReLU MLP [10, 5], init N(0, 0.1²), full-batch GD lr 0.1 until ‖∇L‖ ≤ 1e-4, exact
-        Hessians; k = 2, 5, 10 over three seeds (they ran 50 repeats). GD is capped at
-        20,000 steps to fit a 2-core budget: a run that stops above 1e-4 is reported as
-        not a minimum beside its spectrum."""
+        Hessians; k = 2, 5, 10 over five seeds (they ran 50 repeats). GD is capped at
+        5,000 steps and continued by full-batch L-BFGS (strong Wolfe) to ‖∇L‖ ≤ 1e-4; a
+        run that still stops above 1e-4 is reported as not a minimum beside its
+        spectrum (with the ReLU-kink distance that explains most such stops)."""
         return cls(
-            seeds=(0, 1, 2),
             ks=(2, 5, 10),
             data="blobs",
             num_points=200,
             dim=2,
             spread=1.0,
             widths=(10, 5),
-            steps=20_000,
+            seeds=(0, 1, 2, 3, 4),
+            steps=5000,
             grad_tol=1e-4,
+            finisher="lbfgs",
             minimum_tol=1e-4,
             digits_widths=(32, 32),
             digits_per_class=0,
@@ -269,8 +275,8 @@ class Sagun2017Config:
             line_k=5,
             line_num_per_class=20,
             small_epochs=60,
-            large_steps=20_000,
-            polish_steps=20_000,
+            large_steps=5000,
+            polish_steps=5000,
             line_t=(-0.2, 1.2, 15),
         )
 
@@ -389,7 +395,7 @@ def _model(cfg: Sagun2017Config, in_dim: int, widths: Sequence[int], k: int, see
 
 
 def _train_gd(cfg: Sagun2017Config, model: nn.Module, split: Split, *, lr=None, steps=None):
-    return fit(
+    res = fit(
         model,
         split,
         loss=cfg.loss,
@@ -399,6 +405,80 @@ def _train_gd(cfg: Sagun2017Config, model: nn.Module, split: Split, *, lr=None, 
         steps=cfg.steps if steps is None else steps,
         grad_tol=cfg.grad_tol,
     )
+    return _finish(cfg, res, split)
+
+
+def _finish(cfg: Sagun2017Config, res: Any, split: Split) -> Any:
+    """Continue a GD result with full-batch L-BFGS until ``‖∇L‖ ≤ grad_tol``.
+
+    ``cfg.finisher == "lbfgs"``: :class:`torch.optim.LBFGS` (strong Wolfe line search,
+    history 50) on the exact full-batch loss, restarted (fresh history) until the
+    gradient norm reaches ``grad_tol`` or ``finisher_iters`` iterations are spent. The
+    returned result is :func:`hesslab.train.fit`'s with zero further steps at the
+    finished weights (so its ``final_*`` fields are measured there), ``steps`` the GD
+    steps plus the L-BFGS iterations and ``stopped_by`` ``"lbfgs"``.
+    """
+    if cfg.finisher == "none" or cfg.grad_tol is None or res.converged:
+        return res
+    if cfg.finisher != "lbfgs":
+        raise ConfigurationError(f"finisher must be 'none' or 'lbfgs', got {cfg.finisher!r}")
+    net = copy.deepcopy(res.model).train()
+    x, y = split.train.tensors
+    loss_fn = resolve_loss(cfg.loss)
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        value = loss_fn(net(x), y)
+        value.backward()
+        return value
+
+    spent, chunk, last = 0, max(1, min(500, cfg.finisher_iters)), math.inf
+    while spent < cfg.finisher_iters:  # restarts with a fresh history while progressing
+        opt = torch.optim.LBFGS(
+            params,
+            lr=1.0,
+            max_iter=chunk,
+            history_size=50,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=cfg.grad_tol / 10,
+            tolerance_change=1e-30,
+        )
+        value = float(opt.step(closure).detach())
+        spent += max(1, int(opt.state[params[0]].get("n_iter", chunk)))
+        if float(_grad_norm_of(net, x, y, loss_fn)) <= cfg.grad_tol or value >= last:
+            break  # reached the criterion, or a restart made no progress (a kink)
+        last = value
+    for p in params:
+        p.grad = None
+    done = fit(net, split, loss=cfg.loss, optimizer="gd", steps=0, grad_tol=cfg.grad_tol)
+    return dataclasses.replace(done, steps=res.steps + spent, stopped_by="lbfgs",
+                               seconds=res.seconds + done.seconds)  # fmt: skip
+
+
+def _grad_norm_of(net: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable) -> Tensor:
+    grads = torch.autograd.grad(loss_fn(net(x), y), [p for p in net.parameters()])
+    return torch.sqrt(sum(g.square().sum() for g in grads))
+
+
+def _kink(model: nn.Module, x: Tensor) -> float:
+    """Smallest ``|pre-activation|`` of any ReLU over the points ``x``, relative to its
+    layer's largest: near 0 says a ReLU kink sits on a training point, where the loss is
+    not differentiable and ``‖∇L‖`` need not vanish at a minimum."""
+    out: list[float] = []
+
+    def hook(_m: nn.Module, inp: tuple[Tensor, ...], _o: Tensor) -> None:
+        a = inp[0].detach().abs()
+        out.append(float(a.min() / a.max().clamp_min(1e-300)))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return min(out) if out else math.nan
 
 
 def _num_params(model: nn.Module) -> int:
@@ -421,38 +501,28 @@ def _spectrum(
     Dense (exact, float64) when ``P <= cfg.dense_max`` or ``dense`` (bulk statistics
     need every eigenvalue); Lanczos top-``top`` otherwise.
     """
+    from hesslab.linalg.lanczos import eigenpairs
+
     make = hessian if which == "hessian" else ggn
     op = make(model, cfg.loss, data)
     P = op.shape[0]
-    t0 = time.perf_counter()
-    if dense or P <= cfg.dense_max:
-        A = op.to_dense()
-        A = (A + A.T) / 2
-        w, U = torch.linalg.eigh(A.to(torch.float64))
-        w, U = w.flip(0), U.flip(1)
-        out = {"values": w.cpu(), "method": "dense eigh", "exact": True}
-        if vectors:
-            out["vectors"] = U.cpu()
-    else:
-        from hesslab.linalg.lanczos import eigenpairs
-
-        k = min(P, top or cfg.digits_top)
-        res = eigenpairs(
-            op, k, which="largest", tol=cfg.lanczos_tol,
-            generator=torch.Generator().manual_seed(seed),
-            return_vectors=vectors,
-        )  # fmt: skip
-        out = {
-            "values": res.values.to(torch.float64).cpu(),
-            "method": f"lanczos top-{k} ({res.num_matvecs} matvecs, "
-            f"{int(res.converged.sum())}/{k} converged)",
-            "exact": False,
-            "converged": bool(res.converged.all()),
-        }
-        if vectors:
-            out["vectors"] = res.vectors.to(torch.float64).cpu()
+    exact = dense or P <= cfg.dense_max
+    k = P if exact else min(P, top or cfg.digits_top)
+    res = eigenpairs(
+        op, k, which="largest", tol=cfg.lanczos_tol, method="dense" if exact else "lanczos",
+        generator=torch.Generator().manual_seed(seed), return_vectors=vectors,
+    )  # fmt: skip
+    method = "dense eigh"
+    if not exact:
+        method = f"lanczos top-{k} ({res.num_matvecs} matvecs, "
+        method += f"{int(res.converged.sum())}/{k} converged)"
+    out = {"values": res.values.to(torch.float64).cpu(), "method": method, "exact": exact}
+    if not exact:
+        out["converged"] = bool(res.converged.all())
+    if vectors:
+        out["vectors"] = res.vectors.to(torch.float64).cpu()
     out["P"] = P
-    out["seconds"] = time.perf_counter() - t0
+    out["seconds"] = res.seconds
     return out
 
 
@@ -561,6 +631,7 @@ def _part1_claim(cfg, run, counts, bounds, minima, digits_out):
 def _part1(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, Any]:
     run.add_text(S1, _setup_text(cfg))
     rows, spectra, counts, models = [], {}, {}, {}
+    every: dict[str, tuple[nn.Module, Split, bool]] = {}
     bounds: dict[int, list[tuple[int, int]]] = {}
     minima: list[bool] = []
     for k in cfg.ks:
@@ -594,13 +665,16 @@ def _part1(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
                     "train loss": res.final_train_loss,
                     "‖∇L‖": res.final_grad_norm,
                     "minimum": _is_min(cfg, res.final_grad_norm),
+                    "ReLU kink": _kink(res.model, split.train.x),
                     "steps": res.steps,
+                    "stopped by": res.stopped_by,
                     "train acc": res.final_train_accuracy,
                     "test acc": res.final_test_accuracy,
                 }
             )
             run.add_array(f"part1/k{k}/seed{seed}/eigenvalues", v)
             run.add_scalar(S1, f"outliers k={k} seed={seed}", n, gap_ratio=gap, rule="eigengap")
+            every[f"{k}/{seed}"] = (res.model, split, _is_min(cfg, res.final_grad_norm))
             if seed == cfg.seeds[0]:
                 spectra[k] = v
                 models[k] = (res.model, split)
@@ -683,7 +757,7 @@ def _part1(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
         tick(f"sagun2017 part 1: digits: {n} outliers")
 
     verdict = _part1_claim(cfg, run, counts, bounds, minima, digits_out)
-    return {"counts": counts, "models": models, "digits": digits_out, "rows": rows,
+    return {"counts": counts, "models": models, "every": every, "digits": digits_out, "rows": rows,
             "bounds": bounds, "verdict": verdict.as_dict(), "minima": sum(minima),
             "runs": len(minima)}  # fmt: skip
 
@@ -767,7 +841,8 @@ def _part2(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
     holds = False if not (grows and steady) else share.holds
     run.add_scalar(S2, "outlier stability max/min", stability)
     mins = sum(r["minimum"] for r in rows)
-    run.add_claim(
+    record(
+        run,
         S2,
         "Adding parameters with the data fixed grows the bulk and leaves the outliers "
         f"(each top-k eigenvalue within a factor {cfg.outlier_stability} across widths, "
@@ -860,7 +935,8 @@ def _part3(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
             )
         verdicts[label] = all(ok)
         what = "less separation" if label == "separation" else "more clusters"
-        run.add_claim(
+        record(
+            run,
             S3,
             f"Changing the data ({what}) moves the outliers but not the bulk: λ₁ changes by "
             f"≥ {cfg.move_min}× while the fraction of near-zero eigenvalues changes by "
@@ -930,7 +1006,8 @@ def _part4(
     )
     rels = [r["max rel. diff"] for r in rows]
     holds = min(overlaps.values()) >= cfg.overlap_min and max(rels) <= cfg.ggn_rel_tol
-    run.add_claim(
+    record(
+        run,
         S4,
         "The outliers come from the Gauss–Newton term: the top-k eigenvalues of H and G agree "
         f"and their top-k eigenspaces coincide (overlap ≥ {cfg.overlap_min}, eigenvalues "
@@ -955,15 +1032,15 @@ def _part5(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
         init, split, loss=cfg.loss, optimizer="sgd", lr=cfg.small_lr,
         batch_size=cfg.small_batch, epochs=cfg.small_epochs, seed=seed,
     )  # fmt: skip
-    large = fit(
+    large = _finish(cfg, fit(
         init, split, loss=cfg.loss, optimizer="gd", lr=cfg.large_lr, steps=cfg.large_steps,
         grad_tol=cfg.grad_tol,
-    )  # fmt: skip
+    ), split)  # fmt: skip
     if cfg.polish_steps > 0:  # continue the small-batch solution to a minimum of its basin
-        small = fit(
+        small = _finish(cfg, fit(
             small.model, split, loss=cfg.loss, optimizer="gd", lr=cfg.large_lr,
             steps=cfg.polish_steps, grad_tol=cfg.grad_tol,
-        )  # fmt: skip
+        ), split)  # fmt: skip
     gn = {"small": small.final_grad_norm, "large": large.final_grad_norm}
     run.add_text(
         S5,
@@ -1040,7 +1117,8 @@ def _part5(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
         if 0 < int(np.argmax(seg)) < seg.size - 1
         else "monotone between the endpoints (no bump)"
     )
-    run.add_claim(
+    record(
+        run,
         S5,
         "Small- and large-batch solutions are connected through a flat region: on the line "
         f"between them the loss goes slightly up then down (barrier ≤ {cfg.barrier_tol} nats).",
@@ -1064,71 +1142,220 @@ def _part5(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, A
     }
 
 
+def _papyan_run(cfg: Sagun2017Config, model: nn.Module, split: Split, k: int) -> dict[str, Any]:
+    """Papyan's split of ``G`` for one trained model, dense (``P`` is small here).
+
+    Each eigenvector ``u_j`` of ``G`` (descending) is attributed by the fraction of its
+    squared norm in the span of the ``C`` class means (:func:`hesslab.subspace_fraction`):
+    the *class outliers* are the leading eigenvectors with fraction ``≥ 1/2`` (counted
+    from the top until the first that is not), the *mini-bulk* the following ones whose
+    fraction in the span of the class and cross-class means is ``≥ 1/2`` (at most
+    ``C(C−1)``). Papyan (2020): ``C`` or ``C−1`` class outliers. ``within edge`` (the
+    within-class part's ``λ_max``) is reported beside them.
+    """
+    cs = class_structure(Objective(model.eval(), cfg.loss, split.train.tensors), k)
+    G = cs.ggn.to_dense().to(torch.float64)
+    g, U = torch.linalg.eigh((G + G.T) / 2)
+    g, U = g.flip(0), U.flip(1)
+    W = cs.within_class.to_dense().to(torch.float64)
+    Qc = cs.class_means.range_basis()
+    Qb = torch.cat([Qc, cs.cross_class.range_basis()], dim=1)
+    top = min(U.shape[1], 2 * k + k * (k - 1))
+    f_class = subspace_fraction(U[:, :top].to(Qc.dtype), Qc).cpu()
+    f_both = subspace_fraction(U[:, :top].to(Qb.dtype), Qb).cpu()
+    n_class = _leading(f_class >= 0.5)
+    n_mini = _leading(f_both[n_class:] >= 0.5)
+    n_mini = min(n_mini, k * (k - 1))
+    arrays = {
+        "G": g[:top],
+        "class-mean part": cs.class_means.eigenvalues(),
+        "cross-class part": cs.cross_class.eigenvalues()[:top],
+    }
+    return {
+        "arrays": arrays,
+        "n_class": n_class,
+        "n_mini": n_mini,
+        "f_class": _fmt(f_class[: k + 2]),
+        "top G": _fmt(g[: k + 2]),
+        "class-mean part": _fmt(cs.class_means.eigenvalues()[: k + 1]),
+        "within edge": float(torch.linalg.eigvalsh((W + W.T) / 2)[-1]),
+    }
+
+
+def _leading(flags: Tensor) -> int:
+    """How many leading entries of a boolean vector are true."""
+    bad = (~flags).nonzero()
+    return int(bad[0]) if bad.numel() else int(flags.numel())
+
+
+def _part6(
+    cfg: Sagun2017Config, run: RunDir, tick: StepProgress, every: dict[str, Any]
+) -> dict[str, Any]:
+    run.add_text(
+        S6,
+        "Papyan (2020) splits the Gauss–Newton term G of a C-class cross-entropy model "
+        "exactly into a class-mean part (rank ≤ C), a cross-class part (rank ≤ C(C−1)) and "
+        "a within-class part (hesslab.class_structure, operators, nothing P×P formed but "
+        "the dense checks here). Explanation tested on every part-1 model: the outliers "
+        "are the eigenvalues of the class-mean part that clear the within-class bulk edge "
+        "λ_max(within), so their number is C (or C−1), and the top eigenvectors of G lie "
+        "in the span of the class means; the next ones (the mini-bulk, up to C(C−1)) in "
+        "the span of the class and cross-class means.",
+    )
+    rows, shown = [], {}
+    for key, (model, split, is_min) in every.items():
+        k, seed = (int(t) for t in key.split("/"))
+        r = _papyan_run(cfg, model, split, k)
+        arrays = r.pop("arrays")
+        if seed == cfg.seeds[0] and k == max(cfg.ks):
+            shown = {f"{n} (k={k})": v.numpy() for n, v in arrays.items()}
+        for n, v in arrays.items():
+            run.add_array(f"part6/k{k}/seed{seed}/{n.replace(' ', '_')}", v)
+        rows.append({"k": k, "seed": seed, "minimum": is_min, **r})
+        tick(f"sagun2017 part 6: k={k} seed={seed}: {r['n_class']} class outliers")
+    run.add_figure(
+        S6,
+        "part6_class_structure",
+        plots.plot_spectra_comparison(
+            shown, title="Top eigenvalues of G and of its class-mean and cross-class parts"
+        ),
+        f"Ranked top eigenvalues of the Gauss–Newton term G (first seed, k = {max(cfg.ks)}) "
+        "beside the exact spectra of its class-mean part (rank ≤ C) and cross-class part "
+        "(rank ≤ C(C−1)).",
+    )
+    run.add_table(
+        S6,
+        "class structure per (k, seed)",
+        rows,
+        caption="n_class: leading eigenvectors of G with ≥ 1/2 of their squared norm in "
+        "span(class means); n_mini: the following ones with ≥ 1/2 in span(class + "
+        "cross-class means) (≤ C(C−1)); f_class: those fractions for the top C+2; "
+        "within edge: λ_max of the within-class part.",
+    )
+    _part6_claims(cfg, run, rows)
+    return {"rows": rows}
+
+
+def _part6_claims(cfg: Sagun2017Config, run: RunDir, rows: list[dict[str, Any]]) -> None:
+    use = [r for r in rows if r["minimum"]] if cfg.grad_tol is not None else rows
+    which = "the minima only" if cfg.grad_tol is not None else "every run"
+    hits = [float(r["n_class"] in (r["k"] - 1, r["k"])) for r in use]
+    add_claim(
+        run,
+        S6,
+        "Outliers ≈ number of classes, explained: the leading eigenvectors of G that lie "
+        "in the span of the C class means number C or C−1 (Papyan 2020).",
+        decide(hits, rule="fraction", margin=0.5),
+        "; ".join(f"k={r['k']} s{r['seed']}: {r['n_class']}" for r in rows)
+        + f"; minima {sum(r['minimum'] for r in rows)}/{len(rows)}; the verdict counts {which}",
+    )
+    mini = [r for r in use if r["k"] > 2]
+    hits = [float(r["n_mini"] >= 1) for r in mini]
+    add_claim(
+        run,
+        S6,
+        "A mini-bulk follows the class outliers: at least one further eigenvector of G "
+        "lies in the span of the class and cross-class means (up to C(C−1)), for C > 2.",
+        decide(hits, rule="fraction", margin=0.5),
+        "; ".join(f"k={r['k']} s{r['seed']}: {r['n_mini']}" for r in mini)
+        + f"; the verdict counts {which}",
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # entry point
 
 
-def run(
-    run_dir: RunDir,
-    config: Sagun2017Config | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Run all five parts into ``run_dir`` (not finalized here) and return the headline.
+def _steps(cfg: Sagun2017Config) -> int:
+    return (
+        2 * len(cfg.ks) * len(cfg.seeds) + int(cfg.digits) + len(cfg.width_sweep)
+        + len(cfg.data_sweep) + len(cfg.ggn_ks) + 3
+    )  # fmt: skip
 
-    Args:
-        run_dir: the run folder (created by the caller, e.g. with ``asdict(config)``).
-        config: the sizes and knobs (default :meth:`Sagun2017Config.smoke`).
-        progress: optional ``progress(description, fraction_done)``.
-        stages: where finished parts are saved, and loaded from on a second call instead
-            of re-run (:class:`~hesslab.experiments._stages.Parts`); ``None``: nothing is
-            saved.
+
+def _parts(cfg: Sagun2017Config) -> list[Part]:
+    """The six parts; parts 4 and 6 reuse what part 1 trained."""
+    return [
+        Part("part1", lambda c: _part1(c.cfg, c.run_dir, c.tick)),
+        Part("part2", lambda c: _part2(c.cfg, c.run_dir, c.tick)),
+        Part("part3", lambda c: _part3(c.cfg, c.run_dir, c.tick)),
+        Part("part4", lambda c: _part4(c.cfg, c.run_dir, c.tick, c.results["part1"]["models"])),
+        Part("part5", lambda c: _part5(c.cfg, c.run_dir, c.tick)),
+        Part("part6", lambda c: _part6(c.cfg, c.run_dir, c.tick, c.results["part1"]["every"])),
+    ]
+
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """The headline of the six parts and their wall times.
 
     Returns:
         ``{"outliers": {k: count of the first seed}, "outliers_by_seed": {k: [counts]},
         "digits_outliers": int | None, "width_sweep": {...}, "data_sweep": {...},
         "ggn": {"overlap": {k: float}, ...}, "line": {"barrier": float, ...},
-        "claims": {section: holds}, "seconds": {part: float}}``.
-
-    References:
-        Sagun, Evci, Guney, Dauphin, Bottou (2017), "Empirical Analysis of the Hessian of
-        Over-Parametrized Neural Networks", arXiv:1706.04454.
+        "class_structure": {...}, "claims": {section: {claim: holds}}, "seconds": {part: float}}``.
     """
-    cfg = config or Sagun2017Config.smoke()
-    total = (
-        len(cfg.ks) * len(cfg.seeds) + int(cfg.digits) + len(cfg.width_sweep)
-        + len(cfg.data_sweep) + len(cfg.ggn_ks) + 3
-    )  # fmt: skip
-    tick = StepProgress(progress, total, logger=logger)
-    part = Parts(run_dir, stages, tick)
-    p1 = part("part1", lambda: _part1(cfg, run_dir, tick))
-    p2 = part("part2", lambda: _part2(cfg, run_dir, tick))
-    p3 = part("part3", lambda: _part3(cfg, run_dir, tick))
-    p4 = part("part4", lambda: _part4(cfg, run_dir, tick, p1["models"]))
-    p5 = part("part5", lambda: _part5(cfg, run_dir, tick))
-    seconds = dict(part.seconds)
-
-    for name, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
-    claims: dict[str, bool | None] = {}
-    for c in run_dir.claims:  # a section may hold several claims: number them
-        key, i = c["section"], 2
-        while key in claims:
-            key, i = f"{c['section']} ({i})", i + 1
-        claims[key] = c["holds"]
-    result = {
+    seconds = ctx.record_part_seconds()
+    p1 = ctx.results["part1"]
+    return {
         "outliers": {k: v[0] for k, v in p1["counts"].items()},
         "outliers_by_seed": p1["counts"],
         "outlier_bounds": p1["bounds"],
         "outlier_verdict": p1["verdict"],
         "digits_outliers": None if p1["digits"] is None else p1["digits"]["outliers"],
-        "width_sweep": p2,
-        "data_sweep": p3,
-        "ggn": p4,
-        "line": p5,
-        "claims": claims,
+        "width_sweep": ctx.results["part2"],
+        "data_sweep": ctx.results["part3"],
+        "ggn": ctx.results["part4"],
+        "line": ctx.results["part5"],
+        "class_structure": ctx.results["part6"],
+        "claims": ctx.claims,
         "seconds": seconds,
-        "config": asdict(cfg),
+        "config": asdict(ctx.cfg),
     }
-    run_dir.flush()
-    return result
+
+
+_SPEC_TEXT = {
+    "paper": (
+        "Sagun, Evci, Guney, Dauphin, Bottou (2017), Empirical Analysis of the Hessian "
+        "of Over-Parametrized Neural Networks"
+    ),
+    "arxiv": "1706.04454",
+    "smoke_seconds": SMOKE_SECONDS,
+    "parts": _parts,
+    "summary": _summary,
+    "steps": _steps,
+}
+
+#: ``sagun2017``: the authors' setup. Reference: Sagun, Evci, Guney, Dauphin, Bottou
+#: (2017), "Empirical Analysis of the Hessian of Over-Parametrized Neural Networks",
+#: arXiv:1706.04454.
+SPEC = Experiment(
+    name="sagun2017",
+    title="Bulk and outliers of the Hessian (Sagun et al. 2017)",
+    description=(
+        "Exact Hessian spectra of small ReLU MLPs trained on Gaussian mixtures with k "
+        "classes (and an MLP on digits): a bulk near zero plus about k outliers; width "
+        "sweep (bulk grows, outliers stay), data sweep (outliers move), Gauss-Newton vs "
+        "Hessian outliers, and the line between small- and large-batch solutions."
+    ),
+    config_type=Sagun2017Config,
+    full_seconds=FULL_SECONDS,
+    **_SPEC_TEXT,
+)
+
+#: ``sagun2017-simplex``: the same analyses on the simplex-mixture variation.
+SIMPLEX_SPEC = Experiment(
+    name="sagun2017-simplex",
+    title="Bulk and outliers of the Hessian, simplex-mixture variation (Sagun et al. 2017)",
+    description=(
+        "The sagun2017 analyses on a variation of the authors' setup: 10-D Gaussian "
+        "mixtures with simplex means, hidden widths (20, 20), a fixed budget of 2,000 "
+        "GD steps instead of training to ‖∇L‖ ≤ 1e-4 on 2-D blobs."
+    ),
+    config_type=Sagun2017SimplexConfig,
+    full_seconds=SIMPLEX_FULL_SECONDS,
+    **_SPEC_TEXT,
+)
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size).
+run = SPEC.run

@@ -74,7 +74,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,25 +83,21 @@ from torch import nn
 
 from hesslab.data import balanced_subset, digits
 from hesslab.errors import ConfigurationError
-from hesslab.experiments._claims import add_claim, decide
-from hesslab.experiments._stages import Parts
-from hesslab.experiments.registry import ExperimentSpec
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import add_claim, decide, record
 from hesslab.linalg import eigenpairs, spectral_density, trace
 from hesslab.linalg.density import SpectralDensity
 from hesslab.measures import sankar_density_distance, spectrum_w1
 from hesslab.models import lenet, mlp, vit
 from hesslab.operators import hessian
 from hesslab.report import plots
-from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import fit
-
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
 
 __all__ = [
     "FULL_SECONDS",
     "SMOKE_SECONDS",
+    "SPEC",
     "Sankar2021Config",
     "plot_distance_vs_depth",
     "plot_layer_densities",
@@ -119,7 +115,6 @@ SMOKE_SECONDS = 40.0
 #: ways; 118 s in issue 19).
 FULL_SECONDS = 210.0
 
-Progress = Callable[[str, float], None]
 MODELS = ("lenet", "mlp", "vit")
 _SECTION = {"lenet": "LeNet-style CNN", "mlp": "MLP", "vit": "ViT (small vision transformer)"}
 METRICS = ("w1", "sankar")
@@ -690,7 +685,8 @@ def _run_model(
         "tolerance": tol,
         "agrees": bool(abs(lam_slq - lam_ref) <= tol),
     }
-    run_dir.add_claim(
+    record(
+        run_dir,
         section,
         f"{name}: full λ_max from SLQ agrees with hesslab.eigenpairs within the SLQ "
         "resolution max(σ, Ritz residual)",
@@ -720,40 +716,9 @@ def _run_model(
     }
 
 
-def run(
-    run_dir: RunDir,
-    config: Sankar2021Config | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Train each network on digits, measuring layerwise and full spectra every epoch.
-
-    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished part is
-    saved there and, on a second call with the same store, loaded instead of re-run
-    (``hesslab reproduce --resume``, :class:`~hesslab.experiments._stages.Parts`).
-
-    Writes sections, figures, tables and claim rows into ``run_dir`` (not finalized).
-
-    Returns:
-        ``{"models": {name: {...}}, "claims": {name: {...}}, "seconds": {...},
-        "config": {...}}``.
-
-    Raises:
-        ConfigurationError: for an unknown model, metric normalization or dtype.
-
-    References:
-        Sankar, Khasbage, Vigneswaran, Balasubramanian (AAAI 2021), "A Deeper Look at the
-        Hessian Eigenspectrum of Deep Neural Networks and its Applications to
-        Regularization", arXiv:2012.03801.
-    """
-    cfg = config or Sankar2021Config.smoke()
-    _validate(cfg)
-    t0 = time.perf_counter()
-    split = digits(flat=False, seed=cfg.seed)
-    sub_data = balanced_subset(split.train, per_class=cfg.per_class, seed=cfg.seed)
-    sub = (sub_data.x.to(_dtype(cfg)), sub_data.y)
-    tick = StepProgress(progress, len(cfg.models) * (cfg.epochs + 1), logger=logger)
-    run_dir.add_text(
+def _setup(ctx: Context) -> None:
+    cfg = ctx.cfg
+    ctx.run_dir.add_text(
         "Setup",
         "Layerwise Hessians = diagonal blocks H_ll of the Conv2d/Linear weights. SLQ with "
         f"{cfg.num_steps} Lanczos steps, {cfg.num_probes} Rademacher start vector(s), range "
@@ -766,13 +731,33 @@ def run(
         "values on a common grid; positions discarded). Traces by hesslab.trace "
         f"({cfg.trace_matvecs} products; exact for smaller blocks).",
     )
-    part = Parts(run_dir, stages, tick)
-    models: dict[str, Any] = {}
-    for mi, name in enumerate(cfg.models):
-        models[name] = part(
-            name, lambda name=name, mi=mi: _run_model(name, cfg, split, sub, run_dir, tick, mi)
-        )
-        run_dir.flush()
+
+
+def _model_part(ctx: Context, name: str, mi: int) -> dict[str, Any]:
+    """Train network ``name`` on digits, measuring its spectra every epoch."""
+    cfg = ctx.cfg
+    split = digits(flat=False, seed=cfg.seed)  # seeded: the same split in every part
+    sub_data = balanced_subset(split.train, per_class=cfg.per_class, seed=cfg.seed)
+    sub = (sub_data.x.to(_dtype(cfg)), sub_data.y)
+    return _run_model(name, cfg, split, sub, ctx.run_dir, ctx.tick, mi)
+
+
+def _parts(cfg: Sankar2021Config) -> list[Part]:
+    """One part per network."""
+    return [
+        Part(name, lambda c, name=name, mi=mi: _model_part(c, name, mi))
+        for mi, name in enumerate(cfg.models)
+    ]
+
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """The per-network claims and the wall times.
+
+    Returns:
+        ``{"models": {name: {...}}, "claims": {name: {...}}, "seconds": {...},
+        "config": {...}}``.
+    """
+    models = {name: ctx.results[name] for name in ctx.cfg.models}
     claims = {
         n: {
             **{f"middle_closest_{k}": m["middle_closest"][k] for k in METRICS},
@@ -782,14 +767,13 @@ def run(
         for n, m in models.items()
     }
     seconds = {n: m["seconds"] for n, m in models.items()}
-    seconds["total"] = time.perf_counter() - t0
-    run_dir.add_scalar("Timing", "total seconds", seconds["total"], unit="s")
-    run_dir.flush()
-    return {"models": models, "claims": claims, "seconds": seconds, "config": asdict(cfg)}
+    seconds["total"] = ctx.elapsed()
+    ctx.run_dir.add_scalar("Timing", "total seconds", seconds["total"], unit="s")
+    return {"models": models, "claims": claims, "seconds": seconds, "config": asdict(ctx.cfg)}
 
 
 #: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
-SPEC = ExperimentSpec(
+SPEC = Experiment(
     name="sankar2021",
     title="Layerwise vs full Hessian spectra over training (Sankar et al. 2021)",
     paper=(
@@ -806,7 +790,20 @@ SPEC = ExperimentSpec(
         "and λ_max / trace trends, full and layerwise."
     ),
     config_type=Sankar2021Config,
-    runner=run,
     smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
+    parts=_parts,
+    summary=_summary,
+    steps=lambda cfg: len(cfg.models) * (cfg.epochs + 1),
+    setup=_setup,
+    check=_validate,
 )
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size): trains each network on
+#: digits, measuring layerwise and full spectra every epoch; raises
+#: :class:`~hesslab.errors.ConfigurationError` for an unknown model, metric normalization
+#: or dtype. Reference: Sankar, Khasbage, Vigneswaran, Balasubramanian (AAAI 2021), "A
+#: Deeper Look at the Hessian Eigenspectrum of Deep Neural Networks and its Applications
+#: to Regularization", arXiv:2012.03801.
+run = SPEC.run

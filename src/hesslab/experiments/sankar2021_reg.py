@@ -1,6 +1,7 @@
 """Hessian-trace and Wolkowicz–Styan-bound regularization (Sankar et al., AAAI 2021; HSR).
 
-Two reproductions (docs/PAPERS.md §5 and §4), each its own :class:`ExperimentSpec`:
+Two reproductions (docs/PAPERS.md §5 and §4), one runner parametrised by the penalty
+(:class:`_PenaltyKind`), each its own :class:`~hesslab.experiments._base.Experiment`:
 
 * ``sankar2021-reg`` (:data:`SPEC`): a LeNet-style CNN on scikit-learn digits (8x8
   images) trained with SGD + momentum, with and without the Hessian-trace penalty
@@ -50,10 +51,8 @@ Measurements (final model, eval mode, the whole training set): trace by
 ``λ_max`` (and ``λ_min`` for ``wsbound-reg``) by Lanczos (``lanczos_tol``); the WS
 bound by :func:`hesslab.wolkowicz_styan` with estimated traces.
 
-Training loop: :func:`hesslab.train.fit` has callbacks but no hook for extra loss terms,
-so this module has its own small SGD loop (:func:`train_with_penalty`). A
-``loss_terms=[fn(model, batch, loss, step) -> Tensor]`` argument of ``fit`` (added to
-the minibatch loss before ``backward``) would let the penalties plug into ``fit``.
+Training: :func:`hesslab.train.fit` with ``penalty=`` (:func:`train_with_penalty`): the
+penalty is added to each minibatch loss before ``backward``, reusing its graph.
 
 Run: ``hesslab reproduce sankar2021-reg --smoke`` (one seed, under a minute on 2 cores)
 or ``hesslab reproduce sankar2021-reg`` (5 seeds); likewise ``wsbound-reg``.
@@ -66,35 +65,28 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
 from hesslab.data import digits
 from hesslab.data.datasets import Split
 from hesslab.errors import ConfigurationError
+from hesslab.experiments._base import Context, Experiment, Part
 from hesslab.experiments._claims import Verdict, add_claim, all_of, decide
-from hesslab.experiments._stages import Parts
-from hesslab.experiments.registry import ExperimentSpec
-from hesslab.linalg import eigenpairs, trace, wolkowicz_styan
 from hesslab.models import lenet
 from hesslab.operators import hessian
+from hesslab.quantities import Settings, measure
 from hesslab.report import plots
-from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
-from hesslab.train import evaluate
+from hesslab.train import evaluate, fit
 from hesslab.train.regularizers import (
     HessianTracePenalty,
     WSBoundPenalty,
-    differentiable_batch_norm,
 )
-
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
 
 __all__ = [
     "FULL_SECONDS",
@@ -114,7 +106,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str, float], None]
 Penalty = HessianTracePenalty | WSBoundPenalty
 
 #: Measured wall time of the smoke size, one thread: 30-45 s on a quiet 2-core machine
@@ -289,56 +280,43 @@ def train_with_penalty(
     lr_decay: float = 0.1,
     seed: int = 0,
 ) -> TrainOutcome:
-    """SGD with momentum on ``split.train`` with ``loss + penalty`` (the model is trained
-    in place; the batch order comes from ``torch.Generator().manual_seed(seed)``).
+    """SGD with momentum on ``split.train`` with ``loss + penalty``, in place.
 
-    The penalty reuses the minibatch loss of the loop (``loss=``), so each step costs one
-    forward pass plus the penalty's products.
+    The batch order comes from ``torch.Generator().manual_seed(seed)``. Trained by
+    :func:`hesslab.train.fit` with ``penalty=``: the penalty reuses the minibatch loss of
+    the step (``loss=``), so each step costs one forward pass plus the penalty's products.
     """
     t0 = time.perf_counter()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    gen = torch.Generator().manual_seed(int(seed))
-    x, y = split.train.x, split.train.y
-    n = x.shape[0]
-    step = 0
-    epoch_loss = []
-    model.train()
-    for epoch in range(int(epochs)):
-        if epoch in set(milestones):
-            for group in opt.param_groups:
-                group["lr"] *= lr_decay
-        perm = torch.randperm(n, generator=gen).to(x.device)
-        total = 0.0
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            xb, yb = x[idx], y[idx]
-            with differentiable_batch_norm():  # the penalty differentiates it thrice
-                loss = F.cross_entropy(model(xb), yb)
-            objective = loss
-            if penalty is not None:
-                objective = loss + penalty(model, (xb, yb), F.cross_entropy, step, loss=loss)
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            opt.step()
-            total += float(loss.detach()) * xb.shape[0]
-            step += 1
-        epoch_loss.append(total / n)
-        if not math.isfinite(epoch_loss[-1]):
-            logger.warning("training diverged at epoch %d", epoch)
-            break
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
+    res = fit(
+        model, split.train, optimizer="sgd", lr=lr, momentum=momentum,
+        batch_size=batch_size, epochs=int(epochs), milestones=milestones, gamma=lr_decay,
+        seed=int(seed), penalty=penalty, chunk_size=None, inplace=True,
+    )  # fmt: skip
     hist = penalty.history if penalty is not None else []
     return TrainOutcome(
-        model=model,
-        epoch_loss=tuple(epoch_loss),
+        model=res.model,
+        epoch_loss=_epoch_means(res.history, len(split.train), batch_size),
         penalty_values=tuple(r.value for r in hist),
         penalty_steps=tuple(r.step for r in hist),
         penalty_seconds=float(np.mean([r.seconds for r in hist])) if hist else 0.0,
         seconds=time.perf_counter() - t0,
-        steps=step,
+        steps=res.steps,
     )
+
+
+def _epoch_means(history: Sequence[dict[str, float]], n: int, batch_size: int) -> tuple:
+    """Mean minibatch loss per epoch, each batch weighted by its size (the last is short)."""
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    means, total, pos = [], 0.0, 0
+    for rec in history:
+        total += rec["loss"] * sizes[pos]
+        pos += 1
+        if pos == len(sizes):
+            means.append(total / n)
+            total, pos = 0.0, 0
+    if pos:  # a run stopped inside an epoch (diverged): its partial mean
+        means.append(total / n)
+    return tuple(means)
 
 
 def _make_penalty(cfg: Any, variant: str, seed: int, steps_per_epoch: int) -> Penalty | None:
@@ -364,13 +342,14 @@ def _make_penalty(cfg: Any, variant: str, seed: int, steps_per_epoch: int) -> Pe
 
 
 def _measure(cfg: Any, model: nn.Module, split: Split, seed: int, *, ws: bool) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    """``tr H`` and ``lambda_max`` (with ``ws``: ``lambda_min`` and the Wolkowicz–Styan
+    bounds) on the training split, and the accuracies; ``measure_seconds`` is the sum of
+    the curvature results' own ``seconds``."""
     H = hessian(model, "ce", split.train.tensors)
-    tr = trace(H, cfg.trace_matvecs, generator=torch.Generator().manual_seed(seed))
-    top = eigenpairs(
-        H, 1, "largest", tol=cfg.lanczos_tol, generator=torch.Generator().manual_seed(seed),
-        return_vectors=False,
-    )  # fmt: skip
+    s = Settings(tol=cfg.lanczos_tol, return_vectors=False, num_matvecs=cfg.trace_matvecs)
+    tr = measure("trace", H, s, torch.Generator().manual_seed(seed))
+    top = measure("lambda_max", H, s, torch.Generator().manual_seed(seed))
+    results = [tr, top]
     out: dict[str, Any] = {
         "trace": tr.value,
         "trace_stderr": tr.stderr,
@@ -378,13 +357,10 @@ def _measure(cfg: Any, model: nn.Module, split: Split, seed: int, *, ws: bool) -
         "lambda_max_converged": bool(top.converged.all()),
     }
     if ws:
-        low = eigenpairs(
-            H, 1, "smallest", tol=cfg.lanczos_tol, max_matvecs=cfg.min_matvecs,
-            generator=torch.Generator().manual_seed(seed), return_vectors=False,
-        )  # fmt: skip
-        b = wolkowicz_styan(
-            H, num_matvecs=cfg.trace_matvecs, generator=torch.Generator().manual_seed(seed)
-        )
+        s_low = s.replace(k=1, max_matvecs=cfg.min_matvecs)
+        low = measure("bottom", H, s_low, torch.Generator().manual_seed(seed))
+        b = measure("ws_bounds", H, s, torch.Generator().manual_seed(seed))
+        results += [low, b]
         out.update(
             lambda_min=float(low.values[0]),
             lambda_min_converged=bool(low.converged.all()),
@@ -395,7 +371,7 @@ def _measure(cfg: Any, model: nn.Module, split: Split, seed: int, *, ws: bool) -
     _, acc = evaluate(model, split.test)
     tl, ta = evaluate(model, split.train)
     out.update(test_accuracy=acc, train_accuracy=ta, train_loss=tl)
-    out["measure_seconds"] = time.perf_counter() - t0
+    out["measure_seconds"] = sum(float(r.seconds) for r in results)
     return out
 
 
@@ -417,53 +393,44 @@ def _mean_std(rows: list[dict[str, Any]], key: str) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-def _runs(
-    cfg: Any,
-    run_dir: RunDir,
-    section: str,
-    progress: Progress | None,
-    *,
-    ws: bool,
-    stages: StageStore | None = None,
-):
+def _split(cfg: Any) -> tuple[Split, int]:
+    """The digits split (seeded: the same in every part) and the steps per epoch."""
     split = digits(flat=False, seed=cfg.data_seed)
-    steps_per_epoch = math.ceil(len(split.train) / cfg.batch_size)
+    return split, math.ceil(len(split.train) / cfg.batch_size)
+
+
+def _check(cfg: Any) -> None:
+    if "none" not in cfg.variants or len(cfg.variants) < 2:
+        raise ConfigurationError("variants must contain 'none' and at least one penalty.")
+    _, steps_per_epoch = _split(cfg)
     for variant in cfg.variants:  # fail on a bad variant before any training
         _make_penalty(cfg, variant, 0, steps_per_epoch)
-    tick = StepProgress(progress, len(cfg.seeds) * len(cfg.variants), logger=logger)
-    part = Parts(run_dir, stages, tick)
-    rows: list[dict[str, Any]] = []
-    curves: dict[str, Any] = {}
 
-    def one(seed: int, variant: str) -> tuple[dict[str, Any], Any]:
-        model = lenet(1, 10, image_size=8, seed=seed, channels=cfg.channels,
-                      hidden=cfg.hidden)  # fmt: skip
-        penalty = _make_penalty(cfg, variant, seed, steps_per_epoch)
-        out = train_with_penalty(
-            model, split, penalty=penalty, epochs=cfg.epochs, batch_size=cfg.batch_size,
-            lr=cfg.lr, momentum=cfg.momentum, milestones=cfg.milestones,
-            lr_decay=cfg.lr_decay, seed=seed,
-        )  # fmt: skip
-        m = _measure(cfg, out.model, split, seed, ws=ws)
-        row = {"variant": variant, "seed": seed, **m}
-        row["train_seconds"] = out.seconds
-        row["penalty_seconds_per_call"] = out.penalty_seconds
-        row["penalized_steps"] = len(out.penalty_values)
-        run_dir.log_metrics(len(rows) + 1, **{k: v for k, v in row.items() if k != "variant"})
-        run_dir.add_array(f"{variant}/seed{seed}/epoch_loss", np.asarray(out.epoch_loss))
-        if out.penalty_values:
-            run_dir.add_array(f"{variant}/seed{seed}/penalty", np.asarray(out.penalty_values))
-        tick(f"{variant} seed {seed}: acc {m['test_accuracy']:.3f}, trace {m['trace']:.3g}")
-        return row, out
 
-    for seed in cfg.seeds:
-        for variant in cfg.variants:
-            row, out = part(f"{variant}_seed{seed}", lambda s=seed, v=variant: one(s, v))
-            rows.append(row)
-            if seed == cfg.seeds[0]:
-                curves[variant] = out
-    run_dir.add_table(section, "runs", rows)
-    return split, rows, curves
+def _train_one(ctx: Context, seed: int, variant: str, *, ws: bool) -> tuple[dict[str, Any], Any]:
+    """One training run (variant, seed) and its final measurements."""
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    split, steps_per_epoch = _split(cfg)
+    model = lenet(1, 10, image_size=8, seed=seed, channels=cfg.channels,
+                  hidden=cfg.hidden)  # fmt: skip
+    penalty = _make_penalty(cfg, variant, seed, steps_per_epoch)
+    out = train_with_penalty(
+        model, split, penalty=penalty, epochs=cfg.epochs, batch_size=cfg.batch_size,
+        lr=cfg.lr, momentum=cfg.momentum, milestones=cfg.milestones,
+        lr_decay=cfg.lr_decay, seed=seed,
+    )  # fmt: skip
+    m = _measure(cfg, out.model, split, seed, ws=ws)
+    row = {"variant": variant, "seed": seed, **m}
+    row["train_seconds"] = out.seconds
+    row["penalty_seconds_per_call"] = out.penalty_seconds
+    row["penalized_steps"] = len(out.penalty_values)
+    index = cfg.seeds.index(seed) * len(cfg.variants) + cfg.variants.index(variant) + 1
+    run_dir.log_metrics(index, **{k: v for k, v in row.items() if k != "variant"})
+    run_dir.add_array(f"{variant}/seed{seed}/epoch_loss", np.asarray(out.epoch_loss))
+    if out.penalty_values:
+        run_dir.add_array(f"{variant}/seed{seed}/penalty", np.asarray(out.penalty_values))
+    ctx.tick(f"{variant} seed {seed}: acc {m['test_accuracy']:.3f}, trace {m['trace']:.3g}")
+    return row, out
 
 
 def _summary(cfg: Any, rows: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, dict]:
@@ -571,178 +538,184 @@ def _loss_figure(curves: dict[str, TrainOutcome], seed: int) -> Figure:
     )
 
 
-def run(
-    run_dir: RunDir,
-    config: Sankar2021RegConfig | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """``sankar2021-reg``: train with and without the trace penalty; accuracy, trace, λ_max.
+@dataclass(frozen=True)
+class _PenaltyKind:
+    """What differs between the two penalty experiments (everything else is shared).
 
-    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished training
-    run (variant, seed) is saved there and, on a second call with the same store, loaded
-    instead of re-run (``hesslab reproduce --resume``,
-    :class:`~hesslab.experiments._stages.Parts`).
-
-    Returns:
-        ``{"summary": {variant: {"test_accuracy": (mean, std), "trace": ..., "lambda_max":
-        ...}}, "holds": bool, "rows": [...], "config": {...}}``.
-
-    References:
-        Sankar, Khasbage, Vigneswaran, Balasubramanian (2021), arXiv:2012.03801.
+    Attributes:
+        section: the report section.
+        ws: measure ``λ_min`` and the WS bound too.
+        keys: the summarised quantities, in table order.
+        bars: bar-chart label -> quantity.
+        bars_title: title of the bar chart.
+        bars_caption: its caption.
+        setup: ``setup(cfg) -> str``, the setup text.
+        claims: ``claims(cfg, run_dir, rows, summary) -> {variant: {name: Verdict}}``.
+        headline: ``headline(verdicts) -> dict``, the kind's own result entries.
+        scalar_note: the ``note`` of every summary scalar (``""``: none).
+        penalty_column: the summary table shows the seconds per penalty call.
     """
-    cfg = config or Sankar2021RegConfig.smoke()
-    if "none" not in cfg.variants or len(cfg.variants) < 2:
-        raise ConfigurationError("variants must contain 'none' and at least one penalty.")
-    t0 = time.perf_counter()
-    run_dir.add_text(
-        S_TRACE,
+
+    section: str
+    ws: bool
+    keys: tuple[str, ...]
+    bars: dict[str, str]
+    bars_title: str
+    bars_caption: str
+    setup: Callable[[Any], str]
+    claims: Callable[..., dict[str, dict[str, Verdict]]]
+    headline: Callable[[dict[str, dict[str, Verdict]]], dict[str, Any]]
+    scalar_note: str = ""
+    penalty_column: bool = False
+
+
+def _trace_setup(cfg: Sankar2021RegConfig) -> str:
+    return (
         f"LeNet ({cfg.channels}, {cfg.hidden}) on digits 8x8 (1,347 train / 450 test), SGD "
         f"momentum {cfg.momentum}, lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epochs, "
         f"milestones {list(cfg.milestones)}. Penalty γ·(1/m)Σ vᵢᵀH_Bvᵢ with γ = {cfg.gamma}, "
         f"m = {cfg.num_probes} {cfg.distribution} probes, every {cfg.every} steps from "
         f"epoch {cfg.start_epoch}. Variants: {', '.join(cfg.variants)}; seeds "
-        f"{list(cfg.seeds)}. Trace and λ_max of the full training-set Hessian at the end.",
+        f"{list(cfg.seeds)}. Trace and λ_max of the full training-set Hessian at the end."
     )
-    split, rows, curves = _runs(cfg, run_dir, S_TRACE, progress, ws=False, stages=stages)
-    keys = ("test_accuracy", "trace", "lambda_max", "train_loss")
-    summary = _summary(cfg, rows, keys)
-    for variant, s in summary.items():
-        for k in keys:
-            run_dir.add_scalar(S_TRACE, f"{variant} {k}", s[k][0], stderr=s[k][1],
-                               note="mean and std over seeds")  # fmt: skip
-    run_dir.add_table(
-        S_TRACE,
-        "summary (mean ± std over seeds)",
-        [
-            {"variant": v, **{k: _fmt(s[k]) for k in keys},
-             "s / penalty call": s["penalty_seconds_per_call"]}
-            for v, s in summary.items()
-        ],
-    )  # fmt: skip
-    names = list(cfg.variants)
-    run_dir.add_figure(
-        S_TRACE,
-        "variants",
-        plot_variants(
-            names,
-            _bars(
-                summary,
-                names,
-                {"test accuracy": "test_accuracy", "trace of H": "trace", "λ_max": "lambda_max"},
-            ),
-            title="Final test accuracy, Hessian trace and λ_max per variant",
-        ),
-        "Mean over seeds with ±1 std bars; trace and λ_max of the full training-set Hessian.",
-    )
-    run_dir.add_figure(
-        S_TRACE, "loss", _loss_figure(curves, cfg.seeds[0]),
-        "Mean minibatch loss per epoch (penalty not included).",
-    )  # fmt: skip
-    verdicts = _trace_claims(cfg, run_dir, rows, summary)
-    lower = {v: d["trace"].holds for v, d in verdicts.items()}
-    no_hurt = {v: d["accuracy"].holds for v, d in verdicts.items()}
-    holds = all_of(*(x for d in verdicts.values() for x in d.values()))
-    seconds = time.perf_counter() - t0
-    run_dir.add_scalar("Timing", "seconds", seconds, unit="s")
-    run_dir.flush()
-    return {
-        "summary": summary,
-        "trace_lower": lower,
-        "accuracy_kept": no_hurt,
-        "holds": holds,
-        "verdicts": {v: {k: x.as_dict() for k, x in d.items()} for v, d in verdicts.items()},
-        "rows": rows,
-        "seconds": seconds,
-        "config": asdict(cfg),
-    }
 
 
-def run_wsbound(
-    run_dir: RunDir,
-    config: WSBoundRegConfig | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """``wsbound-reg``: train with and without the WS-bound penalty; range, bound, λ_max.
-
-    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished training
-    run (variant, seed) is saved there and, on a second call with the same store, loaded
-    instead of re-run (``hesslab reproduce --resume``,
-    :class:`~hesslab.experiments._stages.Parts`).
-
-    Returns:
-        ``{"summary": {variant: {"spread": (mean, std), "ws_upper": ..., "lambda_max": ...,
-        "lambda_min": ..., "trace": ..., "test_accuracy": ...}}, "holds": bool, ...}``.
-
-    References:
-        Wolkowicz, Styan (1980); docs/PAPERS.md §4 (HSR regularization).
-    """
-    cfg = config or WSBoundRegConfig.smoke()
-    if "none" not in cfg.variants or len(cfg.variants) < 2:
-        raise ConfigurationError("variants must contain 'none' and at least one penalty.")
-    t0 = time.perf_counter()
-    run_dir.add_text(
-        S_WS,
+def _ws_setup(cfg: WSBoundRegConfig) -> str:
+    return (
         f"LeNet on digits 8x8 as in sankar2021-reg (SGD momentum {cfg.momentum}, lr "
         f"{cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epochs). Penalty γ·U with "
         "U = μ + s√(P−1), μ = tr H_B/P, s² = tr H_B²/P − μ² (both traces from the same "
         f"probes), γ = {cfg.gamma}, m = {cfg.num_probes}, every {cfg.every} steps from epoch "
         f"{cfg.start_epoch}. At the end: λ_max, λ_min (Lanczos), the WS bound from "
-        "estimated traces of the full training-set Hessian.",
+        "estimated traces of the full training-set Hessian."
     )
-    split, rows, curves = _runs(cfg, run_dir, S_WS, progress, ws=True, stages=stages)
-    keys = ("spread", "ws_upper", "lambda_max", "lambda_min", "trace", "test_accuracy")
-    summary = _summary(cfg, rows, keys)
-    for variant, s in summary.items():
-        for k in keys:
-            run_dir.add_scalar(S_WS, f"{variant} {k}", s[k][0], stderr=s[k][1])
-    run_dir.add_table(
-        S_WS,
-        "summary (mean ± std over seeds)",
-        [{"variant": v, **{k: _fmt(s[k]) for k in keys}} for v, s in summary.items()],
-    )
-    names = list(cfg.variants)
-    run_dir.add_figure(
-        S_WS,
-        "variants",
-        plot_variants(
-            names,
-            _bars(
-                summary,
-                names,
-                {
-                    "λ_max − λ_min": "spread",
-                    "WS upper bound": "ws_upper",
-                    "test accuracy": "test_accuracy",
-                },
-            ),
-            title="Eigenvalue range, WS bound and accuracy per variant",
-        ),
-        "Mean over seeds with ±1 std bars.",
-    )
-    run_dir.add_figure(
-        S_WS, "loss", _loss_figure(curves, cfg.seeds[0]),
-        "Mean minibatch loss per epoch (penalty not included).",
-    )  # fmt: skip
-    verdicts = _ws_claims(cfg, run_dir, rows, summary)
-    narrower = {v: all_of(*d.values()) for v, d in verdicts.items()}
-    holds = all_of(*(x for d in verdicts.values() for x in d.values()))
-    seconds = time.perf_counter() - t0
-    run_dir.add_scalar("Timing", "seconds", seconds, unit="s")
-    run_dir.flush()
+
+
+def _trace_headline(verdicts: dict[str, dict[str, Verdict]]) -> dict[str, Any]:
     return {
-        "summary": summary,
-        "narrower": narrower,
-        "holds": holds,
-        "verdicts": {v: {k: x.as_dict() for k, x in d.items()} for v, d in verdicts.items()},
-        "rows": rows,
-        "seconds": seconds,
-        "config": asdict(cfg),
+        "trace_lower": {v: d["trace"].holds for v, d in verdicts.items()},
+        "accuracy_kept": {v: d["accuracy"].holds for v, d in verdicts.items()},
     }
 
 
-SPEC = ExperimentSpec(
+def _ws_headline(verdicts: dict[str, dict[str, Verdict]]) -> dict[str, Any]:
+    return {"narrower": {v: all_of(*d.values()) for v, d in verdicts.items()}}
+
+
+TRACE = _PenaltyKind(
+    section=S_TRACE,
+    ws=False,
+    keys=("test_accuracy", "trace", "lambda_max", "train_loss"),
+    bars={"test accuracy": "test_accuracy", "trace of H": "trace", "λ_max": "lambda_max"},
+    bars_title="Final test accuracy, Hessian trace and λ_max per variant",
+    bars_caption=(
+        "Mean over seeds with ±1 std bars; trace and λ_max of the full training-set Hessian."
+    ),
+    setup=_trace_setup,
+    claims=_trace_claims,
+    headline=_trace_headline,
+    scalar_note="mean and std over seeds",
+    penalty_column=True,
+)
+"""``sankar2021-reg``: the Hutchinson Hessian-trace penalty."""
+
+WSBOUND = _PenaltyKind(
+    section=S_WS,
+    ws=True,
+    keys=("spread", "ws_upper", "lambda_max", "lambda_min", "trace", "test_accuracy"),
+    bars={
+        "λ_max − λ_min": "spread",
+        "WS upper bound": "ws_upper",
+        "test accuracy": "test_accuracy",
+    },
+    bars_title="Eigenvalue range, WS bound and accuracy per variant",
+    bars_caption="Mean over seeds with ±1 std bars.",
+    setup=_ws_setup,
+    claims=_ws_claims,
+    headline=_ws_headline,
+)
+"""``wsbound-reg``: the Wolkowicz–Styan bound penalty (Wolkowicz, Styan 1980)."""
+
+
+def _parts_of(kind: _PenaltyKind) -> Callable[[Any], list[Part]]:
+    def parts(cfg: Any) -> list[Part]:
+        return [
+            Part(
+                f"{variant}_seed{seed}",
+                lambda c, s=seed, v=variant: _train_one(c, s, v, ws=kind.ws),
+            )
+            for seed in cfg.seeds
+            for variant in cfg.variants
+        ]
+
+    return parts
+
+
+def _report(kind: _PenaltyKind, cfg: Any, run_dir: RunDir, summary: dict, curves: dict) -> None:
+    """The summary scalars, table and figures of one penalty experiment."""
+    keys, note = kind.keys, {"note": kind.scalar_note} if kind.scalar_note else {}
+    for variant, s in summary.items():
+        for k in keys:
+            run_dir.add_scalar(kind.section, f"{variant} {k}", s[k][0], stderr=s[k][1], **note)
+    rows = []
+    for v, s in summary.items():
+        row = {"variant": v, **{k: _fmt(s[k]) for k in keys}}
+        if kind.penalty_column:
+            row["s / penalty call"] = s["penalty_seconds_per_call"]
+        rows.append(row)
+    run_dir.add_table(kind.section, "summary (mean ± std over seeds)", rows)
+    names = list(cfg.variants)
+    run_dir.add_figure(
+        kind.section,
+        "variants",
+        plot_variants(names, _bars(summary, names, kind.bars), title=kind.bars_title),
+        kind.bars_caption,
+    )
+    run_dir.add_figure(
+        kind.section, "loss", _loss_figure(curves, cfg.seeds[0]),
+        "Mean minibatch loss per epoch (penalty not included).",
+    )  # fmt: skip
+
+
+def _summary_of(kind: _PenaltyKind) -> Callable[[Context], dict[str, Any]]:
+    def summary_fn(ctx: Context) -> dict[str, Any]:
+        cfg, run_dir = ctx.cfg, ctx.run_dir
+        done = [ctx.results[f"{v}_seed{s}"] for s in cfg.seeds for v in cfg.variants]
+        rows = [row for row, _ in done]
+        curves = {row["variant"]: out for row, out in done if row["seed"] == cfg.seeds[0]}
+        run_dir.add_table(kind.section, "runs", rows)
+        summary = _summary(cfg, rows, kind.keys)
+        _report(kind, cfg, run_dir, summary, curves)
+        verdicts = kind.claims(cfg, run_dir, rows, summary)
+        seconds = ctx.elapsed()
+        run_dir.add_scalar("Timing", "seconds", seconds, unit="s")
+        return {
+            "summary": summary,
+            **kind.headline(verdicts),
+            "holds": all_of(*(x for d in verdicts.values() for x in d.values())),
+            "verdicts": {v: {k: x.as_dict() for k, x in d.items()} for v, d in verdicts.items()},
+            "rows": rows,
+            "seconds": seconds,
+            "config": asdict(cfg),
+        }
+
+    return summary_fn
+
+
+def _penalty_experiment(kind: _PenaltyKind, **text: Any) -> Experiment:
+    """The experiment that trains with and without ``kind``'s penalty."""
+    return Experiment(
+        parts=_parts_of(kind),
+        summary=_summary_of(kind),
+        steps=lambda cfg: len(cfg.seeds) * len(cfg.variants),
+        setup=lambda ctx: ctx.run_dir.add_text(kind.section, kind.setup(ctx.cfg)),
+        check=_check,
+        **text,
+    )
+
+
+SPEC = _penalty_experiment(
+    TRACE,
     name="sankar2021-reg",
     title="Hessian-trace regularization (Sankar et al. 2021)",
     paper=PAPER,
@@ -753,13 +726,13 @@ SPEC = ExperimentSpec(
         "accuracy mean ± std and the final trace and λ_max of the training-set Hessian."
     ),
     config_type=Sankar2021RegConfig,
-    runner=run,
     smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
 )
 """Registry entry for ``sankar2021-reg``."""
 
-WSBOUND_SPEC = ExperimentSpec(
+WSBOUND_SPEC = _penalty_experiment(
+    WSBOUND,
     name="wsbound-reg",
     title="Wolkowicz–Styan bound regularization (HSR)",
     paper="Wolkowicz, Styan (1980), Bounds for eigenvalues using traces; HSR regularization",
@@ -770,8 +743,19 @@ WSBOUND_SPEC = ExperimentSpec(
         "eigenvalue range, bound, λ_max and test accuracy."
     ),
     config_type=WSBoundRegConfig,
-    runner=run_wsbound,
     smoke_seconds=WSBOUND_SMOKE_SECONDS,
     full_seconds=WSBOUND_FULL_SECONDS,
 )
 """Registry entry for ``wsbound-reg``."""
+
+#: ``sankar2021-reg``'s runner, ``run(run_dir, config=None, progress=None, stages=None)``
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size): trains with and without
+#: the trace penalty; accuracy, trace, λ_max. Returns ``{"summary": {variant:
+#: {"test_accuracy": (mean, std), "trace": ..., "lambda_max": ...}}, "holds": bool,
+#: "trace_lower", "accuracy_kept", "verdicts", "rows": [...], "config": {...}}``.
+#: Reference: Sankar, Khasbage, Vigneswaran, Balasubramanian (2021), arXiv:2012.03801.
+run = SPEC.run
+#: ``wsbound-reg``'s runner: the same with the WS-bound penalty; range, bound, λ_max
+#: (result entries ``"narrower"`` instead of ``"trace_lower"``/``"accuracy_kept"``).
+#: Reference: Wolkowicz, Styan (1980); docs/PAPERS.md §4 (HSR regularization).
+run_wsbound = WSBOUND_SPEC.run

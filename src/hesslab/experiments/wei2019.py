@@ -48,9 +48,10 @@ the minimum (Adam, then full-batch GD to ``‖∇L‖`` ≈ 1e-6), then continue
 same total power (``σ² = tr C_B / P``, ``"sgd"`` convention), (d) GD + Gaussian noise
 with covariance ``C_B`` from per-sample gradients
 (:class:`~hesslab.train.optim.HessianShapedNoiseGD`). Tracked: exact ``Tr H`` and
-``Σ_{i≤r} log λᵢ`` of the dense Hessian (``P ≤ dense_max``; otherwise
-:func:`hesslab.trace` with its stderr and :func:`hesslab.logdet`). The injected noise
-covariance is measured (trace of the empirical covariance of many draws vs ``tr C_B``).
+``Σ_{i≤r} log λᵢ`` of the dense Hessian (``eigenpairs(method="auto")``: dense up to
+``P = 2000``; otherwise :func:`hesslab.trace` with its stderr and
+:func:`hesslab.logdet`). The injected noise covariance is measured (trace of the
+empirical covariance of many draws vs ``tr C_B``).
 
 Claims are decided with standard errors over runs (:mod:`hesslab.experiments._claims`):
 "falls" holds only when the mean decrease exceeds ``z_holds`` (3) standard errors over
@@ -71,7 +72,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,23 +80,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hesslab.data import balanced_subset, digits
-from hesslab.experiments._claims import Verdict, add_claim, decide, decide_equal, decide_estimate
-from hesslab.experiments._stages import Parts
-from hesslab.experiments.registry import ExperimentSpec
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import (
+    Verdict,
+    add_claim,
+    decide,
+    decide_equal,
+    decide_estimate,
+    record,
+)
+from hesslab.linalg.lanczos import use_dense
 from hesslab.models import mlp
 from hesslab.objective import Objective
 from hesslab.operators import hessian
+from hesslab.quantities import Settings, measure
 from hesslab.report import plots
-from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
+from hesslab.train import fit
 from hesslab.train.optim import HessianShapedNoiseGD, NoisyGD, SGDNoiseSampler
-
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
 
 __all__ = [
     "FULL_SECONDS",
     "SMOKE_SECONDS",
+    "SPEC",
     "Wei2019Config",
     "run",
     "toy_hessian",
@@ -114,7 +121,6 @@ S1 = "1. Toy degenerate valley"
 S2 = "2. MLP on digits (non-realizable)"
 S3 = "3. Injected noise covariance"
 
-Progress = Callable[[str, float], None]
 OPTIMIZERS = ("GD", "SGD", "isotropic", "H-shaped")
 
 
@@ -146,7 +152,8 @@ class Wei2019Config:
         mlp_measure: number of measurements over the continued steps (plus the start).
         mlp_runs: independent continuations per process (noise seeds).
         mlp_logdet_rank: ``r`` of ``Σ_{i≤r} log λᵢ``.
-        dense_max: largest ``P`` for dense Hessians (else Krylov trace + Lanczos logdet).
+        dense_max: largest ``P`` for the dense Hessian of part 3's cosine(H, C_B) (the
+            tracked ``Tr H`` and logdet follow ``eigenpairs(method="auto")``).
         noise_draws: draws used to measure the injected covariance.
         z_holds: a change "holds" when it exceeds this many standard errors.
         dtype: ``"float64"`` (default) or ``"float32"``.
@@ -252,10 +259,6 @@ def _toy_start(depth: int, dtype: torch.dtype) -> Tensor:
     return torch.tensor([4.0] + [rest] * (depth - 1), dtype=dtype)
 
 
-def _toy_loss(w: Tensor, target: Tensor | float = 1.0) -> Tensor:
-    return 0.5 * ((_others(w, ()) - target) ** 2).sum()
-
-
 def _toy_stats(w: Tensor) -> tuple[Tensor, Tensor]:
     """Per-run ``Tr H`` and ``log λ_max(H)`` (the non-degenerate block is 1-D)."""
     H = toy_hessian(w.detach())
@@ -297,42 +300,63 @@ def _toy_optimizer(name, w, lr, iso, g, R, depth, s) -> torch.optim.Optimizer:
     return HessianShapedNoiseGD([w], lr=lr, noise_fn=noise_fn, convention="sgd")
 
 
+class _Valley(torch.nn.Module):
+    """``R`` independent copies of the toy valley: ``forward`` is ``Πᵢ wᵢ`` per run (``[R]``).
+
+    The input is only a placeholder (one row per run): :func:`hesslab.train.fit` trains
+    it full batch with the summed loss :func:`_valley_loss` against targets ``1``.
+    """
+
+    def __init__(self, w0: Tensor, runs: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(w0.repeat(runs, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _others(self.w, ())
+
+
+def _valley_loss(out: Tensor, target: Tensor) -> Tensor:
+    """``½ Σ_r (Πw_r − t_r)²``, the sum of the runs' toy losses."""
+    return 0.5 * ((out - target) ** 2).sum()
+
+
 def _toy_process(name: str, cfg: Wei2019Config, depth: int, seed: int) -> dict[str, np.ndarray]:
     """One process on ``R`` independent copies of the toy valley; records over time.
 
-    Runs that diverge (non-finite or ``|w| ≥`` :data:`DIVERGED_ABS`) are dropped from the
+    Trained by :func:`hesslab.train.fit` (full batch; label-noise SGD is ``label_noise``
+    on the targets). Runs that diverge (non-finite or ``|w| ≥`` :data:`DIVERGED_ABS`) are
+    parked at the start after every update (fit's ``project``) and dropped from the
     statistics from then on; ``"diverged"`` counts them (at each record).
     """
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     R, lr, s = cfg.toy_runs, cfg.toy_lr, cfg.toy_label_noise
     w0 = _toy_start(depth, dtype)
-    w = torch.nn.Parameter(w0.repeat(R, 1))
     g = _gen(seed)
     tr0 = float(toy_hessian(w0[None]).diagonal(dim1=1, dim2=2).sum())
     iso = cfg.toy_iso_std if cfg.toy_iso_std is not None else s * math.sqrt(tr0 / depth)
-    opt = _toy_optimizer(name, w, lr, iso, g, R, depth, s)
-    alive = torch.ones(R, dtype=torch.bool)
+    state = {"alive": torch.ones(R, dtype=torch.bool)}
     steps, tr_m, ld_m, dd, dead = [], [], [], [], []
-    for k in range(cfg.toy_steps + 1):
-        alive = _alive(w, alive, w0)
+
+    def park(net: torch.nn.Module, step: int) -> None:
+        state["alive"] = _alive(net.w, state["alive"], w0)
+
+    def record(net: torch.nn.Module, k: int, info: dict[str, Any]) -> None:
         if k % cfg.toy_record_every == 0 or k == cfg.toy_steps:
+            alive, w = state["alive"], net.w.detach()
             tr, ld = _toy_stats(w[alive])
             steps.append(k)
             for lst, x in ((tr_m, tr), (ld_m, ld)):
                 lst.append(_mean_se(x))
-            wa = w[alive].detach()
-            dd.append(float((wa[:, 0] ** 2 - wa[:, 1] ** 2).mean()))
+            dd.append(float((w[alive][:, 0] ** 2 - w[alive][:, 1] ** 2).mean()))
             dead.append(R - int(alive.sum()))
-        if k == cfg.toy_steps:
-            break
-        opt.zero_grad(set_to_none=False)
-        if name == "SGD":
-            target = 1.0 + s * torch.randn(R, generator=g, dtype=dtype)
-            loss = 0.5 * ((_others(w, ()) - target) ** 2).sum()
-        else:
-            loss = _toy_loss(w)
-        loss.backward()
-        opt.step()
+
+    fit(
+        _Valley(w0, R), (torch.zeros(R, 1, dtype=dtype), torch.ones(R, dtype=dtype)),
+        loss=_valley_loss, batch_size=None, steps=cfg.toy_steps, generator=g,
+        optimizer=lambda params: _toy_optimizer(name, params[0], lr, iso, g, R, depth, s),
+        label_noise=s if name == "SGD" else None, project=park, callbacks=record,
+        chunk_size=None,
+    )  # fmt: skip
     return {
         "steps": np.asarray(steps, dtype=np.float64),
         "trace": np.asarray([x[0] for x in tr_m]),
@@ -520,7 +544,8 @@ def _part1(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
             run_dir.add_scalar(
                 S1, "label-noise SGD: measured final Tr H", meas, res["SGD"]["trace_se"][-1]
             )
-            run_dir.add_claim(
+            record(
+                run_dir,
                 S1,
                 "depth 2: the D-ODE prediction dD/dk = −2η²s²D/(2 − ηλ) gives the mean "
                 "Tr H under label-noise SGD (within 15%)",
@@ -545,23 +570,19 @@ def _mlp_data(cfg: Wei2019Config) -> tuple[Tensor, Tensor]:
 
 
 def _measure(cfg: Wei2019Config, model: torch.nn.Module, data, seed: int) -> dict[str, float]:
-    H = hessian(model, "mse", data)
-    P, r = H.shape[0], cfg.mlp_logdet_rank
-    if P <= cfg.dense_max:
-        A = H.to_dense().to(torch.float64)
-        w = torch.linalg.eigvalsh((A + A.T) / 2)
-        top = w[-r:]
-        return {
-            "trace": float(w.sum()),
-            "trace_se": 0.0,
-            "logdet": float(torch.log(top.clamp_min(1e-300)).sum()),
-            "lambda_max": float(w[-1]),
-        }
-    from hesslab.linalg.logdet import logdet
-    from hesslab.linalg.trace import trace
+    """``Tr H``, ``Σ_{i≤r} log λᵢ`` and ``λ_max`` of the MSE Hessian at ``model``.
 
-    t = trace(H, num_matvecs=96, generator=_gen(seed))
-    ld = logdet(H, r, generator=_gen(seed + 1))
+    The top ``r`` eigenvalues come from ``eigenpairs(method="auto")``: dense ``eigh`` for
+    small ``P`` (then the trace is exact too: ``P`` unit-vector products, stderr 0), else
+    Lanczos (then the trace is the Krylov estimate with its stderr).
+    """
+    H = hessian(model, "mse", data)
+    r = min(cfg.mlp_logdet_rank, H.shape[0])
+    s = Settings(k=r, tol=1e-8, method="auto", return_vectors=False, num_matvecs=96)
+    top = measure("top_k", H, s, _gen(seed + 1))
+    method = "exact" if top.method == "dense" else "krylov"
+    t = measure("trace", H, s.replace(trace_method=method), _gen(seed))
+    ld = measure("logdet", H, s.replace(given={"top_k": top}))
     return {
         "trace": t.value,
         "trace_se": t.stderr,
@@ -571,24 +592,34 @@ def _measure(cfg: Wei2019Config, model: torch.nn.Module, data, seed: int) -> dic
 
 
 def _train_to_minimum(cfg: Wei2019Config, data) -> torch.nn.Module:
-    x, y = data
+    """Full-batch Adam (lr 1e-2), then full-batch GD polish at ``mlp_lr`` (MSE)."""
     model = mlp(
         64, cfg.mlp_widths, 10, activation=cfg.mlp_activation, seed=cfg.seed, dtype=_dtype(cfg)
     )
-    opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(cfg.mlp_train_steps):
-        opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.mlp_lr)
-    for _ in range(cfg.mlp_polish_steps):
-        opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-    return model.eval()
+    common = dict(loss="mse", batch_size=None, chunk_size=None)
+    res = fit(model, data, optimizer="adam", lr=1e-2, steps=cfg.mlp_train_steps, **common)
+    res = fit(res.model, data, optimizer="gd", lr=cfg.mlp_lr, steps=cfg.mlp_polish_steps, **common)
+    return res.model
 
 
 _MEASURED = ("trace", "trace_se", "logdet", "lambda_max")
+
+
+def _continue_optimizer(
+    cfg: Wei2019Config, model: torch.nn.Module, data, name: str, g, iso_std: float
+) -> Callable[[list], torch.optim.Optimizer]:
+    """The factory ``params -> optimizer`` of one continuation process."""
+    lr, B = cfg.mlp_lr, cfg.mlp_batch
+    if name in ("GD", "SGD"):
+        return lambda params: torch.optim.SGD(params, lr=lr)
+    if name == "isotropic":
+        return lambda params: NoisyGD(
+            params, lr=lr, noise_std=iso_std, generator=g, convention="sgd"
+        )
+    obj = Objective(model, "mse", data, check_determinism=False)
+    return lambda params: HessianShapedNoiseGD(
+        params, lr=lr, batch_size=B, objective=obj, generator=g
+    )
 
 
 def _continue(
@@ -600,54 +631,44 @@ def _continue(
     iso_std: float,
     measure_at: set[int],
 ) -> dict[str, list[float]]:
+    """Continue ``mlp_steps`` updates of one process from ``start``, measured by a callback.
+
+    Trained by :func:`fit`: SGD draws batches with replacement, the others are full batch.
+
+    A run whose weights turn non-finite records NaN from then on (fit stops it at the
+    first non-finite loss; the remaining records are NaN, counted by the claims).
+    """
     import copy
 
     x, y = data
-    N = x.shape[0]
-    model = copy.deepcopy(start)
+    model = copy.deepcopy(start)  # trained in place: the H-shaped noise reads its objective
     g = _gen(seed)
-    params = list(model.parameters())
-    lr, B = cfg.mlp_lr, cfg.mlp_batch
-    if name in ("GD", "SGD"):
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr)
-    elif name == "isotropic":
-        opt = NoisyGD(params, lr=lr, noise_std=iso_std, generator=g, convention="sgd")
-    else:
-        obj = Objective(model, "mse", data, check_determinism=False)
-        opt = HessianShapedNoiseGD(params, lr=lr, batch_size=B, objective=obj, generator=g)
-    rec: dict[str, list[float]] = {
-        "step": [],
-        "trace": [],
-        "trace_se": [],
-        "logdet": [],
-        "lambda_max": [],
-        "loss": [],
-    }
-    diverged = False
-    for k in range(cfg.mlp_steps + 1):
-        if k in measure_at:
-            diverged = diverged or not all(bool(torch.isfinite(p).all()) for p in params)
-            m = (
-                dict.fromkeys(_MEASURED, math.nan)
-                if diverged
-                else _measure(cfg, model, data, seed + k)
-            )
-            rec["step"].append(k)
-            for key in ("trace", "trace_se", "logdet", "lambda_max"):
-                rec[key].append(m[key])
-            with torch.no_grad():
-                rec["loss"].append(math.nan if diverged else float(F.mse_loss(model(x), y)))
-        if k == cfg.mlp_steps:
-            break
-        if diverged:  # non-finite weights: the run's later records are NaN (counted)
-            continue
-        opt.zero_grad()
-        if name == "SGD":
-            idx = torch.randint(0, N, (B,), generator=g)
-            F.mse_loss(model(x[idx]), y[idx]).backward()
-        else:
-            F.mse_loss(model(x), y).backward()
-        opt.step()
+    rec: dict[str, list[float]] = {key: [] for key in ("step", *_MEASURED, "loss")}
+    state = {"diverged": False}
+
+    def measure(net: torch.nn.Module, k: int, info: dict[str, Any] | None = None) -> None:
+        if k not in measure_at:
+            return
+        finite = all(bool(torch.isfinite(p).all()) for p in net.parameters())
+        state["diverged"] = state["diverged"] or not finite
+        bad = state["diverged"]
+        m = dict.fromkeys(_MEASURED, math.nan) if bad else _measure(cfg, net, data, seed + k)
+        rec["step"].append(k)
+        for key in _MEASURED:
+            rec[key].append(m[key])
+        with torch.no_grad():
+            rec["loss"].append(math.nan if bad else float(F.mse_loss(net(x), y)))
+
+    sgd = name == "SGD"
+    res = fit(
+        model, data, loss="mse", optimizer=_continue_optimizer(cfg, model, data, name, g, iso_std),
+        batch_size=cfg.mlp_batch if sgd else None, sampling="replacement",
+        steps=cfg.mlp_steps, generator=g, callbacks=measure, chunk_size=None, inplace=True,
+    )  # fmt: skip
+    state["diverged"] = state["diverged"] or res.stopped_by == "diverged"
+    for k in sorted(measure_at):
+        if k > res.steps:
+            measure(model, k)
     return rec
 
 
@@ -673,7 +694,8 @@ def _mlp_claims(
             changes["isotropic"]["logdet_change"], rule="mean", direction="less", z=z
         ),
     }
-    run_dir.add_claim(
+    record(
+        run_dir,
         S2,
         "MLP: GD at the minimum keeps Tr H flat (relative change < 1e-3)",
         f"relative change {gd_rel:.2g} (GD is deterministic: one run) → "
@@ -770,7 +792,7 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
             steps,
             s_tr,
             title="MLP: Tr H",
-            ylabel="Tr H (exact)" if P <= cfg.dense_max else "Tr H (krylov)",
+            ylabel="Tr H (exact)" if use_dense(P, cfg.mlp_logdet_rank) else "Tr H (krylov)",
         ),
         caption="Tr H vs steps per optimizer (mean ± stderr over noise seeds). "
         "Expected: GD flat, SGD and H-shaped fall.",
@@ -832,7 +854,8 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
         "point vs tr C_B from dense per-sample gradients.",
     )
     ok = all(abs(t - trC) <= z * se for t, se in meas.values())
-    run_dir.add_claim(
+    record(
+        run_dir,
         S3,
         "the injected noise has the intended total power tr C_B (all three)",
         "; ".join(f"{k}: {t:.4g} ± {se:.2g}" for k, (t, se) in meas.items()) + f" vs {trC:.4g}",
@@ -852,42 +875,30 @@ def _part2(cfg: Wei2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> 
     }
 
 
-def run(
-    run_dir: RunDir,
-    config: Wei2019Config | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Run the toy valley (and the MLP part) into ``run_dir`` (not finalized here).
+def _parts(cfg: Wei2019Config) -> list[Part]:
+    """The toy valley, then (optionally) the MLP part with the injected-noise check."""
+    toy = Part("toy", lambda c: _part1(c.cfg, c.run_dir, c.tick))
+    return [toy, Part("mlp", lambda c: _part2(c.cfg, c.run_dir, c.tick))] if cfg.mlp else [toy]
 
-    With ``stages`` (a :class:`~hesslab.analysis.StageStore`), every finished part is
-    saved there and, on a second call with the same store, loaded instead of re-run
-    (``hesslab reproduce --resume``, :class:`~hesslab.experiments._stages.Parts`).
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """The parts' wall times.
 
     Returns:
         ``{"toy": {depth: {"changes": {process: {...}}, "claims": {...}}}, "mlp": {...} |
         None, "seconds": {...}, "config": {...}}``.
-
-    References:
-        Wei & Schwab (2019), "How noise affects the Hessian spectrum in overparameterized
-        neural networks", arXiv:1910.00195.
     """
-    cfg = config or Wei2019Config.smoke()
-    tick = StepProgress(progress, len(cfg.toy_depths) + (5 if cfg.mlp else 0), logger=logger)
-    part = Parts(run_dir, stages, tick)
-    toy = part("toy", lambda: _part1(cfg, run_dir, tick))
-    mlp_res = None
-    if cfg.mlp:
-        mlp_res = part("mlp", lambda: _part2(cfg, run_dir, tick))
-    seconds = dict(part.seconds)
-    for name, s in seconds.items():
-        run_dir.add_scalar("Timing", f"{name} seconds", s, unit="s")
-    run_dir.flush()
-    return {"toy": toy, "mlp": mlp_res, "seconds": seconds, "config": asdict(cfg)}
+    seconds = ctx.record_part_seconds()
+    return {
+        "toy": ctx.results["toy"],
+        "mlp": ctx.results.get("mlp"),
+        "seconds": seconds,
+        "config": asdict(ctx.cfg),
+    }
 
 
 #: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
-SPEC = ExperimentSpec(
+SPEC = Experiment(
     name="wei2019",
     title="How noise shapes the Hessian in a degenerate valley (Wei & Schwab 2019)",
     paper=(
@@ -902,7 +913,15 @@ SPEC = ExperimentSpec(
         "SGD-like noise, log det of the non-degenerate block under isotropic noise, GD stays."
     ),
     config_type=Wei2019Config,
-    runner=run,
     smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
+    parts=_parts,
+    summary=_summary,
+    steps=lambda cfg: len(cfg.toy_depths) + (5 if cfg.mlp else 0),
 )
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size): the toy valley and the MLP
+#: part. Reference: Wei & Schwab (2019), "How noise affects the Hessian spectrum in
+#: overparameterized neural networks", arXiv:1910.00195.
+run = SPEC.run

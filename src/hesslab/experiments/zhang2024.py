@@ -52,10 +52,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,22 +62,18 @@ from torch import Tensor, nn
 
 from hesslab.data import balanced_subset, digits, text
 from hesslab.errors import ConfigurationError
-from hesslab.experiments._stages import Parts
-from hesslab.experiments.registry import ExperimentSpec
-from hesslab.linalg import spectral_density
+from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._claims import record
 from hesslab.losses import ce_count, ce_sum, resolve_loss
 from hesslab.measures import spectrum_js
 from hesslab.models import gpt, lenet
 from hesslab.operators import hessian
+from hesslab.quantities import Settings, measure
 from hesslab.report import plots
-from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 from hesslab.train import fit
 
-if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
-
-__all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "Zhang2024Config", "decide", "run"]
+__all__ = ["FULL_SECONDS", "SMOKE_SECONDS", "SPEC", "Zhang2024Config", "decide", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +84,6 @@ SMOKE_SECONDS = 30.0
 #: average ~16 from other jobs (``results/zhang2024/``); an idle machine needs far less.
 FULL_SECONDS = 1500.0
 
-Progress = Callable[[str, float], None]
 MODELS = ("gpt", "cnn")
 POINTS = ("init", "trained")
 _TITLE = {"gpt": "small GPT on the bundled text", "cnn": "LeNet-style CNN on digits"}
@@ -264,16 +258,16 @@ def _mean_offdiag(m: np.ndarray) -> float:
 
 
 def _measure(net: nn.Module, loss: Any, data: Any, cfg: Zhang2024Config, key: tuple) -> dict:
-    """Blockwise SLQ densities of ``net``'s Hessian and their pairwise JS distances."""
+    """Blockwise SLQ densities of ``net``'s Hessian and their pairwise JS distances
+    (``seconds``: the densities' own wall time)."""
     model = copy.deepcopy(net).to(_dtype(cfg)).eval()
-    t = time.perf_counter()
     blocks = hessian(model, loss, data).blocks()
-    dens = {
-        name: spectral_density(
-            op, cfg.num_steps, cfg.num_probes, generator=_gen(*key, j)
-        ).nodes_and_weights()
+    s = Settings(num_steps=cfg.num_steps, num_probes=cfg.num_probes)
+    results = {
+        name: measure("density", op, s, _gen(*key, j))
         for j, (name, op) in enumerate(blocks.items())
     }
+    dens = {name: d.nodes_and_weights() for name, d in results.items()}
     js = _pairwise_js(dens, cfg)
     return {
         "blocks": list(blocks),
@@ -283,7 +277,7 @@ def _measure(net: nn.Module, loss: Any, data: Any, cfg: Zhang2024Config, key: tu
         "lmax": [float(n.max()) for n, _ in dens.values()],
         "lmin": [float(n.min()) for n, _ in dens.values()],
         "densities": {n: (x.numpy(), w.numpy()) for n, (x, w) in dens.items()},
-        "seconds": time.perf_counter() - t,
+        "seconds": sum(d.seconds for d in results.values()),  # the densities' own
     }
 
 
@@ -382,7 +376,8 @@ def _report_point(run_dir: RunDir, point: str, runs: dict, cfg: Zhang2024Config)
     ]
     run_dir.add_table(section, f"mean pairwise JS ({point})", rows)
     mark = {True: "holds", False: "does not hold", None: "undecided"}[verdict["holds"]]
-    run_dir.add_claim(
+    record(
+        run_dir,
         section,
         "Zhang et al. (2024): a transformer's blockwise Hessian spectra differ more from each "
         f"other than a CNN's (mean pairwise JS distance, {point})",
@@ -418,32 +413,9 @@ def _report_blocks(run_dir: RunDir, runs: dict, cfg: Zhang2024Config) -> None:
         )
 
 
-def run(
-    run_dir: RunDir,
-    config: Zhang2024Config | None = None,
-    progress: Progress | None = None,
-    stages: StageStore | None = None,
-) -> dict[str, Any]:
-    """Measure both networks' blockwise spectra for every seed and decide the claim.
-
-    With ``stages`` (a :class:`~hesslab.analysis.StageStore`) every (network, seed) part is
-    saved there and loaded instead of re-run on a second call
-    (:class:`~hesslab.experiments._stages.Parts`). Writes figures, tables and claims into
-    ``run_dir`` (not finalized).
-
-    Returns:
-        ``{"points": {point: {"per_seed", "diffs", "mean", "se", "num_seeds", "holds"}},
-        "seconds": {...}, "config": {...}}``.
-
-    References:
-        Zhang, Chen, Ding, Li, Sun, Luo (NeurIPS 2024), "Why Transformers Need Adam: A
-        Hessian Perspective", arXiv:2402.16788.
-    """
-    cfg = config or Zhang2024Config.smoke()
-    _validate(cfg)
-    t0 = time.perf_counter()
-    tick = StepProgress(progress, len(MODELS) * len(cfg.seeds) * len(cfg.points), logger=logger)
-    run_dir.add_text(
+def _setup(ctx: Context) -> None:
+    cfg = ctx.cfg
+    ctx.run_dir.add_text(
         "Setup",
         "Blocks = modules owning parameters (hesslab.layer_groups). SLQ per block: "
         f"{cfg.num_steps} Lanczos steps (capped by the block size), {cfg.num_probes} probe(s). "
@@ -452,22 +424,35 @@ def run(
         f"axis {'raw eigenvalues' if cfg.normalize is None else cfg.normalize + '-normalized'}, "
         f"base-2 logs. Seeds {list(cfg.seeds)}; {cfg.dtype}.",
     )
-    part = Parts(run_dir, stages, tick)
-    runs = {
-        (m, s): part(f"{m}_seed{s}", lambda m=m, s=s: _train_and_measure(m, s, cfg, tick))
+
+
+def _parts(cfg: Zhang2024Config) -> list[Part]:
+    """One part per (network, seed): train and measure its blockwise spectra."""
+    return [
+        Part(f"{m}_seed{s}", lambda c, m=m, s=s: _train_and_measure(m, s, c.cfg, c.tick))
         for s in cfg.seeds
         for m in MODELS
-    }
+    ]
+
+
+def _summary(ctx: Context) -> dict[str, Any]:
+    """Decide the claim at every point.
+
+    Returns:
+        ``{"points": {point: {"per_seed", "diffs", "mean", "se", "num_seeds", "holds"}},
+        "seconds": {...}, "config": {...}}``.
+    """
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    runs = {(m, s): ctx.results[f"{m}_seed{s}"] for s in cfg.seeds for m in MODELS}
     points = {p: _report_point(run_dir, p, runs, cfg) for p in cfg.points}
     _report_blocks(run_dir, runs, cfg)
-    seconds = {"total": time.perf_counter() - t0, "parts": dict(part.seconds)}
+    seconds = {"total": ctx.elapsed(), "parts": dict(ctx.seconds)}
     run_dir.add_scalar("Timing", "total seconds", seconds["total"], unit="s")
-    run_dir.flush()
     return {"points": points, "seconds": seconds, "config": asdict(cfg)}
 
 
 #: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
-SPEC = ExperimentSpec(
+SPEC = Experiment(
     name="zhang2024",
     title="Block heterogeneity of transformer Hessians (Zhang et al. 2024)",
     paper=(
@@ -482,7 +467,18 @@ SPEC = ExperimentSpec(
         "claim that the transformer's blocks differ more than the CNN's, decided over seeds."
     ),
     config_type=Zhang2024Config,
-    runner=run,
     smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
+    parts=_parts,
+    summary=_summary,
+    steps=lambda cfg: len(MODELS) * len(cfg.seeds) * len(cfg.points),
+    setup=_setup,
+    check=_validate,
 )
+
+#: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner
+#: (:meth:`Experiment.run`; ``config=None`` is the smoke size): measures both networks'
+#: blockwise spectra for every seed and decides the claim. Reference: Zhang, Chen, Ding,
+#: Li, Sun, Luo (NeurIPS 2024), "Why Transformers Need Adam: A Hessian Perspective",
+#: arXiv:2402.16788.
+run = SPEC.run

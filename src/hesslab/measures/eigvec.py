@@ -177,8 +177,10 @@ def _group_index(name: str, idx: Any, space: ParamSpace | None, P: int) -> Tenso
 def layer_ipr(
     v: Tensor | np.ndarray, space: ParamSpace, groups: Mapping[str, Sequence[str]]
 ) -> dict[str, float | Tensor]:
-    """Per-layer IPR of ``v`` for parameter-name groups; shorthand for
-    ``ipr(v, groups, space=space)``."""
+    """Per-layer IPR of ``v`` for parameter-name groups.
+
+    Shorthand for ``ipr(v, groups, space=space)``.
+    """
     return ipr(v, groups, space=space)  # type: ignore[return-value]
 
 

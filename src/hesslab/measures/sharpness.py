@@ -223,6 +223,57 @@ def epsilon_sharpness(
         Keskar et al. (2017), arXiv:1609.04836, Metric 2.1.
     """
     t0 = time.perf_counter()
+    eps, lr = _check_ascent(eps, steps, lr, box)
+    theta = objective.flat_params().detach()
+    radius = eps * (theta.abs() + 1.0) if box else None
+    base, grad = _value_and_grad(objective, theta)
+    delta = torch.zeros_like(theta)
+    seen = _Ascent(base, delta)
+    if random_start:
+        delta = _random_start(theta, eps, radius, _check_generator(generator))
+        cur, grad = _value_and_grad(objective, theta + delta)
+        seen.add(cur, delta)
+    stopped, taken = "steps", 0
+    for step in range(int(steps)):
+        delta, why = _ascent_step(delta, grad, eps, lr, radius)
+        if why is not None:
+            stopped = why
+            break
+        cur, grad = _value_and_grad(objective, theta + delta)
+        seen.add(cur, delta)
+        taken += 1
+        if callback is not None:
+            callback(step + 1, cur)
+    return SharpnessResult(
+        value=(seen.best - base) / (1.0 + base),
+        loss=base,
+        max_loss=seen.best,
+        eps=eps,
+        box=bool(box),
+        num_steps=taken,
+        distance=float(seen.best_delta.norm()),
+        losses=tuple(seen.losses),
+        num_gradients=len(seen.losses),
+        seconds=time.perf_counter() - t0,
+        info={"lr": lr, "random_start": bool(random_start), "stopped": stopped},
+    )
+
+
+class _Ascent:
+    """The losses of an ascent (one per gradient) and the best point ``δ`` seen so far."""
+
+    def __init__(self, loss: float, delta: Tensor) -> None:
+        self.losses, self.best, self.best_delta = [loss], loss, delta
+
+    def add(self, loss: float, delta: Tensor) -> None:
+        """Record the loss at ``θ + δ``; keep ``δ`` if it is the largest so far."""
+        self.losses.append(loss)
+        if loss > self.best:
+            self.best, self.best_delta = loss, delta
+
+
+def _check_ascent(eps: float, steps: int, lr: float | None, box: bool) -> tuple[float, float]:
+    """Validated ``(eps, lr)`` of :func:`epsilon_sharpness` (``lr``'s default per set)."""
     eps = float(eps)
     if not (math.isfinite(eps) and eps > 0):
         raise ConfigurationError(f"eps must be a positive number, got {eps!r}")
@@ -231,65 +282,35 @@ def epsilon_sharpness(
     lr = (0.25 if box else 1.0) if lr is None else float(lr)
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigurationError(f"lr must be a positive number, got {lr!r}")
-    theta = objective.flat_params().detach()
-    radius = eps * (theta.abs() + 1.0) if box else None
+    return eps, lr
 
-    def project(d: Tensor) -> Tensor:
-        if box:
-            return torch.maximum(torch.minimum(d, radius), -radius)
-        n = float(d.norm())
-        return d * (eps / n) if n > eps else d
 
-    base, grad = _value_and_grad(objective, theta)
-    n_grad = 1
-    delta = torch.zeros_like(theta)
-    losses = [base]
-    best, best_delta = base, delta
-    if random_start:
-        gen = _check_generator(generator)
-        if box:
-            u = torch.rand(theta.shape, generator=gen, dtype=torch.float64)
-            delta = ((2 * u - 1).to(theta) * radius) / 2
-        else:
-            z = torch.randn(theta.shape, generator=gen, dtype=torch.float64).to(theta)
-            delta = z * (eps / 2 / float(z.norm()))
-        cur, grad = _value_and_grad(objective, theta + delta)
-        n_grad += 1
-        losses.append(cur)
-        if cur > best:
-            best, best_delta = cur, delta
-    stopped = "steps"
-    taken = 0
-    for step in range(int(steps)):
-        if box:
-            delta = project(delta + lr * radius * torch.sign(grad))
-        else:
-            gn = float(grad.norm())
-            if gn == 0.0 or not math.isfinite(gn):
-                stopped = "zero gradient" if gn == 0.0 else "non-finite gradient"
-                break
-            delta = project(delta + (lr * eps / gn) * grad)
-        cur, grad = _value_and_grad(objective, theta + delta)
-        n_grad += 1
-        taken += 1
-        losses.append(cur)
-        if cur > best:
-            best, best_delta = cur, delta
-        if callback is not None:
-            callback(step + 1, cur)
-    return SharpnessResult(
-        value=(best - base) / (1.0 + base),
-        loss=base,
-        max_loss=best,
-        eps=eps,
-        box=bool(box),
-        num_steps=taken,
-        distance=float(best_delta.norm()),
-        losses=tuple(losses),
-        num_gradients=n_grad,
-        seconds=time.perf_counter() - t0,
-        info={"lr": lr, "random_start": bool(random_start), "stopped": stopped},
-    )
+def _random_start(theta: Tensor, eps: float, radius: Tensor | None, gen: torch.Generator) -> Tensor:
+    """A uniform point of the half box (``radius`` given), else of the sphere ``‖δ‖ = ε/2``."""
+    if radius is not None:
+        u = torch.rand(theta.shape, generator=gen, dtype=torch.float64)
+        return ((2 * u - 1).to(theta) * radius) / 2
+    z = torch.randn(theta.shape, generator=gen, dtype=torch.float64).to(theta)
+    return z * (eps / 2 / float(z.norm()))
+
+
+def _ascent_step(
+    delta: Tensor, grad: Tensor, eps: float, lr: float, radius: Tensor | None
+) -> tuple[Tensor, str | None]:
+    """One projected ascent step on ``δ``, or ``(δ, why)`` when the ball's step is undefined.
+
+    Box (``radius`` given): ``clip(δ + lr·r⊙sign(g), −r, r)``. Ball:
+    ``Π_ε(δ + lr·ε·g/‖g‖)``; a zero or non-finite gradient stops the ascent.
+    """
+    if radius is not None:
+        d = delta + lr * radius * torch.sign(grad)
+        return torch.maximum(torch.minimum(d, radius), -radius), None
+    gn = float(grad.norm())
+    if gn == 0.0 or not math.isfinite(gn):
+        return delta, "zero gradient" if gn == 0.0 else "non-finite gradient"
+    d = delta + (lr * eps / gn) * grad
+    n = float(d.norm())
+    return (d * (eps / n) if n > eps else d), None
 
 
 # --------------------------------------------------------------------------- invariants

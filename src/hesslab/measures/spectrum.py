@@ -156,7 +156,12 @@ def _gap_count(v: Tensor, e: Tensor, min_ratio: float, rel_floor: float, max_cou
     hi = (v[:k] + e[:k]) / (v[1 : k + 1] - e[1 : k + 1]).clamp_min(floor)
     lo = (v[:k] - e[:k]).clamp_min(0) / (v[1 : k + 1] + e[1 : k + 1]).clamp_min(floor)
     if float(hi.max()) < min_ratio:
-        return OutlierCount(0, top, "gap", ratios, v, info)
+        # no gap qualifies; one within the margin of qualifying makes the refusal
+        # uncertain: the count it would give is the top of the plausible range
+        info["widest_ratio"] = float(hi.max())
+        near = torch.nonzero(hi >= min_ratio / margin).reshape(-1)
+        high = int(near.max()) + 1 if near.numel() else 0
+        return OutlierCount(0, top, "gap", ratios, v, info, low=0, high=high)
     # every gap the widest cannot be told from (error bounds, then the margin) is a
     # candidate bulk edge; the bulk edge is the lowest of them (everything above it stands
     # apart from the bulk), and the others give the plausible range of the count
@@ -195,7 +200,10 @@ def count_outliers(
     edges; the count is the number of eigenvalues above the *lowest* of them (everything
     above the bulk edge stands apart from the bulk, whether or not the outliers are spread
     among themselves), and :attr:`OutlierCount.low` / ``high`` span the counts of all
-    candidates. Two gaps of nearly equal width (as when the top eigenvalue is itself
+    candidates. A refusal (count 0) is uncertain when some gap reaches
+    ``min_ratio / margin``: ``high`` is then the count at the lowest such gap (e.g.
+    ``"0 (plausible 0-5)"`` for a widest gap of 1.85 at rank 5), so a near-miss is never
+    reported as a certain zero. Two gaps of nearly equal width (as when the top eigenvalue is itself
     separated from the other outliers) therefore give the same count on every CPU instead
     of flipping with rounding. The floor keeps the ratio finite near zero; outliers smaller
     than ``rel_floor·λ₁`` are not counted. Works on top-``k`` eigenvalues as long as some

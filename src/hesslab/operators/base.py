@@ -185,6 +185,7 @@ class DenseOperator(LinearOperator):
         return self.A @ V
 
     def to_dense(self, *, chunk_size: int = 256, max_bytes: int | None = DENSE_MAX_BYTES) -> Tensor:
+        """A copy of the wrapped matrix (already in memory, so no size limit applies)."""
         return self.A.clone()  # already in memory: no limit to enforce
 
 

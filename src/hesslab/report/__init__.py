@@ -8,6 +8,7 @@
 * :func:`progress_bar` and :class:`ProgressCallback` show progress on a terminal.
 """
 
+from hesslab.report.folder import RunDir, rebuild_report
 from hesslab.report.plots import (
     plot_density,
     plot_eigenvalues,
@@ -19,7 +20,6 @@ from hesslab.report.plots import (
     plot_spectra_comparison,
 )
 from hesslab.report.progress import ProgressCallback, progress_bar
-from hesslab.report.run import RunDir, rebuild_report
 
 __all__ = [
     "ProgressCallback",

@@ -218,39 +218,14 @@ def plot_density(
     floor = positive.max() * 1e-7 if positive.size else 1e-12
     y_plot = np.clip(y, floor, None) if log_scale else y
     if eigenvalues is not None:
-        ev = _vector(eigenvalues, "eigenvalues")
-        ev = ev[np.isfinite(ev)]
-        if ev.size:
-            ax.hist(
-                ev,
-                bins=bins,
-                density=True,
-                color="#9ecae1",
-                edgecolor="#6baed6",
-                alpha=0.7,
-                label=f"exact eigenvalues (n={ev.size})",
-            )
-            ax.plot(
-                ev,
-                np.zeros_like(ev) if not log_scale else np.full_like(ev, floor),
-                "|",
-                color="#08519c",
-                markersize=8,
-                alpha=0.6,
-            )
+        _exact_histogram(
+            ax, _vector(eigenvalues, "eigenvalues"), bins, 0.0 if not log_scale else floor
+        )
     ax.plot(x, y_plot, color=_COLORS[1], linewidth=1.5, label=label)
     if not log_scale:
         ax.fill_between(x, 0, y_plot, color=_COLORS[1], alpha=0.12)
     if outliers is not None:
-        out = _vector(outliers, "outliers")
-        for i, value in enumerate(out[np.isfinite(out)]):
-            ax.axvline(
-                value,
-                color=_COLORS[3],
-                linestyle="--",
-                linewidth=0.9,
-                label=f"{outliers_label} ({out.size})" if i == 0 else None,
-            )
+        _vertical_marks(ax, _vector(outliers, "outliers"), outliers_label)
     if edge is not None and math.isfinite(edge):
         ax.axvline(edge, color=_COLORS[2], linestyle="-", linewidth=1.2, label=edge_label)
     if log_scale:
@@ -259,6 +234,35 @@ def plot_density(
     _style(ax, title=title, xlabel=xlabel, ylabel="density" + (" (log)" if log_scale else ""))
     _legend(ax)
     return fig
+
+
+def _exact_histogram(ax: Any, ev: np.ndarray, bins: int, rug_y: float) -> None:
+    """The finite ``ev`` as a normalised histogram and a rug of ticks at height ``rug_y``."""
+    ev = ev[np.isfinite(ev)]
+    if not ev.size:
+        return
+    ax.hist(
+        ev,
+        bins=bins,
+        density=True,
+        color="#9ecae1",
+        edgecolor="#6baed6",
+        alpha=0.7,
+        label=f"exact eigenvalues (n={ev.size})",
+    )
+    ax.plot(ev, np.full_like(ev, rug_y), "|", color="#08519c", markersize=8, alpha=0.6)
+
+
+def _vertical_marks(ax: Any, values: np.ndarray, label: str) -> None:
+    """Dashed vertical lines at the finite ``values``, one legend entry ``label (n)``."""
+    for i, value in enumerate(values[np.isfinite(values)]):
+        ax.axvline(
+            value,
+            color=_COLORS[3],
+            linestyle="--",
+            linewidth=0.9,
+            label=f"{label} ({values.size})" if i == 0 else None,
+        )
 
 
 def plot_eigenvalues(
@@ -571,53 +575,21 @@ def plot_line_scan(
     if not curves:
         raise DataError("curves is empty; pass at least one name -> values entry")
     fig, ax = _figure()
-    lines = []
-    for j, (name, values) in enumerate(curves.items()):
-        y = _vector(values, f"curves[{name!r}]")
-        if y.size != ts.size:
-            raise DataError(f"curve {name!r} has {y.size} values for {ts.size} points of t")
-        y = log_axis_values(y, shared_scale=False) if log_y else y
-        (line,) = ax.plot(ts, y, color=_COLORS[j % len(_COLORS)], linewidth=1.6, label=name)
-        lines.append(line)
+    lines = _scan_curves(ax, ts, curves, "curves", 0, log_y=log_y)
     if log_y:
         ax.set_yscale("log")
     if endpoint_labels is not None:
-        for pos, text in zip((0.0, 1.0), endpoint_labels, strict=True):
-            ax.axvline(pos, color="0.5", linestyle=":", linewidth=0.9)
-            ax.annotate(
-                text,
-                xy=(pos, 1.0),
-                xycoords=("data", "axes fraction"),
-                xytext=(0, 2),
-                textcoords="offset points",
-                ha="center",
-                va="bottom",
-                fontsize=8,
-                color="0.35",
-            )
+        _endpoint_marks(ax, endpoint_labels)
     _style(ax, title=None, xlabel=xlabel, ylabel=ylabel)
     if title:
         ax.set_title(title, fontsize=_RC["axes.titlesize"], pad=16)
+    top = ax  # the legend must be drawn above every line
     if secondary:
-        ax2 = ax.twinx()
-        offset = len(curves)
-        for j, (name, values) in enumerate(secondary.items()):
-            y = _vector(values, f"secondary[{name!r}]")
-            if y.size != ts.size:
-                raise DataError(f"curve {name!r} has {y.size} values for {ts.size} points of t")
-            (line,) = ax2.plot(
-                ts,
-                y,
-                color=_COLORS[(offset + j) % len(_COLORS)],
-                linewidth=1.4,
-                linestyle="--",
-                label=name,
-            )
-            lines.append(line)
+        top = ax.twinx()
+        lines += _scan_curves(top, ts, secondary, "secondary", len(curves), dashed=True)
         if secondary_label:
-            ax2.set_ylabel(secondary_label)
-        ax2.spines["top"].set_visible(False)
-    top = ax2 if secondary else ax  # the legend must be drawn above every line
+            top.set_ylabel(secondary_label)
+        top.spines["top"].set_visible(False)
     top.legend(
         lines,
         [ln.get_label() for ln in lines],
@@ -627,6 +599,47 @@ def plot_line_scan(
         edgecolor="none",
     )
     return fig
+
+
+def _scan_curves(
+    ax: Any,
+    ts: np.ndarray,
+    curves: Mapping[str, Any],
+    what: str,
+    offset: int,
+    *,
+    log_y: bool = False,
+    dashed: bool = False,
+) -> list[Any]:
+    """Draw each ``name -> [T]`` curve over ``ts`` (colours from ``offset``); the lines."""
+    lines = []
+    for j, (name, values) in enumerate(curves.items()):
+        y = _vector(values, f"{what}[{name!r}]")
+        if y.size != ts.size:
+            raise DataError(f"curve {name!r} has {y.size} values for {ts.size} points of t")
+        y = log_axis_values(y, shared_scale=False) if log_y else y
+        style = {"linewidth": 1.4, "linestyle": "--"} if dashed else {"linewidth": 1.6}
+        color = _COLORS[(offset + j) % len(_COLORS)]
+        (line,) = ax.plot(ts, y, color=color, label=name, **style)
+        lines.append(line)
+    return lines
+
+
+def _endpoint_marks(ax: Any, labels: tuple[str, str]) -> None:
+    """Dotted lines at ``t = 0`` and ``t = 1``, labelled above the axes."""
+    for pos, text in zip((0.0, 1.0), labels, strict=True):
+        ax.axvline(pos, color="0.5", linestyle=":", linewidth=0.9)
+        ax.annotate(
+            text,
+            xy=(pos, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="0.35",
+        )
 
 
 def plot_heatmap(

@@ -14,7 +14,18 @@ Conventions:
   each weighted by its share ``n_chunk / N`` of the data (unequal chunks weigh
   correctly).
 * The batch order comes from a local ``torch.Generator`` (``seed``/``generator``): two runs
-  with the same arguments on the same device give bit-identical weights.
+  with the same arguments on the same device give bit-identical weights. Per update the
+  generator is drawn in a fixed order: the batch indices (``sampling="replacement"``; a
+  permutation per epoch for ``"shuffle"``), then the label noise; an optimizer given the
+  same generator (e.g. :class:`~hesslab.train.optim.NoisyGD`) draws after them.
+* Hooks for the experiments: ``penalty`` adds a differentiable term to each batch loss
+  (the curvature regularizers of :mod:`hesslab.train.regularizers` plug in as they are),
+  ``label_noise`` perturbs each batch's targets afresh, ``project`` may change the
+  parameters after every update (a projection), ``callbacks`` observe every update.
+
+The run is a short loop over small pieces: :func:`_epoch` draws the batches and calls
+:func:`_update` (one parameter update: :func:`_batch_gradient`, the checks, the optimizer
+step, the projection, the record and the callbacks); :func:`_end_epoch` evaluates.
 """
 
 from __future__ import annotations
@@ -23,9 +34,10 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +45,11 @@ from torch import Tensor, nn
 
 from hesslab.data.datasets import Split, TensorData
 from hesslab.errors import ConfigurationError, DataError
+from hesslab.train._norms import differentiable_batch_norm
 from hesslab.validation import check_targets
 
-__all__ = ["Callback", "FitResult", "evaluate", "fit", "resolve_loss"]
+__all__ = ["Callback", "FitResult", "LabelNoise", "Penalty", "Projection", "evaluate", "fit",
+           "resolve_loss"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +57,19 @@ logger = logging.getLogger(__name__)
 Callback = Callable[[nn.Module, int, dict[str, Any]], Any]
 LossSpec = str | Callable[[Tensor, Tensor], Tensor]
 OptimizerSpec = str | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer]
+#: ``penalty(model, (x, y), loss_fn, step, loss=loss) -> Tensor``: a differentiable scalar
+#: added to the batch loss before ``backward`` (the signature of
+#: :class:`~hesslab.train.regularizers.HessianTracePenalty`).
+Penalty = Callable[..., Tensor]
+#: ``project(model, step)``: called without autograd after every update; may change the
+#: parameters in place (a projection or constraint).
+Projection = Callable[[nn.Module, int], Any]
+#: Standard deviation of Gaussian noise added to floating targets at every update, or
+#: ``label_noise(targets, generator) -> noisy targets``.
+LabelNoise = float | Callable[[Tensor, torch.Generator], Tensor]
+
+#: How minibatches are drawn: a fresh permutation per epoch, or indices with replacement.
+SAMPLINGS = ("shuffle", "replacement")
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,8 +82,9 @@ class FitResult:
         history: one dict per update with ``step`` (1-based number of updates done),
             ``epoch`` (0-based epoch of the update), ``loss`` and ``accuracy`` (of the
             batch the update used, before the update; full data for ``"gd"``),
-            ``grad_norm`` (norm of that batch's loss gradient, weight decay excluded) and
-            ``lr``.
+            ``grad_norm`` (norm of that batch's gradient, penalty included, weight decay
+            excluded), ``lr``, and ``penalty`` (the added term) when a ``penalty`` is
+            given.
         evaluations: one dict per evaluation (every ``eval_every`` epochs) with ``step``,
             ``epoch``, ``train_loss``, ``train_accuracy``, ``test_loss``,
             ``test_accuracy`` over the full sets, model in eval mode.
@@ -69,7 +97,8 @@ class FitResult:
         steps: number of parameter updates made.
         epochs: number of completed passes over the data.
         stopped_by: ``"epochs"``, ``"steps"``, ``"grad_tol"``, ``"callback"`` or
-            ``"diverged"`` (non-finite loss; logged as a warning).
+            ``"diverged"`` (non-finite batch loss, checked before the update; logged as a
+            warning).
         converged: whether the full-batch gradient norm reached ``grad_tol`` (``None``
             when no ``grad_tol`` was given).
         config: the arguments of the run (JSON-friendly).
@@ -147,6 +176,12 @@ def _set_mode(model: nn.Module, modes: dict[nn.Module, bool] | bool) -> dict[nn.
     return old
 
 
+class _Pass(NamedTuple):
+    loss: Tensor  # the mean loss (float64 when summed over several chunks), no penalty
+    accuracy: Tensor | None
+    penalty: Tensor | None  # the term added before backward, if any
+
+
 def _full_pass(
     model: nn.Module,
     x: Tensor,
@@ -155,27 +190,36 @@ def _full_pass(
     chunk_size: int | None,
     *,
     backward: bool,
-) -> tuple[Tensor, Tensor | None]:
+    extra: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+) -> _Pass:
     """Exact mean loss (and accuracy) over ``x``; accumulates ``.grad`` if asked.
 
     With several chunks, each chunk's mean loss is weighted by ``n_chunk / N`` (so the
     gradient is exactly that of the mean over all points) and the loss is summed in
-    float64.
+    float64. ``extra(x, y, loss) -> term`` (one chunk only) is added to the loss before
+    ``backward``; the forward pass then runs under :func:`differentiable_batch_norm`, so
+    the term may differentiate the loss's graph to third order.
     """
     n = x.shape[0]
     chunks = _chunks(n, chunk_size)
     total: Tensor | None = None
     correct: Tensor | None = None
+    term: Tensor | None = None
     classify = not y.is_floating_point()
     for a, b in chunks:
         xc, yc = (x, y) if len(chunks) == 1 else (x[a:b], y[a:b])
         with torch.set_grad_enabled(backward):
-            out = model(xc)
-            loss = loss_fn(out, yc)
+            with differentiable_batch_norm() if extra is not None else nullcontext():
+                out = model(xc)
+                loss = loss_fn(out, yc)
             if len(chunks) > 1:
                 loss = loss * ((b - a) / n)
         if backward:
-            loss.backward()
+            if extra is not None:
+                term = extra(xc, yc, loss)
+                (loss + term).backward()
+            else:
+                loss.backward()
         value = loss.detach()
         if len(chunks) > 1:
             value = value.to(torch.float64)
@@ -187,7 +231,7 @@ def _full_pass(
             classify = False
     assert total is not None
     acc = correct / n if classify and correct is not None else None
-    return total, acc
+    return _Pass(total, acc, None if term is None else term.detach())
 
 
 def _grad_norm(params: Sequence[Tensor]) -> Tensor:
@@ -217,7 +261,7 @@ def evaluate(
     data = data.to(p.device if p is not None else None, p.dtype if p is not None else None)
     old = _set_mode(model, False)
     try:
-        total, acc = _full_pass(
+        total, acc, _ = _full_pass(
             model, data.x, data.y, resolve_loss(loss), batch_size, backward=False
         )
     finally:
@@ -288,7 +332,7 @@ def _make_optimizer(
 
 
 # ---------------------------------------------------------------------------------------
-# fit
+# fit: the pieces
 
 
 def _resolve_data(data: Any, name: str) -> TensorData:
@@ -308,6 +352,354 @@ def _resolve_data(data: Any, name: str) -> TensorData:
     )
 
 
+def _check_options(
+    *,
+    epochs: int | None,
+    steps: int | None,
+    batch_size: int | None,
+    lr: float,
+    grad_tol: float | None,
+    dtype: torch.dtype | None,
+    eval_every: int | None,
+    sampling: str,
+    label_noise: LabelNoise | None,
+) -> None:
+    if epochs is None and steps is None:
+        raise ConfigurationError("pass epochs= or steps= (or both) to bound the training.")
+    for name, v in (("epochs", epochs), ("steps", steps)):
+        if v is not None and v < 0:
+            raise ConfigurationError(f"{name} must be non-negative, got {v}.")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigurationError(
+            f"batch_size must be positive (or None for full batch), got {batch_size}."
+        )
+    if lr < 0 or not math.isfinite(lr):
+        raise ConfigurationError(f"lr must be a finite non-negative number, got {lr}.")
+    if grad_tol is not None and grad_tol < 0:
+        raise ConfigurationError(f"grad_tol must be non-negative, got {grad_tol}.")
+    if dtype is not None and not dtype.is_floating_point:
+        raise ConfigurationError(f"dtype must be a floating dtype, got {dtype}.")
+    if eval_every is not None and eval_every < 1:
+        raise ConfigurationError(
+            f"eval_every must be a positive number of epochs, got {eval_every}."
+        )
+    _check_sampling(sampling, label_noise)
+
+
+def _check_sampling(sampling: str, label_noise: LabelNoise | None) -> None:
+    if sampling not in SAMPLINGS:
+        raise ConfigurationError(
+            f"unknown sampling {sampling!r}; use 'shuffle' (a permutation per epoch) or "
+            "'replacement' (indices drawn with replacement)."
+        )
+    if isinstance(label_noise, (int, float)) and not (
+        label_noise >= 0 and math.isfinite(label_noise)
+    ):
+        raise ConfigurationError(
+            f"label_noise must be a finite non-negative std, got {label_noise}."
+        )
+
+
+def _prepare(
+    model: nn.Module,
+    data: Any,
+    eval_data: Any,
+    *,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+    inplace: bool,
+) -> tuple[nn.Module, TensorData, TensorData | None]:
+    """The model to train (a copy unless ``inplace``) and the data on its device/dtype."""
+    if isinstance(data, Split):
+        if eval_data is None:
+            eval_data = data.test
+        data = data.train
+    train = _resolve_data(data, "data")
+    test = None if eval_data is None else _resolve_data(eval_data, "eval_data")
+    if len(train) == 0:
+        raise DataError("the training data are empty.")
+    net = model if inplace else copy.deepcopy(model)
+    p0 = next(iter(net.parameters()), None)
+    if p0 is None:
+        raise ConfigurationError("the model has no parameters to train.")
+    if device is not None or dtype is not None:
+        net = net.to(device=device, dtype=dtype)
+        p0 = next(iter(net.parameters()))
+    train = train.to(p0.device, p0.dtype)
+    test = None if test is None else test.to(p0.device, p0.dtype)
+    return net, train, test
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The validated knobs of one run (what does not change while it trains)."""
+
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    full_batch: bool
+    batch_size: int
+    sampling: str
+    epochs: int | None
+    steps: int | None
+    grad_tol: float | None
+    milestones: tuple[int, ...]
+    gamma: float
+    chunk_size: int | None
+    eval_every: int | None
+    penalty: Penalty | None
+    label_noise: LabelNoise | None
+    project: Projection | None
+
+
+@dataclass(eq=False)
+class _Run:
+    """The state of one training run: model, optimizer, generator, counters, records."""
+
+    net: nn.Module
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    train: TensorData
+    test: TensorData | None
+    gen: torch.Generator
+    callbacks: list[Callback]
+    settings: _Settings
+    base_lrs: list[float] = field(default_factory=list)
+    step: int = 0
+    epoch: int = 0
+    stopped_by: str | None = None
+    converged: bool | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    evaluations: list[dict[str, float | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.converged = None if self.settings.grad_tol is None else False
+
+    def out_of_steps(self) -> bool:
+        return self.settings.steps is not None and self.step >= self.settings.steps
+
+
+def _check_penalty(s: _Settings, n: int) -> None:
+    if s.penalty is not None and s.full_batch and s.chunk_size is not None and s.chunk_size < n:
+        raise ConfigurationError(
+            "a penalty needs the whole batch in one forward pass; pass chunk_size=None "
+            f"(or >= {n}) for full-batch training with a penalty."
+        )
+
+
+def _run_callbacks(run: _Run, step: int, info: dict[str, Any]) -> bool:
+    """Call every callback (model in eval mode, restored after); ``True``: stop."""
+    if not run.callbacks:
+        return False
+    old = _set_mode(run.net, False)
+    try:
+        stop = False
+        for cb in run.callbacks:
+            stop = bool(cb(run.net, step, info)) or stop
+    finally:
+        _set_mode(run.net, old)
+    return stop
+
+
+def _record_eval(run: _Run) -> dict[str, float | None]:
+    s = run.settings
+    tl, ta = evaluate(run.net, run.train, loss=s.loss_fn, batch_size=s.chunk_size)
+    el, ea = (
+        (None, None)
+        if run.test is None
+        else evaluate(run.net, run.test, loss=s.loss_fn, batch_size=s.chunk_size)
+    )
+    return {
+        "step": run.step,
+        "epoch": run.epoch,
+        "train_loss": tl,
+        "train_accuracy": ta,
+        "test_loss": el,
+        "test_accuracy": ea,
+    }
+
+
+def _set_lr(run: _Run) -> float:
+    """Scale every group's base learning rate by ``gamma`` per milestone passed."""
+    s = run.settings
+    factor = s.gamma ** sum(m <= run.epoch for m in s.milestones)
+    for group, base in zip(run.opt.param_groups, run.base_lrs, strict=True):
+        group["lr"] = base * factor
+    return float(run.opt.param_groups[0]["lr"])
+
+
+def _batches(run: _Run) -> Iterator[Tensor | None]:
+    """The index batches of one epoch (``None``: the whole data set), drawn lazily."""
+    s, n, device = run.settings, len(run.train), run.train.x.device
+    if s.full_batch:
+        yield None
+    elif s.sampling == "shuffle":
+        yield from torch.randperm(n, generator=run.gen).to(device).split(s.batch_size)
+    else:
+        for _ in range(math.ceil(n / s.batch_size)):
+            yield torch.randint(0, n, (s.batch_size,), generator=run.gen).to(device)
+
+
+def _noisy(run: _Run, y: Tensor) -> Tensor:
+    """The targets of one update, with fresh label noise if asked."""
+    noise = run.settings.label_noise
+    if noise is None:
+        return y
+    if callable(noise):
+        return noise(y, run.gen)
+    if not y.is_floating_point():
+        raise ConfigurationError(
+            "Gaussian label_noise needs floating targets; for class labels pass a "
+            "callable(targets, generator) -> targets, or flip labels once with "
+            "hesslab.data.with_label_noise."
+        )
+    z = torch.randn(y.shape, generator=run.gen, dtype=y.dtype).to(y.device)
+    return y + noise * z
+
+
+def _batch_gradient(run: _Run, idx: Tensor | None) -> _Pass:
+    """Loss (+ penalty) of one batch with its gradient in ``.grad`` (cleared first)."""
+    s, x, y = run.settings, run.train.x, run.train.y
+    xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+    yb = _noisy(run, yb)
+    extra = None
+    if s.penalty is not None:
+        penalty, step = s.penalty, run.step
+
+        def extra(xc: Tensor, yc: Tensor, loss: Tensor) -> Tensor:
+            return penalty(run.net, (xc, yc), s.loss_fn, step, loss=loss)
+
+    run.opt.zero_grad(set_to_none=True)
+    chunk = s.chunk_size if idx is None else None
+    return _full_pass(run.net, xb, yb, s.loss_fn, chunk, backward=True, extra=extra)
+
+
+def _update(run: _Run, idx: Tensor | None, lr: float) -> None:
+    """One parameter update on the batch ``idx``; sets ``run.stopped_by`` to stop."""
+    s = run.settings
+    res = _batch_gradient(run, idx)
+    gnorm = float(_grad_norm(run.params))
+    loss_value = float(res.loss)
+    if not math.isfinite(loss_value):
+        logger.warning("loss became %s at step %d; stopping", loss_value, run.step)
+        run.stopped_by = "diverged"
+        return
+    if s.full_batch and s.grad_tol is not None and gnorm <= s.grad_tol:
+        run.converged, run.stopped_by = True, "grad_tol"
+        return
+    run.opt.step()
+    if run.callbacks or s.project is not None:
+        run.opt.zero_grad(set_to_none=True)  # callbacks see no stale .grad
+    run.step += 1
+    if s.project is not None:
+        with torch.no_grad():
+            s.project(run.net, run.step)
+    rec = {
+        "step": run.step,
+        "epoch": run.epoch,
+        "loss": loss_value,
+        "accuracy": float("nan") if res.accuracy is None else float(res.accuracy),
+        "grad_norm": gnorm,
+        "lr": lr,
+    }
+    if res.penalty is not None:
+        rec["penalty"] = float(res.penalty)
+    run.history.append(rec)
+    if _run_callbacks(run, run.step, dict(rec)):
+        run.stopped_by = "callback"
+
+
+def _epoch(run: _Run) -> None:
+    """One pass over the data (one update for full batch), at the epoch's learning rate."""
+    lr = _set_lr(run)
+    for idx in _batches(run):
+        if run.out_of_steps():
+            run.stopped_by = "steps"
+            return
+        _update(run, idx, lr)
+        if run.stopped_by is not None:
+            return
+    run.epoch += 1
+
+
+def _end_epoch(run: _Run) -> None:
+    """Periodic evaluation; the minibatch ``grad_tol`` check (one extra full pass)."""
+    s = run.settings
+    if s.eval_every is not None and run.epoch % s.eval_every == 0:
+        run.evaluations.append(_record_eval(run))
+        logger.info("epoch %d: %s", run.epoch, run.evaluations[-1])
+    if s.grad_tol is not None and not s.full_batch:
+        if _full_grad_norm(run.net, run.params, *run.train.tensors, s.loss_fn, s.chunk_size) <= (
+            s.grad_tol
+        ):
+            run.converged, run.stopped_by = True, "grad_tol"
+
+
+def _train(run: _Run) -> None:
+    """The loop: callbacks at step 0, then epochs until a bound, a stop or convergence."""
+    s = run.settings
+    run.net.train()
+    if _run_callbacks(run, 0, {"step": 0, "epoch": 0, "lr": run.base_lrs[0]}):
+        run.stopped_by = "callback"
+    while run.stopped_by is None:
+        if s.epochs is not None and run.epoch >= s.epochs:
+            run.stopped_by = "epochs"
+        elif run.out_of_steps():
+            run.stopped_by = "steps"
+        else:
+            _epoch(run)
+            if run.stopped_by is None:
+                _end_epoch(run)
+
+
+def _describe(spec: Any) -> Any:
+    if spec is None or isinstance(spec, (str, int, float)):
+        return spec
+    return getattr(spec, "__name__", None) or type(spec).__name__
+
+
+def _result(run: _Run, config: dict[str, Any], t0: float) -> FitResult:
+    """Final evaluation (eval mode), the full-batch gradient norm and the record."""
+    s = run.settings
+    run.net.eval()
+    final = _record_eval(run)
+    x, y = run.train.tensors
+    final_gn = _full_grad_norm(run.net, run.params, x, y, s.loss_fn, s.chunk_size)
+    if s.grad_tol is not None and final_gn <= s.grad_tol:
+        run.converged = True
+    config.update(
+        batch_size=len(run.train) if s.full_batch else s.batch_size,
+        num_train=len(run.train),
+        num_test=None if run.test is None else len(run.test),
+        device=str(x.device),
+        dtype=str(x.dtype),
+    )
+    seconds = time.perf_counter() - t0
+    logger.info(
+        "fit: %d steps, %d epochs, stopped by %s, train loss %.4g, %.2fs",
+        run.step, run.epoch, run.stopped_by, final["train_loss"], seconds,
+    )  # fmt: skip
+    return FitResult(
+        model=run.net,
+        history=tuple(run.history),
+        evaluations=tuple(run.evaluations),
+        final_train_loss=float(final["train_loss"]),  # type: ignore[arg-type]
+        final_train_accuracy=final["train_accuracy"],
+        final_test_loss=final["test_loss"],
+        final_test_accuracy=final["test_accuracy"],
+        final_grad_norm=final_gn,
+        seconds=seconds,
+        steps=run.step,
+        epochs=run.epoch,
+        stopped_by=run.stopped_by or "epochs",
+        converged=run.converged,
+        config=config,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# fit
+
+
 def fit(
     model: nn.Module,
     data: TensorData | Split | tuple[Tensor, Tensor],
@@ -318,7 +710,8 @@ def fit(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     nesterov: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = 64,
+    sampling: str = "shuffle",
     epochs: int | None = None,
     steps: int | None = None,
     grad_tol: float | None = None,
@@ -326,6 +719,9 @@ def fit(
     gamma: float = 0.1,
     seed: int = 0,
     generator: torch.Generator | None = None,
+    penalty: Penalty | None = None,
+    label_noise: LabelNoise | None = None,
+    project: Projection | None = None,
     callbacks: Callback | Iterable[Callback] = (),
     eval_data: TensorData | tuple[Tensor, Tensor] | None = None,
     eval_every: int | None = None,
@@ -336,13 +732,23 @@ def fit(
 ) -> FitResult:
     r"""Train ``model`` on ``data`` by minibatch SGD/Adam or full-batch gradient descent.
 
+    Each update minimises the batch objective
+
+    .. math:: L_B(\theta) + \rho(\theta), \qquad
+              L_B = \frac{1}{|B|} \sum_{i \in B} \ell(f_\theta(x_i), \tilde y_i),
+
+    with ``B`` the minibatch (all data for full batch), ``ỹ`` the targets plus fresh label
+    noise (``label_noise``) and ``ρ`` the ``penalty``; then ``project`` may change
+    ``θ``.
+
     Args:
         model: the network; trained as a deep copy unless ``inplace=True``, so the
             caller's model (parameters, buffers, train/eval mode) is left untouched.
         data: training data; for a :class:`~hesslab.data.Split` the ``test`` part becomes
             the default ``eval_data``.
         loss: ``"ce"``, ``"mse"`` (one-hot targets for classification) or a callable
-            ``(outputs, targets) -> mean loss``.
+            ``(outputs, targets) -> loss`` (reduced over its batch as you like; the
+            toy valley of Wei & Schwab, 2019 uses a sum).
         optimizer: ``"sgd"``, ``"adam"``, ``"adamw"``, ``"gd"`` (full-batch gradient
             descent: SGD with momentum/weight decay on the exact full-data gradient),
             a ``torch.optim.Optimizer`` class (called with ``(params, lr=lr)``), or a
@@ -352,19 +758,37 @@ def fit(
         momentum: SGD/GD heavy-ball momentum.
         weight_decay: L2 coefficient passed to the optimizer.
         nesterov: Nesterov momentum for SGD/GD.
-        batch_size: points per minibatch (ignored for ``"gd"``).
-        epochs: number of passes over the data (for ``"gd"`` one pass is one step).
+        batch_size: points per minibatch; ``None``: full batch (the exact mean over all
+            data every update, for any optimizer; ``"gd"`` implies it).
+        sampling: ``"shuffle"`` (a fresh permutation per epoch, every point once) or
+            ``"replacement"`` (each update draws ``batch_size`` indices uniformly with
+            replacement, Li et al., 2019's SGD; an epoch is ``ceil(N / batch_size)``
+            updates).
+        epochs: number of passes over the data (for full batch one pass is one step).
         steps: maximum number of updates. At least one of ``epochs``/``steps`` is
             required; training stops at whichever comes first.
         grad_tol: stop when the full-batch gradient norm ``\|\nabla L\| \le`` ``grad_tol``
             (Sagun et al., 2017 train with GD until ``\|\nabla L\| \le 10^{-4}``). For
-            ``"gd"`` it is checked before every step at no extra cost; otherwise after every
-            epoch, with one extra full pass (model in eval mode).
+            full batch it is checked before every step at no extra cost; otherwise after
+            every epoch, with one extra full pass (model in eval mode).
         milestones: epochs at which the learning rate is multiplied by ``gamma``
             (like ``MultiStepLR``; Sankar et al., 2021 use 10 and 20 for LeNet/MNIST).
         gamma: learning-rate factor at each milestone.
         seed: seed of the batch order (ignored if ``generator`` is given).
-        generator: CPU ``torch.Generator`` for the batch order.
+        generator: CPU ``torch.Generator`` for the batch order and the label noise.
+        penalty: ``penalty(model, (x, y), loss_fn, step, loss=loss) -> Tensor`` added to
+            each batch loss before ``backward`` (``step``: updates done so far; ``loss``:
+            the batch loss with its graph). The batch's forward pass runs under
+            :func:`~hesslab.train.differentiable_batch_norm`, so
+            :class:`~hesslab.train.regularizers.HessianTracePenalty` and
+            :class:`~hesslab.train.regularizers.WSBoundPenalty` plug in as they are
+            (Sankar et al., 2021). Full batch needs ``chunk_size=None`` with it.
+        label_noise: fresh noise on each update's targets: a std ``s`` (floating
+            targets ``y + s·z``, ``z ~ N(0, I)`` from the generator; Blanc et al., 2020
+            label-noise SGD) or ``label_noise(targets, generator) -> targets``.
+        project: ``project(model, step)`` after every update, without autograd; it may
+            change the parameters in place (projected gradient descent, or parking
+            diverged runs). Unlike a callback it is part of the optimizer.
         callbacks: ``callback(model, step, info)`` called once before training
             (``step=0``, ``info`` with ``step``, ``epoch``, ``lr``) and after every update
             with that update's :attr:`FitResult.history` record. The model is in eval mode
@@ -373,14 +797,15 @@ def fit(
         eval_data: held-out data for the final (and periodic) evaluation.
         eval_every: evaluate on the full training and eval sets every this many epochs
             (records in :attr:`FitResult.evaluations`); ``None``: only at the end.
-        chunk_size: points per forward pass in full-data passes (``"gd"`` gradients,
+        chunk_size: points per forward pass in full-data passes (full-batch gradients,
             evaluations); only memory depends on it, the result is the exact mean.
         device: train on this device (default: where the model's parameters are).
         dtype: cast the model copy and the inputs to this floating dtype.
         inplace: train ``model`` itself instead of a copy.
 
     Returns:
-        A :class:`FitResult`.
+        A :class:`FitResult`. No parameter of the returned (or, with ``inplace``, the
+        caller's) model keeps a ``.grad``.
 
     Raises:
         ConfigurationError: on invalid options.
@@ -395,204 +820,39 @@ def fit(
         True
     """
     t0 = time.perf_counter()
-    if epochs is None and steps is None:
-        raise ConfigurationError("pass epochs= or steps= (or both) to bound the training.")
-    for name, v in (("epochs", epochs), ("steps", steps)):
-        if v is not None and v < 0:
-            raise ConfigurationError(f"{name} must be non-negative, got {v}.")
-    if batch_size < 1:
-        raise ConfigurationError(f"batch_size must be positive, got {batch_size}.")
-    if lr < 0 or not math.isfinite(lr):
-        raise ConfigurationError(f"lr must be a finite non-negative number, got {lr}.")
-    if grad_tol is not None and grad_tol < 0:
-        raise ConfigurationError(f"grad_tol must be non-negative, got {grad_tol}.")
-    if dtype is not None and not dtype.is_floating_point:
-        raise ConfigurationError(f"dtype must be a floating dtype, got {dtype}.")
-    if eval_every is not None and eval_every < 1:
-        raise ConfigurationError(
-            f"eval_every must be a positive number of epochs, got {eval_every}."
-        )
-
-    if isinstance(data, Split):
-        if eval_data is None:
-            eval_data = data.test
-        data = data.train
-    train = _resolve_data(data, "data")
-    test = None if eval_data is None else _resolve_data(eval_data, "eval_data")
-    if len(train) == 0:
-        raise DataError("the training data are empty.")
-
-    net = model if inplace else copy.deepcopy(model)
-    p0 = next(iter(net.parameters()), None)
-    if p0 is None:
-        raise ConfigurationError("the model has no parameters to train.")
-    if device is not None or dtype is not None:
-        net = net.to(device=device, dtype=dtype)
-        p0 = next(iter(net.parameters()))
-    train = train.to(p0.device, p0.dtype)
-    test = None if test is None else test.to(p0.device, p0.dtype)
-    x, y = train.x, train.y
-    n = x.shape[0]
+    _check_options(
+        epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, grad_tol=grad_tol,
+        dtype=dtype, eval_every=eval_every, sampling=sampling, label_noise=label_noise,
+    )  # fmt: skip
+    net, train, test = _prepare(model, data, eval_data, device=device, dtype=dtype, inplace=inplace)
     params = [p for p in net.parameters() if p.requires_grad]
-    loss_fn = resolve_loss(loss)
-    opt, full_batch = _make_optimizer(
+    opt, gd = _make_optimizer(
         optimizer, params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
     )
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    milestones = sorted(int(m) for m in milestones)
-    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
-    cbs: list[Callback] = [callbacks] if callable(callbacks) else list(callbacks)
-
-    def run_callbacks(step: int, info: dict[str, Any]) -> bool:
-        if not cbs:
-            return False
-        old = _set_mode(net, False)
-        try:
-            stop = False
-            for cb in cbs:
-                stop = bool(cb(net, step, info)) or stop
-        finally:
-            _set_mode(net, old)
-        return stop
-
-    def record_eval(step: int, epoch: int) -> dict[str, float | None]:
-        tl, ta = evaluate(net, train, loss=loss_fn, batch_size=chunk_size)
-        el, ea = (
-            (None, None)
-            if test is None
-            else evaluate(net, test, loss=loss_fn, batch_size=chunk_size)
-        )
-        return {
-            "step": step,
-            "epoch": epoch,
-            "train_loss": tl,
-            "train_accuracy": ta,
-            "test_loss": el,
-            "test_accuracy": ea,
-        }
-
-    history: list[dict[str, float]] = []
-    evaluations: list[dict[str, float | None]] = []
-    step, epoch = 0, 0
-    stopped_by: str | None = None
-    converged: bool | None = None if grad_tol is None else False
-
-    net.train()
-    if run_callbacks(0, {"step": 0, "epoch": 0, "lr": base_lrs[0]}):
-        stopped_by = "callback"
-
-    while stopped_by is None:
-        if epochs is not None and epoch >= epochs:
-            stopped_by = "epochs"
-            break
-        if steps is not None and step >= steps:
-            stopped_by = "steps"
-            break
-        factor = gamma ** sum(m <= epoch for m in milestones)
-        for group, base in zip(opt.param_groups, base_lrs, strict=True):
-            group["lr"] = base * factor
-        cur_lr = float(opt.param_groups[0]["lr"])
-
-        if full_batch:
-            batches: list[Tensor | None] = [None]
-        else:
-            perm = torch.randperm(n, generator=gen).to(x.device)
-            batches = list(perm.split(batch_size))
-        for idx in batches:
-            if steps is not None and step >= steps:
-                stopped_by = "steps"
-                break
-            opt.zero_grad(set_to_none=True)
-            if idx is None:
-                total, acc = _full_pass(net, x, y, loss_fn, chunk_size, backward=True)
-            else:
-                total, acc = _full_pass(net, x[idx], y[idx], loss_fn, None, backward=True)
-            gnorm = float(_grad_norm(params))
-            loss_value = float(total)
-            if not math.isfinite(loss_value):
-                logger.warning("loss became %s at step %d; stopping", loss_value, step)
-                stopped_by = "diverged"
-                break
-            if full_batch and grad_tol is not None and gnorm <= grad_tol:
-                converged = True
-                stopped_by = "grad_tol"
-                break
-            opt.step()
-            if cbs:
-                opt.zero_grad(set_to_none=True)  # callbacks see no stale .grad
-            step += 1
-            rec = {
-                "step": step,
-                "epoch": epoch,
-                "loss": loss_value,
-                "accuracy": float("nan") if acc is None else float(acc),
-                "grad_norm": gnorm,
-                "lr": cur_lr,
-            }
-            history.append(rec)
-            if run_callbacks(step, dict(rec)):
-                stopped_by = "callback"
-                break
-        if stopped_by is not None:
-            break
-        epoch += 1
-        if eval_every is not None and epoch % eval_every == 0:
-            evaluations.append(record_eval(step, epoch))
-            logger.info("epoch %d: %s", epoch, evaluations[-1])
-        if grad_tol is not None and not full_batch:
-            if _full_grad_norm(net, params, x, y, loss_fn, chunk_size) <= grad_tol:
-                converged = True
-                stopped_by = "grad_tol"
-
-    net.eval()
-    final = record_eval(step, epoch)
-    final_gn = _full_grad_norm(net, params, x, y, loss_fn, chunk_size)
-    if grad_tol is not None and final_gn <= grad_tol:
-        converged = True
+    settings = _Settings(
+        loss_fn=resolve_loss(loss), full_batch=gd or batch_size is None,
+        batch_size=len(train) if batch_size is None else int(batch_size), sampling=sampling,
+        epochs=epochs, steps=steps, grad_tol=grad_tol,
+        milestones=tuple(sorted(int(m) for m in milestones)), gamma=gamma,
+        chunk_size=chunk_size, eval_every=eval_every, penalty=penalty,
+        label_noise=label_noise, project=project,
+    )  # fmt: skip
+    _check_penalty(settings, len(train))
+    run = _Run(
+        net=net, params=params, opt=opt, train=train, test=test,
+        gen=generator if generator is not None else torch.Generator().manual_seed(seed),
+        callbacks=[callbacks] if callable(callbacks) else list(callbacks), settings=settings,
+    )  # fmt: skip
+    _train(run)
     config = {
-        "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", repr(loss)),
-        "optimizer": optimizer if isinstance(optimizer, str) else repr(optimizer),
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "nesterov": nesterov,
-        "batch_size": n if full_batch else batch_size,
-        "epochs": epochs,
-        "steps": steps,
-        "grad_tol": grad_tol,
-        "milestones": list(milestones),
-        "gamma": gamma,
-        "seed": seed if generator is None else None,
-        "num_train": n,
-        "num_test": None if test is None else len(test),
-        "device": str(x.device),
-        "dtype": str(x.dtype),
-    }
-    seconds = time.perf_counter() - t0
-    logger.info(
-        "fit: %d steps, %d epochs, stopped by %s, train loss %.4g, %.2fs",
-        step,
-        epoch,
-        stopped_by,
-        final["train_loss"],
-        seconds,
-    )
-    return FitResult(
-        model=net,
-        history=tuple(history),
-        evaluations=tuple(evaluations),
-        final_train_loss=float(final["train_loss"]),  # type: ignore[arg-type]
-        final_train_accuracy=final["train_accuracy"],
-        final_test_loss=final["test_loss"],
-        final_test_accuracy=final["test_accuracy"],
-        final_grad_norm=final_gn,
-        seconds=seconds,
-        steps=step,
-        epochs=epoch,
-        stopped_by=stopped_by or "epochs",
-        converged=converged,
-        config=config,
-    )
+        "loss": _describe(loss), "optimizer": optimizer if isinstance(optimizer, str)
+        else repr(optimizer), "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+        "nesterov": nesterov, "sampling": sampling, "epochs": epochs, "steps": steps,
+        "grad_tol": grad_tol, "milestones": list(settings.milestones), "gamma": gamma,
+        "seed": seed if generator is None else None, "penalty": _describe(penalty),
+        "label_noise": _describe(label_noise), "project": _describe(project),
+    }  # fmt: skip
+    return _result(run, config, t0)
 
 
 # Short notebook-friendly reprs (key numbers, not the tensors): see hesslab.display.

@@ -59,6 +59,10 @@ Quantities (keys of :attr:`Measurement.values`; errors under the same key in
 ``grad_alignment``
     ``grad_alignment`` = ``||U_H^T g||^2 / ||g||^2`` for the full-batch gradient ``g``.
 
+Every operator quantity is measured through the vocabulary of :mod:`hesslab.quantities`
+(:data:`USES` names the entries each monitor quantity needs); the per-quantity
+``diagnostics["seconds"]`` and ``diagnostics["matvecs"]`` are the results' own.
+
 Warm starts: the top-``k`` Lanczos run is started from the previous eigenvectors. With
 ``compare_cold`` the same eigenproblem is also solved from a random start and both
 product counts (``diagnostics["matvecs"]["top_k"]`` and ``["top_k_cold"]``) and the
@@ -99,14 +103,7 @@ from torch import Tensor, nn
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import append_jsonl
-from hesslab.linalg import (
-    eigenpairs,
-    frobenius_sq,
-    logdet,
-    spectral_density,
-    trace,
-    wolkowicz_styan,
-)
+from hesslab.linalg.results import EigenResult, TraceEstimate
 from hesslab.measures.distances import spectrum_w1
 from hesslab.measures.eigvec import (
     displacement,
@@ -120,9 +117,12 @@ from hesslab.objective import Objective
 from hesslab.operators import HessianOperator, gradient_moment
 from hesslab.operators.base import LinearOperator
 from hesslab.params import layer_groups as _layer_groups
+from hesslab.quantities import Settings
+from hesslab.quantities import measure as measure_quantity
 
 __all__ = [
     "QUANTITIES",
+    "USES",
     "JsonlSink",
     "Measurement",
     "RunDirSink",
@@ -134,22 +134,27 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Every quantity a monitor can measure (see the module docstring) -> the quantities of
+#: :mod:`hesslab.quantities` it is computed from (``layers``: on each diagonal block).
+USES: dict[str, tuple[str, ...]] = {
+    "lambda_max": ("top_k",),
+    "top_k": ("top_k",),
+    "bottom": ("bottom",),
+    "trace": ("trace",),
+    "trace_sq": ("trace_sq",),
+    "ws_bounds": ("trace", "trace_sq", "ws_bounds"),
+    "logdet": ("top_k", "logdet"),
+    "effective_rank": ("trace", "trace_sq"),
+    "ipr": ("top_k",),
+    "displacement": ("top_k",),
+    "layers": ("lambda_max", "trace", "density"),
+    "moment_overlap": ("top_k",),
+    "grad_alignment": ("top_k",),
+}
 #: Every quantity a monitor can measure (see the module docstring).
-QUANTITIES = (
-    "lambda_max",
-    "top_k",
-    "bottom",
-    "trace",
-    "trace_sq",
-    "ws_bounds",
-    "logdet",
-    "effective_rank",
-    "ipr",
-    "displacement",
-    "layers",
-    "moment_overlap",
-    "grad_alignment",
-)
+QUANTITIES = tuple(USES)
+#: The quantities that need the top-``k`` eigenvectors (not just ``lambda_max``).
+_NEEDS_K = frozenset({"top_k", "ipr", "displacement", "logdet", "moment_overlap", "grad_alignment"})
 
 
 def measurement_seed(seed: int, step: int, name: str) -> int:
@@ -345,21 +350,13 @@ class SpectrumMonitor:
         wrap: Callable[[LinearOperator], LinearOperator] | None = None,
         group: Any = None,
     ) -> None:
-        if not isinstance(every, int) or every < 1:
-            raise ConfigurationError(f"every must be a positive int, got {every!r}")
-        if isinstance(quantities, str):
-            quantities = (quantities,)
-        unknown = [q for q in quantities if q not in QUANTITIES]
-        if unknown:
-            raise ConfigurationError(f"unknown quantities {unknown}; choose from {QUANTITIES}")
-        if not isinstance(k, int) or k < 1:
-            raise ConfigurationError(f"k must be a positive int, got {k!r}")
+        quantities = _check_arguments(every, quantities, k)
         if hasattr(data, "x") and hasattr(data, "y") and not isinstance(data, tuple):
             data = (data.x, data.y)  # TensorData
         self.data = data
         self.loss_fn = loss_fn
         self.every = every
-        self.quantities = tuple(quantities)
+        self.quantities = quantities
         self.k = k
         self.params = params
         self.layer_groups = None if layer_groups is None else dict(layer_groups)
@@ -370,27 +367,9 @@ class SpectrumMonitor:
         self.group = group
         self._main = True
         if self.distributed:
-            import torch.distributed as dist
-
-            from hesslab.distributed import DistributedOperator, broadcast_int
-
-            if not (dist.is_available() and dist.is_initialized()):
-                raise ConfigurationError(
-                    "distributed=True needs an initialised torch.distributed process group; "
-                    "launch with torchrun and call torch.distributed.init_process_group first"
-                )
-            if "moment_overlap" in quantities and moment_kind != "second_moment":
-                raise ConfigurationError(
-                    f"moment_kind={moment_kind!r} is not a mean over data points, so it cannot "
-                    "be summed over shards; use moment_kind='second_moment' with distributed=True"
-                )
-            seed = broadcast_int(int(seed), group=group)
-            self._main = dist.get_rank(group) == 0
-            if wrap is None:
-
-                def wrap(op: LinearOperator) -> LinearOperator:
-                    return DistributedOperator(op, group=group)
-
+            seed, self._main, wrap = _distributed_setup(
+                int(seed), quantities, moment_kind, wrap, group
+            )
         self._wrap: Callable[[LinearOperator], LinearOperator] = wrap or (lambda op: op)
         self.seed = int(seed)
         self.reference_step = reference_step
@@ -472,203 +451,203 @@ class SpectrumMonitor:
     def _gen(self, step: int, name: str) -> torch.Generator:
         return torch.Generator().manual_seed(measurement_seed(self.seed, step, name))
 
+    def _settings(self, **changes: Any) -> Settings:
+        s = Settings(tol=self.tol, num_matvecs=self.trace_matvecs, trace_method=self.trace_method)
+        return s.replace(**changes)
+
+    def _quantity(
+        self, rec: _Record, name: str, op: LinearOperator, step: int, seed_name: str, **kw: Any
+    ) -> Any:
+        """Quantity ``name`` of :mod:`hesslab.quantities` with the generator of
+        ``seed_name``; its ``seconds`` go to ``rec.secs[seed_name]``."""
+        res = measure_quantity(name, op, self._settings(**kw), self._gen(step, seed_name))
+        rec.secs[seed_name] = res.seconds
+        return res
+
     def measure(self, model: nn.Module, step: int) -> Measurement:
         """Measure now (regardless of ``every``), record, send to the sinks, return."""
         t0 = time.perf_counter()
         q = set(self.quantities)
-        values: dict[str, float] = {}
-        errors: dict[str, float] = {}
-        mv: dict[str, int] = {}
-        secs: dict[str, float] = {}
-        conv: dict[str, bool] = {}
-        notes: list[str] = []
-        diag: dict[str, Any] = {"matvecs": mv, "seconds": secs, "converged": conv, "notes": notes}
-
+        rec = _Record()
         obj = Objective(model, self.loss_fn, self.data, self.params, **self.loss_kwargs)
         H_local = HessianOperator(obj)
         op = self._wrap(H_local)
         P = obj.space.size
-        diag["P"] = P
+        rec.diag["P"] = P
         k = min(self.k, P)
-
-        wants_k = q & {"top_k", "ipr", "displacement", "logdet", "moment_overlap", "grad_alignment"}
-        need_top = wants_k | (q & {"lambda_max"})
-        U = None
-        top = None
-        if need_top:
-            kk = k if wants_k else 1
-            if self.logdet_rank is not None and "logdet" in q:
-                kk = max(kk, min(self.logdet_rank, P))
-            v0 = None
-            if self.warm_start and self._prev_U is not None and self._prev_U.shape[0] == P:
-                v0 = self._prev_U[:, :kk]
-            diag["warm_started"] = v0 is not None
-            t = time.perf_counter()
-            top = eigenpairs(
-                op,
-                kk,
-                "largest",
-                tol=self.tol,
-                v0=v0,
-                generator=self._gen(step, "top_k"),
-                block_size=self.block_size,
-            )
-            secs["top_k"] = time.perf_counter() - t
-            mv["top_k"] = top.num_matvecs
-            conv["top_k"] = top.all_converged
-            for i in range(kk):
-                values[f"lambda/{i + 1}"] = float(top.values[i])
-                errors[f"lambda/{i + 1}"] = float(top.residual_norms[i])
-            values["lambda_max"] = values["lambda/1"]
-            errors["lambda_max"] = errors["lambda/1"]
-            U = top.vectors.detach().to(torch.float64)
-            if v0 is not None and self._compare_now():
-                t = time.perf_counter()
-                cold = eigenpairs(
-                    op,
-                    kk,
-                    "largest",
-                    tol=self.tol,
-                    generator=self._gen(step, "top_k_cold"),
-                    block_size=self.block_size,
-                )
-                secs["top_k_cold"] = time.perf_counter() - t
-                mv["top_k_cold"] = cold.num_matvecs
-                diag["top_k_cold_values"] = [float(x) for x in cold.values]
-                diag["top_k_cold_max_abs_diff"] = float((cold.values - top.values).abs().max())
-
+        top = self._top(rec, op, step, q, k)
         if "bottom" in q:
-            v0 = self._prev_bottom if self.warm_start else None
-            if v0 is not None and v0.shape[0] != P:
-                v0 = None
-            t = time.perf_counter()
-            bot = eigenpairs(
-                op, 1, "smallest", tol=self.tol, v0=v0, generator=self._gen(step, "bottom")
-            )
-            secs["bottom"] = time.perf_counter() - t
-            mv["bottom"] = bot.num_matvecs
-            conv["bottom"] = bot.all_converged
-            values["lambda_min"] = float(bot.values[0])
-            errors["lambda_min"] = float(bot.residual_norms[0])
-            self._prev_bottom = bot.vectors.detach()
-
-        tr = trsq = None
-        if q & {"trace", "ws_bounds", "effective_rank"}:
-            t = time.perf_counter()
-            tr = trace(
-                op, self.trace_matvecs, method=self.trace_method, generator=self._gen(step, "trace")
-            )
-            secs["trace"] = time.perf_counter() - t
-            mv["trace"] = tr.num_matvecs
-            values["trace"], errors["trace"] = tr.value, tr.stderr
-        if q & {"trace_sq", "ws_bounds", "effective_rank"}:
-            t = time.perf_counter()
-            method = "exact" if self.trace_method == "exact" else "krylov"
-            if self.trace_method == "hutchinson":
-                method = "hutchinson"
-            trsq = frobenius_sq(
-                op, self.trace_matvecs, method=method, generator=self._gen(step, "trace_sq")
-            )
-            secs["trace_sq"] = time.perf_counter() - t
-            mv["trace_sq"] = trsq.num_matvecs
-            values["trace_sq"], errors["trace_sq"] = trsq.value, trsq.stderr
-        if "ws_bounds" in q and tr is not None and trsq is not None:
-            b = wolkowicz_styan((tr, trsq, P))
-            for name in ("lambda_max_lower", "lambda_max_upper", "lambda_min_lower"):
-                values[f"ws/{name}"] = float(getattr(b, name))
-            values["ws/lambda_min_upper"] = float(b.lambda_min_upper)
-            notes.extend(b.notes)
-        if "effective_rank" in q and tr is not None and trsq is not None:
-            if trsq.value > 0:
-                r = tr.value**2 / trsq.value
-                values["effective_rank"] = r
-                errors["effective_rank"] = r * math.sqrt(
-                    (2 * tr.stderr / max(abs(tr.value), 1e-300)) ** 2
-                    + (trsq.stderr / trsq.value) ** 2
-                )
-            else:
-                values["effective_rank"] = float("nan")
+            self._bottom(rec, op, step)
+        self._traces(rec, op, step, q)
         if "logdet" in q and top is not None:
-            r = min(self.logdet_rank or k, top.values.numel())
-            try:  # refuses an eigenvalue that is not positive beyond its error bound
-                ld = logdet(op, r, eigen_result=top)
-                values["logdet"], errors["logdet"] = ld.value, ld.info["max_abs_error"]
-            except ConfigurationError as e:
-                values["logdet"] = float("nan")
-                notes.append(f"logdet: {e}")
-
-        groups = None
-        if q & {"ipr", "layers"}:
-            groups = self.layer_groups
-            if groups is None:
-                mine = set(obj.space.names)
-                groups = {
-                    g: [n for n in names if n in mine] for g, names in _layer_groups(model).items()
-                }
-                groups = {g: n for g, n in groups.items() if n}
-        if "ipr" in q and U is not None:
-            Uk = U[:, :k]
-            glob = ipr(Uk)
-            for i in range(k):
-                values[f"ipr/{i + 1}"] = float(glob[i])
-            values["ipr_null"] = ipr_null(P)
-            if groups:
-                per = ipr(Uk, groups, space=obj.space)
-                for g, vals in per.items():
-                    for i in range(k):
-                        values[f"ipr/{g}/{i + 1}"] = float(vals[i])
-        if "displacement" in q and U is not None:
-            Uk = U[:, :k]
-            if self._prev_U is not None and self._prev_U.shape == Uk.shape:
-                prev = self._prev_U.to(torch.float64)
-                d = displacement(prev, Uk)
-                for i in range(k):
-                    values[f"disp_prev/{i + 1}"] = float(d[i])
-                values["subdisp_prev"] = subspace_displacement(prev, Uk)
-            if self._ref_U is None and (self.reference_step is None or step >= self.reference_step):
-                self._ref_U, self._ref_step = Uk.clone(), step
-            if self._ref_U is not None and self._ref_U.shape == Uk.shape:
-                d = displacement(self._ref_U, Uk)
-                for i in range(k):
-                    values[f"disp_ref/{i + 1}"] = float(d[i])
-                values["subdisp_ref"] = subspace_displacement(self._ref_U, Uk)
-                diag["reference_step"] = self._ref_step
-        if "grad_alignment" in q and U is not None:
-            g = obj.gradient()
-            if self.distributed:
-                from hesslab.distributed import all_reduce_mean
-
-                g = all_reduce_mean(g, obj.num_items, group=self.group)
-            values["grad_alignment"] = gradient_alignment(g, U[:, :k])
-            values["grad_norm"] = float(g.norm())
-        if "moment_overlap" in q and U is not None:
-            t = time.perf_counter()
-            M = self._wrap(gradient_moment(obj, kind=self.moment_kind))
-            mres = eigenpairs(M, k, "largest", tol=self.tol, generator=self._gen(step, "moment"))
-            secs["moment_overlap"] = time.perf_counter() - t
-            mv["moment"] = mres.num_matvecs
-            conv["moment"] = mres.all_converged
-            values["moment_overlap"] = subspace_overlap(U[:, :k], mres.vectors)
-            values["moment_lambda_max"] = float(mres.values[0])
+            self._logdet(rec, op, top, k)
+        groups = self._groups(model, obj) if q & {"ipr", "layers"} else None
+        U = None if top is None else top.vectors.detach().to(torch.float64)
+        if U is not None:
+            self._eigvec_measures(rec, obj, op, U, step, q, k, groups)
         if "layers" in q and groups:
-            self._layers(H_local, groups, step, values, errors, mv, secs)
-
+            self._layers(H_local, groups, step, rec)
         if U is not None:
             self._prev_U = top.vectors.detach()
         self._count += 1
         meas = Measurement(
             step=int(step),
-            values=values,
-            errors=errors,
-            diagnostics=diag,
+            values=rec.values,
+            errors=rec.errors,
+            diagnostics=rec.diag,
             seconds=time.perf_counter() - t0,
         )
         self.measurements.append(meas)
         if self._main:
             for s in self.sinks:
                 s.write(meas)
-        logger.debug("spectrum monitor step %d: %s", step, values)
+        logger.debug("spectrum monitor step %d: %s", step, rec.values)
         return meas
+
+    def _top(
+        self, rec: _Record, op: LinearOperator, step: int, q: set[str], k: int
+    ) -> EigenResult | None:
+        """``top_k`` (warm-started; also cold with ``compare_cold``) when a quantity needs it."""
+        wants_k = q & _NEEDS_K
+        if not (wants_k or "lambda_max" in q):
+            return None
+        P = op.shape[0]
+        kk = k if wants_k else 1
+        if self.logdet_rank is not None and "logdet" in q:
+            kk = max(kk, min(self.logdet_rank, P))
+        v0 = None
+        if self.warm_start and self._prev_U is not None and self._prev_U.shape[0] == P:
+            v0 = self._prev_U[:, :kk]
+        rec.diag["warm_started"] = v0 is not None
+        kw = {"k": kk, "block_size": self.block_size}
+        top = self._quantity(rec, "top_k", op, step, "top_k", v0=v0, **kw)
+        rec.mv["top_k"] = top.num_matvecs
+        rec.conv["top_k"] = top.all_converged
+        for i in range(kk):
+            rec.values[f"lambda/{i + 1}"] = float(top.values[i])
+            rec.errors[f"lambda/{i + 1}"] = float(top.residual_norms[i])
+        rec.values["lambda_max"] = rec.values["lambda/1"]
+        rec.errors["lambda_max"] = rec.errors["lambda/1"]
+        if v0 is not None and self._compare_now():
+            cold = self._quantity(rec, "top_k", op, step, "top_k_cold", **kw)
+            rec.mv["top_k_cold"] = cold.num_matvecs
+            rec.diag["top_k_cold_values"] = [float(x) for x in cold.values]
+            rec.diag["top_k_cold_max_abs_diff"] = float((cold.values - top.values).abs().max())
+        return top
+
+    def _bottom(self, rec: _Record, op: LinearOperator, step: int) -> None:
+        v0 = self._prev_bottom if self.warm_start else None
+        if v0 is not None and v0.shape[0] != op.shape[0]:
+            v0 = None
+        bot = self._quantity(rec, "bottom", op, step, "bottom", k=1, v0=v0)
+        rec.mv["bottom"] = bot.num_matvecs
+        rec.conv["bottom"] = bot.all_converged
+        rec.values["lambda_min"] = float(bot.values[0])
+        rec.errors["lambda_min"] = float(bot.residual_norms[0])
+        self._prev_bottom = bot.vectors.detach()
+
+    def _traces(self, rec: _Record, op: LinearOperator, step: int, q: set[str]) -> None:
+        """``trace``, ``trace_sq`` and what follows from them (bounds, effective rank)."""
+        got: dict[str, TraceEstimate] = {}
+        for name in ("trace", "trace_sq"):
+            if q & {name, "ws_bounds", "effective_rank"}:
+                got[name] = self._quantity(rec, name, op, step, name)
+                rec.mv[name] = got[name].num_matvecs
+                rec.values[name], rec.errors[name] = got[name].value, got[name].stderr
+        if len(got) < 2:
+            return
+        tr, trsq = got["trace"], got["trace_sq"]
+        if "ws_bounds" in q:
+            b = measure_quantity("ws_bounds", op, self._settings(given=got))
+            for name in ("lambda_max_lower", "lambda_max_upper", "lambda_min_lower"):
+                rec.values[f"ws/{name}"] = float(getattr(b, name))
+            rec.values["ws/lambda_min_upper"] = float(b.lambda_min_upper)
+            rec.notes.extend(b.notes)
+        if "effective_rank" in q:
+            if trsq.value > 0:
+                r = tr.value**2 / trsq.value
+                rec.values["effective_rank"] = r
+                rec.errors["effective_rank"] = r * math.sqrt(
+                    (2 * tr.stderr / max(abs(tr.value), 1e-300)) ** 2
+                    + (trsq.stderr / trsq.value) ** 2
+                )
+            else:
+                rec.values["effective_rank"] = float("nan")
+
+    def _logdet(self, rec: _Record, op: LinearOperator, top: EigenResult, k: int) -> None:
+        s = self._settings(k=self.logdet_rank or k, given={"top_k": top})
+        try:  # refuses an eigenvalue that is not positive beyond its error bound
+            ld = measure_quantity("logdet", op, s)
+            rec.values["logdet"], rec.errors["logdet"] = ld.value, ld.info["max_abs_error"]
+        except ConfigurationError as e:
+            rec.values["logdet"] = float("nan")
+            rec.notes.append(f"logdet: {e}")
+
+    def _groups(self, model: nn.Module, obj: Objective) -> dict[str, list[str]] | None:
+        """The layer groups: given, else :func:`hesslab.layer_groups` of the model."""
+        if self.layer_groups is not None:
+            return self.layer_groups
+        mine = set(obj.space.names)
+        groups = {g: [n for n in names if n in mine] for g, names in _layer_groups(model).items()}
+        return {g: n for g, n in groups.items() if n}
+
+    def _eigvec_measures(
+        self, rec: _Record, obj: Objective, op: LinearOperator, U: Tensor, step: int,
+        q: set[str], k: int, groups: Mapping[str, Sequence[str]] | None,
+    ) -> None:  # fmt: skip
+        """``ipr``, ``displacement``, ``grad_alignment``, ``moment_overlap`` of ``U[:, :k]``."""
+        Uk = U[:, :k]
+        if "ipr" in q:
+            self._ipr(rec, obj, Uk, groups)
+        if "displacement" in q:
+            self._displacement(rec, Uk, step)
+        if "grad_alignment" in q:
+            g = obj.gradient()
+            if self.distributed:
+                from hesslab.distributed import all_reduce_mean
+
+                g = all_reduce_mean(g, obj.num_items, group=self.group)
+            rec.values["grad_alignment"] = gradient_alignment(g, Uk)
+            rec.values["grad_norm"] = float(g.norm())
+        if "moment_overlap" in q:
+            M = self._wrap(gradient_moment(obj, kind=self.moment_kind))
+            mres = self._quantity(rec, "top_k", M, step, "moment", k=k)
+            rec.secs["moment_overlap"] = rec.secs.pop("moment")
+            rec.mv["moment"] = mres.num_matvecs
+            rec.conv["moment"] = mres.all_converged
+            rec.values["moment_overlap"] = subspace_overlap(Uk, mres.vectors)
+            rec.values["moment_lambda_max"] = float(mres.values[0])
+
+    def _ipr(
+        self, rec: _Record, obj: Objective, Uk: Tensor, groups: Mapping[str, Sequence[str]] | None
+    ) -> None:
+        k = Uk.shape[1]
+        glob = ipr(Uk)
+        for i in range(k):
+            rec.values[f"ipr/{i + 1}"] = float(glob[i])
+        rec.values["ipr_null"] = ipr_null(Uk.shape[0])
+        if groups:
+            per = ipr(Uk, groups, space=obj.space)
+            for g, vals in per.items():
+                for i in range(k):
+                    rec.values[f"ipr/{g}/{i + 1}"] = float(vals[i])
+
+    def _displacement(self, rec: _Record, Uk: Tensor, step: int) -> None:
+        k = Uk.shape[1]
+        if self._prev_U is not None and self._prev_U.shape == Uk.shape:
+            prev = self._prev_U.to(torch.float64)
+            d = displacement(prev, Uk)
+            for i in range(k):
+                rec.values[f"disp_prev/{i + 1}"] = float(d[i])
+            rec.values["subdisp_prev"] = subspace_displacement(prev, Uk)
+        if self._ref_U is None and (self.reference_step is None or step >= self.reference_step):
+            self._ref_U, self._ref_step = Uk.clone(), step
+        if self._ref_U is not None and self._ref_U.shape == Uk.shape:
+            d = displacement(self._ref_U, Uk)
+            for i in range(k):
+                rec.values[f"disp_ref/{i + 1}"] = float(d[i])
+            rec.values["subdisp_ref"] = subspace_displacement(self._ref_U, Uk)
+            rec.diag["reference_step"] = self._ref_step
 
     def _compare_now(self) -> bool:
         c = self.compare_cold
@@ -677,62 +656,106 @@ class SpectrumMonitor:
         return isinstance(c, int) and c > 0 and self._count % c == 0
 
     def _layers(
-        self,
-        op: HessianOperator,
-        groups: Mapping[str, Sequence[str]],
-        step: int,
-        values: dict[str, float],
-        errors: dict[str, float],
-        mv: dict[str, int],
-        secs: dict[str, float],
+        self, op: HessianOperator, groups: Mapping[str, Sequence[str]], step: int, rec: _Record
     ) -> None:
-        t = time.perf_counter()
+        """Per layer: ``lambda_max`` (warm-started), ``trace`` and, with ``layer_density``,
+        the W1 distance of its SLQ density to the full one."""
         blocks = {
             g: self._wrap(b) for g, b in op.blocks({g: list(n) for g, n in groups.items()}).items()
         }
-        total = 0
+        results: list[Any] = []
+
+        def quantity(name: str, block: LinearOperator, seed_name: str, **kw: Any) -> Any:
+            res = measure_quantity(name, block, self._settings(**kw), self._gen(step, seed_name))
+            results.append(res)
+            return res
+
         full_density = None
         if self.layer_density:
-            full_density = spectral_density(
-                self._wrap(op),
-                min(self.density_steps, op.shape[0]),
-                generator=self._gen(step, "density"),
-            )
-            total += full_density.num_matvecs
+            steps = min(self.density_steps, op.shape[0])
+            full_density = quantity("density", self._wrap(op), "density", num_steps=steps)
         for g, block in blocks.items():
             Pg = block.shape[0]
             prev = self._prev_layer.get(g) if self.warm_start else None
-            res = eigenpairs(
-                block,
-                1,
-                "largest",
-                tol=self.tol,
-                v0=prev,
-                generator=self._gen(step, f"layer/{g}/lambda"),
-            )
+            res = quantity("lambda_max", block, f"layer/{g}/lambda", v0=prev)
             self._prev_layer[g] = res.vectors.detach()
-            values[f"layer/{g}/lambda_max"] = float(res.values[0])
-            errors[f"layer/{g}/lambda_max"] = float(res.residual_norms[0])
+            rec.values[f"layer/{g}/lambda_max"] = float(res.values[0])
+            rec.errors[f"layer/{g}/lambda_max"] = float(res.residual_norms[0])
             method = self.trace_method if Pg > 3 else "exact"
-            tr = trace(
-                block,
-                min(self.trace_matvecs, max(Pg, 3)),
-                method=method,
-                generator=self._gen(step, f"layer/{g}/trace"),
+            budget = min(self.trace_matvecs, max(Pg, 3))
+            tr = quantity(
+                "trace", block, f"layer/{g}/trace", num_matvecs=budget, trace_method=method
             )
-            values[f"layer/{g}/trace"] = tr.value
-            errors[f"layer/{g}/trace"] = tr.stderr
-            total += res.num_matvecs + tr.num_matvecs
+            rec.values[f"layer/{g}/trace"] = tr.value
+            rec.errors[f"layer/{g}/trace"] = tr.stderr
             if full_density is not None:
-                dens = spectral_density(
-                    block,
-                    min(self.density_steps, Pg),
-                    generator=self._gen(step, f"layer/{g}/density"),
-                )
-                total += dens.num_matvecs
-                values[f"layer/{g}/w1_to_full"] = spectrum_w1(dens, full_density)
-        mv["layers"] = total
-        secs["layers"] = time.perf_counter() - t
+                steps = min(self.density_steps, Pg)
+                dens = quantity("density", block, f"layer/{g}/density", num_steps=steps)
+                rec.values[f"layer/{g}/w1_to_full"] = spectrum_w1(dens, full_density)
+        rec.mv["layers"] = sum(int(r.num_matvecs) for r in results)
+        rec.secs["layers"] = sum(float(r.seconds) for r in results)
+
+
+@dataclass
+class _Record:
+    """What one measurement collects (values, errors and the diagnostics' parts)."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, float] = field(default_factory=dict)
+    mv: dict[str, int] = field(default_factory=dict)
+    secs: dict[str, float] = field(default_factory=dict)
+    conv: dict[str, bool] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    diag: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.diag.update(matvecs=self.mv, seconds=self.secs, converged=self.conv, notes=self.notes)
+
+
+def _check_arguments(every: Any, quantities: Sequence[str] | str, k: Any) -> tuple[str, ...]:
+    """Validate :class:`SpectrumMonitor`'s ``every``, ``quantities`` and ``k``."""
+    if not isinstance(every, int) or every < 1:
+        raise ConfigurationError(f"every must be a positive int, got {every!r}")
+    if isinstance(quantities, str):
+        quantities = (quantities,)
+    unknown = [q for q in quantities if q not in QUANTITIES]
+    if unknown:
+        raise ConfigurationError(f"unknown quantities {unknown}; choose from {QUANTITIES}")
+    if not isinstance(k, int) or k < 1:
+        raise ConfigurationError(f"k must be a positive int, got {k!r}")
+    return tuple(quantities)
+
+
+def _distributed_setup(
+    seed: int,
+    quantities: Sequence[str],
+    moment_kind: str,
+    wrap: Callable[[LinearOperator], LinearOperator] | None,
+    group: Any,
+) -> tuple[int, bool, Callable[[LinearOperator], LinearOperator]]:
+    """``(seed broadcast from rank 0, whether this rank writes, the operator wrapper)``."""
+    import torch.distributed as dist
+
+    from hesslab.distributed import DistributedOperator, broadcast_int
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ConfigurationError(
+            "distributed=True needs an initialised torch.distributed process group; "
+            "launch with torchrun and call torch.distributed.init_process_group first"
+        )
+    if "moment_overlap" in quantities and moment_kind != "second_moment":
+        raise ConfigurationError(
+            f"moment_kind={moment_kind!r} is not a mean over data points, so it cannot "
+            "be summed over shards; use moment_kind='second_moment' with distributed=True"
+        )
+    seed = broadcast_int(int(seed), group=group)
+    main = dist.get_rank(group) == 0
+    if wrap is None:
+
+        def wrap(op: LinearOperator) -> LinearOperator:
+            return DistributedOperator(op, group=group)
+
+    return seed, main, wrap
 
 
 # Short notebook-friendly reprs (key numbers, not the tensors): see hesslab.display.

@@ -239,8 +239,10 @@ class _ProbePenalty:
     # ------------------------------------------------------------------ public API
 
     def active(self, step: int) -> bool:
-        """Whether the penalty is on at ``step``: ``step ≥ start_step`` and
-        ``(step − start_step)`` a multiple of ``every``."""
+        """Whether the penalty is on at ``step``.
+
+        It is when ``step ≥ start_step`` and ``(step − start_step)`` is a multiple of ``every``.
+        """
         return step >= self.start_step and (step - self.start_step) % self.every == 0
 
     def names(self, model: nn.Module) -> list[str]:
