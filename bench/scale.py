@@ -167,8 +167,14 @@ def _peer(lib: str):
 
 
 # --------------------------------------------------------------------------- solves
-def _run(fn: Callable[[], dict]) -> dict:
-    """``fn()`` timed, with its peak memory; a failure becomes ``{"error": ...}``."""
+def _run(fn: Callable[[], dict], prob: Loaded) -> dict:
+    """``fn()`` timed, with its peak memory; a failure becomes ``{"error": ...}``.
+
+    The model's ``.grad`` fields are cleared first: PyHessian leaves its
+    ``backward(create_graph=True)`` graph there, and the next construction would add to it.
+    """
+    for p in prob.model.parameters():
+        p.grad = None
     try:
         with measure_peak_memory("cpu") as m:
             t0 = time.perf_counter()
@@ -329,7 +335,7 @@ def _measure(prob: Loaded, lib: str, args: argparse.Namespace) -> dict:
     """Every cell of one library. A peer whose product fails under PyTorch's default
     attention kernels (flash / memory-efficient SDPA have no double backward) is run under
     ``sdpa_kernel(SDPBackend.MATH)``, as its user would have to; the failure is noted."""
-    res: dict[Any, dict] = {"cost": _run(lambda: _cost(lib, prob, args.reps))}
+    res: dict[Any, dict] = {"cost": _run(lambda: _cost(lib, prob, args.reps), prob)}
     if lib != "hesslab" and "error" in res["cost"]:
         res["default_kernel_error"] = res["cost"]
         with sdpa_kernel(SDPBackend.MATH):
@@ -340,19 +346,19 @@ def _measure(prob: Loaded, lib: str, args: argparse.Namespace) -> dict:
 def _solves(prob: Loaded, lib: str, args: argparse.Namespace, cost: bool = True) -> dict:
     res: dict[Any, dict] = {}
     if cost:
-        res["cost"] = _run(lambda: _cost(lib, prob, args.reps))
+        res["cost"] = _run(lambda: _cost(lib, prob, args.reps), prob)
     for k in (1, 5):
         for tol in TOLS:
             if lib == "hesslab":
-                res[("top", k, tol)] = _run(lambda k=k, tol=tol: _hesslab_top(prob, k, tol))
+                res[("top", k, tol)] = _run(lambda k=k, tol=tol: _hesslab_top(prob, k, tol), prob)
             else:
-                res[("top", k, tol)] = _run(lambda k=k, tol=tol: _peer_top(lib, prob, k, tol))
+                res[("top", k, tol)] = _run(lambda k=k, tol=tol: _peer_top(lib, prob, k, tol), prob)
     if lib == "hesslab":
-        res["trace"] = _run(lambda: _hesslab_trace(prob, 96))
-        res["density"] = _run(lambda: _hesslab_density(prob, 100))
+        res["trace"] = _run(lambda: _hesslab_trace(prob, 96), prob)
+        res["density"] = _run(lambda: _hesslab_density(prob, 100), prob)
     else:
-        res["trace"] = _run(lambda: _peer_trace(lib, prob, 96))
-        res["density"] = _run(lambda: _peer_density(lib, prob, 100))
+        res["trace"] = _run(lambda: _peer_trace(lib, prob, 96), prob)
+        res["density"] = _run(lambda: _peer_density(lib, prob, 100), prob)
     return res
 
 
