@@ -270,7 +270,7 @@ def spectral_density(
         converged_tol: relative Ritz residual below which a node counts as an exact
             eigenvalue (see above); ``None`` disables.
         basis_device: where Lanczos bases live (default ``op.device``); SLQ keeps
-            ``K x P x m`` float64 numbers. ``"disk"``: a memory-mapped file, moved to the
+            ``K x P x m`` numbers of ``op.dtype``. ``"disk"``: a memory-mapped file, moved to the
             device ``basis_chunk`` vectors at a time (see
             :func:`~hesslab.linalg.lanczos.eigenpairs`).
         basis_dir: folder of the ``"disk"`` basis file (default: the temp folder).
