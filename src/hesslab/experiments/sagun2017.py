@@ -11,7 +11,7 @@ the outliers come from the Gauss–Newton term of
 and small- and large-batch solutions lie in one basin: the loss along the straight line
 between them rises only slightly.
 
-Five parts, each a report section with figures, a table, numbers and a claim-vs-measured
+Six parts, each a report section with figures, a table, numbers and a claim-vs-measured
 row:
 
 1. Bulk and outliers on Gaussian mixtures with ``k`` classes (exact Hessian, dense
@@ -20,14 +20,23 @@ row:
 3. Data sweep (number of classes, separation) on a fixed architecture.
 4. Gauss–Newton vs Hessian: top-``k`` eigenvalues and subspace overlap.
 5. Small-batch vs large-batch solutions: loss and ``λ_max`` on the line between them.
+6. Papyan's class structure of ``G`` for every part-1 model: the leading eigenvectors of
+   ``G`` in the span of the ``C`` class means (Papyan 2020: ``C`` or ``C−1`` of them) and
+   the mini-bulk after them in the span of the class and cross-class means — the
+   explanation of "outliers ≈ number of classes", not an eigengap guess.
 
 Setup: the authors' own first (docs/PAPERS.md §3, [CODE]). The full size
 (:meth:`Sagun2017Config.full`) is their public code's setup as closely as it is known:
 ``sklearn.datasets.make_blobs`` in 2-D (100 training and 100 test points, centres in
 ``[-10, 10]²``, ``cluster_std`` 1.0, standardised inputs), a ReLU MLP with hidden widths
 [10, 5], init ``N(0, 0.1²)``, softmax cross-entropy, full-batch GD with lr 0.1 until
-``‖∇L‖ ≤ 1e-4`` (at most 100,000 steps), exact Hessians; five seeds instead of their 50
-repeats. Every spectrum is reported with the gradient norm of its solution and whether
+``‖∇L‖ ≤ 1e-4`` (at most 5,000 steps, then full-batch L-BFGS with a strong Wolfe line
+search, restarted while it makes progress), exact Hessians; five seeds instead of their
+50 repeats. Where L-BFGS stalls above the criterion a ReLU kink sits on a training point
+(the smallest relative ``|pre-activation|`` is ~1e-12, reported as "ReLU kink"): the
+loss is not differentiable there and ``‖∇L‖`` cannot reach 1e-4; such a run is "not a
+minimum" and the count claims are decided over the minima only.
+Every spectrum is reported with the gradient norm of its solution and whether
 it is a minimum (``‖∇L‖ ≤ minimum_tol``); the small-batch solution of part 5 is
 polished by full-batch GD to a minimum of its basin before the line is drawn, and the
 line claim is undecided when an endpoint is not a minimum. The earlier variation
