@@ -103,11 +103,10 @@ logger = logging.getLogger(__name__)
 
 #: Measured wall time of :meth:`Sagun2017Config.smoke` with one CPU thread (three seeds).
 SMOKE_SECONDS = 60.0
-#: Wall time of :meth:`Sagun2017Config.full` (the authors' setup), seconds on 2 cores: an
-#: ESTIMATE, the full run did not finish here (2 cores shared ~9 ways); one (k, seed) run
-#: of part 1 takes about 22 s CPU (20,000 GD steps), times 9, plus about 10 such runs in
-#: parts 2-5 and the digits MLP.
-FULL_SECONDS = 600.0
+#: Wall time of :meth:`Sagun2017Config.full` (the authors' setup): a full run here
+#: (results/sagun2017) took 141 s CPU with one thread (1,074 s wall with the 2 cores shared
+#: ~9 ways; 530 MiB peak).
+FULL_SECONDS = 150.0
 #: Wall time of :meth:`Sagun2017Config.simplex` (``sagun2017-simplex``): 153 s measured
 #: on 2 cores (torch 2.13, issue 19).
 SIMPLEX_FULL_SECONDS = 153.0
