@@ -8,7 +8,7 @@ the loaded weights (``--weights``), the chosen loss (``--loss``), part (``--spli
 prefix (``--max-points``) of the data, the working precision (``--dtype``) and the parts
 computed (``--what``).
 
-Each check was seen to fail with the option's effect removed from ``hesslab/cli.py``, one
+Each check was seen to fail with the option's effect removed from ``hesslab/cli/``, one
 mutant at a time: ``--params`` ignored, ``--weights`` not loaded, ``--loss`` ignored,
 ``--split`` ignored, ``--max-points`` ignored / off by one / without its size check,
 ``--dtype`` always float32 / always float64, ``--what`` ignored (all parts), only the
