@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -42,9 +41,6 @@ from hesslab import validation
 from hesslab.batches import (
     batch_rows,
     batch_tensors,
-    fingerprint,
-    is_tensor_batch,
-    loader_sizes,
     map_tensors,
 )
 from hesslab.errors import ConfigurationError, DataError, NonDeterminismError
@@ -52,12 +48,18 @@ from hesslab.losses import (
     BatchLoss,
     LossValue,
     batch_loss,
-    ce_count,
     ce_layout,
     ce_sum,
     lm_split,
     output_tensor,
     resolve_loss,
+)
+from hesslab.objective_checks import (
+    batch_weights,
+    check_forward_determinism,
+    check_model_modes,
+    normalize_data,
+    scan_sizes,
 )
 from hesslab.params import ParamSpace, select_parameters
 
@@ -93,19 +95,6 @@ def derivative_context() -> Iterator[None]:
 def _differentiating() -> bool:
     """Autograd is recording, or a ``torch.func`` transform (grad, jvp, vmap) is active."""
     return torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None
-
-
-# batches of two passes that the determinism check compares
-_CHECKED_BATCHES = 4
-
-
-def _refuse_shuffling(data: Any) -> None:
-    sampler = getattr(getattr(data, "batch_sampler", None), "sampler", None)
-    if isinstance(sampler, torch.utils.data.RandomSampler):
-        raise NonDeterminismError(
-            "the DataLoader shuffles (RandomSampler): every pass would see other batches. "
-            "Use DataLoader(..., shuffle=False), or pass check_determinism=False"
-        )
 
 
 class Objective:
@@ -206,34 +195,16 @@ class Objective:
             n: p.detach().clone() for n, p in named.items() if n not in self.theta
         }
         self.frozen.update({n: b.detach().clone() for n, b in model.named_buffers()})
-        self._data = self._normalize_data(data)
+        self._data = normalize_data(data)
         self.check_determinism = check_determinism
         if check_determinism:
-            self._check_model_modes()
+            check_model_modes(model)
         self._scan(check_determinism)
         validation.check_objective(self)
         if check_determinism:
-            self._check_forward_determinism()
+            check_forward_determinism(self)
 
     # ------------------------------------------------------------------ data
-    @staticmethod
-    def _normalize_data(data: Any) -> Any:
-        if is_tensor_batch(data):
-            return [data]
-        if isinstance(data, Tensor):
-            raise DataError("data is a single tensor; pass (inputs, targets) or a DataLoader")
-        if not isinstance(data, Iterable):
-            raise DataError(
-                f"data must be a DataLoader, a list of batches or a batch (x, y); got "
-                f"{type(data).__name__}"
-            )
-        if iter(data) is data:
-            raise DataError(
-                "data is a single-use iterator (e.g. a generator); hesslab passes over the "
-                "data many times: pass a DataLoader or a list of batches"
-            )
-        return data
-
     def _prepare(self, batch: Any) -> Any:
         dtype = self.space.dtype
 
@@ -257,44 +228,20 @@ class Objective:
         return int(ts[0].shape[0])
 
     def _scan(self, check: bool) -> None:
-        """Batch sizes, item counts and the data half of the determinism check.
+        """Batch sizes, item counts, batch weights and the data half of the determinism check.
 
-        Reads the data at most once: not at all for per-point losses over a ``DataLoader``
-        with a sequential sampler and the default collate function (sizes from the
-        sampler), once otherwise (sizes, and the targets of item-level losses). The check
-        compares the first :data:`_CHECKED_BATCHES` batches of two passes (all of them for
-        a list of batches they are the same objects): a shuffling sampler, random
-        augmentation or a stateful sampler shows there; a later batch that changes is
-        caught by the size checks of every pass only.
+        See :func:`hesslab.objective_checks.scan_sizes` (which reads the data at most once)
+        and :func:`~hesslab.objective_checks.batch_weights`.
         """
-        if check:
-            _refuse_shuffling(self._data)
-        sizes = None if self.loss.per_item else loader_sizes(self._data)
-        counts: list[float] = []
-        if sizes is None:
-            sizes = []
-            for batch in self._data:
-                validation.check_batch_finite(batch_tensors(batch), len(sizes))
-                sizes.append(self._batch_size(batch))
-                if self.loss.per_item and self.loss.kind != "custom":
-                    counts.append(ce_count(self.loss, self._split(batch)[1]))
-        if not sizes or sum(sizes) == 0:
-            raise DataError("the data yields no data points")
-        if check and not isinstance(self._data, list):
-            first = [fingerprint(b) for b in itertools.islice(self._data, _CHECKED_BATCHES)]
-            second = [fingerprint(b) for b in itertools.islice(self._data, _CHECKED_BATCHES)]
-            if second != first:
-                raise NonDeterminismError(
-                    "the data changed between two passes (a shuffled DataLoader, random "
-                    "augmentation or a sampler with state). Curvature operators need the same "
-                    "data on every pass: use DataLoader(..., shuffle=False) without random "
-                    "transforms, or pass check_determinism=False if this is intended"
-                )
+        sizes, counts = scan_sizes(self._data, self.loss, self._batch_size, self._targets, check)
         self._sizes = tuple(sizes)
         self.num_data = int(sum(sizes))
         if self.loss.kind == "custom":
             counts = self._custom_counts()
-        self._set_weights(counts)
+        self.num_items, self._weights, self._items = batch_weights(self.loss, self._sizes, counts)
+
+    def _targets(self, batch: Any) -> Any:
+        return self._split(batch)[1]
 
     def _custom_counts(self) -> list[float]:
         """Item counts of a custom loss that returns a :class:`LossValue` (else ``[]``)."""
@@ -312,28 +259,6 @@ class Objective:
         with torch.no_grad():
             counts += [float(self._call_custom(self.theta, self._prepare(b)).count) for b in it]
         return counts
-
-    def _set_weights(self, counts: list[float]) -> None:
-        """Batch weights ``w_b`` with ``L = sum_b w_b * batch_loss_b`` (module docstring)."""
-        N = self.num_data
-        if self.loss.per_item and self.loss.reduction == "mean":
-            total = float(sum(counts))
-            if total <= 0:
-                raise DataError(
-                    "the data holds no loss items: every target is ignored "
-                    f"(ignore_index={self.loss.ignore_index}) or has class weight 0"
-                )
-            self.num_items = total
-            self._weights = tuple(1.0 / total for _ in counts)
-            self._items = tuple(counts)
-        elif self.loss.per_item or self.loss.reduction == "sum":
-            self.num_items = float(N)
-            self._weights = tuple(1.0 / N for _ in self._sizes)
-            self._items = tuple(float(n) for n in self._sizes)
-        else:
-            self.num_items = float(N)
-            self._weights = tuple(n / N for n in self._sizes)
-            self._items = tuple(float(n) for n in self._sizes)
 
     def batches(self) -> Iterator[tuple[Any, float]]:
         """Yield ``(batch, weight)`` so that ``L = sum_b weight_b * loss_b``.
@@ -382,36 +307,6 @@ class Objective:
     def batch_sizes(self) -> tuple[int, ...]:
         """Number of data points of each batch."""
         return self._sizes
-
-    # --------------------------------------------------------------- checks
-    def _check_model_modes(self) -> None:
-        for name, m in self.model.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-                raise NonDeterminismError(
-                    f"BatchNorm layer {name!r} is in train mode: its output depends on the "
-                    "batch and it updates running statistics. Call model.eval() before "
-                    "building the objective (or pass check_determinism=False to use batch "
-                    "statistics anyway)"
-                )
-            if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
-                raise NonDeterminismError(
-                    f"dropout layer {name!r} is active (train mode, p={m.p}): the loss is "
-                    "random. Call model.eval() before building the objective (or pass "
-                    "check_determinism=False)"
-                )
-
-    def _check_forward_determinism(self) -> None:
-        batch, _ = next(self.batches())
-        with torch.no_grad():
-            a = self.batch_loss(self.theta, batch)
-            b = self.batch_loss(self.theta, batch)
-        if not torch.equal(a, b):
-            raise NonDeterminismError(
-                f"two evaluations of the loss on the same batch at the same parameters differ "
-                f"({float(a)!r} vs {float(b)!r}): the model is random (functional dropout, "
-                "noise layers). Make the forward pass deterministic, or pass "
-                "check_determinism=False"
-            )
 
     # ------------------------------------------------------------ evaluation
     def _input_key(self, batch: Mapping) -> str:
