@@ -735,9 +735,9 @@ def _secs(s: float | None) -> str:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from hesslab.analysis import StageStore
     from hesslab.experiments import get_experiment
     from hesslab.report.progress import progress_bar
+    from hesslab.stages import StageStore
 
     spec = get_experiment(args.name)
     overrides = list(args.set or [])

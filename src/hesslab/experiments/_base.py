@@ -14,8 +14,8 @@ A paper module holds its config, its parts and its claims, and ends with::
 
 :meth:`Experiment.run` is the runner: it turns a config dict (as in ``config.json``) or
 dataclass into the config, checks it, sets up the progress count, runs the parts in order
-through :class:`~hesslab.experiments._stages.Parts` (so that with a
-:class:`~hesslab.analysis.StageStore` every finished part is saved and, on resume, loaded
+through :class:`~hesslab.stages.Parts` (so that with a
+:class:`~hesslab.stages.StageStore` every finished part is saved and, on resume, loaded
 instead of re-run), times them, calls the summary and flushes the run folder. It never
 finalizes the run folder (the caller does).
 
@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 from hesslab.errors import ConfigurationError
 from hesslab.experiments import _claims
-from hesslab.experiments._stages import Parts
 from hesslab.report.progress import StepProgress
+from hesslab.stages import Parts
 
 if TYPE_CHECKING:
-    from hesslab.analysis import StageStore
     from hesslab.report.run import RunDir
+    from hesslab.stages import StageStore
 
 __all__ = ["Context", "Experiment", "Part", "Progress", "parse_value"]
 
@@ -51,8 +51,11 @@ Progress = Callable[[str, float], None]
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value: JSON (``[1, 2]``, ``0.5``, ``true``, ``null``), a Python
-    literal (``(16, 16)``, ``None``), or else the string itself."""
+    """A command-line value (``--set``, ``--model-option``) parsed.
+
+    JSON (``[1, 2]``, ``0.5``, ``true``, ``null``), a Python literal (``(16, 16)``,
+    ``None``), or else the string itself.
+    """
     try:
         return json.loads(text)
     except (TypeError, ValueError):
@@ -218,7 +221,6 @@ class Experiment:
             parts replace the records).
         check: ``check(cfg)`` raises :class:`~hesslab.errors.ConfigurationError` on a
             config that cannot run, before anything is written.
-        default_smoke: a ``config=None`` run uses the smoke size (else the full size).
     """
 
     name: str
@@ -234,7 +236,6 @@ class Experiment:
     steps: Callable[[Any], float] | None = None
     setup: Callable[[Context], None] | None = None
     check: Callable[[Any], None] | None = None
-    default_smoke: bool = True
 
     def config_object(
         self,
@@ -285,11 +286,13 @@ class Experiment:
     def resolve(self, config: Mapping[str, Any] | Any | None) -> Any:
         """The config dataclass from a dict (as in ``config.json``), an instance or ``None``.
 
+        ``None`` gives the smoke size.
+
         Raises:
             ConfigurationError: unknown settings, or neither a dict nor the config type.
         """
         if config is None:
-            return self.config_type.smoke() if self.default_smoke else self.config_type.full()
+            return self.config_type.smoke()
         if isinstance(config, Mapping):
             known = {f.name for f in dataclasses.fields(self.config_type)}
             unknown = set(config) - known
@@ -321,11 +324,11 @@ class Experiment:
         Args:
             run_dir: the run folder, normally created with ``config`` as its config.
             config: a dict from :meth:`config`, the dataclass itself, or ``None`` (the
-                smoke size, or the full size where ``default_smoke`` is false).
+                smoke size).
             progress: optional ``progress(description, fraction_done)``.
             stages: where finished parts are saved and, on a second call with the same
                 store, loaded from instead of re-run (``hesslab reproduce --resume``; see
-                :mod:`hesslab.experiments._stages`); ``None``: nothing is saved.
+                :mod:`hesslab.stages`); ``None``: nothing is saved.
 
         Returns:
             The experiment's result dict (headline numbers, e.g. outlier counts).

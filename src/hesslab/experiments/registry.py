@@ -13,7 +13,7 @@ An experiment module provides a frozen config dataclass with ``smoke()`` and ``f
 class methods (every knob a field), its parts and its claims, and one
 :class:`~hesslab.experiments._base.Experiment` (``SPEC``) that ties them together; the
 runner (:meth:`Experiment.run`, ``run(..., stages=store)`` makes the parts resumable, see
-:mod:`hesslab.experiments._stages`) accepts the config as a dict (as stored in
+:mod:`hesslab.stages`) accepts the config as a dict (as stored in
 ``config.json``) or as the dataclass itself and never finalizes the run folder.
 
 Importing this module imports no paper module: each is imported when its entry is first

@@ -258,8 +258,10 @@ def _mean_offdiag(m: np.ndarray) -> float:
 
 
 def _measure(net: nn.Module, loss: Any, data: Any, cfg: Zhang2024Config, key: tuple) -> dict:
-    """Blockwise SLQ densities of ``net``'s Hessian and their pairwise JS distances
-    (``seconds``: the densities' own wall time)."""
+    """Blockwise SLQ densities of ``net``'s Hessian and their pairwise JS distances.
+
+    ``seconds`` is the densities' own wall time.
+    """
     model = copy.deepcopy(net).to(_dtype(cfg)).eval()
     blocks = hessian(model, loss, data).blocks()
     s = Settings(num_steps=cfg.num_steps, num_probes=cfg.num_probes)
