@@ -234,3 +234,27 @@ def test_inplace_trains_the_callers_model_without_grad():
     res = fit(model, data, lr=0.1, batch_size=8, steps=3, inplace=True, label_noise=None)
     assert res.model is model and not torch.equal(_flat(model), before)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_lbfgs_gets_a_closure_and_equals_the_hand_loop():
+    """One fit update of L-BFGS is one ``step(closure)`` on the full batch (sagun2017)."""
+    data = _classes()
+    ref = mlp(5, (6,), 4, activation="tanh", seed=6, dtype=F64)
+    net = copy.deepcopy(ref)
+    kw = dict(lr=1.0, max_iter=7, history_size=5, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(net.parameters(), **kw)
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        value = F.cross_entropy(net(data.x), data.y)
+        value.backward()
+        return value
+
+    first = [float(opt.step(closure).detach()) for _ in range(2)]
+    res = fit(
+        ref, data, optimizer=lambda params: torch.optim.LBFGS(params, **kw), batch_size=None,
+        steps=2,
+    )  # fmt: skip
+    assert torch.equal(_flat(res.model), _flat(net))
+    assert [h["loss"] for h in res.history] == first
+    assert res.final_train_loss < first[0]

@@ -60,7 +60,8 @@ def test_a_near_miss_refusal_is_uncertain():
     plausible range reaches the count that gap would give; a flat spectrum stays 0-0."""
     v = torch.tensor([1.0, 0.95, 0.9, 0.85, 0.8, 0.8 / 1.85, 0.4, 0.38, 0.36, 0.35])
     r = count_outliers(v)
-    assert (r.count, r.low, r.high) == (0, 0, 5) and r.text == "0 (plausible 0-5)"
+    assert (r.count, r.low, r.high) == (0, 0, 5)
+    assert r.text == "0 (plausible 0-5) (no eigengap ≥ 2; widest 1.85)"
     assert r.info["widest_ratio"] == pytest.approx(1.85)
     assert count_outliers(v, margin=1.0).high == 0
     flat = count_outliers(torch.ones(10) + 0.01 * torch.arange(10.0))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +64,6 @@ __all__ = [
     "analyze",
 ]
 
-T = TypeVar("T")
 
 PARTS = ("eig", "trace", "density", "layers", "ggn", "classes")
 #: What :class:`AnalysisConfig` runs by default (``"classes"`` only on request).
@@ -210,8 +209,11 @@ class _Job:
     def stage(
         self, stage: str, name: str, op: LinearOperator, seed: int | None, s: Settings
     ) -> Any:
-        """Quantity ``name`` of ``op`` as the resumable stage ``stage``; ``seed`` is the
-        offset from ``config.seed`` of its generator (``None``: deterministic)."""
+        """Quantity ``name`` of ``op`` as the resumable stage ``stage``.
+
+        ``seed`` is the offset from ``config.seed`` of its generator (``None``:
+        deterministic); the result's ``seconds`` count towards the current part.
+        """
 
         def compute(ckpt: Checkpoint | None) -> Any:
             gen = None if seed is None else _gen(self.cfg.seed + seed, op.device)
@@ -311,8 +313,11 @@ def _record_classes(
 
 
 def _outlier_count(job: _Job, top: Any, exact: Any) -> tuple[OutlierCount, str]:
-    """The outlier count of :func:`hesslab.count_outliers`: from the exact spectrum when it
-    was computed, else from the Lanczos top-k with their residual norms as error bounds."""
+    """The outlier count of :func:`hesslab.count_outliers` and where it comes from.
+
+    From the exact spectrum when it was computed, else from the Lanczos top-k with their
+    residual norms as error bounds.
+    """
     given = {"top_k": top} if exact is None else {"spectrum": exact}
     oc = measure("outliers", job.H, job.settings(given=given))
     if exact is not None:

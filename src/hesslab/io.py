@@ -281,12 +281,28 @@ def to_jsonable(obj: Any, *, strict: bool = False) -> Any:
     """
     if obj is None or isinstance(obj, (bool, str)):
         return obj
+    if isinstance(obj, (int, float, complex)):
+        return _number_jsonable(obj)
+    for convert in (_array_jsonable, _container_jsonable):
+        out = convert(obj, strict)
+        if out is not _UNHANDLED:
+            return out
+    return _other_jsonable(obj, strict)
+
+
+_UNHANDLED = object()  # what a converter below returns for a type it does not handle
+
+
+def _number_jsonable(obj: int | float | complex) -> Any:
     if isinstance(obj, int):
         return int(obj)
     if isinstance(obj, float):
         return _float(obj)
-    if isinstance(obj, complex):
-        return _complex(obj)
+    return _complex(obj)
+
+
+def _array_jsonable(obj: Any, strict: bool) -> Any:
+    """NumPy scalars, tensors and arrays."""
     if isinstance(obj, np.generic):
         return to_jsonable(obj.item(), strict=strict)
     if isinstance(obj, torch.Tensor):
@@ -300,6 +316,11 @@ def to_jsonable(obj: Any, *, strict: bool = False) -> Any:
         if obj.dtype == object:
             return [to_jsonable(x, strict=strict) for x in obj.tolist()]
         return to_jsonable(obj.tolist(), strict=strict)
+    return _UNHANDLED
+
+
+def _container_jsonable(obj: Any, strict: bool) -> Any:
+    """Dataclass instances, mappings, sequences and sets."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {
             f.name: to_jsonable(getattr(obj, f.name), strict=strict)
@@ -314,6 +335,11 @@ def to_jsonable(obj: Any, *, strict: bool = False) -> Any:
         with contextlib.suppress(TypeError):
             items.sort()
         return items
+    return _UNHANDLED
+
+
+def _other_jsonable(obj: Any, strict: bool) -> Any:
+    """Enums, paths, dtypes, devices, dates; anything else its ``repr`` (or an error)."""
     if isinstance(obj, enum.Enum):
         return to_jsonable(obj.value, strict=strict)
     if isinstance(obj, (os.PathLike, torch.dtype, torch.device)):

@@ -205,9 +205,11 @@ def _logdet(op: LinearOperator, s: Settings, g: torch.Generator | None) -> Logde
 
 
 def _outliers(op: LinearOperator, s: Settings, g: torch.Generator | None) -> OutlierCount:
-    """:func:`hesslab.count_outliers` of ``given["spectrum"]`` (exact), else of the
-    Lanczos top-``k`` (``given["top_k"]`` or measured) with their residual norms as
-    error bounds."""
+    """The eigenvalues above the bulk edge (:func:`hesslab.count_outliers`).
+
+    From ``given["spectrum"]`` (exact), else from the Lanczos top-``k`` (``given["top_k"]``
+    or measured) with their residual norms as error bounds.
+    """
     if "spectrum" in s.given:
         return count_outliers(s.given["spectrum"].values)
     top = s.given.get("top_k") or _top_k(op, s, g)

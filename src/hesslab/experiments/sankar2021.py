@@ -85,11 +85,12 @@ from hesslab.data import balanced_subset, digits
 from hesslab.errors import ConfigurationError
 from hesslab.experiments._base import Context, Experiment, Part
 from hesslab.experiments._claims import add_claim, decide, record
-from hesslab.linalg import eigenpairs, spectral_density, trace
 from hesslab.linalg.density import SpectralDensity
+from hesslab.linalg.results import TraceEstimate
 from hesslab.measures import sankar_density_distance, spectrum_w1
 from hesslab.models import lenet, mlp, vit
 from hesslab.operators import hessian
+from hesslab.quantities import Settings, measure
 from hesslab.report import plots
 from hesslab.report.run import RunDir
 from hesslab.train import fit
@@ -363,14 +364,10 @@ def _sigma(d: SpectralDensity, cfg: Sankar2021Config) -> float:
     return cfg.sigma_rel * d.width()
 
 
-def _trace(op: Any, cfg: Sankar2021Config, g: torch.Generator) -> tuple[float, float]:
-    P = op.shape[0]
-    if P <= cfg.trace_matvecs:
-        est = trace(op, method="exact")
-    else:
-        est = trace(op, cfg.trace_matvecs, generator=g)
-    se = est.stderr
-    return float(est.value), float(se) if se is not None and math.isfinite(se) else 0.0
+def _trace(op: Any, cfg: Sankar2021Config, g: torch.Generator) -> TraceEstimate:
+    """``tr op``: exact (``P`` unit vectors) when ``P <= trace_matvecs``, else Krylov."""
+    method = "exact" if op.shape[0] <= cfg.trace_matvecs else "krylov"
+    return measure("trace", op, Settings(num_matvecs=cfg.trace_matvecs, trace_method=method), g)
 
 
 def _normalized_curve(d: SpectralDensity, cfg: Sankar2021Config) -> tuple[np.ndarray, np.ndarray]:
@@ -384,20 +381,29 @@ def _normalized_curve(d: SpectralDensity, cfg: Sankar2021Config) -> tuple[np.nda
 def _measure(
     net: nn.Module, data: tuple[torch.Tensor, torch.Tensor], cfg: Sankar2021Config, key: int
 ) -> dict[str, Any]:
-    """Full and layerwise SLQ densities, λ_max, traces and distances at ``net``'s weights."""
+    """Full and layerwise SLQ densities, λ_max, traces and distances at ``net``'s weights.
+
+    ``seconds`` is the densities' and traces' own wall time.
+    """
     model = copy.deepcopy(net).to(_dtype(cfg)).eval()
     H = hessian(model, "ce", data)
     blocks = H.blocks(weights_only=True)
     ops: dict[str, Any] = {"full": H, **blocks}
     dens: dict[str, SpectralDensity] = {}
     out: dict[str, Any] = {"lmax": {}, "lmax_residual": {}, "trace": {}, "trace_se": {}}
+    s = Settings(num_steps=cfg.num_steps, num_probes=cfg.num_probes)
+    seconds = 0.0
     for j, (name, op) in enumerate(ops.items()):
-        d = spectral_density(op, cfg.num_steps, cfg.num_probes, generator=_gen(key, j, 1))
+        d = measure("density", op, s, _gen(key, j, 1))
         dens[name] = d
         top = int(torch.argmax(d.nodes.flatten()))
         out["lmax"][name] = float(d.nodes.flatten()[top])
         out["lmax_residual"][name] = float(d.ritz_residuals.flatten()[top])
-        out["trace"][name], out["trace_se"][name] = _trace(op, cfg, _gen(key, j, 2))
+        tr = _trace(op, cfg, _gen(key, j, 2))
+        se = tr.stderr
+        out["trace"][name] = float(tr.value)
+        out["trace_se"][name] = float(se) if se is not None and math.isfinite(se) else 0.0
+        seconds += d.seconds + tr.seconds
     full = dens["full"]
     out["distances"] = {
         "w1": {
@@ -420,6 +426,7 @@ def _measure(
     out["operator"] = H
     out["layer_sizes"] = {n: int(op.shape[0]) for n, op in blocks.items()}
     out["P"] = int(H.shape[0])
+    out["seconds"] = seconds
     return out
 
 
@@ -471,14 +478,13 @@ def _run_model(
         if step % spe != 0:
             return
         epoch = step // spe
-        t = time.perf_counter()
         m = _measure(net, sub, cfg, key=cfg.seed * 100_003 + 7919 * mi + epoch)
-        seconds["measure"] += time.perf_counter() - t
+        seconds["measure"] += m.pop("seconds")
         m["epoch"] = epoch
         if epoch == cfg.epochs:
-            ev = eigenpairs(
-                m["operator"], 1, tol=1e-8, generator=_gen(cfg.seed, mi, 3), return_vectors=False
-            )
+            s = Settings(tol=1e-8, return_vectors=False)
+            ev = measure("lambda_max", m["operator"], s, _gen(cfg.seed, mi, 3))
+            seconds["measure"] += ev.seconds
             m["lmax_lanczos"] = float(ev.values[0])
         m.pop("operator")
         if epoch not in (0, cfg.epochs):

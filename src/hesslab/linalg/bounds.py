@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -140,43 +141,12 @@ def wolkowicz_styan(
     t0 = time.perf_counter()
     if not (isinstance(z, (int, float)) and z >= 0):
         raise ConfigurationError(f"z must be a non-negative number, got {z!r}")
-    num_matvecs_used = 0
     if isinstance(op_or_traces, tuple):
-        if len(op_or_traces) != 3:
-            raise ConfigurationError(
-                f"pass the traces as a tuple (trace, trace_sq, P), got {len(op_or_traces)} elements"
-            )
-        t_in, q_in, P = op_or_traces
-        if isinstance(P, bool) or not isinstance(P, int) or P < 1:
-            raise ConfigurationError(f"P (the dimension) must be a positive integer, got {P!r}")
-        tr, se = _as_value(t_in, "trace")
-        tr_sq, se_sq = _as_value(q_in, "trace_sq")
-        for est in (t_in, q_in):
-            if isinstance(est, TraceEstimate):
-                num_matvecs_used += est.num_matvecs
+        tr, se, tr_sq, se_sq, P, num_matvecs_used = _given_traces(op_or_traces)
     else:
-        op = as_operator(op_or_traces)
-        require_symmetric(op, "wolkowicz_styan")
-        P = op.shape[0]
-        if exact is None:
-            exact = P <= EXACT_MAX_SIZE
-        if exact:
-            engine = Engine(op, distribution="rademacher", generator=None, block_size=None)
-            tr = tr_sq = 0.0
-            for start in range(0, P, 256):
-                E = engine.unit_block(start, min(P, start + 256))
-                AE = engine.apply(E)
-                tr += float((E * AE).sum())
-                tr_sq += float((AE * AE).sum())
-            se = se_sq = 0.0
-            num_matvecs_used = engine.num_matvecs
-        else:
-            if method not in ("krylov", "hutchinson"):
-                raise ConfigurationError(f"method must be 'krylov' or 'hutchinson', got {method!r}")
-            t_est = trace(op, num_matvecs, method=method, generator=generator)
-            q_est = frobenius_sq(op, num_matvecs, method=method, generator=generator)
-            tr, se, tr_sq, se_sq = t_est.value, t_est.stderr, q_est.value, q_est.stderr
-            num_matvecs_used = t_est.num_matvecs + q_est.num_matvecs
+        tr, se, tr_sq, se_sq, P, num_matvecs_used = _operator_traces(
+            op_or_traces, num_matvecs, generator, exact, method
+        )
 
     notes: list[str] = []
     var = tr_sq / P - (tr / P) ** 2
@@ -190,8 +160,7 @@ def wolkowicz_styan(
         if math.isfinite(se) and math.isfinite(se_sq):
             intervals = list(_bound_ranges(tr, tr_sq, P, se, se_sq, float(z)))
         else:
-            inf = (-math.inf, math.inf)
-            intervals = [inf] * 4
+            intervals = [(-math.inf, math.inf)] * 4
     return BoundsResult(
         lambda_max_lower=lmax_lo,
         lambda_max_upper=lmax_hi,
@@ -212,3 +181,48 @@ def wolkowicz_styan(
         seconds=time.perf_counter() - t0,
         notes=tuple(notes),
     )
+
+
+def _given_traces(traces: tuple) -> tuple[float, float, float, float, int, int]:
+    """``(tr, se, tr_sq, se_sq, P, products)`` from a ``(trace, trace_sq, P)`` tuple."""
+    if len(traces) != 3:
+        raise ConfigurationError(
+            f"pass the traces as a tuple (trace, trace_sq, P), got {len(traces)} elements"
+        )
+    t_in, q_in, P = traces
+    if isinstance(P, bool) or not isinstance(P, int) or P < 1:
+        raise ConfigurationError(f"P (the dimension) must be a positive integer, got {P!r}")
+    tr, se = _as_value(t_in, "trace")
+    tr_sq, se_sq = _as_value(q_in, "trace_sq")
+    used = sum(est.num_matvecs for est in (t_in, q_in) if isinstance(est, TraceEstimate))
+    return tr, se, tr_sq, se_sq, P, used
+
+
+def _operator_traces(
+    op: Any, num_matvecs: int, generator: torch.Generator | None, exact: bool | None, method: str
+) -> tuple[float, float, float, float, int, int]:
+    """``(tr, se, tr_sq, se_sq, P, products)`` of an operator.
+
+    Exact with ``P`` unit vectors (default for ``P <= 512``), else two estimates of
+    ``num_matvecs`` products each.
+    """
+    op = as_operator(op)
+    require_symmetric(op, "wolkowicz_styan")
+    P = op.shape[0]
+    if exact is None:
+        exact = P <= EXACT_MAX_SIZE
+    if exact:
+        engine = Engine(op, distribution="rademacher", generator=None, block_size=None)
+        tr = tr_sq = 0.0
+        for start in range(0, P, 256):
+            E = engine.unit_block(start, min(P, start + 256))
+            AE = engine.apply(E)
+            tr += float((E * AE).sum())
+            tr_sq += float((AE * AE).sum())
+        return tr, 0.0, tr_sq, 0.0, P, engine.num_matvecs
+    if method not in ("krylov", "hutchinson"):
+        raise ConfigurationError(f"method must be 'krylov' or 'hutchinson', got {method!r}")
+    t_est = trace(op, num_matvecs, method=method, generator=generator)
+    q_est = frobenius_sq(op, num_matvecs, method=method, generator=generator)
+    used = t_est.num_matvecs + q_est.num_matvecs
+    return t_est.value, t_est.stderr, q_est.value, q_est.stderr, P, used

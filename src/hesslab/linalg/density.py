@@ -270,7 +270,7 @@ def spectral_density(
         converged_tol: relative Ritz residual below which a node counts as an exact
             eigenvalue (see above); ``None`` disables.
         basis_device: where Lanczos bases live (default ``op.device``); SLQ keeps
-            ``K x P x m`` float64 numbers. ``"disk"``: a memory-mapped file, moved to the
+            ``K x P x m`` numbers of ``op.dtype``. ``"disk"``: a memory-mapped file, moved to the
             device ``basis_chunk`` vectors at a time (see
             :func:`~hesslab.linalg.lanczos.eigenpairs`).
         basis_dir: folder of the ``"disk"`` basis file (default: the temp folder).
@@ -314,15 +314,10 @@ def spectral_density(
     m = int(min(num_steps, P - deflate))
     K = int(num_probes)
     key = {
-        "P": P,
-        "dtype": str(op.dtype),
-        "num_steps": m,
-        "num_probes": K,
-        "deflate": int(deflate),
-        "deflate_tol": float(deflate_tol),
-        "distribution": distribution,
-        "generator": entry_state,
-    }
+        "P": P, "dtype": str(op.dtype), "num_steps": m, "num_probes": K,
+        "deflate": int(deflate), "deflate_tol": float(deflate_tol),
+        "distribution": distribution, "generator": entry_state,
+    }  # fmt: skip
     checkpoint = as_checkpoint(checkpoint)
     state = None if checkpoint is None else checkpoint.load_state(key, "spectral_density")
     prior_seconds = 0.0 if state is None else float(state["seconds"])
@@ -350,9 +345,24 @@ def spectral_density(
 
         rule = _probe_by_probe(op, V0, m, defl["U"], store, callback, state["probes"], save)
         checkpoint.remove()
+    seconds = prior_seconds + time.perf_counter() - t0
+    return _result(rule, defl, converged_tol, P, int(deflate), m, distribution, seconds)
+
+
+def _result(
+    rule: Any,
+    defl: dict[str, Any],
+    converged_tol: float | None,
+    P: int,
+    deflate: int,
+    m: int,
+    distribution: str,
+    seconds: float,
+) -> SpectralDensity:
+    """The :class:`SpectralDensity` of the quadrature ``rule`` and the deflation ``defl``."""
     nodes, weights, ritz_res, steps, nmv = rule
     outliers = defl["outliers"]
-    locked = _locked(rule, outliers, converged_tol, P, int(deflate), m)
+    locked = _locked(rule, outliers, converged_tol, P, deflate, m)
     info: dict[str, Any] = {"num_locked": locked.sum(dim=1)}
     if defl["U"] is not None:
         info["deflation_converged"] = defl["converged"]
@@ -362,7 +372,7 @@ def spectral_density(
         weights=weights,
         dimension=P,
         num_matvecs=nmv + int(defl["num_matvecs"]),
-        seconds=prior_seconds + time.perf_counter() - t0,
+        seconds=seconds,
         num_steps=m,
         steps=steps,
         outliers=outliers,

@@ -87,7 +87,10 @@ def eigenpairs(
     """``k`` eigenpairs of a symmetric operator by thick-restart (block) Lanczos.
 
     Finds ``A x_i = lambda_i x_i`` for the ``k`` eigenvalues at the ``which`` end of the
-    spectrum, with full reorthogonalization and thick restarts (Wu & Simon, 2000);
+    spectrum, with thick restarts (Wu & Simon, 2000) and, for ``block_size=1``, partial
+    reorthogonalization (Simon, 1984: a full Gram–Schmidt against the basis only when the
+    omega-recurrence estimates of ``|v_i^T v_j|`` exceed ``min(sqrt(eps), tol)``; blocks
+    are always reorthogonalized fully);
     ``block_size > 1`` runs block Lanczos (Golub & Underwood, 1977) on ``b`` vectors per
     product, which also finds eigenvalues of multiplicity up to ``b``.
 
@@ -96,9 +99,10 @@ def eigenpairs(
     seen so far (a lower bound on ``||A||_2`` that is accurate after a few steps).
 
     Reported residuals: by default the Ritz residuals from the Lanczos relation,
-    ``||R y_i[last block]||`` (no extra products). With full reorthogonalization they
-    equal the true residuals ``||A x_i - theta_i x_i||`` of the computed products up to
-    ``O(eps ||A||)``, ``eps`` that of ``op.dtype`` (the basis is kept in the operator's
+    ``||R y_i[last block]||`` (no extra products). With the basis kept orthogonal to
+    ``min(sqrt(eps), tol)`` they equal the true residuals ``||A x_i - theta_i x_i||`` of
+    the computed products up to about ``tol ||A||`` (full reorthogonalization:
+    ``O(eps ||A||)``), ``eps`` that of ``op.dtype`` (the basis is kept in the operator's
     dtype; the projected matrix and all coefficients are float64); the products themselves
     carry the operator's rounding error (``~eps(op.dtype) ||A||``), which the relation
     cannot see. Measured cost of the float32 basis against a float64 one (same float32
@@ -151,7 +155,8 @@ def eigenpairs(
             process is killed; elsewhere it is removed when the solver returns or raises.
         basis_chunk: basis vectors per transfer with ``basis_device="disk"`` (default:
             as many as fit in 256 MiB, at least 1).
-        return_vectors: also return the eigenvectors (in ``op.dtype`` on ``op.device``).
+        return_vectors: also return the eigenvectors (in ``op.dtype`` on ``op.device``;
+            orthonormal to about ``min(sqrt(eps), tol)``, ``eps`` that of ``op.dtype``).
         true_residuals: report true residual norms (``k`` extra matvecs), see above.
         callback: called after every product with a dict: ``num_matvecs``,
             ``num_restarts``, ``basis_size``, ``ritz_values``, ``residual_norms``,

@@ -73,17 +73,7 @@ def power_iteration(
     op = as_operator(op)
     require_symmetric(op, "power_iteration")
     P = op.shape[0]
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= P:
-        raise ConfigurationError(f"k must be an integer in [1, P={P}], got {k!r}")
-    k = int(k)
-    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
-        raise ConfigurationError(f"tol must be a finite number >= 0, got {tol!r}")
-    if max_matvecs is None:
-        max_matvecs = 1000 * k
-    if max_matvecs < k:
-        raise ConfigurationError(
-            f"max_matvecs={max_matvecs} is below one product per pair (k={k}); increase it"
-        )
+    k, max_matvecs = _check(P, k, tol, max_matvecs)
     generator = resolve_generator(generator)
     f64 = torch.float64
     dev = op.device
@@ -92,35 +82,19 @@ def power_iteration(
     U = torch.zeros(P, 0, dtype=f64, device=dev)
     lams: list[float] = []
     residuals: list[float] = []
-    normest = 0.0
-    num_matvecs = 0
+    state = {"normest": 0.0, "num_matvecs": 0}
     for i in range(k):
-        budget = (max_matvecs - num_matvecs) // (k - i)
+        budget = (max_matvecs - state["num_matvecs"]) // (k - i)
         if X0 is not None and i < X0.shape[1] and float(X0[:, i].norm()) > 0:
             v = X0[:, i].clone()
         else:
             v = draw_probes(P, 1, distribution="gaussian", generator=generator, device=dev)[:, 0]
-        v = v - U @ (U.T @ v)
-        v = v / torch.linalg.vector_norm(v)
-        lam_d = torch.tensor(lams, dtype=f64, device=dev)
-        theta, res = 0.0, math.inf
-        for step in range(budget):
-            Av = op.matvec(v.to(op.dtype)).detach().to(f64)
-            num_matvecs += 1
-            c = U.T @ v
-            w = Av - U @ (lam_d * c)
-            theta = float(v @ w)
-            normest = max(normest, abs(theta))
-            res = float(torch.linalg.vector_norm(Av - theta * v))
-            if res <= tol * normest * (0.1 if i < k - 1 else 1.0) or step == budget - 1:
-                break
-            nw = torch.linalg.vector_norm(w)
-            if float(nw) == 0.0:  # v lies in the null space of the deflated operator
-                break
-            v = w / nw
+        pair_tol = tol * (0.1 if i < k - 1 else 1.0)
+        v, theta, res = _one_pair(op, v, U, lams, budget, pair_tol, state)
         U = torch.cat([U, v[:, None]], dim=1)
         lams.append(theta)
         residuals.append(res)
+    normest, num_matvecs = state["normest"], state["num_matvecs"]
 
     values = torch.tensor(lams, dtype=f64)
     res_t = torch.tensor(residuals, dtype=f64)
@@ -138,3 +112,55 @@ def power_iteration(
         norm_estimate=normest,
         info={"residual_kind": "true"},
     )
+
+
+def _check(P: int, k: Any, tol: Any, max_matvecs: int | None) -> tuple[int, int]:
+    """Validated ``(k, max_matvecs)`` (see :func:`power_iteration`)."""
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= P:
+        raise ConfigurationError(f"k must be an integer in [1, P={P}], got {k!r}")
+    k = int(k)
+    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        raise ConfigurationError(f"tol must be a finite number >= 0, got {tol!r}")
+    if max_matvecs is None:
+        max_matvecs = 1000 * k
+    if max_matvecs < k:
+        raise ConfigurationError(
+            f"max_matvecs={max_matvecs} is below one product per pair (k={k}); increase it"
+        )
+    return k, int(max_matvecs)
+
+
+def _one_pair(
+    op: Any,
+    v: Tensor,
+    U: Tensor,
+    lams: list[float],
+    budget: int,
+    tol: float,
+    state: dict[str, Any],
+) -> tuple[Tensor, float, float]:
+    """Power iteration for the next pair on ``A - U diag(lams) U^T`` from ``v`` (float64).
+
+    Returns ``(v, theta, ||A v - theta v||)`` once that residual is at most
+    ``tol * normest`` or ``budget`` products are spent (``state`` counts products and
+    holds the norm estimate).
+    """
+    f64 = torch.float64
+    v = v - U @ (U.T @ v)
+    v = v / torch.linalg.vector_norm(v)
+    lam_d = torch.tensor(lams, dtype=f64, device=v.device)
+    theta, res = 0.0, math.inf
+    for step in range(budget):
+        Av = op.matvec(v.to(op.dtype)).detach().to(f64)
+        state["num_matvecs"] += 1
+        w = Av - U @ (lam_d * (U.T @ v))
+        theta = float(v @ w)
+        state["normest"] = max(state["normest"], abs(theta))
+        res = float(torch.linalg.vector_norm(Av - theta * v))
+        if res <= tol * state["normest"] or step == budget - 1:
+            break
+        nw = torch.linalg.vector_norm(w)
+        if float(nw) == 0.0:  # v lies in the null space of the deflated operator
+            break
+        v = w / nw
+    return v, theta, res

@@ -144,7 +144,8 @@ def _recurrences(
         idx = [kk for kk in range(K) if active[kk]]
         if not idx:
             break
-        Xa = torch.cat([bases[kk].cols(j, j + 1) for kk in idx], dim=1)
+        cols = [bases[kk].cols(j, j + 1) for kk in idx]
+        Xa = cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)  # one probe: no copy
         Xo = Xa.to(dtype=op.dtype, device=op.device).contiguous()
         Wa = owned(op.matmat(Xo).detach(), Xo).to(dtype=V0.dtype, device=V0.device)
         num_matvecs += len(idx)

@@ -68,7 +68,7 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, as_checkpoint
-from hesslab.linalg.basis import KrylovBasis, orthonormalize
+from hesslab.linalg.basis import KrylovBasis, col_dots, orthonormalize
 from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.probes import (
     Engine,
@@ -128,8 +128,8 @@ class _Pilot:
 
     def samples(self, normalize: bool, d: int) -> Tensor:
         X, AX = self.X, self.AX
-        s = (X * AX).sum(0) if self.kind == "trace" else (AX * AX).sum(0)
-        return s * ((X.shape[0] - d) / (X * X).sum(0)) if normalize else s
+        s = col_dots(X, AX) if self.kind == "trace" else col_dots(AX, AX)
+        return s * ((X.shape[0] - d) / col_dots(X, X)) if normalize else s
 
 
 def _krylov_deflation(

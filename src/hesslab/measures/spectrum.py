@@ -67,10 +67,20 @@ class OutlierCount:
 
     @property
     def text(self) -> str:
-        """``"9"`` or ``"9 (plausible 5-9)"`` when the count is uncertain."""
-        return str(self.count) if self.low == self.high else (
+        """The count in words: ``"9"``, or ``"9 (plausible 5-9)"`` when uncertain.
+
+        A refusal of the gap rule reads ``"0 (no eigengap ≥ 2; widest 1.24)"``: a
+        spectrum that decays without a gap has no outliers *by this rule*.
+        """
+        out = str(self.count) if self.low == self.high else (
             f"{self.count} (plausible {self.low}-{self.high})"
         )  # fmt: skip
+        if self.count == 0 and "widest_ratio" in self.info:
+            out += (
+                f" (no eigengap ≥ {self.info['min_ratio']:g}; widest "
+                f"{self.info['widest_ratio']:.3g})"
+            )
+        return out
 
 
 def _as_values(x: Any) -> Tensor:

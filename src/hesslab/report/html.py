@@ -158,7 +158,7 @@ def _markdown() -> MarkdownIt:
     return md
 
 
-def markdown_to_html(text: str) -> Markup:
+def markdown_to_html(text: str) -> str:
     """Render Markdown (CommonMark) safely: raw HTML escaped, no images, web links only.
 
     Headings ``#``–``####`` are shown two levels down (``<h3>``–``<h6>``), below the
@@ -169,12 +169,12 @@ def markdown_to_html(text: str) -> Markup:
     for token in tokens:
         if token.type in ("heading_open", "heading_close"):
             token.tag = f"h{min(int(token.tag[1:]) + 2, 6)}"
-    return Markup(md.renderer.render(tokens, md.options, {}))
+    return md.renderer.render(tokens, md.options, {})
 
 
-def markdown_inline(text: str) -> Markup:
+def markdown_inline(text: str) -> str:
     """Render one line of Markdown (code, emphasis, links) without a paragraph around it."""
-    return Markup(_markdown().renderInline(str(text)))
+    return _markdown().renderInline(str(text))
 
 
 # --------------------------------------------------------------------------------------
@@ -383,8 +383,8 @@ def _templates() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(
-        md=markdown_to_html,
-        md_inline=markdown_inline,
+        md=lambda text: Markup(markdown_to_html(text)),
+        md_inline=lambda text: Markup(markdown_inline(text)),
         cell=_cell_html,
         value_html=_value_html,
         format_number=format_number,

@@ -129,6 +129,7 @@ class StepProgress:
         self.logger = logger or logging.getLogger(__name__)
 
     def __call__(self, desc: str, amount: float = 1.0) -> None:
+        """Add ``amount`` steps (capped at ``total``), log ``desc`` and report the fraction."""
         self.done = min(self.total, self.done + amount)
         self.logger.info("%s (%g/%g)", desc, self.done, self.total)
         if self.progress is not None:

@@ -24,8 +24,9 @@ Conventions:
   parameters after every update (a projection), ``callbacks`` observe every update.
 
 The run is a short loop over small pieces: :func:`_epoch` draws the batches and calls
-:func:`_update` (one parameter update: :func:`_batch_gradient`, the checks, the optimizer
-step, the projection, the record and the callbacks); :func:`_end_epoch` evaluates.
+:func:`_update` (one parameter update: :func:`_batch`, :func:`_batch_gradient`, the
+checks, :func:`_optimizer_step`, the projection, the record and the callbacks);
+:func:`_end_epoch` evaluates.
 """
 
 from __future__ import annotations
@@ -556,11 +557,16 @@ def _noisy(run: _Run, y: Tensor) -> Tensor:
     return y + noise * z
 
 
-def _batch_gradient(run: _Run, idx: Tensor | None) -> _Pass:
-    """Loss (+ penalty) of one batch with its gradient in ``.grad`` (cleared first)."""
-    s, x, y = run.settings, run.train.x, run.train.y
+def _batch(run: _Run, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The inputs and targets of one update (``None``: all data), label noise drawn."""
+    x, y = run.train.x, run.train.y
     xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-    yb = _noisy(run, yb)
+    return xb, _noisy(run, yb)
+
+
+def _batch_gradient(run: _Run, xb: Tensor, yb: Tensor, full: bool) -> _Pass:
+    """Loss (+ penalty) of one batch with its gradient in ``.grad`` (cleared first)."""
+    s = run.settings
     extra = None
     if s.penalty is not None:
         penalty, step = s.penalty, run.step
@@ -569,14 +575,28 @@ def _batch_gradient(run: _Run, idx: Tensor | None) -> _Pass:
             return penalty(run.net, (xc, yc), s.loss_fn, step, loss=loss)
 
     run.opt.zero_grad(set_to_none=True)
-    chunk = s.chunk_size if idx is None else None
+    chunk = s.chunk_size if full else None
     return _full_pass(run.net, xb, yb, s.loss_fn, chunk, backward=True, extra=extra)
+
+
+def _optimizer_step(run: _Run, xb: Tensor, yb: Tensor, full: bool) -> None:
+    """``opt.step()``; optimizers that re-evaluate (L-BFGS) get a closure on the batch."""
+    if not isinstance(run.opt, torch.optim.LBFGS):
+        run.opt.step()
+        return
+
+    def closure() -> Tensor:
+        res = _batch_gradient(run, xb, yb, full)
+        return res.loss if res.penalty is None else res.loss + res.penalty
+
+    run.opt.step(closure)
 
 
 def _update(run: _Run, idx: Tensor | None, lr: float) -> None:
     """One parameter update on the batch ``idx``; sets ``run.stopped_by`` to stop."""
     s = run.settings
-    res = _batch_gradient(run, idx)
+    xb, yb = _batch(run, idx)
+    res = _batch_gradient(run, xb, yb, idx is None)
     gnorm = float(_grad_norm(run.params))
     loss_value = float(res.loss)
     if not math.isfinite(loss_value):
@@ -586,7 +606,7 @@ def _update(run: _Run, idx: Tensor | None, lr: float) -> None:
     if s.full_batch and s.grad_tol is not None and gnorm <= s.grad_tol:
         run.converged, run.stopped_by = True, "grad_tol"
         return
-    run.opt.step()
+    _optimizer_step(run, xb, yb, idx is None)
     if run.callbacks or s.project is not None:
         run.opt.zero_grad(set_to_none=True)  # callbacks see no stale .grad
     run.step += 1
@@ -753,7 +773,10 @@ def fit(
             descent: SGD with momentum/weight decay on the exact full-data gradient),
             a ``torch.optim.Optimizer`` class (called with ``(params, lr=lr)``), or a
             factory ``params -> optimizer`` (then ``lr``, ``momentum``, ``weight_decay``
-            are not used, except that ``milestones`` scale the factory's ``lr``).
+            are not used, except that ``milestones`` scale the factory's ``lr``). A
+            :class:`torch.optim.LBFGS` gets a closure re-evaluating the update's batch
+            (same targets); one L-BFGS ``step`` (up to its ``max_iter`` iterations) is one
+            update.
         lr: learning rate.
         momentum: SGD/GD heavy-ball momentum.
         weight_decay: L2 coefficient passed to the optimizer.

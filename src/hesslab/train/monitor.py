@@ -201,7 +201,8 @@ class Measurement:
 class Sink(Protocol):
     """Receives every :class:`Measurement`; ``close()`` at the end (optional)."""
 
-    def write(self, measurement: Measurement) -> None: ...
+    def write(self, measurement: Measurement) -> None:
+        """Receive one measurement."""
 
 
 class JsonlSink:
@@ -217,6 +218,7 @@ class JsonlSink:
         self.diagnostics = diagnostics
 
     def write(self, measurement: Measurement) -> None:
+        """Append ``measurement.record()`` (with diagnostics if asked) as one line."""
         rec = measurement.record()
         if self.diagnostics:
             rec["diagnostics"] = measurement.diagnostics
@@ -235,6 +237,7 @@ class RunDirSink:
         self.run_dir = run_dir
 
     def write(self, measurement: Measurement) -> None:
+        """Log the record at ``measurement.step`` (``seconds`` as ``measure_seconds``)."""
         rec = measurement.record()
         rec.pop("step")
         rec["measure_seconds"] = rec.pop("seconds")
@@ -259,6 +262,7 @@ class TensorBoardSink:
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, measurement: Measurement) -> None:
+        """Write every finite value as a scalar at ``measurement.step`` and flush."""
         rec = measurement.record()
         step = rec.pop("step")
         for name, value in rec.items():
@@ -267,6 +271,7 @@ class TensorBoardSink:
         self.writer.flush()
 
     def close(self) -> None:
+        """Close the TensorBoard writer."""
         self.writer.close()
 
 
@@ -458,8 +463,10 @@ class SpectrumMonitor:
     def _quantity(
         self, rec: _Record, name: str, op: LinearOperator, step: int, seed_name: str, **kw: Any
     ) -> Any:
-        """Quantity ``name`` of :mod:`hesslab.quantities` with the generator of
-        ``seed_name``; its ``seconds`` go to ``rec.secs[seed_name]``."""
+        """Quantity ``name`` of :mod:`hesslab.quantities` with the generator of ``seed_name``.
+
+        Its ``seconds`` go to ``rec.secs[seed_name]``.
+        """
         res = measure_quantity(name, op, self._settings(**kw), self._gen(step, seed_name))
         rec.secs[seed_name] = res.seconds
         return res
@@ -658,8 +665,11 @@ class SpectrumMonitor:
     def _layers(
         self, op: HessianOperator, groups: Mapping[str, Sequence[str]], step: int, rec: _Record
     ) -> None:
-        """Per layer: ``lambda_max`` (warm-started), ``trace`` and, with ``layer_density``,
-        the W1 distance of its SLQ density to the full one."""
+        """Per layer ``lambda_max`` (warm-started), ``trace`` and W1 to the full density.
+
+        The W1 distance of the layer's SLQ density to the full one only with
+        ``layer_density``.
+        """
         blocks = {
             g: self._wrap(b) for g, b in op.blocks({g: list(n) for g, n in groups.items()}).items()
         }
