@@ -67,4 +67,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:  # a user error (exit 2) or a bug in hesslab (traceback, 1)
         return _report_error(e, args)
-
