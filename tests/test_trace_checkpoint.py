@@ -26,16 +26,22 @@ def _same(a, b) -> None:
         assert torch.equal(a.samples, b.samples)
 
 
+def _interrupted_trace(A, fail_at: int, checkpoint, seed: int = 0, **kw) -> None:
+    """A checkpointed ``trace(A, 24)`` stopped at product call ``fail_at``."""
+    with pytest.raises(Interrupted):
+        trace(
+            StoppingOperator(A, fail_at=fail_at),
+            24,
+            generator=torch.Generator().manual_seed(seed),
+            checkpoint=checkpoint,
+            **kw,
+        )
+
+
 def test_checkpoint_of_other_arguments_is_refused(tmp_path):
     A = spiked_matrix()
     ckpt = tmp_path / "c"
-    with pytest.raises(Interrupted):
-        trace(
-            StoppingOperator(A, fail_at=1),
-            24,
-            generator=torch.Generator().manual_seed(0),
-            checkpoint=ckpt,
-        )
+    _interrupted_trace(A, 1, ckpt)
     with pytest.raises(ConfigurationError, match="num_matvecs"):
         trace(A, 30, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
     with pytest.raises(ConfigurationError, match="generator"):
@@ -47,13 +53,7 @@ def test_checkpoint_of_other_arguments_is_refused(tmp_path):
 def test_another_operator_is_refused(tmp_path):
     A = spiked_matrix()
     ckpt = tmp_path / "c"
-    with pytest.raises(Interrupted):
-        trace(
-            StoppingOperator(A, fail_at=3),
-            24,
-            generator=torch.Generator().manual_seed(0),
-            checkpoint=ckpt,
-        )
+    _interrupted_trace(A, 3, ckpt)
     B = spiked_matrix(seed=1)  # same size: the key matches, the products do not
     with pytest.raises(ConfigurationError, match="another operator"):
         trace(B, 24, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
@@ -63,13 +63,7 @@ def test_read_only_checkpoint_resumes_without_writing(tmp_path):
     A = spiked_matrix()
     ref = trace(A, 24, generator=torch.Generator().manual_seed(2))
     path = tmp_path / "c"
-    with pytest.raises(Interrupted):
-        trace(
-            StoppingOperator(A, fail_at=2),
-            24,
-            generator=torch.Generator().manual_seed(2),
-            checkpoint=path,
-        )
+    _interrupted_trace(A, 2, path, seed=2)
     before = sorted(p.name for p in tmp_path.iterdir())
     out = trace(
         A, 24, generator=torch.Generator().manual_seed(2), checkpoint=Checkpoint(path, False)
@@ -82,15 +76,7 @@ def test_changed_input_blocks_are_refused(tmp_path):
     """A saved call whose input differs now (e.g. other probes) is not silently replayed."""
     A = spiked_matrix()
     ckpt = tmp_path / "c"
-    with pytest.raises(Interrupted):
-        trace(
-            StoppingOperator(A, fail_at=2),
-            24,
-            method="hutchinson",
-            block_size=4,
-            generator=torch.Generator().manual_seed(0),
-            checkpoint=ckpt,
-        )
+    _interrupted_trace(A, 2, ckpt, method="hutchinson", block_size=4)
     state = torch.load(ckpt, weights_only=False)
     state["calls"][1] = ((60, 4), 0.0, 0.0, 0.0)  # as if the second call had other probes
     torch.save(state, ckpt)
