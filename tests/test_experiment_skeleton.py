@@ -52,7 +52,9 @@ def _summary(ctx: Context) -> dict:
     xs = [ctx.results[f"p{i}"] for i in range(len(ctx.cfg.seeds))]
     # two claims of one section, one holds and one does not
     ctx.claim(S, "the draws are below 1", "max < 1", bool(max(float(x.max()) for x in xs) < 1))
-    ctx.claim(S, "the draws are negative", "", decide([float(x[0]) for x in xs], direction="less"))
+    # x[0] + 1 lies in [1, 2): over 3 draws its mean is >= 3 s.e. above 0, whatever they are
+    plus_one = [float(x[0]) + 1.0 for x in xs]
+    ctx.claim(S, "the draws are negative", "", decide(plus_one, direction="less"))
     return {"xs": xs, "claims": ctx.claims, "parts": sorted(ctx.seconds)}
 
 
