@@ -150,6 +150,10 @@ def test_smoke_overlap_headline(smoke_run):
     for s in rep["summary"].values():
         assert s["overlap_end_q05"] > max(0.4, 5 * rep["null"])
         assert s["random_end_median"] < 2 * rep["null"]
+    v = rep["verdict"]  # share of the 2 x R nets (seeds) above the threshold
+    cfg = li2019.Li2019Config.smoke()
+    assert v["n"] == len(cfg.repeat_noise_fractions) * cfg.repeats >= 3
+    assert v["estimate"] >= 2 / 3 and v["holds"] is True
     assert result["claims"]["overlap_strong"] and result["claims"]["repeats_overlap_strong"]
 
 
@@ -164,12 +168,24 @@ def test_smoke_prediction_headline(smoke_run):
         assert abs(p["actual"] - p["predicted"]) < 4 * p["actual_se"]
         t, se = e["trace_HM_hutchinson"], e["trace_HM_hutchinson_se"]
         assert abs(t - e["trace_HM_exact"]) < 4 * se
-    assert result["claims"]["prediction_matches"]
+    # the verdict: mean signed relative error over the >= 3 runs within tol + 2 s.e.
+    v = result["prediction"]["verdict"]
+    rel = result["prediction"]["signed_rel_errors"]
+    assert v["n"] == len(rel) >= 3
+    assert v["estimate"] == pytest.approx(sum(rel) / len(rel))
+    tol = li2019.Li2019Config.smoke().pred_rel_tol
+    assert abs(v["estimate"]) <= tol + 2 * v["stderr"]
+    assert abs(v["estimate"]) < 0.5 * tol  # the measured margin, not just the rule
+    assert result["claims"]["prediction_matches"] is True
 
 
 def test_smoke_invariance_and_report(smoke_run):
     run, result, calls = smoke_run
     inv = result["invariance"]
+    assert inv["runs"] == inv["verdict"]["n"] == 3  # three part-1 models, one seed each
+    assert inv["verdict"]["holds"] is True
+    assert abs(inv["verdict"]["estimate"]) <= li2019.INVARIANCE_TOL
+    assert inv["trace_verdict"]["estimate"] == pytest.approx(1.0)  # 3/3 runs: tr H moves
     assert inv["max_rel_change"] < 1e-8
     assert inv["trace_ratio"] > 2
     assert inv["loss_rel_change"] < 1e-10
@@ -188,3 +204,6 @@ def test_config_sizes_and_spec():
         smoke.seed = 1  # type: ignore[misc]
     with pytest.raises(ConfigurationError):
         li2019.run(None, dataclasses.replace(smoke, widths=()))  # type: ignore[arg-type]
+    for bad in ({"batch_sizes": (4,)}, {"invariance_runs": 2}, {"repeats": 2}):
+        with pytest.raises(ConfigurationError, match="at least 3"):
+            li2019.run(None, dataclasses.replace(smoke, **bad))  # type: ignore[arg-type]
