@@ -13,7 +13,8 @@ import hesslab
 from hesslab.errors import ConfigurationError
 from hesslab.experiments import li2019
 from hesslab.objective import batch_loss
-from hesslab.report.run import RunDir
+
+from .smoke import run_smoke
 
 
 class _Quadratic(nn.Module):
@@ -126,13 +127,7 @@ def test_loss_at_matches_objective():
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, _one_thread):
-    spec = li2019.SPEC
-    cfg = spec.config(smoke=True)
-    run = RunDir.create(tmp_path_factory.mktemp("runs"), "li2019", config=cfg, command=["x"])
-    calls: list[float] = []
-    result = spec.run(run, cfg, progress=lambda desc, frac: calls.append(frac))
-    run.finalize()
-    return run, result, calls
+    return run_smoke(li2019.SPEC, tmp_path_factory.mktemp("runs"))
 
 
 def test_smoke_overlap_headline(smoke_run):

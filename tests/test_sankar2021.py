@@ -12,16 +12,12 @@ from hesslab.errors import ConfigurationError, HesslabError
 from hesslab.experiments import sankar2021
 from hesslab.report.run import RunDir
 
+from .smoke import run_smoke
+
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, _one_thread):
-    spec = sankar2021.SPEC
-    cfg = spec.config(smoke=True)
-    run = RunDir.create(tmp_path_factory.mktemp("runs"), "sankar2021", config=cfg, command=["x"])
-    calls: list[float] = []
-    result = spec.run(run, cfg, progress=lambda desc, frac: calls.append(frac))
-    run.finalize()
-    return run, result, calls
+    return run_smoke(sankar2021.SPEC, tmp_path_factory.mktemp("runs"))
 
 
 def test_smoke_distances_finite_positive(smoke_run):
