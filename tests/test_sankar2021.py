@@ -182,7 +182,7 @@ def test_config_sizes_spec_and_validation(tmp_path):
 
 @pytest.mark.slow
 def test_vit_option(tmp_path):
-    """The transformer option: the zoo's ViT, its weight layers in depth order (~12 s CPU)."""
+    """The transformer option: the zoo's ViT, its weight layers in depth order (3 seeds, ~16 s)."""
     cfg = dataclasses.replace(
         sankar2021.Sankar2021Config.smoke(),
         models=("vit",),

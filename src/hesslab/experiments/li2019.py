@@ -107,7 +107,8 @@ logger = logging.getLogger(__name__)
 #: Measured wall time of the smoke size, one thread, on a loaded 2-core machine.
 SMOKE_SECONDS = 45.0
 #: Wall time of the full size: an ESTIMATE (the run crashed after 195 s in part 2 before
-#: the chunking of :func:`sampled_change`, issue 19; not re-measured end to end here).
+#: the chunking of :func:`sampled_change`, issue 19; not re-measured end to end here; part
+#: 4 now rescales ``invariance_runs`` = 3 trained models instead of 1).
 FULL_SECONDS = 600.0
 
 S1 = "1. Overlap of the top subspaces of H and M_B"
