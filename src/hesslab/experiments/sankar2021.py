@@ -111,10 +111,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Wall time of the smoke size (3 seeds, batch 32, 16-step SLQ), one thread: 75 s wall on
-#: a 2-core machine loaded with other jobs (the one-seed smoke it replaced: 86 s there,
-#: 35-40 s idle).
-SMOKE_SECONDS = 40.0
+#: Measured wall time of the smoke size (3 seeds, batch 32, 16-step SLQ), one thread: 18 s
+#: on a lightly loaded 2-core machine (41-75 s when shared with other jobs; the one-seed
+#: smoke it replaced took 86 s there).
+SMOKE_SECONDS = 20.0
 #: Wall time of the full size (3 training seeds x 30 epochs, 128-step SLQ, both models):
 #: an ESTIMATE, 3 x the one-seed full run (results/sankar2021: 212 s CPU with one thread,
 #: 892 s wall on 2 cores shared ~9 ways; 118 s in issue 19); not re-measured with seeds.
