@@ -12,8 +12,8 @@ import torch
 from hesslab.analysis import StageStore
 from hesslab.cli import build_parser, main
 from hesslab.errors import ConfigurationError
-from hesslab.experiments import sagun2017
 from hesslab.experiments._stages import Parts
+from hesslab.experiments.sagun2017 import experiment as sagun2017
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
 

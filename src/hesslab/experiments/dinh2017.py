@@ -242,7 +242,31 @@ def _sweep(
     what: str,
 ) -> dict[str, Any]:
     """Rescale ``model`` by ``T_α`` on its first two layers for every ``α``; measure."""
-    layers = scalable_layers(model)
+    rows = _rescaled_rows(model, hess_data, test, cfg, tick, what)
+    stats = _sweep_statistics(rows)
+    _sweep_report(run, section, scalable_layers(model), hess_data, cfg, what, rows, stats)
+    claims = _sweep_claims(run, section, cfg, stats)
+    for r in rows:
+        del r["_layers"]
+    return {
+        "rows": rows,
+        "output_change": stats["out_max"],
+        "test_accuracies": sorted(stats["accs"]),
+        "moves": stats["moves"],
+        "invariant_deviation": stats["inv_dev"],
+        "claims": claims,
+    }
+
+
+def _rescaled_rows(
+    model: nn.Module,
+    hess_data: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    cfg: Dinh2017Config,
+    tick: StepProgress,
+    what: str,
+) -> list[dict[str, Any]]:
+    """One row of measures per ``α`` (each with its per-tensor ``"_layers"``)."""
     xt, yt = test
     with torch.no_grad():
         f0 = model(xt)
@@ -271,11 +295,20 @@ def _sweep(
         row["_layers"] = meas["layers"]
         rows.append(row)
         tick(f"{what}: α = {alpha:.3g}")
+    return rows
+
+
+def _sweep_statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the claims read off the rows.
+
+    Returns:
+        ``{"alphas", "ref" (the row closest to α = 1), "out_max", "accs", "moves"
+        (max/min of each moving measure), "inv_dev" (max relative deviation of each
+        invariant measure from ``ref``, per tensor too)}``.
+    """
     alphas = np.array([r["alpha"] for r in rows])
     i1 = int(np.argmin(np.abs(np.log10(alphas))))  # the row closest to α = 1
     ref = rows[i1]
-    out_max = max(r["output_change"] for r in rows)
-    accs = {r["test_accuracy"] for r in rows}
     moves = {
         k: max(abs(r[k]) for r in rows) / max(min(abs(r[k]) for r in rows), 1e-300) for k in MOVING
     }
@@ -289,7 +322,27 @@ def _sweep(
             for r in rows:
                 dev = max(dev, abs(r["_layers"][name][key] - v[key]) / max(abs(v[key]), 1e-300))
         inv_dev[f"per_tensor_{key}"] = dev
+    return {
+        "alphas": alphas,
+        "ref": ref,
+        "out_max": max(r["output_change"] for r in rows),
+        "accs": {r["test_accuracy"] for r in rows},
+        "moves": moves,
+        "inv_dev": inv_dev,
+    }
 
+
+def _sweep_report(
+    run: RunDir,
+    section: str,
+    layers: list[str],
+    hess_data: tuple[torch.Tensor, torch.Tensor],
+    cfg: Dinh2017Config,
+    what: str,
+    rows: list[dict[str, Any]],
+    stats: dict[str, Any],
+) -> None:
+    """The table and the figure of one rescaling sweep."""
     table = [
         {
             "α": f"{r['alpha']:.3g}",
@@ -318,18 +371,30 @@ def _sweep(
     run.add_figure(
         section,
         f"{what}_measures_vs_alpha",
-        _figure(alphas, rows, f"{what}: flatness measures under T_α (log-log)"),
+        _figure(stats["alphas"], rows, f"{what}: flatness measures under T_α (log-log)"),
         caption=(
             "Solid: measures that move (λ_max, trace, ε-sharpness); dashed: scale-invariant "
             "measures (flat lines); dotted: relative output change (float64 rounding)."
         ),
     )
+
+
+def _sweep_claims(
+    run: RunDir, section: str, cfg: Dinh2017Config, stats: dict[str, Any]
+) -> dict[str, bool]:
+    """The scalars and the three claims (function kept, measures move, invariants stay).
+
+    Returns:
+        ``{"function": holds, "moves": holds, "invariant": holds}``.
+    """
+    alphas, out_max, accs = stats["alphas"], stats["out_max"], stats["accs"]
+    moves, inv_dev = stats["moves"], stats["inv_dev"]
     for k, v in moves.items():
         run.add_scalar(section, f"{k} max/min over alpha", v)
     for k, v in inv_dev.items():
         run.add_scalar(section, f"{k} max relative deviation", v)
     run.add_scalar(section, "max relative output change", out_max)
-    run.add_scalar(section, "gradient norm at alpha=1", ref["grad_norm"])
+    run.add_scalar(section, "gradient norm at alpha=1", stats["ref"]["grad_norm"])
     holds_f = out_max <= cfg.output_tol and len(accs) == 1
     record(
         run,
@@ -356,16 +421,7 @@ def _sweep(
         "max relative deviation " + ", ".join(f"{k} {v:.1e}" for k, v in inv_dev.items()),
         holds_i,
     )
-    for r in rows:
-        del r["_layers"]
-    return {
-        "rows": rows,
-        "output_change": out_max,
-        "test_accuracies": sorted(accs),
-        "moves": moves,
-        "invariant_deviation": inv_dev,
-        "claims": {"function": holds_f, "moves": holds_m, "invariant": holds_i},
-    }
+    return {"function": holds_f, "moves": holds_m, "invariant": holds_i}
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
