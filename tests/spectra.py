@@ -1,5 +1,6 @@
 """Synthetic symmetric matrices with known spectra, and a tiny-MLP Hessian, for the
-Krylov-method tests (test_lanczos, test_power, test_density, test_logdet)."""
+Krylov-method tests (test_lanczos, test_power, test_density, test_logdet), and an
+operator that stops after a given number of products, for the resume tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,36 @@ import functools
 
 import torch
 from torch import Tensor
+
+from hesslab.operators import DenseOperator, LinearOperator
+
+
+class Interrupted(Exception):
+    """The interruption :class:`StoppingOperator` raises (from inside a product)."""
+
+
+class StoppingOperator(LinearOperator):
+    """A dense operator that counts its product calls and raises at call ``fail_at``."""
+
+    def __init__(self, A: Tensor, fail_at: int | None = None) -> None:
+        super().__init__(A.shape[0], A.dtype, A.device)
+        self.inner = DenseOperator(A)
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise Interrupted
+        self.calls += 1
+        return self.inner.matmat(V)
+
+
+def spiked_matrix(P: int = 60, seed: int = 0) -> Tensor:
+    """A dense float64 ``[P, P]`` matrix with eigenvalues 40, 25, 12, -6 and a bulk in [0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([40.0, 25.0, 12.0, -6.0]), torch.rand(P - 4, generator=g)])
+    return (Q * lam) @ Q.T
 
 
 def with_spectrum(eigenvalues: Tensor, seed: int = 0) -> Tensor:

@@ -125,14 +125,9 @@ def test_analyze_classes_stage(tmp_path):
     from hesslab.cli import main
     from hesslab.report.run import RunDir
 
-    f = tmp_path / "mymodel.py"
-    f.write_text(
-        "import torch\n"
-        "def build():\n"
-        "    torch.manual_seed(0)\n"
-        "    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),"
-        " torch.nn.Linear(8, 3))\n"
-    )
+    from .test_cli import _write_model
+
+    f = _write_model(tmp_path)
     args = ["analyze", "--model", f"{f}:build", "--data", "blobs", "--dtype", "float64"]
     rc = main([*args, "--what", "ggn,classes", "--k", "4", "--out", str(tmp_path), "--quiet"])
     assert rc == 0

@@ -82,31 +82,22 @@ def _write_model(tmp_path):
     return f
 
 
-def test_analyze_own_model_and_file_data(tmp_path, capsys):
-    f = _write_model(tmp_path)
+def _file_data_argv(tmp_path, model_file, out) -> list[str]:
+    """Writes 40 points ``d.npz`` (2 inputs, 3 classes); ``hesslab analyze`` of them."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 2, generator=g)
     y = torch.randint(0, 3, (40,), generator=g)
     np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    data = str(tmp_path / "d.npz")
+    model = f"{model_file}:build"
+    return ["analyze", "--model", model, "--data", data, "--dtype", "float64", "--out", str(out)]
+
+
+def test_analyze_own_model_and_file_data(tmp_path, capsys):
+    f = _write_model(tmp_path)
     out = tmp_path / "runs"
-    rc = main(
-        [
-            "analyze",
-            "--model",
-            f"{f}:build",
-            "--data",
-            str(tmp_path / "d.npz"),
-            "--dtype",
-            "float64",
-            "--out",
-            str(out),
-            "--batch-size",
-            "16",
-            "--exact-limit",
-            "100",
-            *FAST,
-        ]
-    )
+    argv = _file_data_argv(tmp_path, f, out)
+    rc = main([*argv, "--batch-size", "16", "--exact-limit", "100", *FAST])
     assert rc == 0, capsys.readouterr().err
     cfg, results, html = _check_run_folder(_run_dir(out))
     assert cfg["config"]["batch_size"] == 16 and cfg["config"]["command"] == "analyze"

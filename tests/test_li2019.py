@@ -13,7 +13,8 @@ import hesslab
 from hesslab.errors import ConfigurationError
 from hesslab.experiments import li2019
 from hesslab.objective import batch_loss
-from hesslab.report.run import RunDir
+
+from .smoke import run_smoke
 
 
 class _Quadratic(nn.Module):
@@ -126,13 +127,7 @@ def test_loss_at_matches_objective():
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, _one_thread):
-    spec = li2019.SPEC
-    cfg = spec.config(smoke=True)
-    run = RunDir.create(tmp_path_factory.mktemp("runs"), "li2019", config=cfg, command=["x"])
-    calls: list[float] = []
-    result = spec.run(run, cfg, progress=lambda desc, frac: calls.append(frac))
-    run.finalize()
-    return run, result, calls
+    return run_smoke(li2019.SPEC, tmp_path_factory.mktemp("runs"))
 
 
 def test_smoke_overlap_headline(smoke_run):
@@ -150,6 +145,10 @@ def test_smoke_overlap_headline(smoke_run):
     for s in rep["summary"].values():
         assert s["overlap_end_q05"] > max(0.4, 5 * rep["null"])
         assert s["random_end_median"] < 2 * rep["null"]
+    v = rep["verdict"]  # share of the 2 x R nets (seeds) above the threshold
+    cfg = li2019.Li2019Config.smoke()
+    assert v["n"] == len(cfg.repeat_noise_fractions) * cfg.repeats >= 3
+    assert v["estimate"] >= 2 / 3 and v["holds"] is True
     assert result["claims"]["overlap_strong"] and result["claims"]["repeats_overlap_strong"]
 
 
@@ -164,12 +163,24 @@ def test_smoke_prediction_headline(smoke_run):
         assert abs(p["actual"] - p["predicted"]) < 4 * p["actual_se"]
         t, se = e["trace_HM_hutchinson"], e["trace_HM_hutchinson_se"]
         assert abs(t - e["trace_HM_exact"]) < 4 * se
-    assert result["claims"]["prediction_matches"]
+    # the verdict: mean |relative error| over the >= 3 runs below tol by 2 s.e.
+    v = result["prediction"]["verdict"]
+    rel = result["prediction"]["signed_rel_errors"]
+    assert v["n"] == len(rel) >= 3
+    tol = li2019.Li2019Config.smoke().pred_rel_tol
+    assert v["estimate"] == pytest.approx(tol - sum(abs(r) for r in rel) / len(rel))
+    assert v["estimate"] >= 2 * v["stderr"] and v["statistic"] >= 2
+    assert v["estimate"] > 0.5 * tol  # the measured margin: mean |error| < tol / 2
+    assert result["claims"]["prediction_matches"] is True
 
 
 def test_smoke_invariance_and_report(smoke_run):
     run, result, calls = smoke_run
     inv = result["invariance"]
+    assert inv["runs"] == inv["verdict"]["n"] == 3  # three part-1 models, one seed each
+    assert inv["verdict"]["holds"] is True
+    assert inv["verdict"]["estimate"] >= 0.99 * li2019.INVARIANCE_TOL  # x = tol − change
+    assert inv["trace_verdict"]["estimate"] == pytest.approx(1.0)  # 3/3 runs: tr H moves
     assert inv["max_rel_change"] < 1e-8
     assert inv["trace_ratio"] > 2
     assert inv["loss_rel_change"] < 1e-10
@@ -180,6 +191,14 @@ def test_smoke_invariance_and_report(smoke_run):
     assert len(run.claims) >= 5
 
 
+def test_within_is_strict():
+    """``|error| ≤ tol`` over runs: noisy or cancelling errors never confirm it."""
+    assert li2019.within([0.01, -0.02, 0.015], 0.05).holds is True
+    assert li2019.within([-0.08, 0.08, 0.33, 0.05], 0.1).holds is None  # noisy: undecided
+    assert li2019.within([0.3, -0.3, 0.31], 0.1).holds is False  # signs cannot cancel
+    assert li2019.within([0.01, 0.02], 0.05).holds is None  # < 3 runs
+
+
 def test_config_sizes_and_spec():
     smoke, full = li2019.Li2019Config.smoke(), li2019.Li2019Config.full()
     assert full.repeats > smoke.repeats and len(full.batch_sizes) > len(smoke.batch_sizes)
@@ -188,3 +207,6 @@ def test_config_sizes_and_spec():
         smoke.seed = 1  # type: ignore[misc]
     with pytest.raises(ConfigurationError):
         li2019.run(None, dataclasses.replace(smoke, widths=()))  # type: ignore[arg-type]
+    for bad in ({"batch_sizes": (4,)}, {"invariance_runs": 2}, {"repeats": 2}):
+        with pytest.raises(ConfigurationError, match="at least 3"):
+            li2019.run(None, dataclasses.replace(smoke, **bad))  # type: ignore[arg-type]

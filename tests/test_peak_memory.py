@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,13 +19,26 @@ P = 60
 _A = torch.diag(torch.linspace(1.0, 2.0, P, dtype=torch.float64))
 
 
+def _touch_fresh_pages(mbytes: int) -> None:
+    """Make ``mbytes`` MiB resident for 10 ms, then give them back.
+
+    The pages come from a fresh anonymous ``mmap`` and are written, so the resident set
+    rises by that much whatever the allocator holds: a ``torch.ones`` of the same size may
+    be served from free, still resident heap left by earlier tests (glibc coalesces freed
+    chunks below its mmap threshold), and then the RSS does not move at all.
+    """
+    buf = mmap.mmap(-1, mbytes * 2**20)
+    np.frombuffer(buf, dtype=np.uint8)[:: mmap.PAGESIZE] = 1  # one write per page
+    time.sleep(0.01)  # held long enough for a sampled reading to see it
+    buf.close()
+
+
 def _hungry(mbytes: int) -> FunctionOperator:
-    """A diagonal operator whose every product touches a temporary of ``mbytes`` MiB."""
+    """A diagonal operator whose every product touches ``mbytes`` MiB of fresh pages."""
 
     def mm(V: torch.Tensor) -> torch.Tensor:
-        scratch = torch.ones(mbytes * 2**20 // 8, dtype=torch.float64)  # written: resident
-        time.sleep(0.01)  # held long enough for a sampled reading to see it
-        return _A @ V + 0.0 * scratch[: V.numel()].reshape(V.shape)
+        _touch_fresh_pages(mbytes)
+        return _A @ V
 
     return FunctionOperator(mm, P, dtype=torch.float64, symmetric=True)
 
@@ -59,8 +74,7 @@ def test_each_cpu_reading_sees_a_peak_that_rose_and_fell(monkeypatch, reading):
         monkeypatch.setattr(memory, "_reset_rss_peak", lambda: False)
     elif not memory._reset_rss_peak():
         pytest.skip("/proc/self/clear_refs is not writable here")
-    earlier = torch.ones(160 * 2**20 // 8, dtype=torch.float64)  # a higher lifetime peak
-    del earlier
+    _touch_fresh_pages(160)  # a higher lifetime peak than the call's
     with memory.measure_peak_memory("cpu") as m:
         _hungry(64) @ torch.ones(P, 1, dtype=torch.float64)
     assert m.method == reading

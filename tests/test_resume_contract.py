@@ -28,37 +28,11 @@ from hesslab import eigenpairs, frobenius_sq, trace
 from hesslab.cli import main
 from hesslab.linalg.density import spectral_density
 from hesslab.linalg.logdet import logdet_slq
-from hesslab.operators import DenseOperator, LinearOperator
+from hesslab.operators import LinearOperator
 
+from .spectra import Interrupted, StoppingOperator, spiked_matrix
 from .test_reproduce_resume import TINY
 from .test_resume_density import _analyze_argv, _numbers, _only_dir
-
-
-class _Stop(Exception):
-    """The interruption (raised from inside an operator product)."""
-
-
-class _Counting(LinearOperator):
-    """A dense operator that counts its product calls and raises at call ``fail_at``."""
-
-    def __init__(self, A: torch.Tensor, fail_at: int | None = None) -> None:
-        super().__init__(A.shape[0], A.dtype, A.device)
-        self.inner = DenseOperator(A)
-        self.fail_at = fail_at
-        self.calls = 0
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        if self.fail_at is not None and self.calls == self.fail_at:
-            raise _Stop
-        self.calls += 1
-        return self.inner.matmat(V)
-
-
-def _spiked(P: int = 60, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
-    lam = torch.cat([torch.tensor([40.0, 25.0, 12.0, -6.0]), torch.rand(P - 4, generator=g)])
-    return (Q * lam) @ Q.T
 
 
 def _positive(P: int = 60) -> torch.Tensor:
@@ -74,7 +48,7 @@ class Case:
     """
 
     solve: Callable[[Any, torch.Generator, Any], Any]
-    matrix: Callable[[], torch.Tensor] = _spiked
+    matrix: Callable[[], torch.Tensor] = spiked_matrix
     rtol: float = 0.0
     redo: Callable[[int, int], int] | None = None
     plain_equal: bool = True  # a run without checkpoint gives the same result
@@ -185,19 +159,19 @@ def test_interrupted_solver_resumes_to_the_uninterrupted_result(tmp_path, name):
     folder = tmp_path / "ckpt"
     folder.mkdir()
     ckpt = folder / "state.pt"
-    counted = _Counting(A)
+    counted = StoppingOperator(A)
     want, want_gen = _run(case, counted, ckpt)  # the same call, not interrupted
     total = counted.calls
     assert total >= 2, "too few products to interrupt"
     assert not list(folder.iterdir())
     if case.plain_equal:
-        _assert_same(_run(case, _Counting(A), None)[0], want, case.rtol, "plain run")
+        _assert_same(_run(case, StoppingOperator(A), None)[0], want, case.rtol, "plain run")
     saved = []
     for fail_at in sorted({1, total // 2, total - 1}):
-        with pytest.raises(_Stop):
-            _run(case, _Counting(A, fail_at=fail_at), ckpt)
+        with pytest.raises(Interrupted):
+            _run(case, StoppingOperator(A, fail_at=fail_at), ckpt)
         saved.append(ckpt.exists())  # an eigensolver saves at restarts only
-        resumed = _Counting(A)
+        resumed = StoppingOperator(A)
         got, got_gen = _run(case, resumed, ckpt)
         _assert_same(got, want, case.rtol)
         assert torch.equal(got_gen.get_state(), want_gen.get_state())

@@ -19,7 +19,7 @@ from hesslab.errors import ConfigurationError
 from hesslab.linalg.density import spectral_density
 from hesslab.operators import FunctionOperator
 
-from .test_cli import _write_model
+from .test_cli import _file_data_argv, _write_model
 
 
 class _Stop(Exception):
@@ -84,23 +84,8 @@ def test_mismatched_slq_checkpoint_is_refused(tmp_path):
 
 # ------------------------------------------------------------------ hesslab analyze --resume
 def _analyze_argv(tmp_path, out):
-    f = _write_model(tmp_path)
-    g = torch.Generator().manual_seed(0)
-    np.savez(
-        tmp_path / "d.npz",
-        x=torch.randn(40, 2, generator=g).numpy(),
-        y=torch.randint(0, 3, (40,), generator=g).numpy(),
-    )
     return [
-        "analyze",
-        "--model",
-        f"{f}:build",
-        "--data",
-        str(tmp_path / "d.npz"),
-        "--dtype",
-        "float64",
-        "--out",
-        str(out),
+        *_file_data_argv(tmp_path, _write_model(tmp_path), out),
         "--exact-limit",
         "100",
         "--k",

@@ -13,34 +13,9 @@ import torch
 from hesslab import frobenius_sq, trace
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint
-from hesslab.operators import DenseOperator, LinearOperator
+from hesslab.operators import LinearOperator
 
-
-class _Interrupted(Exception):
-    pass
-
-
-class _Flaky(LinearOperator):
-    """A dense operator that counts its calls and raises at call number ``fail_at``."""
-
-    def __init__(self, A: torch.Tensor, fail_at: int | None = None) -> None:
-        super().__init__(A.shape[0], A.dtype, A.device)
-        self.inner = DenseOperator(A)
-        self.fail_at = fail_at
-        self.calls = 0
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        if self.fail_at is not None and self.calls == self.fail_at:
-            raise _Interrupted
-        self.calls += 1
-        return self.inner.matmat(V)
-
-
-def _spiked(P: int = 60, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
-    lam = torch.cat([torch.tensor([40.0, 25.0, 12.0, -6.0]), torch.rand(P - 4, generator=g)])
-    return (Q * lam) @ Q.T
+from .spectra import Interrupted, StoppingOperator, spiked_matrix
 
 
 def _same(a, b) -> None:
@@ -51,11 +26,22 @@ def _same(a, b) -> None:
         assert torch.equal(a.samples, b.samples)
 
 
+def _interrupted_trace(A, fail_at: int, checkpoint, seed: int = 0, **kw) -> None:
+    """A checkpointed ``trace(A, 24)`` stopped at product call ``fail_at``."""
+    with pytest.raises(Interrupted):
+        trace(
+            StoppingOperator(A, fail_at=fail_at),
+            24,
+            generator=torch.Generator().manual_seed(seed),
+            checkpoint=checkpoint,
+            **kw,
+        )
+
+
 def test_checkpoint_of_other_arguments_is_refused(tmp_path):
-    A = _spiked()
+    A = spiked_matrix()
     ckpt = tmp_path / "c"
-    with pytest.raises(_Interrupted):
-        trace(_Flaky(A, fail_at=1), 24, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
+    _interrupted_trace(A, 1, ckpt)
     with pytest.raises(ConfigurationError, match="num_matvecs"):
         trace(A, 30, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
     with pytest.raises(ConfigurationError, match="generator"):
@@ -65,21 +51,19 @@ def test_checkpoint_of_other_arguments_is_refused(tmp_path):
 
 
 def test_another_operator_is_refused(tmp_path):
-    A = _spiked()
+    A = spiked_matrix()
     ckpt = tmp_path / "c"
-    with pytest.raises(_Interrupted):
-        trace(_Flaky(A, fail_at=3), 24, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
-    B = _spiked(seed=1)  # same size: the key matches, the products do not
+    _interrupted_trace(A, 3, ckpt)
+    B = spiked_matrix(seed=1)  # same size: the key matches, the products do not
     with pytest.raises(ConfigurationError, match="another operator"):
         trace(B, 24, generator=torch.Generator().manual_seed(0), checkpoint=ckpt)
 
 
 def test_read_only_checkpoint_resumes_without_writing(tmp_path):
-    A = _spiked()
+    A = spiked_matrix()
     ref = trace(A, 24, generator=torch.Generator().manual_seed(2))
     path = tmp_path / "c"
-    with pytest.raises(_Interrupted):
-        trace(_Flaky(A, fail_at=2), 24, generator=torch.Generator().manual_seed(2), checkpoint=path)
+    _interrupted_trace(A, 2, path, seed=2)
     before = sorted(p.name for p in tmp_path.iterdir())
     out = trace(
         A, 24, generator=torch.Generator().manual_seed(2), checkpoint=Checkpoint(path, False)
@@ -90,17 +74,9 @@ def test_read_only_checkpoint_resumes_without_writing(tmp_path):
 
 def test_changed_input_blocks_are_refused(tmp_path):
     """A saved call whose input differs now (e.g. other probes) is not silently replayed."""
-    A = _spiked()
+    A = spiked_matrix()
     ckpt = tmp_path / "c"
-    with pytest.raises(_Interrupted):
-        trace(
-            _Flaky(A, fail_at=2),
-            24,
-            method="hutchinson",
-            block_size=4,
-            generator=torch.Generator().manual_seed(0),
-            checkpoint=ckpt,
-        )
+    _interrupted_trace(A, 2, ckpt, method="hutchinson", block_size=4)
     state = torch.load(ckpt, weights_only=False)
     state["calls"][1] = ((60, 4), 0.0, 0.0, 0.0)  # as if the second call had other probes
     torch.save(state, ckpt)

@@ -10,18 +10,13 @@ import torch
 
 from hesslab.experiments import wei2019
 from hesslab.experiments.wei2019 import toy
-from hesslab.report.run import RunDir
+
+from .smoke import run_smoke
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, _one_thread):
-    spec = wei2019.SPEC
-    cfg = spec.config(smoke=True)
-    run = RunDir.create(tmp_path_factory.mktemp("runs"), "wei2019", config=cfg, command=["x"])
-    calls: list[float] = []
-    result = spec.run(run, cfg, progress=lambda desc, frac: calls.append(frac))
-    run.finalize()
-    return run, result, calls
+    return run_smoke(wei2019.SPEC, tmp_path_factory.mktemp("runs"))
 
 
 def test_toy_hessian_matches_autograd():

@@ -11,7 +11,8 @@ import torch
 from hesslab.errors import ConfigurationError
 from hesslab.experiments import get_experiment, zhang2024
 from hesslab.measures import spectrum_js
-from hesslab.report.run import RunDir
+
+from .smoke import run_smoke
 
 # --------------------------------------------------------------------------------------
 # the distance
@@ -68,13 +69,7 @@ def test_config_and_registry():
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, _one_thread):
-    spec = zhang2024.SPEC
-    cfg = spec.config(smoke=True)
-    run = RunDir.create(tmp_path_factory.mktemp("runs"), "zhang2024", config=cfg, command=["x"])
-    calls: list[float] = []
-    result = spec.run(run, cfg, progress=lambda desc, frac: calls.append(frac))
-    run.finalize()
-    return run, result, calls
+    return run_smoke(zhang2024.SPEC, tmp_path_factory.mktemp("runs"))
 
 
 def test_smoke_claim_over_seeds(smoke_run):

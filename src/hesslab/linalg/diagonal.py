@@ -101,20 +101,11 @@ def diagonal(
     engine = Engine(op, distribution=distribution, generator=generator, block_size=block_size)
     if method == "xdiag":  # the exchangeable low-rank part assumes A = A^T
         require_symmetric(engine.op, "diagonal (method='xdiag')")
-    P, N = engine.P, num_matvecs
+    N = num_matvecs
     info: dict = {"distribution": distribution}
 
     if method == "exact":
-        if isinstance(engine.op, DenseOperator):
-            values = torch.diagonal(engine.op.A).to(torch.float64)
-        else:
-            step = engine.block_size or 256
-            parts = []
-            for start in range(0, P, step):
-                E = engine.unit_block(start, min(P, start + step))
-                parts.append((E * engine.apply(E)).sum(1)[start : start + E.shape[1]])
-            values = torch.cat(parts)
-        values = to_cpu64(values)
+        values = to_cpu64(_exact_diagonal(engine))
         return DiagonalEstimate(
             values=values,
             stderr=torch.zeros_like(values),
@@ -123,29 +114,10 @@ def diagonal(
             method=method,
             info=info,
         )
-
     if method == "hutchinson":
-        if N < 2:
-            raise ConfigurationError("hutchinson diagonal needs num_matvecs >= 2 for a stderr")
-        V = engine.probes(N)
-        A_ = V * engine.apply(V)
-        B_ = V * V
-        values = A_.sum(1) / B_.sum(1)
-        resid = A_ - values[:, None] * B_
-        stderr = (resid.pow(2).sum(1) / (N * (N - 1))).sqrt() / B_.mean(1)
+        values, stderr = _hutchinson_diagonal(engine, N)
     else:
-        m = min(N // 2, P)
-        if m < 2:
-            raise ConfigurationError(f"xdiag needs num_matvecs >= 4, got {N}")
-        Omega = engine.probes(m)
-        Y = engine.apply(Omega)
-        Q = orthonormalize(Y)
-        Z = engine.apply(Q)
-        D = _xdiag_estimates(Omega, Y, Q, Z)
-        values = D.mean(1)
-        stderr = D.std(dim=1, unbiased=True) / math.sqrt(m)
-        info["num_probes"] = m
-        info["sketch_dim"] = Q.shape[1]
+        values, stderr = _xdiag_diagonal(engine, N, info)
     return DiagonalEstimate(
         values=to_cpu64(values),
         stderr=to_cpu64(stderr),
@@ -154,3 +126,42 @@ def diagonal(
         method=method,
         info=info,
     )
+
+
+def _exact_diagonal(engine: Engine) -> Tensor:
+    """``diag(A)`` read from a dense operator, or from ``P`` unit-vector products."""
+    if isinstance(engine.op, DenseOperator):
+        return torch.diagonal(engine.op.A).to(torch.float64)
+    P, step = engine.P, engine.block_size or 256
+    parts = []
+    for start in range(0, P, step):
+        E = engine.unit_block(start, min(P, start + step))
+        parts.append((E * engine.apply(E)).sum(1)[start : start + E.shape[1]])
+    return torch.cat(parts)
+
+
+def _hutchinson_diagonal(engine: Engine, N: int) -> tuple[Tensor, Tensor]:
+    """Ratio estimator ``sum_k v_k ⊙ A v_k / sum_k v_k ⊙ v_k`` and its delta-method error."""
+    if N < 2:
+        raise ConfigurationError("hutchinson diagonal needs num_matvecs >= 2 for a stderr")
+    V = engine.probes(N)
+    A_ = V * engine.apply(V)
+    B_ = V * V
+    values = A_.sum(1) / B_.sum(1)
+    resid = A_ - values[:, None] * B_
+    return values, (resid.pow(2).sum(1) / (N * (N - 1))).sqrt() / B_.mean(1)
+
+
+def _xdiag_diagonal(engine: Engine, N: int, info: dict) -> tuple[Tensor, Tensor]:
+    """XDiag (Epperly et al., 2024) from ``N/2`` probes and ``N/2`` sketch products."""
+    m = min(N // 2, engine.P)
+    if m < 2:
+        raise ConfigurationError(f"xdiag needs num_matvecs >= 4, got {N}")
+    Omega = engine.probes(m)
+    Y = engine.apply(Omega)
+    Q = orthonormalize(Y)
+    Z = engine.apply(Q)
+    D = _xdiag_estimates(Omega, Y, Q, Z)
+    info["num_probes"] = m
+    info["sketch_dim"] = Q.shape[1]
+    return D.mean(1), D.std(dim=1, unbiased=True) / math.sqrt(m)

@@ -8,7 +8,10 @@ What is measured:
   (the caching allocator's reserve and other processes are not counted).
 * **CPU**: the process's resident-set high-water mark, minus the resident set at the
   call's start: the call's peak resident memory beyond the start, including allocator
-  slack, all threads and anything else the process allocated meanwhile. Three readings,
+  slack, all threads and anything else the process allocated meanwhile; memory the
+  allocator serves from free but still resident heap (glibc keeps freed chunks below its
+  mmap threshold) does not raise it, since the process's footprint did not grow. Three
+  readings,
   the first the platform allows:
 
   1. Linux with a writable ``/proc/self/clear_refs``: the mark is reset to the current RSS

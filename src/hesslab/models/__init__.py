@@ -1,39 +1,7 @@
 """A small model zoo with seeded, device-independent initialisation."""
 
-from hesslab.models.zoo import (
-    ACTIVATIONS,
-    GPT,
-    MODELS,
-    BasicBlock,
-    PatchEmbed,
-    ResNetSmall,
-    SelfAttention,
-    TransformerBlock,
-    ViT,
-    build_model,
-    gpt,
-    init_parameters,
-    lenet,
-    mlp,
-    resnet_small,
-    vit,
-)
+from hesslab.models import zoo
+from hesslab.models.zoo import *  # noqa: F403  (the public names, listed once in zoo.__all__)
 
-__all__ = [
-    "ACTIVATIONS",
-    "GPT",
-    "MODELS",
-    "BasicBlock",
-    "PatchEmbed",
-    "ResNetSmall",
-    "SelfAttention",
-    "TransformerBlock",
-    "ViT",
-    "build_model",
-    "gpt",
-    "init_parameters",
-    "lenet",
-    "mlp",
-    "resnet_small",
-    "vit",
-]
+__all__: list[str] = []
+__all__ += zoo.__all__

@@ -8,30 +8,10 @@
 * :func:`progress_bar` and :class:`ProgressCallback` show progress on a terminal.
 """
 
+from hesslab.report import plots
 from hesslab.report.folder import RunDir, rebuild_report
-from hesslab.report.plots import (
-    plot_density,
-    plot_eigenvalues,
-    plot_heatmap,
-    plot_layer_summary,
-    plot_line_scan,
-    plot_quantile_bands,
-    plot_series,
-    plot_spectra_comparison,
-)
+from hesslab.report.plots import *  # noqa: F403  (the plot functions, listed once in plots.__all__)
 from hesslab.report.progress import ProgressCallback, progress_bar
 
-__all__ = [
-    "ProgressCallback",
-    "RunDir",
-    "plot_density",
-    "plot_eigenvalues",
-    "plot_heatmap",
-    "plot_layer_summary",
-    "plot_line_scan",
-    "plot_quantile_bands",
-    "plot_series",
-    "plot_spectra_comparison",
-    "progress_bar",
-    "rebuild_report",
-]
+__all__ = ["ProgressCallback", "RunDir", "progress_bar", "rebuild_report"]
+__all__ += plots.__all__

@@ -90,18 +90,7 @@ from hesslab.report.plots import DPI
 from hesslab.report.records import RESULTS_FORMAT, RUN_SCHEMA, Records, summarise_result
 from hesslab.report.scalars import flatten_result, is_array, result_fields, scalar_value
 
-__all__ = [
-    "ARRAYS_FILE",
-    "CONFIG_FILE",
-    "FIGURES_DIR",
-    "METRICS_FILE",
-    "REPORT_FILE",
-    "RESULTS_FILE",
-    "RESULTS_FORMAT",
-    "RUN_SCHEMA",
-    "RunDir",
-    "rebuild_report",
-]
+__all__ = ["RunDir", "rebuild_report"]
 
 
 def _png_bytes(fig: Any) -> bytes:

@@ -58,6 +58,17 @@ def _series_parts(
     return x, y, e
 
 
+def _finish_curves(
+    fig: Figure, ax: Any, log_y: bool, title: str | None, xlabel: str | None, ylabel: str | None
+) -> Figure:
+    """The common ending of the curve plots: log y axis if asked, axis style, legend."""
+    if log_y:
+        ax.set_yscale("log")
+    style_axes(ax, title=title, xlabel=xlabel, ylabel=ylabel)
+    add_legend(ax)
+    return fig
+
+
 def plot_series(
     steps: Any | None,
     series: Mapping[str, Any],
@@ -95,11 +106,7 @@ def plot_series(
         )
         if e is not None:
             ax.fill_between(x, y - z * e, y + z * e, color=color, alpha=0.2, linewidth=0)
-    if log_y:
-        ax.set_yscale("log")
-    style_axes(ax, title=title, xlabel=xlabel, ylabel=ylabel)
-    add_legend(ax)
-    return fig
+    return _finish_curves(fig, ax, log_y, title, xlabel, ylabel)
 
 
 def plot_quantile_bands(
@@ -164,11 +171,7 @@ def plot_quantile_bands(
             linewidth=1.6,
             label=f"{prefix}median (R={arr.shape[0]})",
         )
-    if log_y:
-        ax.set_yscale("log")
-    style_axes(ax, title=title, xlabel=xlabel, ylabel=ylabel)
-    add_legend(ax)
-    return fig
+    return _finish_curves(fig, ax, log_y, title, xlabel, ylabel)
 
 
 def plot_layer_summary(

@@ -13,27 +13,11 @@ The run folder is now five modules, re-exported here so that
 
 from __future__ import annotations
 
-from hesslab.report.folder import (
-    ARRAYS_FILE,
-    CONFIG_FILE,
-    FIGURES_DIR,
-    METRICS_FILE,
-    REPORT_FILE,
-    RESULTS_FILE,
-    RunDir,
-    rebuild_report,
-)
+from hesslab.report import folder, layout
+from hesslab.report.folder import *  # noqa: F403  (names listed once, in each module's __all__)
+from hesslab.report.layout import *  # noqa: F403
 from hesslab.report.records import RESULTS_FORMAT, RUN_SCHEMA
 
-__all__ = [
-    "ARRAYS_FILE",
-    "CONFIG_FILE",
-    "FIGURES_DIR",
-    "METRICS_FILE",
-    "REPORT_FILE",
-    "RESULTS_FILE",
-    "RESULTS_FORMAT",
-    "RUN_SCHEMA",
-    "RunDir",
-    "rebuild_report",
-]
+__all__ = ["RESULTS_FORMAT", "RUN_SCHEMA"]
+__all__ += folder.__all__
+__all__ += layout.__all__

@@ -216,6 +216,11 @@ class ViT(nn.Module):
         return self.head(h[:, 0] if self.pool == "cls" else h.mean(dim=1))
 
 
+def _gpt2_init(init: Init) -> Init:
+    """``init`` with ``"gpt2"`` made concrete: weights and embeddings ``N(0, 0.02²)``."""
+    return _normal_init(0.02) if init == "gpt2" else init
+
+
 def _check_heads(dim: int, depth: int, num_heads: int, mlp_ratio: int) -> None:
     if min(dim, depth, num_heads, mlp_ratio) < 1 or dim % num_heads:
         raise ConfigurationError(
@@ -280,12 +285,7 @@ def gpt(
         return GPT(vocab_size, max_len, dim, depth, num_heads, mlp_ratio, positions)
 
     model = _materialise(
-        build,
-        seed=seed,
-        generator=generator,
-        init=_normal_init(0.02) if init == "gpt2" else init,
-        device=device,
-        dtype=dtype,
+        build, seed=seed, generator=generator, init=_gpt2_init(init), device=device, dtype=dtype
     )
     assert isinstance(model, GPT)
     return model
@@ -347,12 +347,7 @@ def vit(
         )
 
     model = _materialise(
-        build,
-        seed=seed,
-        generator=generator,
-        init=_normal_init(0.02) if init == "gpt2" else init,
-        device=device,
-        dtype=dtype,
+        build, seed=seed, generator=generator, init=_gpt2_init(init), device=device, dtype=dtype
     )
     assert isinstance(model, ViT)
     return model
