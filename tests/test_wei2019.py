@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hesslab.experiments import wei2019
+from hesslab.experiments.wei2019 import toy
 
 from .smoke import run_smoke
 
@@ -72,11 +73,11 @@ def test_diverged_toy_runs_are_counted_not_a_crash():
         wei2019.Wei2019Config.smoke(), toy_runs=200, toy_steps=60, toy_record_every=20,
         toy_lr=0.12, toy_iso_std=4.0,
     )  # fmt: skip
-    out = wei2019._toy_process("isotropic", cfg, 3, seed=0)
+    out = toy.toy_process("isotropic", cfg, 3, seed=0)
     dead = out["diverged"]
     assert 0 < dead[-1] < cfg.toy_runs and list(dead) == sorted(dead)
     for key in ("trace", "trace_se", "logdet", "logdet_se"):
         assert all(math.isfinite(x) for x in out[key])
     r = {"logdet_change": -1.0, "logdet_change_se": 0.1, "runs_kept": 150, "diverged": 50}
-    v = wei2019._decision(r, "logdet_change", 3.0, "falls")
+    v = toy.decision(r, "logdet_change", 3.0, "falls")
     assert v.holds is True and v.excluded == 50 and "50 non-finite excluded" in v.text
