@@ -89,7 +89,9 @@ def test_sampled_change_chunked_equals_one_chunk(monkeypatch):
     G = li2019.all_sample_gradients(obj)
     rows_seen: list[int] = []
     real = li2019.loss_at
-    monkeypatch.setattr(li2019, "loss_at", lambda o, t: rows_seen.append(t.shape[0]) or real(o, t))
+    monkeypatch.setattr(
+        li2019.onestep, "loss_at", lambda o, t: rows_seen.append(t.shape[0]) or real(o, t)
+    )
     budget = 7 * (8 + 2 * 3) * 8  # 7 rows of (N + 2P) float64 numbers
     assert li2019.sampled_chunk_rows(8, 3, 8, budget) == 7
     for kw in ({}, {"precond": torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)}):
