@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from hesslab.errors import ConfigurationError
 from hesslab.experiments import _claims
 from hesslab.report.progress import StepProgress
@@ -362,3 +364,21 @@ class Experiment:
             "smoke_seconds": self.smoke_seconds,
             "full_seconds": self.full_seconds,
         }
+
+
+#: The dtypes an experiment config's ``dtype`` field may name.
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def config_dtype(cfg: Any) -> torch.dtype:
+    """The torch dtype named by ``cfg.dtype`` (``"float64"`` or ``"float32"``).
+
+    Raises:
+        ConfigurationError: for any other name.
+    """
+    try:
+        return DTYPES[cfg.dtype]
+    except KeyError:
+        raise ConfigurationError(
+            f"dtype must be 'float64' or 'float32', got {cfg.dtype!r}"
+        ) from None

@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from hesslab.data import balanced_subset, digits, text
 from hesslab.errors import ConfigurationError
 from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._base import config_dtype as _dtype
 from hesslab.experiments._claims import record
 from hesslab.losses import ce_count, ce_sum, resolve_loss
 from hesslab.measures import spectrum_js
@@ -193,15 +194,6 @@ def decide(diffs: Any, margin_se: float = 2.0) -> dict[str, Any]:
         elif mean < -margin_se * se:
             holds = False
     return {"mean": mean, "se": se, "num_seeds": int(d.size), "holds": holds}
-
-
-def _dtype(cfg: Zhang2024Config) -> torch.dtype:
-    try:
-        return {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
-    except KeyError:
-        raise ConfigurationError(
-            f"dtype must be 'float64' or 'float32', got {cfg.dtype!r}"
-        ) from None
 
 
 def _validate(cfg: Zhang2024Config) -> None:

@@ -70,6 +70,7 @@ from typing import Any
 
 from hesslab.errors import ConfigurationError
 from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._base import config_dtype as _dtype
 from hesslab.experiments.li2019.config import (
     FULL_SECONDS,
     S1,
@@ -78,7 +79,6 @@ from hesslab.experiments.li2019.config import (
     S4,
     SMOKE_SECONDS,
     Li2019Config,
-    _dtype,
 )
 from hesslab.experiments.li2019.invariance import INVARIANCE_TOL, part4
 from hesslab.experiments.li2019.onestep import (

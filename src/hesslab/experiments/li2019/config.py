@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from hesslab.errors import ConfigurationError
-
 #: Measured wall time of the smoke size, one thread: 20 s on a lightly loaded 2-core
 #: machine (45-59 s when shared with other jobs).
 SMOKE_SECONDS = 20.0
@@ -122,9 +120,3 @@ class Li2019Config:
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
-
-
-def _dtype(cfg: Li2019Config) -> torch.dtype:
-    if cfg.dtype not in ("float64", "float32"):
-        raise ConfigurationError(f"dtype must be 'float64' or 'float32', got {cfg.dtype!r}")
-    return {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]

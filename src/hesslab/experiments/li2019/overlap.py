@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from hesslab.data import gaussian_mixture, with_label_noise
+from hesslab.experiments._base import config_dtype as _dtype
 from hesslab.experiments._claims import add_claim, decide
-from hesslab.experiments.li2019.config import S1, Li2019Config, _dtype, _gen
+from hesslab.experiments.li2019.config import S1, Li2019Config, _gen
 from hesslab.linalg import eigenpairs
 from hesslab.measures import subspace_overlap
 from hesslab.models import mlp

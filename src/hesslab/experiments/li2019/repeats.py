@@ -14,8 +14,9 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from hesslab.data import gaussian_mixture, with_label_noise
+from hesslab.experiments._base import config_dtype as _dtype
 from hesslab.experiments._claims import add_claim, decide
-from hesslab.experiments.li2019.config import S3, Li2019Config, _dtype, _gen
+from hesslab.experiments.li2019.config import S3, Li2019Config, _gen
 from hesslab.models import mlp
 from hesslab.report import plots
 from hesslab.report.run import RunDir

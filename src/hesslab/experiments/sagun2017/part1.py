@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from hesslab.data import balanced_subset, digits
 from hesslab.data.datasets import Split
+from hesslab.experiments._base import config_dtype as _dtype
 from hesslab.experiments.sagun2017.claims import _part1_claim
 from hesslab.experiments.sagun2017.config import S1, Sagun2017Config
 from hesslab.experiments.sagun2017.spectra import (
@@ -22,7 +23,7 @@ from hesslab.experiments.sagun2017.spectra import (
     _outliers,
     _spectrum,
 )
-from hesslab.experiments.sagun2017.train import _dtype, _is_min, _kink, _mixture, _model, _train_gd
+from hesslab.experiments.sagun2017.train import _is_min, _kink, _mixture, _model, _train_gd
 from hesslab.report import plots
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir

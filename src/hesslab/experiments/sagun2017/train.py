@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from hesslab.data import blobs, gaussian_mixture
 from hesslab.data.datasets import Split
 from hesslab.errors import ConfigurationError
+from hesslab.experiments._base import config_dtype as _dtype
 from hesslab.experiments.sagun2017.config import Sagun2017Config
 from hesslab.models import mlp
 from hesslab.train import fit, resolve_loss
@@ -24,10 +25,6 @@ from hesslab.train import fit, resolve_loss
 
 def _is_min(cfg: Sagun2017Config, grad_norm: float) -> bool:
     return bool(grad_norm <= cfg.minimum_tol)
-
-
-def _dtype(cfg: Sagun2017Config) -> torch.dtype:
-    return {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
 
 
 def _mixture(

@@ -76,12 +76,12 @@ from typing import Any
 
 from hesslab.data import balanced_subset, digits
 from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._base import config_dtype as _dtype
 from hesslab.experiments.sankar2021.config import (
     FULL_SECONDS,
     METRICS,
     SMOKE_SECONDS,
     Sankar2021Config,
-    _dtype,
     _seed_part,
     _validate,
 )

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from hesslab.errors import ConfigurationError
+from hesslab.experiments._base import config_dtype as _dtype
 
 #: Measured wall time of the smoke size (3 seeds, batch 32, 16-step SLQ), one thread: 18 s
 #: on a lightly loaded 2-core machine (41-75 s when shared with other jobs; the one-seed
@@ -110,15 +109,6 @@ class Sankar2021Config:
     def full(cls) -> Sankar2021Config:
         """3 seeds x 30 epochs, 10 points per class, the authors' SLQ sizes (128 steps)."""
         return cls()
-
-
-def _dtype(cfg: Sankar2021Config) -> torch.dtype:
-    try:
-        return {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
-    except KeyError:
-        raise ConfigurationError(
-            f"dtype must be 'float64' or 'float32', got {cfg.dtype!r}"
-        ) from None
 
 
 def _validate(cfg: Sankar2021Config) -> None:

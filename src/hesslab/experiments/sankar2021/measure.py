@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hesslab.experiments.sankar2021.config import Sankar2021Config, _dtype
+from hesslab.experiments._base import config_dtype as _dtype
+from hesslab.experiments.sankar2021.config import Sankar2021Config
 from hesslab.linalg.density import SpectralDensity
 from hesslab.linalg.results import TraceEstimate
 from hesslab.measures import sankar_density_distance, spectrum_w1

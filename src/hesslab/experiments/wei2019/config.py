@@ -112,11 +112,6 @@ class Wei2019Config:
 # helpers
 
 
-def dtype_of(cfg: Wei2019Config) -> torch.dtype:
-    """The torch dtype named by ``cfg.dtype``."""
-    return {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
-
-
 def gen(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``."""
     return torch.Generator().manual_seed(int(seed))

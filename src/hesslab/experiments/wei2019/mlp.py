@@ -17,15 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hesslab.data import balanced_subset, digits
+from hesslab.experiments._base import config_dtype as dtype_of
 from hesslab.experiments._claims import Verdict, add_claim, decide, record
-from hesslab.experiments.wei2019.config import (
-    OPTIMIZERS,
-    S2,
-    S3,
-    Wei2019Config,
-    dtype_of,
-    gen,
-)
+from hesslab.experiments.wei2019.config import OPTIMIZERS, S2, S3, Wei2019Config, gen
 from hesslab.linalg.lanczos import use_dense
 from hesslab.models import mlp
 from hesslab.objective import Objective
