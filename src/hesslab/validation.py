@@ -29,9 +29,11 @@ Decisions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -411,6 +413,19 @@ def require_symmetric(op: Any, method: str) -> None:
         "to DenseOperator if the asymmetry is rounding error, or use torch.linalg.eigvals "
         "for a general matrix"
     )
+
+
+def check_k_tol(P: int, k: Any, tol: Any) -> int:
+    """``k`` as an int in ``[1, P]``, with ``tol`` a finite number ``>= 0`` (eigensolvers).
+
+    Raises:
+        ConfigurationError: naming the bad argument and its allowed range.
+    """
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= P:
+        raise ConfigurationError(f"k must be an integer in [1, P={P}], got {k!r}")
+    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        raise ConfigurationError(f"tol must be a finite number >= 0, got {tol!r}")
+    return int(k)
 
 
 def check_dense_size(P: int, dtype: torch.dtype, max_bytes: int | None) -> None:

@@ -9,7 +9,6 @@ returns its result. :func:`lanczos_quadrature` (SLQ) is re-exported from
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from hesslab.linalg.results import EigenResult
 from hesslab.linalg.thick_restart import ThickRestartLanczos, wanted_order
 from hesslab.operators.base import LinearOperator, as_operator
 from hesslab.rng import resolve_generator
-from hesslab.validation import require_symmetric
+from hesslab.validation import check_k_tol, require_symmetric
 
 __all__ = ["BasisStorageError", "auto_block_size", "eigenpairs", "lanczos_quadrature"]
 
@@ -259,11 +258,7 @@ def _check(
     P = op.shape[0]
     if which not in _WHICH:
         raise ConfigurationError(f"which must be one of {_WHICH}, got {which!r}")
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= P:
-        raise ConfigurationError(f"k must be an integer in [1, P={P}], got {k!r}")
-    k = int(k)
-    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
-        raise ConfigurationError(f"tol must be a finite number >= 0, got {tol!r}")
+    k = check_k_tol(P, k, tol)
     if block_size is None:
         b = 1
     elif block_size == "auto":

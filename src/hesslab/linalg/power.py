@@ -24,7 +24,7 @@ from hesslab.linalg.probes import draw_probes
 from hesslab.linalg.results import EigenResult
 from hesslab.operators.base import as_operator
 from hesslab.rng import resolve_generator
-from hesslab.validation import require_symmetric
+from hesslab.validation import check_k_tol, require_symmetric
 
 __all__ = ["power_iteration"]
 
@@ -116,11 +116,7 @@ def power_iteration(
 
 def _check(P: int, k: Any, tol: Any, max_matvecs: int | None) -> tuple[int, int]:
     """Validated ``(k, max_matvecs)`` (see :func:`power_iteration`)."""
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= P:
-        raise ConfigurationError(f"k must be an integer in [1, P={P}], got {k!r}")
-    k = int(k)
-    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
-        raise ConfigurationError(f"tol must be a finite number >= 0, got {tol!r}")
+    k = check_k_tol(P, k, tol)
     if max_matvecs is None:
         max_matvecs = 1000 * k
     if max_matvecs < k:
