@@ -16,14 +16,13 @@ from hesslab.experiments._base import config_dtype as _dtype
 from hesslab.experiments.sagun2017.claims import _part1_claim
 from hesslab.experiments.sagun2017.config import S1, Sagun2017Config
 from hesslab.experiments.sagun2017.spectra import (
-    _bulk_stats,
     _count,
     _fmt,
     _max_count,
-    _outliers,
     _spectrum,
+    _trained_spectrum,
 )
-from hesslab.experiments.sagun2017.train import _is_min, _kink, _mixture, _model, _train_gd
+from hesslab.experiments.sagun2017.train import _is_min, _kink, _model, _train_gd
 from hesslab.report import plots
 from hesslab.report.progress import StepProgress
 from hesslab.report.run import RunDir
@@ -94,13 +93,7 @@ def _mixture_run(
         ``(row, eigenvalues, model, split)``; the row's ``"_bounds"`` is the count's
         plausible range ``(low, high)``, to be popped by the caller.
     """
-    split = _mixture(cfg, k, seed)
-    res = _train_gd(cfg, _model(cfg, cfg.dim, cfg.widths, k, seed), split)
-    spec = _spectrum(cfg, res.model, split.train.tensors, seed=seed, dense=True)
-    v = spec["values"]
-    oc = _outliers(cfg, v, k)
-    n, gap = oc.count, (float(oc.gaps[oc.count - 1]) if oc.count else math.nan)
-    bulk = _bulk_stats(v, n, cfg.near_zero_tol)
+    split, res, spec, v, oc, n, gap, bulk = _trained_spectrum(cfg, k, seed)
     row = {
         "k": k,
         "seed": seed,

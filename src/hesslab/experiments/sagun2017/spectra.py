@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from hesslab.data.datasets import Split
 from hesslab.experiments.sagun2017.config import Sagun2017Config
+from hesslab.experiments.sagun2017.train import _mixture, _model, _train_gd
 from hesslab.measures.spectrum import OutlierCount, count_outliers
 from hesslab.operators import ggn, hessian
 
@@ -122,3 +124,29 @@ def _leading(flags: Tensor) -> int:
     """How many leading entries of a boolean vector are true."""
     bad = (~flags).nonzero()
     return int(bad[0]) if bad.numel() else int(flags.numel())
+
+
+class TrainedSpectrum(NamedTuple):
+    """One mixture run: its data, training result, exact spectrum and outlier count."""
+
+    split: Split
+    res: Any
+    spec: dict[str, Any]
+    values: Tensor
+    outliers: OutlierCount
+    count: int
+    gap: float
+    bulk: dict[str, float]
+
+
+def _trained_spectrum(
+    cfg: Sagun2017Config, k: int, seed: int, *, separation: float | None = None
+) -> TrainedSpectrum:
+    """Train on one k-class mixture, take its exact spectrum and count the outliers."""
+    split = _mixture(cfg, k, seed, separation=separation)
+    res = _train_gd(cfg, _model(cfg, cfg.dim, cfg.widths, k, seed), split)
+    spec = _spectrum(cfg, res.model, split.train.tensors, seed=seed, dense=True)
+    v = spec["values"]
+    oc = _outliers(cfg, v, k)
+    n, gap = oc.count, (float(oc.gaps[oc.count - 1]) if oc.count else math.nan)
+    return TrainedSpectrum(split, res, spec, v, oc, n, gap, _bulk_stats(v, n, cfg.near_zero_tol))

@@ -13,7 +13,13 @@ import numpy as np
 
 from hesslab.experiments.sagun2017.claims import _part2_claim, _part3_claims
 from hesslab.experiments.sagun2017.config import S2, S3, Sagun2017Config
-from hesslab.experiments.sagun2017.spectra import _bulk_stats, _fmt, _outliers, _spectrum
+from hesslab.experiments.sagun2017.spectra import (
+    _bulk_stats,
+    _fmt,
+    _outliers,
+    _spectrum,
+    _trained_spectrum,
+)
 from hesslab.experiments.sagun2017.train import _is_min, _mixture, _model, _train_gd
 from hesslab.report import plots
 from hesslab.report.progress import StepProgress
@@ -161,13 +167,7 @@ def _data_run(cfg: Sagun2017Config, k: int, sep: float, seed: int) -> tuple[dict
 
     The row's ``"_fraction"`` (the unrounded near-zero fraction) is popped by the caller.
     """
-    split = _mixture(cfg, k, seed, separation=sep)
-    res = _train_gd(cfg, _model(cfg, cfg.dim, cfg.widths, k, seed), split)
-    spec = _spectrum(cfg, res.model, split.train.tensors, seed=seed, dense=True)
-    v = spec["values"]
-    oc = _outliers(cfg, v, k)
-    n, gap = oc.count, (float(oc.gaps[oc.count - 1]) if oc.count else math.nan)
-    bulk = _bulk_stats(v, n, cfg.near_zero_tol)
+    split, res, spec, v, oc, n, gap, bulk = _trained_spectrum(cfg, k, seed, separation=sep)
     row = {
         "k": k,
         "separation": sep,
