@@ -56,11 +56,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from hesslab.data import balanced_subset, load_data
 from hesslab.errors import ConfigurationError
-from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._base import Context, Experiment, Part, config_dtype
 from hesslab.experiments._claims import record
 from hesslab.models import mlp
 from hesslab.report import plots
@@ -150,7 +149,7 @@ class Cohen2021Config:
 
 def _run_one(cfg: Cohen2021Config, eta: float, seed: int) -> dict[str, Any]:
     """One GD run at step size ``eta``: λ_max every ``every`` steps and the loss every step."""
-    dtype = getattr(torch, cfg.dtype)
+    dtype = config_dtype(cfg)
     split = load_data(cfg.data, dtype=dtype, seed=seed)
     train = balanced_subset(split.train, cfg.per_class, seed=seed)
     num_classes = int(split.num_classes or 0)

@@ -44,10 +44,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from hesslab.data import balanced_subset, digits
-from hesslab.experiments._base import Context, Experiment, Part
+from hesslab.experiments._base import Context, Experiment, Part, config_dtype
 from hesslab.experiments._claims import Verdict, add_claim, all_of, decide, record
 from hesslab.measures.eigvec import ipr_null
 from hesslab.models import mlp
@@ -138,7 +137,7 @@ class DisplacementConfig:
 
 
 def _run_one(cfg: DisplacementConfig, seed: int, opt: str, train: Any) -> dict[str, Any]:
-    dtype = getattr(torch, cfg.dtype)
+    dtype = config_dtype(cfg)
     model = mlp(64, cfg.widths, 10, activation=cfg.activation, seed=seed, dtype=dtype)
     mon = SpectrumMonitor(
         (train.x.to(dtype), train.y),
@@ -214,7 +213,7 @@ def _mean_se(x: list[float]) -> tuple[float, float]:
 def _train(ctx: Context, seed: int, opt: str) -> dict[str, Any]:
     """One training run (optimizer, seed) with the spectrum monitor."""
     cfg = ctx.cfg
-    train = digits(seed=seed, dtype=getattr(torch, cfg.dtype)).train
+    train = digits(seed=seed, dtype=config_dtype(cfg)).train
     if cfg.per_class > 0:
         train = balanced_subset(train, cfg.per_class, seed=seed)
     out = _run_one(cfg, seed, opt, train)
