@@ -60,6 +60,7 @@ from hesslab.distributed import broadcast_int
 from hesslab.errors import ConfigurationError
 from hesslab.linalg.probes import draw_probes, mean_stderr
 from hesslab.linalg.results import TraceEstimate
+from hesslab.linalg.space import LocalSpace
 from hesslab.losses import output_tensor
 from hesslab.objective import Objective
 from hesslab.operators.base import LinearOperator
@@ -122,6 +123,35 @@ def _shard_rows(rows: int, rank: int, world: int) -> range:
     """Rows of rank ``rank`` under ``Shard(0)`` (``torch.chunk`` sizes, as FSDP2)."""
     step = -(-rows // world) if rows else 0
     return range(min(rows, rank * step), min(rows, (rank + 1) * step))
+
+
+class ShardedSpace(LocalSpace):
+    """The inner-product space of a :class:`ShardedHessianOperator`'s vectors.
+
+    Partial inner products are all-reduced over the operator's process group; random
+    vectors are drawn at full size ``P`` and each rank keeps its rows.
+    """
+
+    distributed = True
+
+    def __init__(self, op: ShardedHessianOperator) -> None:
+        self.op = op
+
+    def reduce_sum(self, value: Tensor) -> Tensor:
+        """Sum of ``value`` over the ranks (a new tensor on ``value``'s device)."""
+        return self.op.reduce_sum(value)
+
+    def global_size(self, local: int) -> int:
+        """``P``, the number of parameters over all ranks."""
+        return self.op.full_size
+
+    def local_part(self, full: Tensor) -> Tensor:
+        """This rank's rows of a full ``[P, j]`` block (in the block's dtype)."""
+        return self.op._pad(full[self.op._maps[self.op.rank].to(full.device)])
+
+    def shared_seed(self, seed: int) -> int:
+        """Rank 0's ``seed`` on every rank."""
+        return broadcast_int(seed, group=self.op.group)
 
 
 class ShardedHessianOperator(LinearOperator):
@@ -198,6 +228,7 @@ class ShardedHessianOperator(LinearOperator):
         self.num_local, self.num_total = float(objective.num_items), float(count)
         self.last_error: Tensor | None = None
         self.eps_used: Tensor | None = None
+        self.inner_product_space = ShardedSpace(self)
 
     # ------------------------------------------------------------------ layout
     def _sharded_params(self, model: nn.Module) -> dict[str, Any]:

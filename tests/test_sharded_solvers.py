@@ -1,0 +1,126 @@
+"""hesslab's own solvers, unchanged, on FSDP2-sharded vectors (2 gloo processes) against
+the same solvers on the single-process operator of the unsharded model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from hesslab import Objective
+from hesslab.operators import DenseOperator, HessianOperator
+
+from .gloo import run_gloo, tanh_mlp_shard
+from .models import make
+
+fsdp = pytest.importorskip("torch.distributed.fsdp")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and hasattr(fsdp, "fully_shard")), reason="no FSDP2"
+)
+
+EIG = {"k": 3, "tol": 1e-10, "method": "lanczos", "max_basis": 12}
+DENSITY = {
+    "density": {"num_steps": 12, "num_probes": 3},
+    "density_deflated": {"num_steps": 10, "num_probes": 2, "deflate": 2},
+    "density_gaussian": {"num_steps": 43, "num_probes": 1, "distribution": "gaussian"},
+}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _shard(model):
+    for layer in (model[0], model[2]):
+        fsdp.fully_shard(layer)
+    fsdp.fully_shard(model)
+    return model
+
+
+def _body(rank: int, world: int, out_dir: str) -> None:
+    from hesslab import eigenpairs, spectral_density
+    from hesslab.sharded import ShardedHessianOperator
+
+    model, data = tanh_mlp_shard(rank, world)
+    model = _shard(model)
+    before = [p.to_local().clone() for p in model.parameters()]
+    op = ShardedHessianOperator(model, "ce", data, mode="reverse-over-reverse")
+    res = {"index": op._maps[rank], "full_size": op.full_size, "size": op.shape[0]}
+    sizes = []
+
+    def spy(info):
+        sizes.append(info["basis_size"])
+
+    res["eig"] = eigenpairs(op, **EIG, generator=_gen(7), callback=spy, true_residuals=True)
+    res["eig_block"] = eigenpairs(op, **EIG, block_size=2, generator=_gen(8))
+    for name, options in DENSITY.items():
+        res[name] = spectral_density(op, **options, generator=_gen(1))
+    res["bit_identical"] = all(
+        torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters(), strict=True)
+    )
+    torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded_solvers")
+    run_gloo(_body, out)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def dense():
+    model, x, y, _ = make("tanh_mlp")
+    return HessianOperator(Objective(model, "ce", (x, y))).to_dense()
+
+
+def _full(ranks, get):
+    """The full ``[P, ...]`` block from the ranks' shards ``get(rank_result)``."""
+    first = get(ranks[0])
+    out = torch.zeros(ranks[0]["full_size"], *first.shape[1:], dtype=first.dtype)
+    for r in ranks:
+        out[r["index"]] = get(r)[: len(r["index"])]
+    return out
+
+
+def _sign_aligned(X, Y):
+    return X * torch.sign((X * Y).sum(0))
+
+
+@pytest.mark.parametrize("key,options", [("eig", {}), ("eig_block", {"block_size": 2})])
+def test_eigenpairs_equal_the_single_process_run(ranks, dense, key, options):
+    from hesslab import eigenpairs
+
+    seed = 7 if key == "eig" else 8
+    extra = {"true_residuals": True} if key == "eig" else {}
+    ref = eigenpairs(DenseOperator(dense), **EIG, **options, **extra, generator=_gen(seed))
+    scale = float(ref.values.abs().max())
+    for r in ranks:
+        res = r[key]
+        assert torch.allclose(res.values, ref.values, rtol=0, atol=1e-10 * scale)
+        assert res.num_matvecs == ref.num_matvecs and res.num_restarts == ref.num_restarts
+        assert bool(res.converged.all())
+    assert torch.equal(ranks[0][key].values, ranks[1][key].values)
+    X = _full(ranks, lambda r: r[key].vectors)
+    assert torch.allclose(_sign_aligned(X, ref.vectors), ref.vectors, rtol=0, atol=1e-8)
+    resid = (dense @ X - X * ref.values).norm(dim=0)
+    assert float(resid.max()) <= 1e-8 * scale
+    assert all(r["bit_identical"] for r in ranks)
+
+
+@pytest.mark.parametrize("name", sorted(DENSITY))
+def test_spectral_density_equals_the_single_process_run(ranks, dense, name):
+    from hesslab import spectral_density
+
+    ref = spectral_density(DenseOperator(dense), **DENSITY[name], generator=_gen(1))
+    scale = float(dense.abs().max())
+    for r in ranks:
+        res = r[name]
+        assert res.dimension == ref.dimension == dense.shape[0]
+        assert torch.equal(res.steps, ref.steps) and res.num_matvecs == ref.num_matvecs
+        assert torch.allclose(res.nodes, ref.nodes, rtol=0, atol=1e-10 * scale)
+        assert torch.allclose(res.weights, ref.weights, rtol=0, atol=1e-10)
+        assert torch.allclose(res.outliers, ref.outliers, rtol=0, atol=1e-10 * scale)
+        assert torch.equal(res.locked, ref.locked)
