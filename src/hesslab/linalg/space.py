@@ -64,11 +64,13 @@ def space_of(op: Any) -> LocalSpace:
 
 
 def shared_generator(generator: torch.Generator | None, space: LocalSpace) -> torch.Generator:
-    """:func:`~hesslab.rng.resolve_generator` of ``generator``; in a sharded space without
-    one, a fresh generator seeded from the first rank's entropy (the same on every rank).
+    """The generator a solver draws from (the same on every rank of a sharded space).
 
+    :func:`~hesslab.rng.resolve_generator` of ``generator``; in a sharded space without
+    one, a fresh generator seeded from the first rank's entropy.
     A generator passed to a solver on a sharded operator must be in the same state on
-    every rank (e.g. ``torch.Generator().manual_seed(0)`` everywhere)."""
+    every rank (e.g. ``torch.Generator().manual_seed(0)`` everywhere).
+    """
     if generator is not None or not space.distributed:
         return resolve_generator(generator)
     seed = int(torch.randint(0, 2**62, (1,)))
