@@ -21,6 +21,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 EIG = {"k": 3, "tol": 1e-10, "method": "lanczos", "max_basis": 12}
+TRACE = {
+    "trace": {"num_matvecs": 24},
+    "trace_gaussian": {"num_matvecs": 24, "distribution": "gaussian", "krylov_block": 2},
+    "trace_hutchinson": {"num_matvecs": 10, "method": "hutchinson"},
+    "trace_hutchpp": {"num_matvecs": 12, "method": "hutch++", "distribution": "sphere"},
+    "trace_adaptive": {"num_matvecs": 8, "method": "hutchinson", "rtol": 1e-3, "block_size": 4},
+    "trace_exact": {"num_matvecs": 1, "method": "exact"},
+    "frobenius": {"num_matvecs": 24},
+}
 DENSITY = {
     "density": {"num_steps": 12, "num_probes": 3},
     "density_deflated": {"num_steps": 10, "num_probes": 2, "deflate": 2},
@@ -40,7 +49,7 @@ def _shard(model):
 
 
 def _body(rank: int, world: int, out_dir: str) -> None:
-    from hesslab import eigenpairs, spectral_density
+    from hesslab import eigenpairs, frobenius_sq, spectral_density, trace
     from hesslab.sharded import ShardedHessianOperator
 
     model, data = tanh_mlp_shard(rank, world)
@@ -55,6 +64,9 @@ def _body(rank: int, world: int, out_dir: str) -> None:
 
     res["eig"] = eigenpairs(op, **EIG, generator=_gen(7), callback=spy, true_residuals=True)
     res["eig_block"] = eigenpairs(op, **EIG, block_size=2, generator=_gen(8))
+    for name, options in TRACE.items():
+        fn = frobenius_sq if name.startswith("frob") else trace
+        res[name] = fn(op, **options, generator=_gen(3))
     for name, options in DENSITY.items():
         res[name] = spectral_density(op, **options, generator=_gen(1))
     res["bit_identical"] = all(
@@ -124,3 +136,22 @@ def test_spectral_density_equals_the_single_process_run(ranks, dense, name):
         assert torch.allclose(res.weights, ref.weights, rtol=0, atol=1e-10)
         assert torch.allclose(res.outliers, ref.outliers, rtol=0, atol=1e-10 * scale)
         assert torch.equal(res.locked, ref.locked)
+
+
+@pytest.mark.parametrize("name", sorted(TRACE))
+def test_trace_equals_the_single_process_run(ranks, dense, name):
+    from hesslab import frobenius_sq, trace
+
+    fn = frobenius_sq if name.startswith("frob") else trace
+    ref = fn(DenseOperator(dense), **TRACE[name], generator=_gen(3))
+    exact = float(dense.trace()) if fn is trace else float(dense.square().sum())
+    for r in ranks:
+        res = r[name]
+        assert abs(res.value - ref.value) <= 1e-10 * abs(exact)
+        assert res.num_matvecs == ref.num_matvecs
+        assert abs(res.stderr - ref.stderr) <= 1e-8 * max(ref.stderr, 1e-300) + 1e-12 * exact
+        if ref.samples is not None:
+            assert torch.allclose(res.samples, ref.samples, rtol=1e-10, atol=1e-12 * exact)
+        assert res.info.get("krylov_dim") == ref.info.get("krylov_dim")
+    if name == "trace_exact":
+        assert abs(ranks[0][name].value - exact) <= 1e-10 * abs(exact)

@@ -619,11 +619,12 @@ class KrylovBasis:
 
     def __init__(self, engine: Any, start: Tensor, capacity: int) -> None:
         self.engine = engine
+        self.space = getattr(engine, "space", LOCAL)
         kw = {"dtype": start.dtype, "device": engine.device}
-        self._Qt = torch.empty(capacity, engine.P, **kw)
-        self._Zt = torch.empty(capacity, engine.P, **kw)
+        self._Qt = torch.empty(capacity, start.shape[0], **kw)  # this rank's rows if sharded
+        self._Zt = torch.empty(capacity, start.shape[0], **kw)
         self._d = 0
-        self._next = orthonormalize(start)
+        self._next = orthonormalize(start, space=self.space)
         self.trace_part = 0.0
 
     @property
@@ -655,10 +656,10 @@ class KrylovBasis:
         if Qn.shape[1] == 0:
             return 0
         Zn = self.engine.apply(Qn)
-        self.trace_part += float((Qn * Zn).sum())
+        self.trace_part += float(self.space.reduce_sum((Qn * Zn).sum()))
         d, j = self._d, Qn.shape[1]
         self._Qt[d : d + j] = Qn.T
         self._Zt[d : d + j] = Zn.T
         self._d = d + j
-        self._next = orthonormalize(Zn, self.Q)
+        self._next = orthonormalize(Zn, self.Q, space=self.space)
         return j
