@@ -48,8 +48,42 @@ def _shard(model):
     return model
 
 
+class _Stop(Exception):
+    pass
+
+
+def _interrupted_then_resumed(op, path: str) -> tuple:
+    """eigenpairs stopped after 20 products, then resumed from this rank's own file."""
+    from hesslab import eigenpairs
+
+    def stop(info):
+        if info["num_matvecs"] >= 20:
+            raise _Stop
+
+    try:
+        eigenpairs(op, **EIG, generator=_gen(9), checkpoint=path, callback=stop)
+    except _Stop:
+        pass
+    saved = os.path.exists(path)
+    return saved, eigenpairs(op, **EIG, generator=_gen(9), checkpoint=path)
+
+
+def _spy_bases(monkeypatch_targets, shapes):
+    """Record the storage shape of every Krylov basis the solvers allocate."""
+    from hesslab.linalg.basis import Basis
+
+    class Spy(Basis):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            shapes.append((tuple(self.Vt.shape), self.Vt.numel() * self.Vt.element_size()))
+
+    for module in monkeypatch_targets:
+        module.Basis = Spy
+
+
 def _body(rank: int, world: int, out_dir: str) -> None:
     from hesslab import eigenpairs, frobenius_sq, spectral_density, trace
+    from hesslab.linalg import lanczos, quadrature
     from hesslab.sharded import ShardedHessianOperator
 
     model, data = tanh_mlp_shard(rank, world)
@@ -57,12 +91,21 @@ def _body(rank: int, world: int, out_dir: str) -> None:
     before = [p.to_local().clone() for p in model.parameters()]
     op = ShardedHessianOperator(model, "ce", data, mode="reverse-over-reverse")
     res = {"index": op._maps[rank], "full_size": op.full_size, "size": op.shape[0]}
-    sizes = []
-
-    def spy(info):
-        sizes.append(info["basis_size"])
-
-    res["eig"] = eigenpairs(op, **EIG, generator=_gen(7), callback=spy, true_residuals=True)
+    res["basis_shapes"] = shapes = []
+    _spy_bases([lanczos, quadrature], shapes)
+    res["eig"] = eigenpairs(op, **EIG, generator=_gen(7), true_residuals=True)
+    res["resume_ref"] = eigenpairs(
+        op, **EIG, generator=_gen(9), checkpoint=os.path.join(out_dir, f"ref{rank}.ckpt")
+    )
+    res["saved"], res["resumed"] = _interrupted_then_resumed(
+        op, os.path.join(out_dir, f"eig{rank}.ckpt")
+    )
+    fd = ShardedHessianOperator(model, "ce", data, route="finite-difference")
+    res["fd_eig"] = eigenpairs(fd, **EIG, generator=_gen(7))
+    fd.matmat(res["fd_eig"].vectors)
+    res["fd_eig_err"] = fd.last_error
+    res["fd_trace"] = trace(fd, 10, method="hutchinson", generator=_gen(3))
+    res["fd_trace_err"] = fd.last_error
     res["eig_block"] = eigenpairs(op, **EIG, block_size=2, generator=_gen(8))
     for name, options in TRACE.items():
         fn = frobenius_sq if name.startswith("frob") else trace
@@ -155,3 +198,37 @@ def test_trace_equals_the_single_process_run(ranks, dense, name):
         assert res.info.get("krylov_dim") == ref.info.get("krylov_dim")
     if name == "trace_exact":
         assert abs(ranks[0][name].value - exact) <= 1e-10 * abs(exact)
+
+
+def test_krylov_bases_hold_this_ranks_rows_only(ranks, dense):
+    P = dense.shape[0]
+    assert sum(r["size"] for r in ranks) == P  # the shards partition the P entries
+    for r in ranks:
+        assert r["size"] <= P // 2 + 8  # Shard(0) row chunks: about P / 2 (25 and 18 here)
+        shapes = r["basis_shapes"]
+        assert len(shapes) >= 2  # eigenpairs and the densities' bases
+        for (m, p), nbytes in shapes:
+            assert p == r["size"] and nbytes == m * r["size"] * 8
+
+
+def test_resume_on_the_sharded_operator_is_bit_identical(ranks):
+    for r in ranks:
+        assert r["saved"]  # the interruption came after a checkpoint
+        assert torch.equal(r["resumed"].values, r["resume_ref"].values)
+        assert torch.equal(r["resumed"].vectors, r["resume_ref"].vectors)
+        assert r["resumed"].num_matvecs == r["resume_ref"].num_matvecs
+
+
+def test_finite_difference_route_within_its_reported_error(ranks, dense):
+    from hesslab import eigenpairs, trace
+
+    ref = eigenpairs(DenseOperator(dense), **EIG, generator=_gen(7))
+    P = dense.shape[0]
+    for r in ranks:
+        err = float(r["fd_eig_err"].max())  # bound on ||(H_fd - H) x|| of a Ritz vector
+        assert 0 < err <= 1e-6 * float(ref.values[0])
+        assert float((r["fd_eig"].values - ref.values).abs().max()) <= 10 * err
+    tref = trace(DenseOperator(dense), 10, method="hutchinson", generator=_gen(3))
+    for r in ranks:  # |v^T (H_fd - H) v| <= ||v|| ||(H_fd - H) v||, ||v|| = sqrt(P)
+        actual = (r["fd_trace"].samples - tref.samples).abs()
+        assert bool((actual <= P**0.5 * r["fd_trace_err"]).all()), (actual, r["fd_trace_err"])
