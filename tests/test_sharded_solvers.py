@@ -16,9 +16,12 @@ from .gloo import run_gloo, tanh_mlp_shard
 from .models import make
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and hasattr(fsdp, "fully_shard")), reason="no FSDP2"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (dist.is_available() and hasattr(fsdp, "fully_shard")), reason="no FSDP2"
+    ),
+    pytest.mark.slow,  # ~40 s (finite-difference eigenpairs); test_sharded.py is the fast one
+]
 
 EIG = {"k": 3, "tol": 1e-10, "method": "lanczos", "max_basis": 12}
 TRACE = {
