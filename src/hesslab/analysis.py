@@ -44,6 +44,7 @@ from hesslab import plot as hplot
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint
 from hesslab.linalg.density import wasserstein1
+from hesslab.linalg.space import space_of
 from hesslab.measures.spectrum import OutlierCount
 from hesslab.objective import Objective
 from hesslab.operators.base import LinearOperator
@@ -188,7 +189,7 @@ class _Job:
 
     @property
     def P(self) -> int:
-        return self.H.shape[0]
+        return space_of(self.H).global_size(self.H.shape[0])  # all ranks' when sharded
 
     def begin(self, part: str) -> None:
         """Start a part: report it and time it by its results' own ``seconds``."""
@@ -570,7 +571,7 @@ def analyze(
     wrap = wrap or _identity
     H_local = HessianOperator(objective)
     H = wrap(H_local)
-    P = H.shape[0]
+    P = space_of(H).global_size(H.shape[0])
     N = getattr(H, "num_total", objective.num_data)  # all shards under DistributedOperator
     store = StageStore(
         checkpoint_dir, {"P": P, "N": N, "config": asdict(cfg)}, writable=write_checkpoints

@@ -54,6 +54,7 @@ from hesslab.linalg.density import SpectralDensity, spectral_density
 from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.logdet import logdet
 from hesslab.linalg.results import BoundsResult, EigenResult, LogdetEstimate, TraceEstimate
+from hesslab.linalg.space import space_of
 from hesslab.linalg.trace import FROBENIUS_METHODS, frobenius_sq, trace
 from hesslab.measures.spectrum import OutlierCount, count_outliers
 from hesslab.operators.base import LinearOperator
@@ -189,7 +190,8 @@ def _density(op: LinearOperator, s: Settings, g: torch.Generator | None) -> Spec
 def _ws_bounds(op: LinearOperator, s: Settings, g: torch.Generator | None) -> BoundsResult:
     """Wolkowicz–Styan bounds from ``given`` traces, else from fresh estimates."""
     if "trace" in s.given and "trace_sq" in s.given:
-        return wolkowicz_styan((s.given["trace"], s.given["trace_sq"], op.shape[0]))
+        P = space_of(op).global_size(op.shape[0])  # all ranks' entries when sharded
+        return wolkowicz_styan((s.given["trace"], s.given["trace_sq"], P))
     return wolkowicz_styan(op, num_matvecs=s.num_matvecs, generator=g)
 
 

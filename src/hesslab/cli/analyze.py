@@ -257,6 +257,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     batches = part.loader(args.batch_size) if args.batch_size else (part.x, part.y)
     obj = Objective(model, args.loss, batches, params=args.params, device=device)
     cfg = _analysis_config(args, exact_limit=args.exact_limit)
+    shard_info = None
+    if getattr(args, "shard", None):
+        wrap, cfg, shard_info = _sharded(args, model, batches, cfg)
     config = {
         "command": "analyze",
         "model": args.model,
@@ -274,6 +277,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         "analysis": cfg,
         "processes": world,
     }
+    if shard_info is not None:
+        config["shard"] = shard_info
     if rank != 0:  # every rank computes; only rank 0 writes the run folder
         import tempfile
 
@@ -281,7 +286,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             # read-only checkpoints: on resume the ones rank 0 wrote; on a fresh run a
             # folder that stays empty (a checkpointed solver runs the same collectives
             # as rank 0's, e.g. SLQ probes one by one)
-            ckpt_in = Path(tmp) / CHECKPOINTS_DIR
+            ckpt_in = None if shard_info else Path(tmp) / CHECKPOINTS_DIR
             if args.resume:
                 resumed = _check_resume(args, config)
                 if resumed is None:
@@ -300,11 +305,61 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if run is None:
         return _already_complete(args)
     stages = _Stages(len(cfg.what) + 2, "analyze", args.quiet)
-    ckpt = run.path / CHECKPOINTS_DIR
+    ckpt = None if shard_info else run.path / CHECKPOINTS_DIR  # stages hold rank 0's shards
     summary = analyze(obj, run, cfg, progress=stages, wrap=wrap, checkpoint_dir=ckpt)
     stages.close()
     _finish(run, summary, time.perf_counter() - t0)
     return 0
+
+
+#: The analysis parts that run on sharded vectors (the others need whole vectors or blocks).
+SHARDED_PARTS = ("eig", "trace", "density")
+
+
+def _sharded(args: argparse.Namespace, model: torch.nn.Module, batches: Any, cfg: Any) -> tuple:
+    """``--shard``: the FSDP2-sharded copy of ``model`` and its operator.
+
+    Returns ``(wrap, cfg, info)``: ``wrap`` maps the analysis' Hessian to the
+    :class:`~hesslab.sharded.ShardedHessianOperator` (the same on every rank), ``cfg``
+    keeps the parts that run on sharded vectors (eig, trace, density; no dense exact
+    spectrum), ``info`` records the route and the parts skipped with the reason. Stage
+    checkpoints are off (a stage's eigenvectors are the writing rank's shard).
+    """
+    import copy
+    import dataclasses
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise ConfigurationError(
+            "--shard must run under torchrun, e.g. "
+            "torchrun --nproc_per_node 2 -m hesslab.cli analyze --shard ..."
+        )
+    if args.params:
+        raise ConfigurationError("--shard takes the whole model; drop --params")
+    from torch.distributed.fsdp import fully_shard
+
+    from hesslab.sharded import ShardedHessianOperator
+
+    sharded = copy.deepcopy(model)  # the plain model stays for the analysis' bookkeeping
+    for child in sharded.children():
+        if any(p.requires_grad for p in child.parameters()):
+            fully_shard(child)
+    fully_shard(sharded)
+    op = ShardedHessianOperator(sharded, args.loss, batches, route=args.shard)
+    kept = tuple(w for w in cfg.what if w in SHARDED_PARTS)
+    skipped = [w for w in cfg.what if w not in SHARDED_PARTS]
+    if not kept:
+        raise ConfigurationError(f"--shard runs {','.join(SHARDED_PARTS)}; pick some in --what")
+    cfg = dataclasses.replace(cfg, what=kept, exact_limit=0)
+    info = {
+        "route": args.shard,
+        "local_size": op.shape[0],
+        "skipped": skipped,
+        "reason": "layer blocks, the GGN and class structure need whole vectors; no dense "
+        "exact spectrum; no stage checkpoints (eigenvectors are per-rank shards)",
+    }
+    return (lambda _H: op), cfg, info
 
 
 def _setup_distributed(args: argparse.Namespace, device: torch.device) -> tuple[Any, int, int]:
@@ -318,7 +373,7 @@ def _setup_distributed(args: argparse.Namespace, device: torch.device) -> tuple[
     import torch.distributed as dist
 
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if not (args.distributed or launched):
+    if not (args.distributed or launched or getattr(args, "shard", None)):
         return None, 0, 1
     if not dist.is_available():
         raise ConfigurationError("--distributed needs a PyTorch build with torch.distributed")

@@ -186,6 +186,16 @@ def _add_analyze_command(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="data-parallel over torchrun processes (auto-detected under torchrun)",
     )
+    p.add_argument(
+        "--shard",
+        nargs="?",
+        const="exact",
+        default=None,
+        choices=("exact", "finite-difference"),
+        help="under torchrun: shard the model with FSDP2 (fully_shard on every child "
+        "module with parameters, then the root) and run eig, trace and density on sharded "
+        "vectors; the product route (default exact)",
+    )
     _add_analysis_options(p, exact_limit=0)
     p.set_defaults(func=cmd_analyze)
 

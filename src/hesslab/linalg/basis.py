@@ -278,8 +278,12 @@ def orthonormalize(
     return U
 
 
+#: Smallest relative singular value :func:`gram_orthonormalize` resolves (float64 Gram).
+_GRAM_RTOL = 1e-7
+
+
 def gram_orthonormalize(
-    W: Tensor, space: LocalSpace, rtol: float = 1e-10
+    W: Tensor, space: LocalSpace, rtol: float = 1e-10, scale: float | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(U, S, Zh)`` with ``W ~= U diag(S) Zh`` from the Gram matrix, for sharded blocks.
 
@@ -288,14 +292,21 @@ def gram_orthonormalize(
     once more from ``U`` (two passes, as CholeskyQR2: Fukaya et al. 2014, "CholeskyQR2:
     a simple and communication-avoiding algorithm"), so ``U`` is orthonormal to working
     precision for ``cond(W)`` up to ``~eps^-1/2``. Every rank gets the same ``S, Zh``.
+    A singular value from the Gram matrix is accurate only down to ``~sqrt(eps_64)`` of
+    the largest column norm, so directions below ``max(rtol, 1e-7)`` times it count as
+    zero (an SVD resolves them down to ``rtol``). ``scale``: the norm the thresholds are
+    relative to (default: the largest column norm of ``W``).
     """
     f64 = torch.float64
     G = space.reduce_sum((W.T @ W).to(f64))
-    scale = float(G.diagonal().clamp_min(0).max().sqrt()) if G.numel() else 0.0
+    if scale is None:
+        scale = float(G.diagonal().clamp_min(0).max().sqrt()) if G.numel() else 0.0
+    if not math.isfinite(scale) or scale == 0.0:
+        return W[:, :0], torch.zeros(0, dtype=f64, device=W.device), G[:0]
     lam, Z = torch.linalg.eigh(G)
     lam, Z = lam.flip(0), Z.flip(1)
     S = lam.clamp_min(0).sqrt()
-    keep = S > rtol * scale if scale > 0 else S > 0
+    keep = S > max(rtol, _GRAM_RTOL) * scale
     S, Z = S[keep], Z[:, keep]
     U = W @ (Z / S).to(W.dtype)
     G2 = space.reduce_sum((U.T @ U).to(f64))
@@ -306,15 +317,16 @@ def gram_orthonormalize(
 
 def _orthonormalize_sharded(W: Tensor, Q: Tensor | None, rtol: float, space: LocalSpace) -> Tensor:
     """:func:`orthonormalize` for sharded blocks (Gram matrices instead of SVD and QR)."""
-    if W.numel() == 0 and W.shape[1] == 0:
+    scale = float(col_norms(W, space).max()) if W.shape[1] else 0.0
+    if scale == 0.0:
         return W[:, :0]
     has_q = Q is not None and Q.shape[1] > 0
     if has_q:
         _, W = orthogonalize(Q, W.clone(), space=space)
-    U, _, _ = gram_orthonormalize(W, space, rtol)
+    U, _, _ = gram_orthonormalize(W, space, rtol, scale)  # relative to W before projection
     if has_q and U.shape[1] > 0:
         _, U = orthogonalize(Q, U.contiguous(), space=space)
-        U, _, _ = gram_orthonormalize(U, space, 0.0)
+        U, _, _ = gram_orthonormalize(U, space, rtol)
     return U
 
 
