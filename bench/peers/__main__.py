@@ -320,6 +320,31 @@ def _strip(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("nodes", "weights", "traceback")}
 
 
+def _section(methods, reps, params, summarize, ratios, raw, extra=None, *, run) -> dict:
+    """Every method at ``params`` (``reps`` interleaved runs each), one summary row each.
+
+    ``run(methods, reps, [params])`` runs them (:func:`_run`); each method's runs are
+    appended (stripped) to ``raw`` and summarized into ``{**summarize(runs), "library",
+    "settings", **extra(runs)}``; ratios to hesslab are added for the ``ratios`` keys.
+    """
+    recs = run(methods, reps, [params])
+    key = tuple((k, v) for k, v in params.items() if k != "seed")
+    rows = {}
+    for m in methods:
+        runs = recs[(m.name, *key)]
+        raw += [_strip(r) for r in runs]
+        rows[m.name] = {**summarize(runs), "library": m.library, "settings": m.settings}
+        rows[m.name].update(extra(runs) if extra else {})
+    harness.add_ratios(rows, ratios)
+    return rows
+
+
+def _density_example(runs: list[dict]) -> dict:
+    """One measured density per method (the first successful run), for the plot."""
+    ok = [r for r in runs if r.get("ok")]
+    return {"example": {"nodes": ok[0]["nodes"], "weights": ok[0]["weights"]}} if ok else {}
+
+
 def bench_problem(name: str, args, cache: Path, log) -> dict[str, Any]:
     plan = PLAN.get(name, PLAN["P2"])
     measures = args.measures or plan["measures"]
@@ -341,93 +366,61 @@ def bench_problem(name: str, args, cache: Path, log) -> dict[str, Any]:
     def keep(ms):
         return [m for m in ms if m.name not in skip and m.library not in skip]
 
-    if "topk" in measures:
-        res["topk"] = {}
-        for k in args.ks:
-            recs = _run(
-                keep(TOPK),
-                reps,
-                path,
-                args.threads,
-                timeout,
-                [{"k": k, "seed": 0}],
-                log,
-                f"{name} top-{k}",
-            )
-            rows = {}
-            for m in keep(TOPK):
-                runs = recs[(m.name, ("k", k))]
-                raw += [_strip(r) for r in runs]
-                rows[m.name] = {
-                    **harness.summarize_topk(runs, top, k),
-                    "library": m.library,
-                    "settings": m.settings,
-                }
-            harness.add_ratios(rows, ["products", "wall_s", "rel_error"])
-            res["topk"][str(k)] = rows
-    if "trace" in measures:
-        recs = _run(
-            keep(TRACE),
-            args.seeds,
-            path,
-            args.threads,
-            timeout,
-            [{"budget": args.trace_budget, "seed": 0}],
-            log,
-            f"{name} trace",
+    def section(methods, reps_, params, label, summarize, ratios, extra=None):
+        return _section(
+            keep(methods),
+            reps_,
+            params,
+            summarize,
+            ratios,
+            raw,
+            extra,
+            run=lambda ms, r, ps: _run(ms, r, path, args.threads, timeout, ps, log, label),
         )
-        rows = {}
-        for m in keep(TRACE):
-            runs = recs[(m.name, ("budget", args.trace_budget))]
-            raw += [_strip(r) for r in runs]
-            rows[m.name] = {
-                **harness.summarize_trace(runs, truth["trace"]),
-                "library": m.library,
-                "settings": m.settings,
-            }
-        harness.add_ratios(rows, ["mean_rel_error", "wall_s"])
-        res["trace"] = rows
-    if "density" in measures and "eigs" in truth:
-        res["density"] = {}
-        for budget in args.density_budgets:
-            recs = _run(
-                keep(DENSITY),
+
+    if "topk" in measures:
+        res["topk"] = {
+            str(k): section(
+                TOPK,
                 reps,
-                path,
-                args.threads,
-                timeout,
-                [{"budget": budget, "seed": 0}],
-                log,
-                f"{name} density",
+                {"k": k, "seed": 0},
+                f"{name} top-{k}",
+                lambda runs, k=k: harness.summarize_topk(runs, top, k),
+                ["products", "wall_s", "rel_error"],
             )
-            rows = {}
-            for m in keep(DENSITY):
-                runs = recs[(m.name, ("budget", budget))]
-                raw += [_strip(r) for r in runs]
-                rows[m.name] = {
-                    **harness.summarize_density(runs, truth["eigs"]),
-                    "library": m.library,
-                    "settings": m.settings,
-                }
-                ok = [r for r in runs if r.get("ok")]
-                if ok:  # one measure per method for the plot
-                    rows[m.name]["example"] = {"nodes": ok[0]["nodes"], "weights": ok[0]["weights"]}
-            harness.add_ratios(rows, ["w1_over_width", "wall_s"])
-            res["density"][str(budget)] = rows
+            for k in args.ks
+        }
+    if "trace" in measures:
+        res["trace"] = section(
+            TRACE,
+            args.seeds,
+            {"budget": args.trace_budget, "seed": 0},
+            f"{name} trace",
+            lambda runs: harness.summarize_trace(runs, truth["trace"]),
+            ["mean_rel_error", "wall_s"],
+        )
+    if "density" in measures and "eigs" in truth:
+        res["density"] = {
+            str(budget): section(
+                DENSITY,
+                reps,
+                {"budget": budget, "seed": 0},
+                f"{name} density",
+                lambda runs: harness.summarize_density(runs, truth["eigs"]),
+                ["w1_over_width", "wall_s"],
+                extra=_density_example,
+            )
+            for budget in args.density_budgets
+        }
     if "cost" in measures:
-        cparams = {"reps": cost_reps, "block": cost_block}
-        recs = _run(keep(COST), reps, path, args.threads, timeout, [cparams], log, f"{name} cost")
-        rows = {}
-        for m in keep(COST):
-            runs = recs[(m.name, ("reps", cost_reps), ("block", cost_block))]
-            raw += [_strip(r) for r in runs]
-            rows[m.name] = {
-                **harness.summarize_cost(runs),
-                "library": m.library,
-                "settings": m.settings,
-            }
-        harness.add_ratios(rows, ["hvp_over_grad"])
-        res["cost"] = rows
+        res["cost"] = section(
+            COST,
+            reps,
+            {"reps": cost_reps, "block": cost_block},
+            f"{name} cost",
+            harness.summarize_cost,
+            ["hvp_over_grad"],
+        )
     res["runs"] = raw
     if "eigs" in truth:
         res["exact_eigs"] = truth["eigs"]
