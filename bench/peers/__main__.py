@@ -32,6 +32,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -448,7 +449,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="P1 only")
     ap.add_argument("--problems", nargs="+", default=None, help="default P1 P2 P3 P4")
@@ -480,13 +481,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--render", default=None, help="re-write the .md of a saved results .json; no runs"
     )
-    args = ap.parse_args(argv)
-    if args.render:
-        src = Path(args.render)
-        text = render(json.loads(src.read_text()))
-        src.with_suffix(".md").write_text(text + "\n")
-        print(text)
-        return
+    return ap
+
+
+def _fill_defaults(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The problem list, density budgets and cost repeats that depend on ``--quick``."""
     if args.problems is None:
         args.problems = ["P1"] if args.quick else ["P1", "P2", "P3", "P4"]
     if args.density_budgets is None:
@@ -495,6 +494,10 @@ def main(argv: list[str] | None = None) -> None:
         args.cost_reps = 10
     if args.reps < 3:
         ap.error("--reps must be >= 3 (medians of at least three runs)")
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The output stem and the cache folder (both created)."""
     default_stem = "peers_quick" if args.quick else "peers"
     stem = Path(args.out) if args.out else BENCH / "results" / default_stem
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -509,20 +512,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     cache.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
+    return stem, cache
 
-    def log(msg: str) -> None:
-        print(f"[peers {time.time() - t_start:7.1f}s] {msg}", flush=True)
 
-    imports = _preimport()
-    missing = {m: s for m, s in imports.items() if s != "ok"}
-    if missing:
-        log(f"not importable: {missing} (their rows will be recorded as failures)")
-    from common import warm_torch
-
-    warm_s = warm_torch()
-    log(f"PyTorch warm-up (lazy imports, functorch) before forking: {warm_s:.1f} s")
-    meta = {
+def _meta(args: argparse.Namespace, missing: dict, warm_s: float) -> dict[str, Any]:
+    """The run's description: command, machine, versions, settings."""
+    return {
         "command": "python bench/peers" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "cpu": _cpu_name(),
@@ -537,11 +532,10 @@ def main(argv: list[str] | None = None) -> None:
         "missing": missing,
         "torch_warmup_s": warm_s,
     }
-    results: dict[str, Any] = {"meta": meta, "problems": {}}
-    for pname in args.problems:
-        results["problems"][pname] = bench_problem(pname, args, cache, log)
-    meta["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    meta["total_s"] = time.time() - t_start
+
+
+def _write(results: dict, stem: Path, log: Callable[[str], None]) -> None:
+    """The markdown (also printed), the slim JSON (no eigenvalues or densities), the figure."""
     text = render(results)
     print(text)
     stem.with_suffix(".md").write_text(text + "\n")
@@ -556,6 +550,39 @@ def main(argv: list[str] | None = None) -> None:
         plot(results, stem.with_suffix(".png"))
     except Exception as exc:
         log(f"plot failed: {type(exc).__name__}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.render:
+        src = Path(args.render)
+        text = render(json.loads(src.read_text()))
+        src.with_suffix(".md").write_text(text + "\n")
+        print(text)
+        return
+    _fill_defaults(ap, args)
+    stem, cache = _paths(args)
+    t_start = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[peers {time.time() - t_start:7.1f}s] {msg}", flush=True)
+
+    imports = _preimport()
+    missing = {m: s for m, s in imports.items() if s != "ok"}
+    if missing:
+        log(f"not importable: {missing} (their rows will be recorded as failures)")
+    from common import warm_torch
+
+    warm_s = warm_torch()
+    log(f"PyTorch warm-up (lazy imports, functorch) before forking: {warm_s:.1f} s")
+    meta = _meta(args, missing, warm_s)
+    results: dict[str, Any] = {"meta": meta, "problems": {}}
+    for pname in args.problems:
+        results["problems"][pname] = bench_problem(pname, args, cache, log)
+    meta["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    meta["total_s"] = time.time() - t_start
+    _write(results, stem, log)
     log(f"wrote {stem}.md/.json/.png in {meta['total_s']:.0f} s")
 
 
