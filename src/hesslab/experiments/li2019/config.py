@@ -57,7 +57,7 @@ class Li2019Config:
         rescale_factors: ``a`` of the rescalings ``(a, 1/a, 1, ...)`` of part 4.
         overlap_factor: "overlap ≫ random" holds when the end overlap exceeds this multiple
             of ``k/P`` (and 0.5) in ≥ 2/3 of the runs (part 1) or nets (part 3).
-        invariance_runs: part-1 models (one SGD seed each, at least 3) rescaled in part 4.
+        invariance_runs: part-1 models (own init and SGD seed each, at least 3) rescaled in part 4.
         dtype: ``"float64"`` (default) or ``"float32"``.
     """
 
