@@ -67,7 +67,8 @@ def _train_and_track(
     """SGD with batches of ``B`` drawn with replacement, tracking the overlap.
 
     Each run has its own initialisation and its own minibatch sequence (both from
-    ``seed``; the data are the same for every run of a noise fraction). Trained by :func:`hesslab.train.fit`; the overlap is measured by a callback every
+    ``seed``; the data are the same for every run of a noise fraction). Trained by
+    :func:`hesslab.train.fit`; the overlap is measured by a callback every
     ``measure_every`` steps and at the end.
     """
     data = _data(cfg, fraction)
