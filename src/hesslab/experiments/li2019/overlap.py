@@ -72,9 +72,7 @@ def _train_and_track(
     ``measure_every`` steps and at the end.
     """
     data = _data(cfg, fraction)
-    model = mlp(
-        cfg.dim, cfg.widths, cfg.classes, activation="relu", seed=seed, dtype=_dtype(cfg)
-    )
+    model = mlp(cfg.dim, cfg.widths, cfg.classes, activation="relu", seed=seed, dtype=_dtype(cfg))
     keys = ("step", "overlap", "random", "lambda_max", "loss")
     rec: dict[str, list[float]] = {key: [] for key in keys}
 
