@@ -15,9 +15,9 @@ SMOKE_SECONDS = 20.0
 
 
 #: Wall time of the full size (3 training seeds x 30 epochs, 128-step SLQ, both models):
-#: an ESTIMATE, 3 x the one-seed full run (results/sankar2021: 212 s CPU with one thread,
-#: 892 s wall on 2 cores shared ~9 ways; 118 s in issue 19); not re-measured with seeds.
-FULL_SECONDS = 640.0
+#: a full run here (results/sankar2021) took 327 s CPU with one thread (406 s wall with the
+#: 2 cores shared; 585 MiB peak).
+FULL_SECONDS = 330.0
 
 
 MODELS = ("lenet", "mlp", "vit")
