@@ -66,13 +66,13 @@ def _train_and_track(
 ) -> tuple[torch.nn.Module, tuple[Tensor, Tensor], dict[str, list[float]]]:
     """SGD with batches of ``B`` drawn with replacement, tracking the overlap.
 
-    Trained by :func:`hesslab.train.fit`; the overlap is measured by a callback every
+    Each run has its own initialisation and its own minibatch sequence (both from
+    ``seed``; the data are the same for every run of a noise fraction). Trained by
+    :func:`hesslab.train.fit`; the overlap is measured by a callback every
     ``measure_every`` steps and at the end.
     """
     data = _data(cfg, fraction)
-    model = mlp(
-        cfg.dim, cfg.widths, cfg.classes, activation="relu", seed=cfg.seed, dtype=_dtype(cfg)
-    )
+    model = mlp(cfg.dim, cfg.widths, cfg.classes, activation="relu", seed=seed, dtype=_dtype(cfg))
     keys = ("step", "overlap", "random", "lambda_max", "loss")
     rec: dict[str, list[float]] = {key: [] for key in keys}
 
