@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from harness import HESSLAB, fmt, markdown_table
 
@@ -149,6 +150,37 @@ def _rows_table(
     return [*lines, ""]
 
 
+#: (heading, row key, format) of the tables whose cells are plain formatted numbers
+TOPK_COLUMNS = [
+    ("products", "products", "g"),
+    ("wall (s)", "wall_s", ".3f"),
+    ("rel. error", "rel_error", ".1e"),
+    ("products / hesslab", "products_vs_hesslab", ".2f"),
+    ("wall / hesslab", "wall_s_vs_hesslab", ".2f"),
+]
+DENSITY_COLUMNS = [
+    ("products", "products", "g"),
+    ("W1 / width", "w1_over_width", ".2e"),
+    ("wall (s)", "wall_s", ".3f"),
+    ("W1 / hesslab", "w1_over_width_vs_hesslab", ".2f"),
+]
+COST_COLUMNS = [
+    ("HVP / gradient", "hvp_over_grad", ".2f"),
+    ("per column in a block of 16", "block_over_grad", ".2f"),
+    ("HVP (ms)", "hvp_ms", ".2f"),
+    ("gradient (ms)", "grad_ms", ".2f"),
+    ("HVP cost / hesslab", "hvp_over_grad_vs_hesslab", ".2f"),
+]
+
+
+def _columns_table(
+    columns: list[tuple[str, str, str]], rows: dict[str, dict], base: float, **kw: Any
+) -> list[str]:
+    """A :func:`_rows_table` whose cells are ``fmt(row[key], spec)`` per column."""
+    heads = [h for h, _, _ in columns]
+    return _rows_table(heads, rows, base, lambda r: [fmt(r[k], f) for _, k, f in columns], **kw)
+
+
 def _preamble(meta: dict) -> list[str]:
     """The title, the machine and the protocol."""
     L = [
@@ -183,21 +215,9 @@ def _preamble(meta: dict) -> list[str]:
 def _topk_tables(res: dict, base: float, meta: dict) -> list[str]:
     """One table per k of the top-k eigenvalues."""
     L: list[str] = []
-    res["truth"]
     for k, rows in res.get("topk", {}).items():
         L += [f"### Top-{k} eigenvalues", ""]
-        L += _rows_table(
-            ["products", "wall (s)", "rel. error", "products / hesslab", "wall / hesslab"],
-            rows,
-            base,
-            lambda r: [
-                fmt(r["products"], "g"),
-                fmt(r["wall_s"], ".3f"),
-                fmt(r["rel_error"], ".1e"),
-                fmt(r["products_vs_hesslab"], ".2f"),
-                fmt(r["wall_s_vs_hesslab"], ".2f"),
-            ],
-        )
+        L += _columns_table(TOPK_COLUMNS, rows, base)
     return L
 
 
@@ -247,52 +267,22 @@ def _trace_table(res: dict, base: float, meta: dict) -> list[str]:
 def _density_tables(res: dict, base: float, meta: dict) -> list[str]:
     """One table per budget of the spectral density's W1 distance."""
     L: list[str] = []
-    res["truth"]
     for budget, rows in res.get("density", {}).items():
         L += [
             f"### Spectral density with {budget} products: W1 to the exact eigenvalues "
             "/ spectral width",
             "",
         ]
-        L += _rows_table(
-            ["products", "W1 / width", "wall (s)", "W1 / hesslab"],
-            rows,
-            base,
-            lambda r: [
-                fmt(r["products"], "g"),
-                fmt(r["w1_over_width"], ".2e"),
-                fmt(r["wall_s"], ".3f"),
-                fmt(r["w1_over_width_vs_hesslab"], ".2f"),
-            ],
-        )
+        L += _columns_table(DENSITY_COLUMNS, rows, base)
     return L
 
 
 def _cost_table(res: dict, base: float, meta: dict) -> list[str]:
     """The cost of one product relative to one gradient."""
     L: list[str] = []
-    res["truth"]
     if "cost" in res:
         L += ["### Cost of one product relative to one full-data gradient (same process)", ""]
-        L += _rows_table(
-            [
-                "HVP / gradient",
-                "per column in a block of 16",
-                "HVP (ms)",
-                "gradient (ms)",
-                "HVP cost / hesslab",
-            ],
-            res["cost"],
-            base,
-            lambda r: [
-                fmt(r["hvp_over_grad"], ".2f"),
-                fmt(r["block_over_grad"], ".2f"),
-                fmt(r["hvp_ms"], ".2f"),
-                fmt(r["grad_ms"], ".2f"),
-                fmt(r["hvp_over_grad_vs_hesslab"], ".2f"),
-            ],
-            first=("library", "product"),
-        )
+        L += _columns_table(COST_COLUMNS, res["cost"], base, first=("library", "product"))
     return L
 
 
