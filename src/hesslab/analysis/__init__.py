@@ -124,7 +124,7 @@ def analyze(
     top = eig_part(job) if "eig" in cfg.what else None
     traces = trace_part(job) if "trace" in cfg.what else None
     dens = density_part(job, exact) if "density" in cfg.what else None
-    outliers = outlier_part(job, top, exact, dens)
+    outliers = None if top is None and dens is None else outlier_part(job, top, exact, dens)
     if dens is not None:
         density_figure(job, dens, top, exact, outliers)
     if "layers" in cfg.what:

@@ -1,0 +1,74 @@
+"""analyze's one outlier count (exact spectrum > SLQ density > Lanczos top-k), the density
+figure's bulk edge, and Papyan's class structure in the summary and the CLI summary."""
+
+from __future__ import annotations
+
+import torch
+
+from hesslab import Objective, count_outliers, models
+from hesslab.analysis import AnalysisConfig, analyze
+from hesslab.cli.common import _finish
+from hesslab.linalg.density import spectral_density
+from hesslab.operators.hessian import HessianOperator
+from hesslab.report.run import RunDir
+
+S_EIG = "Top and bottom eigenvalues"
+
+
+def _objective(loss: str = "ce") -> Objective:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()  # 3 classes
+    model = models.mlp(4, [6], 3, seed=0, dtype=torch.float64)
+    target = y if loss == "ce" else torch.nn.functional.one_hot(y, 3).double()
+    return Objective(model, loss, (x, target))
+
+
+CFG = AnalysisConfig(
+    what=("eig", "density", "classes"), k_top=4, k_bottom=0, density_steps=20,
+    density_probes=2, seed=3,
+)  # fmt: skip
+
+
+def test_the_outlier_count_is_count_outliers_of_the_slq_density(tmp_path, capsys):
+    obj = _objective()
+    run = RunDir.create(tmp_path, "a", config={}, command=["x"])
+    summary = analyze(obj, run, CFG)
+    # the density stage's own generator (seed + 4): the same SLQ, the same count
+    g = torch.Generator().manual_seed(CFG.seed + 4)
+    want = count_outliers(spectral_density(HessianOperator(obj), 20, 2, generator=g))
+    rec = run.scalar(S_EIG, "outliers above the bulk edge")
+    assert rec["value"] == want.count == summary["outliers"]
+    diag = rec["diagnostics"]
+    assert diag["method"] == "density" and diag["source"] == "SLQ density, 2 probe(s)"
+    assert diag["bulk_edge"] == want.threshold and diag["low"] <= want.count <= diag["high"]
+    assert summary["outliers_text"].startswith(want.text + " (SLQ density, 2 probe(s)")
+    assert (run.path / "figures" / "density.png").is_file()
+    # Papyan's class structure: the count of leading eigenvectors in span(class means)
+    cls = summary["classes"]
+    f = torch.tensor(cls["class_fraction"])
+    lead = int((f >= 0.5).long().cumprod(0).sum())
+    assert cls["count"] == lead and cls["num_classes"] == 3
+    assert (
+        run.scalar("Class structure of the Gauss–Newton outliers", "class-structure count")["value"]
+        == lead
+    )
+    _finish(run, summary, 1.0)
+    out = capsys.readouterr().out
+    assert f"outliers above the bulk edge: {summary['outliers_text']}" in out
+    assert f"class structure (Papyan 2020): {lead} leading eigenvectors of G" in out
+
+
+def test_exact_spectrum_first_and_classes_skipped_for_mse(tmp_path, capsys):
+    obj = _objective("mse")
+    run = RunDir.create(tmp_path, "b", config={}, command=["x"])
+    cfg = AnalysisConfig(**{**CFG.__dict__, "exact_limit": 1000})
+    summary = analyze(obj, run, cfg)
+    exact = run.arrays["exact_eigenvalues"]
+    rec = run.scalar(S_EIG, "outliers above the bulk edge")
+    assert rec["diagnostics"]["source"] == "exact spectrum"
+    assert rec["value"] == count_outliers(torch.as_tensor(exact)).count
+    assert rec["diagnostics"]["bulk_edge_stderr"] == 0.0  # exact: no probe spread
+    assert "classes" not in summary and "'mse' loss" in summary["classes_skipped"]
+    _finish(run, summary, 1.0)
+    assert "class structure (Papyan 2020): skipped for the 'mse' loss" in capsys.readouterr().out
