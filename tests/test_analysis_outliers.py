@@ -72,3 +72,17 @@ def test_exact_spectrum_first_and_classes_skipped_for_mse(tmp_path, capsys):
     assert "classes" not in summary and "'mse' loss" in summary["classes_skipped"]
     _finish(run, summary, 1.0)
     assert "class structure (Papyan 2020): skipped for the 'mse' loss" in capsys.readouterr().out
+
+
+def test_density_figure_draws_the_bulk_edge_band():
+    from hesslab import plot as hplot
+    from hesslab.measures.spectrum import count_outliers as count
+
+    A = torch.diag(torch.cat([torch.linspace(0.0, 1.0, 200, dtype=torch.float64),
+                              torch.tensor([5.0, 7.0], dtype=torch.float64)]))  # fmt: skip
+    d = spectral_density(A, 40, 3, generator=torch.Generator().manual_seed(0))
+    oc = count(d)
+    assert oc.count == 2
+    fig = hplot.density(d, edge=oc.threshold, edge_band=(oc.threshold - 0.1, oc.threshold + 0.1))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "bulk edge" in labels and "bulk edge ± 2 s.e. (probes)" in labels

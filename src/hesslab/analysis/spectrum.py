@@ -186,17 +186,19 @@ def outlier_part(job: Job, top: Any, exact: Any, dens: Any) -> OutlierCount | No
 
 def density_figure(job: Job, dens: Any, top: Any, exact: Any, oc: OutlierCount | None) -> None:
     """The SLQ density with the Lanczos top-k, the bulk edge and its uncertainty band."""
-    k = job.cfg.k_top
     ex = None if exact is None else exact.values.numpy()
     edge = band = None
+    above = "" if oc is None else f"{oc.count} above" + (
+        "" if oc.low == oc.high else f", plausible {oc.low}–{oc.high}"
+    )  # fmt: skip
     if oc is not None and oc.count:
         edge = float(oc.threshold)
         se = float(oc.info.get("edge_stderr", math.nan))
         band = (edge - 2 * se, edge + 2 * se) if se > 0 else None
     fig = hplot.density(
         dens, eigenvalues=ex, outliers=None if top is None else top.values.numpy(),
-        outliers_label=f"Lanczos top-{k} eigenvalues (not deflated; not all outliers)",
-        edge=edge, edge_label=f"bulk edge ({0 if oc is None else oc.count} outliers above)",
+        outliers_label="Lanczos top eigenvalues (not deflated; not all outliers)",
+        edge=edge, edge_label=f"bulk edge ({above})",
         edge_band=band, title="Hessian eigenvalue density (SLQ)",
     )  # fmt: skip
     job.run.add_figure(
