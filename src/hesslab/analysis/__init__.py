@@ -5,11 +5,22 @@
 residuals), trace and ``tr(H^2)`` with standard errors and the Wolkowicz–Styan bounds they
 imply, the spectral density (stochastic Lanczos quadrature, Ghorbani et al. 2019),
 per-layer summaries (diagonal blocks ``H[l, l]``, Sankar et al. 2021), Gauss–Newton
-vs Hessian outliers (Sagun et al. 2017), and, on request (``"classes"``), where the
-Gauss–Newton outliers come from: Papyan's (2020) class-mean / cross-class / within-class
-decomposition (:func:`~hesslab.operators.class_structure.class_structure`). When ``P``
-is small enough the exact spectrum (dense float64 ``eigh``) is computed too and every
-estimate is compared against it.
+vs Hessian outliers (Sagun et al. 2017), and where the Gauss–Newton outliers come from:
+Papyan's (2020) class-mean / cross-class / within-class decomposition
+(:func:`~hesslab.operators.class_structure.class_structure`; for C-class cross-entropy in
+one process, else skipped with the reason in the report). When ``P`` is small enough the
+exact spectrum (dense float64 ``eigh``) is computed too and every estimate is compared
+against it.
+
+One meaning of "outlier": the count above the bulk edge is
+:func:`hesslab.count_outliers` (``method="density"``) on the exact spectrum when there is
+one, else on the SLQ density (edge and count per probe, their spread), else on the
+Lanczos top-k; the summary, the report, the density figure (the edge with its ±2 s.e.
+band) and the CLI summary all show that one count.
+
+Layout: :mod:`.config` (parts, sections, :class:`AnalysisConfig`), :mod:`.job` (the
+state threaded through the parts), :mod:`.spectrum` (eigenpairs, traces, density,
+outliers, exact check), :mod:`.structure` (layers, Gauss–Newton, class structure).
 
 Every part measures through the vocabulary of :mod:`hesslab.quantities`
 (:data:`PART_QUANTITIES` names the entries) and is timed by its results' own
