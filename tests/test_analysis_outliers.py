@@ -86,3 +86,12 @@ def test_density_figure_draws_the_bulk_edge_band():
     fig = hplot.density(d, edge=oc.threshold, edge_band=(oc.threshold - 0.1, oc.threshold + 0.1))
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "bulk edge" in labels and "bulk edge ± 2 s.e. (probes)" in labels
+
+
+def test_classes_skipped_with_the_reason_when_the_means_would_not_fit(tmp_path, monkeypatch):
+    from hesslab.analysis import structure
+
+    monkeypatch.setattr(structure, "MAX_MEANS_BYTES", 1)
+    run = RunDir.create(tmp_path, "c", config={}, command=["x"])
+    summary = analyze(_objective(), run, AnalysisConfig(what=("classes",), k_top=2))
+    assert "classes" not in summary and "C² = 9 class means" in summary["classes_skipped"]

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from hesslab.analysis.config import S_CLASSES, S_GGN, S_LAYERS, AnalysisConfig
 from hesslab.analysis.job import Job, identity, record_eigen
+from hesslab.errors import DataError
 from hesslab.operators.class_structure import class_structure, subspace_fraction
 from hesslab.operators.ggn import GGNOperator
 from hesslab.report import plots
@@ -101,17 +102,18 @@ def classes_part(job: Job) -> dict[str, Any] | None:
     softmax cross-entropy over the whole data in one process.
     """
     objective, run, cfg = job.objective, job.run, job.cfg
-    distributed = job.wrap is not identity
-    if objective.loss.kind != "ce" or distributed:
-        why = "under torchrun" if distributed else f"for the {objective.loss.kind!r} loss"
-        reason = (
-            f"skipped {why}: the decomposition needs C-class softmax cross-entropy over "
-            "the whole data in one process"
-        )
+    reason = _skip_reason(job)
+    cs = None
+    if reason is None:
+        try:
+            cs = class_structure(objective)
+        except DataError as e:  # a class without samples, labels outside 0..C-1
+            reason = f"skipped: {e}"
+    if cs is None:
+        reason = reason or "skipped"
         run.add_text(S_CLASSES, reason[0].upper() + reason[1:] + ".")
         job.summary["classes_skipped"] = reason
         return None
-    cs = class_structure(objective)
     C = cs.num_classes
     g_top = job.stage("ggn_top", "top_k", cs.ggn, 5, job.settings())
     U = g_top.vectors.to(cs.ggn.dtype)
@@ -143,6 +145,41 @@ def classes_part(job: Job) -> dict[str, Any] | None:
     out["ranks"] = ranks
     job.summary["classes"] = out
     return out
+
+
+#: Largest memory of the ``C² x P`` class means the default analysis spends (bytes).
+MAX_MEANS_BYTES = 2**30
+
+
+def _skip_reason(job: Job) -> str | None:
+    """Why the class structure cannot run here, or ``None``."""
+    objective = job.objective
+    if job.wrap is not identity:
+        why = "under torchrun"
+    elif objective.loss.kind != "ce":
+        why = f"for the {objective.loss.kind!r} loss"
+    else:
+        batch = next(iter(objective.batches()))[0]
+        x, _ = objective._split(batch)
+        with torch.no_grad():
+            out = objective.forward(objective.theta, x)
+        if out.ndim != 2:
+            return (
+                f"skipped: the model's outputs {tuple(out.shape)} are not [N, C] logits "
+                "(one class per point)"
+            )
+        C, P = int(out.shape[1]), job.P
+        size = C * C * P * objective.space.dtype.itemsize
+        if size > MAX_MEANS_BYTES:
+            return (
+                f"skipped: the C² = {C * C} class means of P = {P} parameters would take "
+                f"{size / 2**30:.1f} GiB (more than {MAX_MEANS_BYTES / 2**30:g} GiB)"
+            )
+        return None
+    return (
+        f"skipped {why}: the decomposition needs C-class softmax cross-entropy over the "
+        "whole data in one process"
+    )
 
 
 def _classes_claim(run: RunDir, C: int, f_class: Tensor) -> dict[str, Any]:
