@@ -33,12 +33,7 @@ def _shard(model):
 def _body(rank: int, world: int, out_dir: str) -> None:
     from hesslab import eigenpairs, spectral_density, trace
     from hesslab.errors import ConfigurationError
-    from hesslab.sharded import (
-        ShardedHessianOperator,
-        sharded_lanczos_top,
-        sharded_quadrature,
-        sharded_trace,
-    )
+    from hesslab.sharded import ShardedHessianOperator
 
     model, data = tanh_mlp_shard(rank, world)  # unequal shards (12, 11) and batches
     res = {}
@@ -61,16 +56,13 @@ def _body(rank: int, world: int, out_dir: str) -> None:
         fd = ShardedHessianOperator(model, "ce", data, route="finite-difference", richardson=rich)
         res[name] = fd.matmat(V)
         res[name + "_err"] = fd.last_error
-    vals, vecs = sharded_lanczos_top(op, 2, generator=torch.Generator().manual_seed(0))
-    res["eig"], res["eig_vecs"] = vals, vecs
-    res["residual"] = op.norm(op.matmat(vecs) - vecs * vals)
-    res["trace"] = sharded_trace(op, 8, generator=torch.Generator().manual_seed(3))
-    res["slq"] = sharded_quadrature(op, 2, 12, generator=torch.Generator().manual_seed(4))
-    full = op.replicated()  # hesslab's own solvers, unchanged, on replicated vectors
-    res["eig_full"] = eigenpairs(full, 2, tol=1e-10, generator=torch.Generator().manual_seed(7))
-    res["trace_full"] = trace(full, 8, generator=torch.Generator().manual_seed(3))
-    res["density_full"] = spectral_density(
-        full, num_steps=12, num_probes=2, generator=torch.Generator().manual_seed(1)
+    # hesslab's own solvers, unchanged, on the sharded vectors
+    eig = eigenpairs(op, 2, tol=1e-10, method="lanczos", generator=torch.Generator().manual_seed(7))
+    res["eig"], res["eig_vecs"] = eig.values, eig.vectors
+    res["residual"] = op.norm(op.matmat(eig.vectors) - eig.vectors * eig.values)
+    res["trace"] = trace(op, 8, method="hutchinson", generator=torch.Generator().manual_seed(3))
+    res["density"] = spectral_density(
+        op, num_steps=12, num_probes=2, generator=torch.Generator().manual_seed(1)
     )
     res["bit_identical"] = all(
         torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters(), strict=True)
@@ -149,25 +141,23 @@ def test_top_eigenpairs_equal_and_parameters_restored(ranks, dense):
     assert torch.equal(ranks[0]["eig"], ranks[1]["eig"])
 
 
-def test_trace_and_solvers_on_the_replicated_view(ranks, dense):
+def test_trace_and_density_of_the_generic_solvers(ranks, dense):
     from hesslab import eigenpairs, spectral_density, trace
-    from hesslab.linalg.probes import draw_probes
     from hesslab.operators import DenseOperator
 
-    Z = draw_probes(dense.shape[0], 8, generator=torch.Generator().manual_seed(3))
-    exact_forms = (Z * (dense @ Z)).sum(0)
-    for r in ranks:  # the sharded Hutchinson estimate: the same probes' quadratic forms
-        assert torch.allclose(r["trace"].samples, exact_forms, rtol=1e-10, atol=1e-12)
     A = DenseOperator(dense)
-    eig = eigenpairs(A, 2, tol=1e-10, generator=torch.Generator().manual_seed(7))
-    tr = trace(A, 8, generator=torch.Generator().manual_seed(3))
+    eig = eigenpairs(A, 2, tol=1e-10, method="lanczos", generator=torch.Generator().manual_seed(7))
+    tr = trace(A, 8, method="hutchinson", generator=torch.Generator().manual_seed(3))
     dens = spectral_density(
         A, num_steps=12, num_probes=2, generator=torch.Generator().manual_seed(1)
     )
-    for r in ranks:
-        assert torch.allclose(r["eig_full"].values, eig.values, rtol=1e-10, atol=0)
-        assert abs(r["trace_full"].value - tr.value) <= 1e-10 * abs(tr.value)
-        assert torch.allclose(r["density_full"].nodes, dens.nodes, rtol=1e-8, atol=1e-10)
+    scale = float(dense.abs().max())
+    for r in ranks:  # the same probes' quadratic forms, the same Gauss rules
+        assert torch.allclose(r["eig"], eig.values, rtol=1e-10, atol=0)
+        assert torch.allclose(r["trace"].samples, tr.samples, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(r["density"].nodes, dens.nodes, rtol=0, atol=1e-10 * scale)
+        assert torch.allclose(r["density"].weights, dens.weights, rtol=0, atol=1e-10)
+        assert r["density"].dimension == dense.shape[0]
 
 
 def test_exact_route_on_a_root_sharded_cnn(ranks):
@@ -186,17 +176,3 @@ def test_requires_initialised_process_group():
     model, x, y, _ = make("tanh_mlp")
     with pytest.raises(ConfigurationError, match="torchrun"):
         ShardedHessianOperator(model, "ce", (x, y))
-
-
-def test_sharded_quadrature_equals_lanczos_quadrature(ranks, dense):
-    from hesslab.linalg.probes import draw_probes
-    from hesslab.linalg.quadrature import lanczos_quadrature
-    from hesslab.operators import DenseOperator
-
-    Z = draw_probes(dense.shape[0], 2, generator=torch.Generator().manual_seed(4))
-    rule = lanczos_quadrature(DenseOperator(dense), Z, 12)
-    scale = float(dense.abs().max())
-    for r in ranks:
-        nodes, weights = r["slq"]
-        assert torch.allclose(nodes, rule.nodes, rtol=0, atol=1e-9 * scale)
-        assert torch.allclose(weights, rule.weights, rtol=0, atol=1e-9)

@@ -10,9 +10,17 @@ are the Hessian of the loss over all ranks' data, weighted exactly as in
 
 ``H v = sum_r (N_r / N) H_r v``.
 
-Inner products and norms of sharded vectors must be summed over the ranks:
-:meth:`ShardedHessianOperator.reduce_sum` does it (``op.dot``/``op.norm`` use it), and
-:func:`sharded_lanczos_top` is a Lanczos iteration for the top eigenpairs built on it.
+Inner products and norms of sharded vectors must be summed over the ranks: the operator's
+``inner_product_space`` (a :class:`ShardedSpace`, see :mod:`hesslab.linalg.space`) does it,
+and hesslab's solvers take it from the operator, so :func:`~hesslab.eigenpairs`,
+:func:`~hesslab.trace`, :func:`~hesslab.frobenius_sq` and :func:`~hesslab.spectral_density`
+run on a :class:`ShardedHessianOperator` unchanged (every rank calls them together, with a
+generator in the same state on every rank). Every Krylov vector they keep is a ``[p]``
+shard: ``O(P / world_size)`` memory per rank; random start vectors and probes are drawn
+at full size ``P`` and sliced, so the results equal a single-process run on the unsharded
+model to rounding. Returned eigenvectors are this rank's shards. A checkpoint holds this
+rank's shard of the basis: pass each rank its own file (e.g. ``f"eig-{rank}.ckpt"``).
+``method="dense"`` eigenpairs and ``method="xtrace"`` traces are refused.
 
 Two product routes:
 
@@ -58,21 +66,13 @@ from torch import Tensor, nn
 
 from hesslab.distributed import broadcast_int
 from hesslab.errors import ConfigurationError
-from hesslab.linalg.probes import draw_probes, mean_stderr
-from hesslab.linalg.results import TraceEstimate
+from hesslab.linalg.space import LocalSpace
 from hesslab.losses import output_tensor
 from hesslab.objective import Objective
 from hesslab.operators.base import LinearOperator
 from hesslab.operators.hessian import HessianOperator
 
-__all__ = [
-    "ReplicatedView",
-    "ShardedHessianOperator",
-    "plain_module",
-    "sharded_lanczos_top",
-    "sharded_quadrature",
-    "sharded_trace",
-]
+__all__ = ["ShardedHessianOperator", "ShardedSpace", "plain_module"]
 
 ROUTES = ("exact", "finite-difference")
 
@@ -122,6 +122,35 @@ def _shard_rows(rows: int, rank: int, world: int) -> range:
     """Rows of rank ``rank`` under ``Shard(0)`` (``torch.chunk`` sizes, as FSDP2)."""
     step = -(-rows // world) if rows else 0
     return range(min(rows, rank * step), min(rows, (rank + 1) * step))
+
+
+class ShardedSpace(LocalSpace):
+    """The inner-product space of a :class:`ShardedHessianOperator`'s vectors.
+
+    Partial inner products are all-reduced over the operator's process group; random
+    vectors are drawn at full size ``P`` and each rank keeps its rows.
+    """
+
+    distributed = True
+
+    def __init__(self, op: ShardedHessianOperator) -> None:
+        self.op = op
+
+    def reduce_sum(self, value: Tensor) -> Tensor:
+        """Sum of ``value`` over the ranks (a new tensor on ``value``'s device)."""
+        return self.op.reduce_sum(value)
+
+    def global_size(self, local: int) -> int:
+        """``P``, the number of parameters over all ranks."""
+        return self.op.full_size
+
+    def local_part(self, full: Tensor) -> Tensor:
+        """This rank's rows of a full ``[P, j]`` block (in the block's dtype)."""
+        return self.op._pad(full[self.op._maps[self.op.rank].to(full.device)])
+
+    def shared_seed(self, seed: int) -> int:
+        """Rank 0's ``seed`` on every rank."""
+        return broadcast_int(seed, group=self.op.group)
 
 
 class ShardedHessianOperator(LinearOperator):
@@ -198,6 +227,7 @@ class ShardedHessianOperator(LinearOperator):
         self.num_local, self.num_total = float(objective.num_items), float(count)
         self.last_error: Tensor | None = None
         self.eps_used: Tensor | None = None
+        self.inner_product_space = ShardedSpace(self)
 
     # ------------------------------------------------------------------ layout
     def _sharded_params(self, model: nn.Module) -> dict[str, Any]:
@@ -275,10 +305,6 @@ class ShardedHessianOperator(LinearOperator):
     def local_part(self, full: Tensor) -> Tensor:
         """This rank's shard ``[shape[0], K]`` of a full block ``[P, K]``."""
         return self._pad(full[self._maps[self.rank].to(full.device)].to(self.device, self.dtype))
-
-    def replicated(self) -> ReplicatedView:
-        """The same operator on full (replicated) vectors, for hesslab's unchanged solvers."""
-        return ReplicatedView(self)
 
     # ---------------------------------------------------------------- products
     def _matmat(self, V: Tensor) -> Tensor:
@@ -372,150 +398,3 @@ class ShardedHessianOperator(LinearOperator):
         self.last_error = torch.tensor(errors, dtype=torch.float64)
         self.eps_used = torch.tensor(steps, dtype=torch.float64)
         return torch.stack(cols, 1)
-
-
-def _shared_generator(generator: torch.Generator | None, group: Any) -> torch.Generator:
-    """``generator``, or a fresh one seeded from rank 0's entropy (the same on every rank)."""
-    if generator is not None:
-        return generator
-    seed = broadcast_int(int(torch.randint(0, 2**62, (1,))), group=group)
-    return torch.Generator().manual_seed(seed)
-
-
-def sharded_lanczos_top(
-    op: ShardedHessianOperator,
-    k: int = 1,
-    *,
-    steps: int = 30,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Top-``k`` eigenpairs of a sharded operator by Lanczos with full reorthogonalisation.
-
-    Every inner product is summed over the ranks (:meth:`ShardedHessianOperator.dot`), so
-    the tridiagonal matrix, hence the Ritz values, are the same on every rank; the start
-    vector is drawn from ``generator`` over the full ``P`` entries (same seed on every
-    rank) and each rank keeps its slice. Memory ``steps x P / world_size`` per rank.
-    Reference: Golub & Van Loan, *Matrix Computations*, 4th ed., section 10.1.
-
-    Returns:
-        ``(values [k], vectors [p, k])``: Ritz values (descending) and this rank's shards
-        of the Ritz vectors.
-    """
-    generator = _shared_generator(generator, op.group)
-    q = op.local_part(torch.randn(op.full_size, 1, generator=generator, dtype=torch.float64))
-    T, B = _lanczos(op, q[:, 0], steps)
-    evals, evecs = torch.linalg.eigh(T)
-    m = T.shape[0]
-    order = torch.arange(m - 1, max(m - 1 - k, -1), -1)
-    vecs = B @ evecs[:, order].to(B.dtype)
-    return evals[order].to(op.dtype), vecs
-
-
-def _lanczos(op: ShardedHessianOperator, q: Tensor, steps: int) -> tuple[Tensor, Tensor]:
-    """``steps`` Lanczos steps from sharded ``q``: (``T [m, m]`` float64, basis ``[p, m]``)."""
-    steps = min(steps, op.full_size)
-    Q = [(q / op.norm(q[:, None]))[:, None]]
-    alphas: list[float] = []
-    betas: list[float] = []
-    for j in range(steps):
-        w = op.matmat(Q[j])
-        alphas.append(float(op.dot(w, Q[j])[0]))
-        B = torch.cat(Q, 1)
-        for _ in range(2):  # full reorthogonalisation, twice is enough
-            w = w - B @ op.reduce_sum(B.T @ w)
-        beta = float(op.norm(w)[0])
-        if j == steps - 1 or beta <= 1e-12 * max(1.0, abs(alphas[-1])):
-            break
-        betas.append(beta)
-        Q.append(w / beta)
-    m = len(alphas)
-    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if m > 1:
-        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
-        T += torch.diag(off, 1) + torch.diag(off, -1)
-    return T, torch.cat(Q[:m], 1)
-
-
-def sharded_quadrature(
-    op: ShardedHessianOperator,
-    num_probes: int = 10,
-    num_steps: int = 30,
-    *,
-    distribution: str = "rademacher",
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Stochastic Lanczos quadrature on sharded probes (the spectral density's rule).
-
-    For each probe ``z`` (drawn over the full ``P`` entries, same generator on every
-    rank), ``num_steps`` Lanczos steps from ``z / ||z||`` give the Gauss rule of the
-    measure ``z^T delta(lambda - H) z / ||z||^2``: nodes the eigenvalues of ``T``,
-    weights the squared first components of its eigenvectors (Golub & Welsch, 1969;
-    Lin, Saad & Yang, 2016, "Approximating spectral densities of large matrices").
-    Memory ``num_steps x P / world_size`` per rank.
-
-    Returns:
-        ``(nodes [K, m], weights [K, m])`` float64 (a probe that found an invariant
-        subspace early repeats its last node with weight 0, as
-        :func:`~hesslab.linalg.quadrature.lanczos_quadrature`).
-    """
-    generator = _shared_generator(generator, op.group)
-    full = draw_probes(op.full_size, num_probes, distribution=distribution, generator=generator)
-    Z = op.local_part(full)
-    m = min(num_steps, op.full_size)
-    nodes = torch.zeros(num_probes, m, dtype=torch.float64)
-    weights = torch.zeros(num_probes, m, dtype=torch.float64)
-    for i in range(num_probes):
-        T, _ = _lanczos(op, Z[:, i], m)
-        evals, evecs = torch.linalg.eigh(T)
-        j = T.shape[0]
-        nodes[i, :j], weights[i, :j] = evals, evecs[0].square()
-        nodes[i, j:] = evals[-1]
-    return nodes, weights
-
-
-class ReplicatedView(LinearOperator):
-    """A sharded operator seen on full vectors ``[P, K]``, the same on every rank.
-
-    Lets :func:`~hesslab.eigenpairs`, :func:`~hesslab.trace` and
-    :func:`~hesslab.spectral_density` run unchanged (every rank runs the same solver
-    with the same generator; the input block is broadcast from rank 0 as in
-    :class:`~hesslab.distributed.DistributedOperator`). The Krylov vectors are then full
-    ``P`` vectors on every rank: a bridge for moderate ``P``, not the ``O(P / W)`` path
-    (:func:`sharded_lanczos_top` and :func:`sharded_trace` are).
-    """
-
-    def __init__(self, op: ShardedHessianOperator) -> None:
-        super().__init__(op.full_size, op.dtype, op.device)
-        self.op = op
-
-    def _matmat(self, V: Tensor) -> Tensor:
-        V = V.detach().to(self.op._comm_device, copy=True).contiguous()
-        dist.broadcast(V, src=dist.get_global_rank(self.op.group, 0) if self.op.group else 0)
-        local = self.op._matmat(self.op.local_part(V))
-        return self.op.gather(local)
-
-
-def sharded_trace(
-    op: ShardedHessianOperator,
-    num_probes: int = 30,
-    *,
-    distribution: str = "rademacher",
-    generator: torch.Generator | None = None,
-) -> TraceEstimate:
-    """Hutchinson's estimate ``tr(H) ~ mean_i v_i^T H v_i`` on sharded probes.
-
-    The probes are drawn over the full ``P`` entries (same generator seed on every rank:
-    the same probes as a single-process run) and each rank keeps its slice; the
-    quadratic forms are summed over the ranks. Reference: Hutchinson (1990), "A
-    stochastic estimator of the trace of the influence matrix".
-    """
-    import time
-
-    start = time.perf_counter()
-    generator = _shared_generator(generator, op.group)
-    full = draw_probes(op.full_size, num_probes, distribution=distribution, generator=generator)
-    V = op.local_part(full)
-    samples = op.dot(V, op.matmat(V)).to(torch.float64).cpu()
-    value, stderr = mean_stderr(samples)
-    seconds = time.perf_counter() - start
-    return TraceEstimate(value, stderr, num_probes, seconds, "hutchinson", samples)

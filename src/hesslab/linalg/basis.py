@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from hesslab.errors import ConfigurationError, HesslabError, MemoryLimitError
+from hesslab.linalg.space import LOCAL, LocalSpace
 
 __all__ = [
     "Basis",
@@ -43,6 +44,7 @@ __all__ = [
     "chunk_vectors",
     "col_dots",
     "col_norms",
+    "gram_orthonormalize",
     "orthogonalize",
     "orthonormalize",
     "owned",
@@ -104,13 +106,16 @@ def owned(W: Tensor, X: Tensor) -> Tensor:
 _NORM_CHUNK = 1024
 
 
-def col_norms(W: Tensor) -> Tensor:
+def col_norms(W: Tensor, space: LocalSpace = LOCAL) -> Tensor:
     """Column norms of ``W [P, j]`` as a float64 tensor on ``W``'s device.
 
     Float64 input: ``torch.linalg.vector_norm``. Lower precision: norms of chunks of
     1024 entries, combined in float64 (as accurate as a float64 norm to ~1e-9, at the cost
-    of one pass over ``W`` and without a float64 copy of it).
+    of one pass over ``W`` and without a float64 copy of it). In a sharded ``space``
+    (:mod:`hesslab.linalg.space`) the squared local norms are summed over the ranks.
     """
+    if space.distributed:
+        return space.reduce_sum(col_norms(W).square()).sqrt()
     if W.dtype == torch.float64 or W.shape[0] < 4 * _NORM_CHUNK:
         return torch.linalg.vector_norm(W, dim=0, dtype=torch.float64)
     P, j = W.shape
@@ -126,13 +131,16 @@ def col_norms(W: Tensor) -> Tensor:
 _COL_DOT_ROWS = 2**13
 
 
-def col_dots(X: Tensor, Y: Tensor) -> Tensor:
+def col_dots(X: Tensor, Y: Tensor, space: LocalSpace = LOCAL) -> Tensor:
     """Column-wise inner products ``sum_i X[i, j] Y[i, j]`` of two ``[P, j]`` blocks.
 
     Over chunks of 8192 rows, so the elementwise product never exists at full size
     (``(X * Y).sum(0)`` writes and reads a ``[P, j]`` temporary: at ``P = 1M``, ``j = 24``
-    in float64, 190 MB); the chunk sums add in ``X``'s dtype.
+    in float64, 190 MB); the chunk sums add in ``X``'s dtype. Summed over the ranks of a
+    sharded ``space``.
     """
+    if space.distributed:
+        return space.reduce_sum(col_dots(X, Y))
     P = X.shape[0]
     if P <= 2 * _COL_DOT_ROWS:
         return (X * Y).sum(0)
@@ -146,14 +154,17 @@ def col_dots(X: Tensor, Y: Tensor) -> Tensor:
 _DOT_CHUNK = 2**15
 
 
-def rows_times(Vt: Tensor, W: Tensor) -> Tensor:
+def rows_times(Vt: Tensor, W: Tensor, space: LocalSpace = LOCAL) -> Tensor:
     """``Vt @ W`` (``[n, P] @ [P, j]``) as a float64 ``[n, j]``.
 
     Float64 input: one product. Lower precision: partial products over chunks of 32768
     entries (strided views, no copies) added in float64. A float32 BLAS product of length
     P = 11M sums in float32 and loses ~1e-4 relative when the terms share a sign (as in
     ``v^T A v``); the partial sums lose ~2e-8, for ~25% more time than one product.
+    Summed over the ranks of a sharded ``space``.
     """
+    if space.distributed:
+        return space.reduce_sum(rows_times(Vt, W))
     c = _DOT_CHUNK
     P = W.shape[0]
     if W.dtype == torch.float64 or P <= 2 * c:
@@ -186,7 +197,12 @@ def _rows_times_vector(Vt: Tensor, w: Tensor) -> Tensor:
 
 
 def orthogonalize(
-    V: Tensor | Basis, W: Tensor, n: int | None = None, *, norms: Tensor | None = None
+    V: Tensor | Basis,
+    W: Tensor,
+    n: int | None = None,
+    *,
+    norms: Tensor | None = None,
+    space: LocalSpace = LOCAL,
 ) -> tuple[Tensor, Tensor]:
     """Project ``W`` onto the orthogonal complement of orthonormal vectors, in place.
 
@@ -196,6 +212,7 @@ def orthogonalize(
         W: ``[P, j]`` block, overwritten with its projection (same dtype as ``V``).
         n: with a :class:`Basis`, how many of its vectors (default: all in use).
         norms: the column norms of ``W`` if the caller has them (saves a pass).
+        space: the inner-product space of a tensor ``V`` (a :class:`Basis` has its own).
 
     Returns:
         ``(C, W)``: the accumulated coefficients ``C = V^T W_in`` (``[n, j]``, float64) and
@@ -207,15 +224,19 @@ def orthogonalize(
     """
     if isinstance(V, Tensor):
         n = V.shape[1]
-    elif n is None:
-        n = V.n
+    else:
+        space = V.space
+        n = V.n if n is None else n
     C = torch.zeros(n, W.shape[1], dtype=torch.float64, device=W.device)
     if n == 0 or W.shape[1] == 0:
         return C, W
-    before = col_norms(W) if norms is None else norms.to(device=W.device, dtype=torch.float64)
+    if norms is None:
+        before = col_norms(W, space)
+    else:
+        before = norms.to(device=W.device, dtype=torch.float64)
     for p in range(3):
         if isinstance(V, Tensor):
-            D = V.T @ W
+            D = space.reduce_sum(V.T @ W)
             W.addmm_(V, D, alpha=-1)
             D = D.to(torch.float64)
         else:
@@ -225,19 +246,24 @@ def orthogonalize(
         kept_sq = before.square() - D.square().sum(0)
         if bool((kept_sq >= _ETA**2 * before.square()).all()) or p == 2:
             break
-        before = col_norms(W)
+        before = col_norms(W, space)
     return C, W
 
 
-def orthonormalize(W: Tensor, Q: Tensor | None = None, *, rtol: float = 1e-10) -> Tensor:
+def orthonormalize(
+    W: Tensor, Q: Tensor | None = None, *, rtol: float = 1e-10, space: LocalSpace = LOCAL
+) -> Tensor:
     """Orthonormal basis of the part of ``range(W)`` orthogonal to ``range(Q)``.
 
     :func:`orthogonalize` against ``Q`` (on a copy of ``W``), then an SVD that drops
     directions whose singular value is below ``rtol`` times the largest column norm of
     ``W`` (numerical rank deficiency, e.g. an invariant subspace has been found), then one
     more projection and a QR so the result is orthogonal to ``Q`` to working precision.
-    May return 0 columns.
+    May return 0 columns. In a sharded ``space`` the SVD and QR are replaced by
+    :func:`gram_orthonormalize` (the same span; the columns may differ by a rotation).
     """
+    if space.distributed:
+        return _orthonormalize_sharded(W, Q, rtol, space)
     scale = float(col_norms(W).max()) if W.numel() else 0.0
     if scale == 0.0:
         return W[:, :0]
@@ -249,6 +275,46 @@ def orthonormalize(W: Tensor, Q: Tensor | None = None, *, rtol: float = 1e-10) -
     if has_q and U.shape[1] > 0:
         _, U = orthogonalize(Q, U.contiguous())
         U, _ = torch.linalg.qr(U)
+    return U
+
+
+def gram_orthonormalize(
+    W: Tensor, space: LocalSpace, rtol: float = 1e-10
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(U, S, Zh)`` with ``W ~= U diag(S) Zh`` from the Gram matrix, for sharded blocks.
+
+    ``G = W^T W`` (float64, summed over the ranks) ``= Z diag(S^2) Z^T`` (``eigh``); the
+    directions with ``S > rtol * max column norm`` are kept and ``U = W Z S^-1``, then
+    once more from ``U`` (two passes, as CholeskyQR2: Fukaya et al. 2014, "CholeskyQR2:
+    a simple and communication-avoiding algorithm"), so ``U`` is orthonormal to working
+    precision for ``cond(W)`` up to ``~eps^-1/2``. Every rank gets the same ``S, Zh``.
+    """
+    f64 = torch.float64
+    G = space.reduce_sum((W.T @ W).to(f64))
+    scale = float(G.diagonal().clamp_min(0).max().sqrt()) if G.numel() else 0.0
+    lam, Z = torch.linalg.eigh(G)
+    lam, Z = lam.flip(0), Z.flip(1)
+    S = lam.clamp_min(0).sqrt()
+    keep = S > rtol * scale if scale > 0 else S > 0
+    S, Z = S[keep], Z[:, keep]
+    U = W @ (Z / S).to(W.dtype)
+    G2 = space.reduce_sum((U.T @ U).to(f64))
+    lam2, Z2 = torch.linalg.eigh(G2)
+    U = U @ (Z2 / lam2.clamp_min(torch.finfo(f64).tiny).sqrt()).to(W.dtype) @ Z2.T.to(W.dtype)
+    return U, S, Z.T
+
+
+def _orthonormalize_sharded(W: Tensor, Q: Tensor | None, rtol: float, space: LocalSpace) -> Tensor:
+    """:func:`orthonormalize` for sharded blocks (Gram matrices instead of SVD and QR)."""
+    if W.numel() == 0 and W.shape[1] == 0:
+        return W[:, :0]
+    has_q = Q is not None and Q.shape[1] > 0
+    if has_q:
+        _, W = orthogonalize(Q, W.clone(), space=space)
+    U, _, _ = gram_orthonormalize(W, space, rtol)
+    if has_q and U.shape[1] > 0:
+        _, U = orthogonalize(Q, U.contiguous(), space=space)
+        U, _, _ = gram_orthonormalize(U, space, 0.0)
     return U
 
 
@@ -280,6 +346,9 @@ class Basis:
         pin: pin a CPU store (its products run on a CUDA device).
         chunk: vectors per transfer of a disk basis.
         directory: folder of the file of a disk basis.
+        space: the inner-product space of the vectors (:mod:`hesslab.linalg.space`): a
+            sharded basis stores this rank's ``P`` entries (``P`` is the local size) and
+            :meth:`tmm` sums over the ranks.
 
     Raises:
         BasisStorageError: the file cannot be created or its space not reserved.
@@ -296,8 +365,10 @@ class Basis:
         pin: bool = False,
         chunk: int | None = None,
         directory: str | os.PathLike[str] | None = None,
+        space: LocalSpace = LOCAL,
     ) -> None:
         self.P, self.m, self.dtype, self.device = P, m, dtype, torch.device(device)
+        self.space = space
         self.n = 0  # vectors in use (maintained by the solver that owns the basis)
         self.written = 0  # rows ever written (the rest are uninitialized)
         self.path: str | None = None
@@ -399,12 +470,13 @@ class Basis:
         """``V[:, start:n]^T W`` (``[n - start, j]`` float64 on ``W``'s device, see
         :func:`rows_times`)."""
         if not self.disk:
-            return rows_times(self.Vt[start:n], W)
+            return rows_times(self.Vt[start:n], W, self.space)
         parts = [
             rows_times(self.Vt[a : min(a + self.chunk, n)].to(W.device), W)
             for a in range(start, n, self.chunk)
         ]
-        return torch.cat(parts, 0) if parts else W.new_zeros(0, W.shape[1], dtype=torch.float64)
+        out = torch.cat(parts, 0) if parts else W.new_zeros(0, W.shape[1], dtype=torch.float64)
+        return self.space.reduce_sum(out)
 
     def sub_mm_(self, n: int, W: Tensor, D: Tensor, start: int = 0) -> None:
         """``W -= V[:, start:n] D`` in place (``D [n - start, j]`` in ``W``'s dtype)."""
@@ -547,11 +619,12 @@ class KrylovBasis:
 
     def __init__(self, engine: Any, start: Tensor, capacity: int) -> None:
         self.engine = engine
+        self.space = getattr(engine, "space", LOCAL)
         kw = {"dtype": start.dtype, "device": engine.device}
-        self._Qt = torch.empty(capacity, engine.P, **kw)
-        self._Zt = torch.empty(capacity, engine.P, **kw)
+        self._Qt = torch.empty(capacity, start.shape[0], **kw)  # this rank's rows if sharded
+        self._Zt = torch.empty(capacity, start.shape[0], **kw)
         self._d = 0
-        self._next = orthonormalize(start)
+        self._next = orthonormalize(start, space=self.space)
         self.trace_part = 0.0
 
     @property
@@ -583,10 +656,10 @@ class KrylovBasis:
         if Qn.shape[1] == 0:
             return 0
         Zn = self.engine.apply(Qn)
-        self.trace_part += float((Qn * Zn).sum())
+        self.trace_part += float(self.space.reduce_sum((Qn * Zn).sum()))
         d, j = self._d, Qn.shape[1]
         self._Qt[d : d + j] = Qn.T
         self._Zt[d : d + j] = Zn.T
         self._d = d + j
-        self._next = orthonormalize(Zn, self.Q)
+        self._next = orthonormalize(Zn, self.Q, space=self.space)
         return j

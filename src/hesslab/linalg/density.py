@@ -35,13 +35,14 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, as_checkpoint
+from hesslab.linalg.basis import gram_orthonormalize
 from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.probes import generator_digest, mean_stderr
 from hesslab.linalg.quadrature import QuadratureRule, lanczos_quadrature
 from hesslab.linalg.results import TraceEstimate
+from hesslab.linalg.space import shared_generator, space_of
 from hesslab.operators.base import LinearOperator, as_operator
-from hesslab.rng import resolve_generator
 from hesslab.validation import require_symmetric
 
 __all__ = ["SpectralDensity", "spectral_density", "wasserstein1"]
@@ -306,10 +307,11 @@ def spectral_density(
     t0 = time.perf_counter()
     op = as_operator(op)
     require_symmetric(op, "spectral_density")
-    P = op.shape[0]
+    space = space_of(op)  # sharded: P is the global size, the probes this rank's rows
+    P = space.global_size(op.shape[0])
     _check(P, num_steps, num_probes, deflate, distribution)
     entry_state = None if generator is None else generator_digest(generator)
-    generator = resolve_generator(generator)
+    generator = shared_generator(generator, space)
     disk = basis_device == "disk"
     # small P x r / P x K tensors (deflation basis, probes) stay on the device with "disk"
     bdev = op.device if basis_device is None or disk else torch.device(basis_device)
@@ -336,7 +338,7 @@ def spectral_density(
             "seconds": time.perf_counter() - t0,
         }
         checkpoint.save(state)
-    V0 = _probes(P, K, distribution, generator).to(bdev)
+    V0 = space.local_part(_probes(P, K, distribution, generator)).to(bdev)
     if checkpoint is None:
         rule = lanczos_quadrature(op, V0, m, deflate=defl["U"], **store, callback=callback)
     else:
@@ -428,7 +430,11 @@ def _deflation(
         **store,
         checkpoint=None if checkpoint is None else checkpoint.derived(".deflate"),
     )
-    U, _ = torch.linalg.qr(eig.vectors.to(dtype=torch.float64, device=bdev))
+    space = space_of(op)
+    if space.distributed:
+        U, _, _ = gram_orthonormalize(eig.vectors.to(dtype=torch.float64, device=bdev), space, 0.0)
+    else:
+        U, _ = torch.linalg.qr(eig.vectors.to(dtype=torch.float64, device=bdev))
     return {
         "U": U,
         "outliers": eig.values.clone(),

@@ -20,14 +20,14 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError, ConvergenceError
 from hesslab.io import Checkpoint, as_checkpoint
-from hesslab.linalg.basis import Basis, BasisStorageError, as_block, chunk_vectors
+from hesslab.linalg.basis import Basis, BasisStorageError, as_block, chunk_vectors, col_norms
 from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.probes import draw_probes
 from hesslab.linalg.quadrature import lanczos_quadrature
 from hesslab.linalg.results import EigenResult
+from hesslab.linalg.space import LOCAL, LocalSpace, shared_generator, space_of
 from hesslab.linalg.thick_restart import ThickRestartLanczos, wanted_order
 from hesslab.operators.base import LinearOperator, as_operator
-from hesslab.rng import resolve_generator
 from hesslab.validation import check_k_tol, require_symmetric
 
 __all__ = ["BasisStorageError", "auto_block_size", "eigenpairs", "lanczos_quadrature"]
@@ -195,7 +195,8 @@ def eigenpairs(
     """
     op = as_operator(op)
     require_symmetric(op, "eigenpairs (Lanczos)")
-    P = op.shape[0]
+    space = space_of(op)
+    P = space.global_size(op.shape[0])
     k, b, m, max_matvecs = _check(op, k, which, tol, block_size, max_basis, max_matvecs)
     if method not in _METHODS:
         raise ConfigurationError(f"method must be one of {_METHODS}, got {method!r}")
@@ -203,12 +204,17 @@ def eigenpairs(
         raise ConfigurationError(
             f"on_nonconvergence must be 'return' or 'raise', got {on_nonconvergence!r}"
         )
-    if method == "dense" or (method == "auto" and use_dense(P, k)):
+    if method == "dense" and space.distributed:
+        raise ConfigurationError(
+            "method='dense' needs the whole matrix on one process; a sharded operator "
+            "takes method='lanczos' (or 'auto')"
+        )
+    if method == "dense" or (method == "auto" and use_dense(P, k) and not space.distributed):
         return _finish(_dense(op, k, which, tol, return_vectors), on_nonconvergence)
-    generator = resolve_generator(generator)
+    generator = shared_generator(generator, space)
     basis = _basis(op, m, basis_device, basis_dir, basis_chunk)
     try:
-        start = _start_block(v0, P, b, generator, basis.device, basis.dtype)
+        start = _start_block(v0, P, b, generator, basis.device, basis.dtype, space)
         solver = ThickRestartLanczos(
             op, k, which, tol=tol, block_size=b, max_matvecs=max_matvecs, basis=basis,
             start=start, generator=generator, callback=callback,
@@ -254,8 +260,8 @@ def _check(
     op: LinearOperator, k: Any, which: str, tol: Any, block_size: Any, max_basis: Any,
     max_matvecs: Any,
 ) -> tuple[int, int, int, int]:  # fmt: skip
-    """Validated ``(k, b, m, max_matvecs)``."""
-    P = op.shape[0]
+    """Validated ``(k, b, m, max_matvecs)`` (``P`` the global size of a sharded ``op``)."""
+    P = space_of(op).global_size(op.shape[0])
     if which not in _WHICH:
         raise ConfigurationError(f"which must be one of {_WHICH}, got {which!r}")
     k = check_k_tol(P, k, tol)
@@ -294,16 +300,16 @@ def _basis(
     basis_chunk: int | None,
 ) -> Basis:
     """The empty basis of ``m`` vectors where ``basis_device`` says (see :func:`eigenpairs`)."""
-    P = op.shape[0]
+    P, space = op.shape[0], space_of(op)  # a sharded basis holds this rank's entries
     if isinstance(basis_device, str) and basis_device == "disk":
         return Basis(
             P, m, dtype=op.dtype, device=op.device, disk=True, chunk=basis_chunk,
-            directory=basis_dir,
+            directory=basis_dir, space=space,
         )  # fmt: skip
     chunk_vectors(basis_chunk, P, m)  # validated in every mode
     bdev = op.device if basis_device is None else torch.device(basis_device)
     pin = bdev.type == "cpu" and op.device.type == "cuda" and torch.cuda.is_available()
-    return Basis(P, m, dtype=op.dtype, device=bdev, pin=pin)
+    return Basis(P, m, dtype=op.dtype, device=bdev, pin=pin, space=space)
 
 
 def _start_block(
@@ -313,17 +319,24 @@ def _start_block(
     generator: torch.Generator,
     device: torch.device,
     dtype: torch.dtype = torch.float64,
+    space: LocalSpace = LOCAL,
 ) -> Tensor:
     """The ``[P, b]`` start block: ``v0`` (float64, normalized columns, summed for
     ``b = 1``, grouped into ``b`` columns or padded with random ones) or ``b`` random
     Gaussian columns drawn directly in ``dtype`` (the basis dtype: no float64 draw and
-    conversion of ``P`` entries)."""
+    conversion of ``P`` entries). In a sharded ``space`` ``P`` is the global size, random
+    columns are drawn at full size and sliced, and ``v0`` is this rank's shard."""
     f64 = torch.float64
     if v0 is None:
         gdev = generator.device
-        return torch.randn((P, b), generator=generator, dtype=dtype, device=gdev).to(device)
-    X0 = as_block(v0, P, "v0").to(dtype=f64, device=device)
-    norms = torch.linalg.vector_norm(X0, dim=0)
+        full = torch.randn((P, b), generator=generator, dtype=dtype, device=gdev)
+        return space.local_part(full).to(device)
+    if space.distributed:
+        X0 = as_block(v0, v0.shape[0], "v0").to(dtype=f64, device=device)
+        norms = col_norms(X0, space)
+    else:
+        X0 = as_block(v0, P, "v0").to(dtype=f64, device=device)
+        norms = torch.linalg.vector_norm(X0, dim=0)
     X0 = X0[:, norms > 0] / norms[norms > 0]
     if b == 1:
         X0 = X0.sum(dim=1, keepdim=True) if X0.shape[1] else X0
@@ -335,7 +348,7 @@ def _start_block(
         fill = draw_probes(
             P, b - X0.shape[1], distribution="gaussian", generator=generator, device=device
         )
-        X0 = torch.cat([X0, fill], dim=1)
+        X0 = torch.cat([X0, space.local_part(fill)], dim=1)
     return X0
 
 

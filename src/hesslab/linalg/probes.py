@@ -26,6 +26,7 @@ from torch import Tensor
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint
 from hesslab.linalg.basis import col_dots
+from hesslab.linalg.space import LOCAL, LocalSpace, shared_generator, space_of
 from hesslab.operators.base import LinearOperator, as_operator
 from hesslab.rng import resolve_generator
 
@@ -122,10 +123,13 @@ class Engine:
         self.op = as_operator(op)
         if self.op.shape[0] != self.op.shape[1]:
             raise ConfigurationError(f"operator must be square, got shape {self.op.shape}")
-        self.P = self.op.shape[0]
+        # a sharded operator: P is the global size, blocks hold this rank's local_P rows
+        self.space = space_of(self.op)
+        self.local_P = self.op.shape[0]
+        self.P = self.space.global_size(self.local_P)
         self.device = self.op.device
         self.distribution = check_distribution(distribution)
-        self.generator = resolve_generator(generator)
+        self.generator = shared_generator(generator, self.space)
         self.block_size = (
             None if block_size is None else check_positive_int("block_size", block_size)
         )
@@ -140,7 +144,7 @@ class Engine:
         """
         K = V.shape[1]
         if K == 0:
-            return torch.zeros(self.P, 0, dtype=torch.float64, device=self.device)
+            return torch.zeros(self.local_P, 0, dtype=torch.float64, device=self.device)
         step = K if self.block_size is None else self.block_size
         replay = self.replay
         outs = []
@@ -170,14 +174,18 @@ class Engine:
             dtype=self.op.dtype,
             device=self.device,
         )
-        return V.to(torch.float64)
+        return self.space.local_part(V).to(torch.float64)
 
     def unit_block(self, start: int, stop: int) -> Tensor:
         """Columns ``start..stop-1`` of the identity, float64 on the operator's device."""
         E = torch.zeros(self.P, stop - start, dtype=torch.float64, device=self.device)
         idx = torch.arange(start, stop, device=self.device)
         E[idx, idx - start] = 1.0
-        return E
+        return self.space.local_part(E)
+
+    def zeros(self, j: int = 0) -> Tensor:
+        """A float64 ``[local_P, j]`` block of zeros on the operator's device."""
+        return torch.zeros(self.local_P, j, dtype=torch.float64, device=self.device)
 
 
 def generator_digest(generator: Any) -> str | None:
@@ -300,6 +308,7 @@ def remainder_samples(
     *,
     normalize: bool,
     kind: str = "trace",
+    space: LocalSpace = LOCAL,
 ) -> Tensor:
     """Per-probe Hutchinson samples for the operator deflated by ``range(Q)``.
 
@@ -312,17 +321,19 @@ def remainder_samples(
     ``x / ||x||`` is uniform on the unit sphere of the ``n = P - d`` dimensional complement
     and returns ``n * x^T A x / ||x||^2`` (resp. ``n ||A x||^2 / ||x||^2``): still unbiased,
     with the smaller variance of spherical probes (Epperly, Tropp & Webber, 2024).
+    In a sharded ``space`` the blocks are this rank's rows and every inner product is
+    summed over the ranks.
     """
     if Q.shape[1] > 0:
-        C = Q.T @ X
+        C = space.reduce_sum(Q.T @ X)
         Xp = X - Q @ C
         AXp = AX - Z @ C
     else:
         Xp, AXp = X, AX
-    s = col_dots(Xp, AXp) if kind == "trace" else col_dots(AXp, AXp)
+    s = col_dots(Xp, AXp, space) if kind == "trace" else col_dots(AXp, AXp, space)
     if normalize:
-        n = X.shape[0] - Q.shape[1]
-        s = s * (n / col_dots(Xp, Xp))
+        n = space.global_size(X.shape[0]) - Q.shape[1]
+        s = s * (n / col_dots(Xp, Xp, space))
     return s
 
 

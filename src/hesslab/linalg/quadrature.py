@@ -34,6 +34,7 @@ from hesslab.linalg.basis import (
     orthogonalize,
     owned,
 )
+from hesslab.linalg.space import space_of
 from hesslab.operators.base import LinearOperator
 from hesslab.validation import require_symmetric
 
@@ -101,14 +102,14 @@ def lanczos_quadrature(
         NonSymmetricError: the operator is known not to be symmetric.
     """
     require_symmetric(op, "Lanczos quadrature")
-    P = op.shape[0]
+    P, space = op.shape[0], space_of(op)  # a sharded operator: V0 is this rank's rows
     disk = isinstance(basis_device, str) and basis_device == "disk"
     wdev = op.device if basis_device is None or disk else torch.device(basis_device)
     m, K = int(num_steps), V0.shape[1]
     bases: list[Basis] = []
     try:
         kw = {"dtype": op.dtype, "device": wdev, "disk": disk, "chunk": basis_chunk}
-        bases.extend(Basis(P, m, directory=basis_dir, **kw) for _ in range(K))
+        bases.extend(Basis(P, m, directory=basis_dir, space=space, **kw) for _ in range(K))
         U = None if deflate is None else deflate.to(dtype=op.dtype, device=wdev)
         return _recurrences(op, V0.detach().to(dtype=op.dtype, device=wdev), bases, U, callback)
     finally:
@@ -124,11 +125,12 @@ def _recurrences(
     callback: Callable[[dict[str, Any]], None] | None,
 ) -> QuadratureRule:
     """The ``K`` recurrences (start block ``V0`` in the bases' dtype and device)."""
-    P, K = V0.shape
+    space = space_of(op)
+    P, K = space.global_size(V0.shape[0]), V0.shape[1]
     m = bases[0].m if bases else 0
     if U is not None:
-        _, V0 = orthogonalize(U, V0.clone())
-    norms = col_norms(V0)
+        _, V0 = orthogonalize(U, V0.clone(), space=space)
+    norms = col_norms(V0, space)
     if bool((norms == 0).any()):
         raise ConfigurationError("a probe vector is zero (or lies in the deflated space)")
     for kk, basis in enumerate(bases):
@@ -150,8 +152,8 @@ def _recurrences(
         Wa = owned(op.matmat(Xo).detach(), Xo).to(dtype=V0.dtype, device=V0.device)
         num_matvecs += len(idx)
         if U is not None:
-            _, Wa = orthogonalize(U, Wa)
-        normest = max(normest, float(col_norms(Wa).max()))
+            _, Wa = orthogonalize(U, Wa, space=space)
+        normest = max(normest, float(col_norms(Wa, space).max()))
         for c, kk in enumerate(idx):
             w = Wa[:, c : c + 1].contiguous()
             T = tridiagonals[kk]
@@ -185,19 +187,20 @@ def _three_term(
     omega-recurrence says the basis would lose semi-orthogonality. ``T`` (float64
     ``[m, m]``) is the tridiagonal so far, updated with ``alpha``. Returns
     ``(alpha, ||w||, w, omega)``, ``omega`` the new vector's estimates."""
+    space = basis.space
     a = float(basis.tmm(j + 1, w, start=j)[0, 0])
     T[j, j] = a
     lo = max(j - 1, 0)
     basis.sub_mm_(j + 1, w, T[lo : j + 1, j : j + 1].to(dtype=w.dtype, device=w.device), start=lo)
     if U is not None:
-        _, w = orthogonalize(U, w)
-    bnorm = float(col_norms(w)[0])
+        _, w = orthogonalize(U, w, space=space)
+    bnorm = float(col_norms(w, space)[0])
     x = ortho.predict(T, j, j + 1, bnorm, max(normest, abs(a)))
     if ortho.needs_full(x):
         _, w = orthogonalize(basis, w, j + 1)
         if U is not None:
-            _, w = orthogonalize(U, w)
-        bnorm = float(col_norms(w)[0])
+            _, w = orthogonalize(U, w, space=space)
+        bnorm = float(col_norms(w, space)[0])
         x = ortho.full(x)
     return a, bnorm, w, x
 

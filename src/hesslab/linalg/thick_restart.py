@@ -55,6 +55,7 @@ from hesslab.linalg.basis import (
     Basis,
     OrthogonalityEstimate,
     col_norms,
+    gram_orthonormalize,
     orthogonalize,
     owned,
 )
@@ -128,7 +129,8 @@ class ThickRestartLanczos:
         self.op, self.k, self.which, self.tol = op, k, which, float(tol)
         self.b, self.max_matvecs, self.basis = block_size, max_matvecs, basis
         self.generator, self.callback = generator, callback
-        self.P, self.m = basis.P, basis.m
+        self.space = basis.space  # the inner products (summed over ranks when sharded)
+        self.P, self.m = self.space.global_size(basis.P), basis.m
         self.H = torch.zeros(self.m, self.m, dtype=f64)
         self.num_matvecs = self.num_restarts = self.steps = 0
         self.normest = 0.0
@@ -143,7 +145,7 @@ class ThickRestartLanczos:
         threshold = min(eps**0.5, self.tol)
         self.ortho = OrthogonalityEstimate(self.m, basis.dtype, threshold) if partial else None
         X0 = start.to(dtype=basis.dtype, device=basis.device, copy=True)
-        scale = float(col_norms(X0).max()) if X0.numel() else 0.0
+        scale = float(col_norms(X0, self.space).max()) if X0.shape[1] else 0.0
         Q0, _, _ = self._new_block(X0, 0, min(self.b, self.P), scale)
         basis.put(0, Q0)
         self.s, self.n = 0, Q0.shape[1]
@@ -170,7 +172,7 @@ class ThickRestartLanczos:
         s, n, H = self.s, self.n, self.H
         W = self.apply(self.basis.cols(s, n))
         if self.ortho is None:
-            norms = col_norms(W)
+            norms = col_norms(W, self.space)
             col_norm = float(norms.max())
             C, W = orthogonalize(self.basis, W, n, norms=norms)
             Cc = C.cpu()
@@ -247,7 +249,7 @@ class ThickRestartLanczos:
         they exceed the threshold) and ``beta = ||W||``; ``(W, None, None)`` without."""
         if self.ortho is None:
             return W, None, None
-        beta = float(col_norms(W)[0])
+        beta = float(col_norms(W, self.space)[0])
         H = self.H
         normest = max(self.normest, float(H[s, s].abs()))
         x = self.ortho.predict(H, s, n, beta, normest)
@@ -315,13 +317,13 @@ class ThickRestartLanczos:
             return W[:, :0], torch.zeros(0, bw, dtype=f64), 0
         thresh = BREAKDOWN_RTOL * scale
         if bw == 1:
-            beta = float(col_norms(W)[0]) if beta is None else beta
+            beta = float(col_norms(W, self.space)[0]) if beta is None else beta
             if beta > thresh:
                 Q, R = W.div_(beta), torch.full((1, 1), beta, dtype=f64)
             else:
                 Q, R = W[:, :0], torch.zeros(0, 1, dtype=f64)
         else:
-            U, S, Zh = torch.linalg.svd(W, full_matrices=False)
+            U, S, Zh = self._svd(W)
             r = min(int((thresh < S).sum()), width)
             Q = U[:, :r]
             R = (S[:r, None] * Zh[:r]).to(dtype=f64, device="cpu")
@@ -331,6 +333,12 @@ class ThickRestartLanczos:
         fill = self._random_orthonormal(need, n, Q)
         R = torch.cat([R, torch.zeros(fill.shape[1], bw, dtype=f64)], 0)
         return torch.cat([Q, fill], dim=1), R, fill.shape[1]
+
+    def _svd(self, W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Thin SVD of the block ``W`` (from its Gram matrix when sharded)."""
+        if not self.space.distributed:
+            return torch.linalg.svd(W, full_matrices=False)
+        return gram_orthonormalize(W, self.space, rtol=0.0)
 
     def _random_orthonormal(self, j: int, n: int, Q: Tensor) -> Tensor:
         """``j`` (or fewer, if the space is exhausted) random orthonormal columns orthogonal
@@ -342,10 +350,14 @@ class ThickRestartLanczos:
         Z = draw_probes(
             self.P, j, distribution="gaussian", generator=self.generator, device=basis.device
         ).to(basis.dtype)
+        Z = self.space.local_part(Z)
         for _ in range(2):
             _, Z = orthogonalize(basis, Z, n)
-            _, Z = orthogonalize(Q, Z)
-            Z, _ = torch.linalg.qr(Z)
+            _, Z = orthogonalize(Q, Z, space=self.space)
+            if self.space.distributed:
+                Z, _, _ = gram_orthonormalize(Z, self.space, rtol=0.0)
+            else:
+                Z, _ = torch.linalg.qr(Z)
         return Z
 
     # ------------------------------------------------------------- extraction
@@ -368,11 +380,15 @@ class ThickRestartLanczos:
         if return_vectors or true_residuals:
             X = self.basis.combine(self.n, p["Y"][:, wanted])
             if self.ortho is not None and X.shape[1] == 1:
-                X = X / col_norms(X).to(X.dtype)
+                X = X / col_norms(X, self.space).to(X.dtype)
             if true_residuals:
                 AX = self.apply(X).to(f64)
                 vals = values.to(device=X.device)
-                true_res = torch.linalg.vector_norm(AX - X.to(f64) * vals, dim=0).cpu()
+                res_block = AX - X.to(f64) * vals
+                if self.space.distributed:
+                    true_res = col_norms(res_block, self.space).cpu()
+                else:
+                    true_res = torch.linalg.vector_norm(res_block, dim=0).cpu()
                 info["ritz_residual_norms"] = residuals
                 info["residual_kind"] = "true"
                 residuals = true_res

@@ -118,7 +118,10 @@ class _Deflated:
         self.samples = torch.zeros(0, dtype=torch.float64, device=engine.device)
 
     def add_probes(self, X: Tensor, AX: Tensor) -> None:
-        s = remainder_samples(X, AX, self.Q, self.Z, normalize=self.normalize, kind=self.kind)
+        s = remainder_samples(
+            X, AX, self.Q, self.Z, normalize=self.normalize, kind=self.kind,
+            space=self.engine.space,
+        )  # fmt: skip
         self.samples = torch.cat([self.samples, s])
 
     def draw(self, K: int) -> None:
@@ -138,18 +141,19 @@ class _Pilot:
     QQ^T) v`` and ``A x = A v - Z (Q^T v)`` as in :func:`remainder_samples`, at the cost of
     the newest block only."""
 
-    def __init__(self, X: Tensor, AX: Tensor, kind: str) -> None:
+    def __init__(self, X: Tensor, AX: Tensor, kind: str, engine: Engine) -> None:
         self.X, self.AX, self.kind = X.clone(), AX.clone(), kind
+        self.space, self.P = engine.space, engine.P
 
     def deflate(self, Qn: Tensor, Zn: Tensor) -> None:
-        C = Qn.T @ self.X
+        C = self.space.reduce_sum(Qn.T @ self.X)
         self.X.addmm_(Qn, C, alpha=-1)
         self.AX.addmm_(Zn, C, alpha=-1)
 
     def samples(self, normalize: bool, d: int) -> Tensor:
-        X, AX = self.X, self.AX
-        s = col_dots(X, AX) if self.kind == "trace" else col_dots(AX, AX)
-        return s * ((X.shape[0] - d) / col_dots(X, X)) if normalize else s
+        X, AX, sp = self.X, self.AX, self.space
+        s = col_dots(X, AX, sp) if self.kind == "trace" else col_dots(AX, AX, sp)
+        return s * ((self.P - d) / col_dots(X, X, sp)) if normalize else s
 
 
 def _krylov_deflation(
@@ -163,14 +167,14 @@ def _krylov_deflation(
     X0 = engine.probes(m_min)
     AX0 = engine.apply(X0)
     if b < 1:
-        empty = torch.zeros(engine.P, 0, dtype=torch.float64, device=engine.device)
+        empty = engine.zeros()
         st = _Deflated(engine, empty, empty, 0.0, kind)
         st.add_probes(X0, AX0)
         st.draw(N - engine.num_matvecs)
         return st, {"krylov_dim": 0, "krylov_block": 0, "num_samples": st.samples.numel()}
     kb = KrylovBasis(engine, engine.probes(b, "gaussian"), capacity=N - m_min)
     norm = engine.distribution != "rademacher"
-    pilot = _Pilot(X0, AX0, kind)
+    pilot = _Pilot(X0, AX0, kind, engine)
     var = {0: float(pilot.samples(False, 0).var())}
     best = var[0] / N
     history = [(0, best)]
@@ -195,10 +199,8 @@ def _krylov_deflation(
     # deflation did not pay, e.g. a flat spectrum; plain Hutchinson with the probes left)
     d = min(var, key=lambda k: (var[k], k))
     Q, Z = kb.Q[:, :d], kb.Z[:, :d]
-    if kind == "trace":
-        exact = float((Q * Z).sum())
-    else:
-        exact = float((Z * Z).sum())
+    reduce = engine.space.reduce_sum
+    exact = float(reduce((Q * Z).sum())) if kind == "trace" else float(reduce((Z * Z).sum()))
     st = _Deflated(engine, Q, Z, exact, kind)
     st.add_probes(X0, AX0)
     st.draw(N - engine.num_matvecs)
@@ -302,7 +304,8 @@ def _exact(engine: Engine, kind: str) -> float:
     for start in range(0, P, step):
         E = engine.unit_block(start, min(P, start + step))
         AE = engine.apply(E)
-        total += float((E * AE).sum()) if kind == "trace" else float((AE * AE).sum())
+        part = (E * AE).sum() if kind == "trace" else (AE * AE).sum()
+        total += float(engine.space.reduce_sum(part))
     return total
 
 
@@ -478,6 +481,11 @@ def _run(
             info=dict(info),
         )
 
+    if method == "xtrace" and engine.space.distributed:
+        raise ConfigurationError(
+            "method='xtrace' does not run on sharded operators yet; use 'krylov' (the "
+            "default), 'hutch++' or 'hutchinson'"
+        )
     if method == "exact":
         result = snapshot(_exact(engine, kind), 0.0, None)
     else:
@@ -527,16 +535,16 @@ def _deflated_rounds(
 ) -> _Rounds:
     """Hutchinson, Hutch++ or krylov: the deflation (if any) and the first probes."""
     if method == "hutchinson":
-        empty = torch.zeros(engine.P, 0, dtype=torch.float64, device=engine.device)
+        empty = engine.zeros()
         st = _Deflated(engine, empty, empty, 0.0, kind)
         st.draw(N)
     elif method == "hutch++":
         if N < 3:
             raise ConfigurationError(f"hutch++ needs num_matvecs >= 3, got {N}")
         S = engine.probes(min(N // 3, engine.P))
-        Q = orthonormalize(engine.apply(S))
+        Q = orthonormalize(engine.apply(S), space=engine.space)
         Z = engine.apply(Q)
-        st = _Deflated(engine, Q, Z, float((Q * Z).sum()), kind)
+        st = _Deflated(engine, Q, Z, float(engine.space.reduce_sum((Q * Z).sum())), kind)
         st.draw(N - engine.num_matvecs)
         info["sketch_dim"] = Q.shape[1]
     else:  # krylov
