@@ -9,31 +9,19 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+
+from common import interleaved_times
 
 from hesslab import Objective
 from hesslab.operators import HESSIAN_MODES, HessianOperator
 from problems import make_problem
-
-
-def _interleaved(fns: dict, reps: int) -> dict:
-    """Median seconds of each callable, run interleaved A B C A B C ... after a warm-up."""
-    for fn in fns.values():
-        fn()
-    times: dict = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -59,7 +47,7 @@ def main() -> None:
             fns = {m: (lambda op=op, V=V: op.matmat(V)) for m, op in ops.items()}
             fns["auto"] = lambda auto=auto, V=V: auto.matmat(V)
             fns["gradient"] = obj.gradient
-            secs = _interleaved(fns, reps)
+            secs = interleaved_times(fns, reps)
             costs = {m: secs[m] / K / secs["gradient"] for m in [*HESSIAN_MODES, "auto"]}
             best = min(costs[m] for m in HESSIAN_MODES)
             rows.append((prob.description, P, K, costs, chosen, costs["auto"] / best))

@@ -73,7 +73,11 @@ def test_first_product_is_the_chosen_modes_timing_run(monkeypatch):
     # run is the product
     assert 1 <= applies.calls.count(chosen) <= 2
     assert all(applies.calls.count(m) <= 2 for m in set(applies.calls))
-    assert len(set(applies.calls)) == len(H._candidates())
+    # every candidate was timed on the whole batch, or dropped by the slice screen (or
+    # the gradient bound) with its reason
+    skipped = {m for m, why in H.mode_report["single"]["errors"].items() if "not timed" in why}
+    assert set(applies.calls) | skipped == set(H._candidates())
+    assert not set(applies.calls) & skipped
     second = H.matmat(v)
     assert applies.calls[timed:] == [chosen]  # later products: the chosen mode, once each
     assert torch.equal(first, second)  # the reused timing run is the chosen mode's product
@@ -221,3 +225,47 @@ def test_mode_reports_do_not_share_state_with_the_memo():
     H2.matmat(v)
     assert H2.mode_report["single"]["reused"]
     assert H2.mode_report["single"]["seconds_per_column"]  # the memo kept its own copy
+
+
+def test_the_slice_screen_drops_a_far_slower_mode_and_keeps_the_products_exact(monkeypatch):
+    _, obj = _objective()
+    H = HessianOperator(obj)
+    slow = HessianOperator._fwd_rev
+
+    def slowed(op, batch, Vd):
+        out = slow(op, batch, Vd)
+        import time
+
+        time.sleep(0.05)  # forward-over-reverse made far slower than the cached mode
+        return out
+
+    monkeypatch.setattr(HessianOperator, "_fwd_rev", slowed)
+    applies = _Applies(monkeypatch)
+    v = torch.randn(H.shape[0], 1, generator=torch.Generator().manual_seed(4), dtype=H.dtype)
+    out = H.matmat(v)
+    report = H.mode_report["single"]
+    assert H.chosen_mode("single") == "reverse-over-reverse-cached"
+    assert "slice" in report["errors"]["forward-over-reverse"]
+    assert applies.calls == ["reverse-over-reverse-cached"]  # never run on the whole batch
+    ref = dense_hessian(obj.model, torch.nn.functional.cross_entropy, [obj._data[0]])
+    torch.testing.assert_close(out[:, 0], ref @ v[:, 0], rtol=1e-10, atol=1e-12)
+
+
+def test_the_slice_screen_keeps_close_modes_for_the_full_timing(monkeypatch):
+    import time
+
+    _, obj = _objective()
+    H = HessianOperator(obj)
+    for name in ("_fwd_rev", "_rev_rev"):  # both modes dominated by the same 20 ms
+        inner = getattr(HessianOperator, name)
+
+        def slowed(op, *a, _inner=inner, **k):
+            time.sleep(0.02)
+            return _inner(op, *a, **k)
+
+        monkeypatch.setattr(HessianOperator, name, slowed)
+    x, y = obj._data[0]
+    V = {n: t.unsqueeze(0) for n, t in obj.theta.items()}
+    H._batch_index = 0
+    assert H._screen(obj._prepare((x, y)), V) == {}  # within 2x: both go to the full timing
+    assert H._screen(obj._prepare((x[:1], y[:1])), V) == {}  # one row: no slice

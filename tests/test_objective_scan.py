@@ -81,3 +81,31 @@ def test_tensor_dataset_loader_equals_the_tensors():
     a = HessianOperator(Objective(_model(), "ce", loader)).to_dense()
     b = HessianOperator(Objective(_model(), "ce", (ds.x, ds.y))).to_dense()
     assert float((a - b).norm() / b.norm()) < 1e-12
+
+
+def test_pin_memory_is_a_no_op_on_cpu_and_refused_when_forced():
+    from hesslab import ConfigurationError
+    from hesslab.batches import pin_batches
+
+    ds = CountingDataset()
+    data = [(ds.x[:20], ds.y[:20]), (ds.x[20:], ds.y[20:])]
+    assert pin_batches(data, torch.device("cpu"), None) is data
+    assert pin_batches(data, torch.device("cpu"), False) is data
+    with pytest.raises(ConfigurationError, match="CUDA"):
+        Objective(_model(), "ce", data, pin_memory=True)
+    obj = Objective(_model(), "ce", data)
+    assert obj._data is data
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pinned_batches_give_the_same_products_on_cuda():
+    ds = CountingDataset()
+    data = [(ds.x[:20], ds.y[:20]), (ds.x[20:], ds.y[20:])]
+    model = _model().cuda()
+    pinned = Objective(model, "ce", data, device="cuda")
+    assert all(t.is_pinned() for b in pinned._data for t in b)
+    with pytest.raises(Exception, match="DataLoader"):
+        Objective(model, "ce", DataLoader(TensorDataset(ds.x, ds.y)), pin_memory=True)
+    plain = Objective(model, "ce", data, device="cuda", pin_memory=False)
+    v = torch.randn(HessianOperator(plain).shape[0], 1, dtype=torch.float64, device="cuda")
+    assert torch.equal(HessianOperator(pinned) @ v, HessianOperator(plain) @ v)

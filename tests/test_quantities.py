@@ -125,9 +125,14 @@ def test_outliers_are_count_outliers_of_the_spectrum_or_the_top_k(case):
     assert exact.count == count_outliers(w).count == 3
     top = measure("top_k", op, Settings(k=8, tol=1e-10), _gen())
     from_top = measure("outliers", op, Settings(given={"top_k": top}))
-    want = count_outliers(top.values, errors=top.residual_norms)
-    assert (from_top.count, from_top.threshold) == (want.count, want.threshold)
+    want = count_outliers(top.values, errors=top.residual_norms, dimension=P)
+    assert (
+        (from_top.count, from_top.threshold) == (want.count, want.threshold) == (3, want.threshold)
+    )
     assert measure("outliers", op, Settings(k=8, tol=1e-10), _gen()).count == want.count
+    dens = measure("density", op, Settings(num_steps=30, num_probes=2), _gen())
+    from_density = measure("outliers", op, Settings(given={"density": dens}))
+    assert from_density.count == count_outliers(dens).count == 3
 
 
 def test_unknown_quantity_is_refused(case):

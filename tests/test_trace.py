@@ -268,3 +268,28 @@ def test_cuda_operator_with_cpu_generator():
     gpu = trace(A.cuda(), BUDGET, generator=torch.Generator().manual_seed(0))
     assert gpu.value == pytest.approx(cpu.value, rel=1e-8)
     assert gpu.samples.device.type == "cpu"
+
+
+def test_large_hutchinson_rounds_are_drawn_in_chunks_of_bounded_memory(monkeypatch):
+    import importlib
+
+    trace_mod = importlib.import_module("hesslab.linalg.trace")
+
+    d = torch.linspace(-1.0, 3.0, 500, dtype=torch.float64)
+    A = DenseOperator(torch.diag(d))
+    widths = []
+    inner = trace_mod.Engine.apply
+
+    def counted(self, V):
+        widths.append(V.shape[1])
+        return inner(self, V)
+
+    monkeypatch.setattr(trace_mod.Engine, "apply", counted)
+    monkeypatch.setattr(trace_mod, "PROBE_MEMORY", 24 * 500 * 7)  # 7 probes per chunk
+    est = trace(A, 40, method="hutchinson", generator=torch.Generator().manual_seed(0))
+    assert widths and max(widths) <= 7 and sum(widths) == 40 == est.num_matvecs
+    # Rademacher probes are exact on a diagonal operator: every chunk's samples too
+    assert est.value == pytest.approx(float(d.sum()), abs=1e-9)
+    assert trace_mod.probe_chunk(500, 40) == 7
+    monkeypatch.setattr(trace_mod, "PROBE_MEMORY", 2**30)
+    assert trace_mod.probe_chunk(500, 40) == 40  # small problems: one draw, as before

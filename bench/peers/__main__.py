@@ -27,14 +27,12 @@ import hashlib
 import importlib
 import importlib.metadata as md
 import json
-import math
 import os
 import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,171 +42,9 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(HERE), str(BENCH)]
 
 import harness  # noqa: E402
-from harness import HESSLAB, fmt, markdown_table  # noqa: E402
-
-PEER_MODULES = ("pyhessian", "curvlinops", "hessian_eigenthings", "backpack")
-DISTS = (
-    "torch",
-    "hesslab",
-    "pyhessian",
-    "hessian-eigenthings",
-    "curvlinops-for-pytorch",
-    "backpack-for-pytorch",
-    "scipy",
-    "numpy",
-)
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str  # row label, unique within a measure
-    library: str
-    settings: str
-    module: str
-    func: str
-    kwargs: tuple = ()
-
-    def call_kwargs(self) -> dict:
-        return dict(self.kwargs)
-
-
-TOPK = [
-    Method(
-        HESSLAB, "hesslab", "eigenpairs: thick-restart Lanczos, tol=1e-6", "lib_hesslab", "topk"
-    ),
-    Method(
-        "curvlinops + ARPACK",
-        "curvlinops",
-        "scipy eigsh(H.to_scipy(), which='LA'), tol=0",
-        "lib_curvlinops",
-        "topk",
-    ),
-    Method(
-        "pyhessian",
-        "pyhessian",
-        "eigenvalues(): power iteration, maxIter=100, tol=1e-3",
-        "lib_pyhessian",
-        "topk",
-    ),
-    Method(
-        "eigenthings power",
-        "hessian-eigenthings",
-        "deflated_power_iteration: max_iter=100, tol=1e-4",
-        "lib_eigenthings",
-        "topk_power",
-    ),
-    Method(
-        "eigenthings lanczos",
-        "hessian-eigenthings",
-        "lanczos: max_iter=2k, tol=1e-4, which='LM'",
-        "lib_eigenthings",
-        "topk_lanczos",
-    ),
-]
-TRACE = [
-    Method(HESSLAB, "hesslab", "trace: krylov (default), stderr", "lib_hesslab", "trace"),
-    Method(
-        "pyhessian hutchinson", "pyhessian", "trace(maxIter=96, tol=0)", "lib_pyhessian", "trace"
-    ),
-    Method(
-        "curvlinops hutchinson",
-        "curvlinops",
-        "hutchinson_trace",
-        "lib_curvlinops",
-        "trace_hutchinson",
-    ),
-    Method("curvlinops hutch++", "curvlinops", "hutchpp_trace", "lib_curvlinops", "trace_hutchpp"),
-    Method("curvlinops xtrace", "curvlinops", "xtrace", "lib_curvlinops", "trace_xtrace"),
-    Method(
-        "eigenthings hutch++",
-        "hessian-eigenthings",
-        "trace (hutch++ default), stderr",
-        "lib_eigenthings",
-        "trace",
-    ),
-    Method(
-        "backpack DiagHessian",
-        "backpack",
-        "exact diagonal, no HVPs (not a 96-product estimator)",
-        "lib_backpack",
-        "trace_diag",
-    ),
-]
-DENSITY = [
-    Method(
-        HESSLAB,
-        "hesslab",
-        "spectral_density(num_steps=budget, num_probes=1)",
-        "lib_hesslab",
-        "density",
-    ),
-    Method(
-        "pyhessian", "pyhessian", "density(iter=100, n_v=budget/100)", "lib_pyhessian", "density"
-    ),
-    Method(
-        "pyhessian (torch.eig shim)",
-        "pyhessian",
-        "same, torch.eig -> torch.linalg.eigh (patched by the bench)",
-        "lib_pyhessian",
-        "density",
-        (("shim", True),),
-    ),
-    Method(
-        "curvlinops",
-        "curvlinops",
-        "fast_lanczos(ncv=100) x budget/100",
-        "lib_curvlinops",
-        "density",
-    ),
-    Method(
-        "eigenthings",
-        "hessian-eigenthings",
-        "spectral_density: 1x100 steps at 100, defaults 10x80 at 800",
-        "lib_eigenthings",
-        "density",
-    ),
-]
-COST = [
-    Method(
-        HESSLAB, "hesslab", "H @ v (mode='auto', after its first product)", "lib_hesslab", "cost"
-    ),
-    Method(
-        "pyhessian",
-        "pyhessian",
-        "hessian_vector_product on the cached gradient graph",
-        "lib_pyhessian",
-        "cost",
-    ),
-    Method(
-        "curvlinops", "curvlinops", "H @ v (torch.func jvp of jacrev)", "lib_curvlinops", "cost"
-    ),
-    Method(
-        "eigenthings",
-        "hessian-eigenthings",
-        "op.matvec (rebuilds the graph per product)",
-        "lib_eigenthings",
-        "cost",
-    ),
-    Method(
-        "backpack",
-        "backpack",
-        "hessianfree.hvp.hessian_vector_product(loss, params, v)",
-        "lib_backpack",
-        "cost",
-    ),
-]
-
-
-# What the full run measures per problem on a CPU (issue 5: density on P1 only). P4's
-# float64 convolutions cost about a second per product on CPU, so it gets the product cost
-# only. Timed repeats per child: enough for a stable median (each child is itself one of
-# >= 3 interleaved runs), few enough that `make bench` stays near 20 minutes on 2 cores.
-PLAN: dict[str, dict[str, Any]] = {
-    "P1": {"measures": ["topk", "trace", "density", "cost"], "cost_reps": 20, "cost_block": 16},
-    "P2": {"measures": ["topk", "trace", "cost"], "cost_reps": 8, "cost_block": 16},
-    "P3": {"measures": ["topk", "trace", "cost"], "cost_reps": 5, "cost_block": 16},
-    "P4": {"measures": ["cost"], "cost_reps": 3, "cost_block": 0},
-}
+from figure import plot  # noqa: E402
+from methods import COST, DENSITY, DISTS, PEER_MODULES, PLAN, TOPK, TRACE  # noqa: E402
+from tables import render, targets  # noqa: E402, F401 (targets: read from here by the tests)
 
 
 # --------------------------------------------------------------------------- children
@@ -320,6 +156,31 @@ def _strip(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("nodes", "weights", "traceback")}
 
 
+def _section(methods, reps, params, summarize, ratios, raw, extra=None, *, run) -> dict:
+    """Every method at ``params`` (``reps`` interleaved runs each), one summary row each.
+
+    ``run(methods, reps, [params])`` runs them (:func:`_run`); each method's runs are
+    appended (stripped) to ``raw`` and summarized into ``{**summarize(runs), "library",
+    "settings", **extra(runs)}``; ratios to hesslab are added for the ``ratios`` keys.
+    """
+    recs = run(methods, reps, [params])
+    key = tuple((k, v) for k, v in params.items() if k != "seed")
+    rows = {}
+    for m in methods:
+        runs = recs[(m.name, *key)]
+        raw += [_strip(r) for r in runs]
+        rows[m.name] = {**summarize(runs), "library": m.library, "settings": m.settings}
+        rows[m.name].update(extra(runs) if extra else {})
+    harness.add_ratios(rows, ratios)
+    return rows
+
+
+def _density_example(runs: list[dict]) -> dict:
+    """One measured density per method (the first successful run), for the plot."""
+    ok = [r for r in runs if r.get("ok")]
+    return {"example": {"nodes": ok[0]["nodes"], "weights": ok[0]["weights"]}} if ok else {}
+
+
 def bench_problem(name: str, args, cache: Path, log) -> dict[str, Any]:
     plan = PLAN.get(name, PLAN["P2"])
     measures = args.measures or plan["measures"]
@@ -341,473 +202,65 @@ def bench_problem(name: str, args, cache: Path, log) -> dict[str, Any]:
     def keep(ms):
         return [m for m in ms if m.name not in skip and m.library not in skip]
 
-    if "topk" in measures:
-        res["topk"] = {}
-        for k in args.ks:
-            recs = _run(
-                keep(TOPK),
-                reps,
-                path,
-                args.threads,
-                timeout,
-                [{"k": k, "seed": 0}],
-                log,
-                f"{name} top-{k}",
-            )
-            rows = {}
-            for m in keep(TOPK):
-                runs = recs[(m.name, ("k", k))]
-                raw += [_strip(r) for r in runs]
-                rows[m.name] = {
-                    **harness.summarize_topk(runs, top, k),
-                    "library": m.library,
-                    "settings": m.settings,
-                }
-            harness.add_ratios(rows, ["products", "wall_s", "rel_error"])
-            res["topk"][str(k)] = rows
-    if "trace" in measures:
-        recs = _run(
-            keep(TRACE),
-            args.seeds,
-            path,
-            args.threads,
-            timeout,
-            [{"budget": args.trace_budget, "seed": 0}],
-            log,
-            f"{name} trace",
+    def section(methods, reps_, params, label, summarize, ratios, extra=None):
+        return _section(
+            keep(methods),
+            reps_,
+            params,
+            summarize,
+            ratios,
+            raw,
+            extra,
+            run=lambda ms, r, ps: _run(ms, r, path, args.threads, timeout, ps, log, label),
         )
-        rows = {}
-        for m in keep(TRACE):
-            runs = recs[(m.name, ("budget", args.trace_budget))]
-            raw += [_strip(r) for r in runs]
-            rows[m.name] = {
-                **harness.summarize_trace(runs, truth["trace"]),
-                "library": m.library,
-                "settings": m.settings,
-            }
-        harness.add_ratios(rows, ["mean_rel_error", "wall_s"])
-        res["trace"] = rows
-    if "density" in measures and "eigs" in truth:
-        res["density"] = {}
-        for budget in args.density_budgets:
-            recs = _run(
-                keep(DENSITY),
+
+    if "topk" in measures:
+        res["topk"] = {
+            str(k): section(
+                TOPK,
                 reps,
-                path,
-                args.threads,
-                timeout,
-                [{"budget": budget, "seed": 0}],
-                log,
-                f"{name} density",
+                {"k": k, "seed": 0},
+                f"{name} top-{k}",
+                lambda runs, k=k: harness.summarize_topk(runs, top, k),
+                ["products", "wall_s", "rel_error"],
             )
-            rows = {}
-            for m in keep(DENSITY):
-                runs = recs[(m.name, ("budget", budget))]
-                raw += [_strip(r) for r in runs]
-                rows[m.name] = {
-                    **harness.summarize_density(runs, truth["eigs"]),
-                    "library": m.library,
-                    "settings": m.settings,
-                }
-                ok = [r for r in runs if r.get("ok")]
-                if ok:  # one measure per method for the plot
-                    rows[m.name]["example"] = {"nodes": ok[0]["nodes"], "weights": ok[0]["weights"]}
-            harness.add_ratios(rows, ["w1_over_width", "wall_s"])
-            res["density"][str(budget)] = rows
+            for k in args.ks
+        }
+    if "trace" in measures:
+        res["trace"] = section(
+            TRACE,
+            args.seeds,
+            {"budget": args.trace_budget, "seed": 0},
+            f"{name} trace",
+            lambda runs: harness.summarize_trace(runs, truth["trace"]),
+            ["mean_rel_error", "wall_s"],
+        )
+    if "density" in measures and "eigs" in truth:
+        res["density"] = {
+            str(budget): section(
+                DENSITY,
+                reps,
+                {"budget": budget, "seed": 0},
+                f"{name} density",
+                lambda runs: harness.summarize_density(runs, truth["eigs"]),
+                ["w1_over_width", "wall_s"],
+                extra=_density_example,
+            )
+            for budget in args.density_budgets
+        }
     if "cost" in measures:
-        cparams = {"reps": cost_reps, "block": cost_block}
-        recs = _run(keep(COST), reps, path, args.threads, timeout, [cparams], log, f"{name} cost")
-        rows = {}
-        for m in keep(COST):
-            runs = recs[(m.name, ("reps", cost_reps), ("block", cost_block))]
-            raw += [_strip(r) for r in runs]
-            rows[m.name] = {
-                **harness.summarize_cost(runs),
-                "library": m.library,
-                "settings": m.settings,
-            }
-        harness.add_ratios(rows, ["hvp_over_grad"])
-        res["cost"] = rows
+        res["cost"] = section(
+            COST,
+            reps,
+            {"reps": cost_reps, "block": cost_block},
+            f"{name} cost",
+            harness.summarize_cost,
+            ["hvp_over_grad"],
+        )
     res["runs"] = raw
     if "eigs" in truth:
         res["exact_eigs"] = truth["eigs"]
     return res
-
-
-# --------------------------------------------------------------------------- report
-def _mem(row: dict, base: float) -> str:
-    peak = row.get("peak_rss_mb")
-    if peak is None:
-        return "-"
-    return f"{peak:.0f} (+{peak - base:.0f})"
-
-
-def _note(row: dict) -> str:
-    return f"FAILED: {row['failure']}" if row.get("failure") else ""
-
-
-def targets(p1: dict) -> list[str]:
-    """The issue's targets for hesslab on P1, judged on this run's numbers."""
-    out = []
-
-    def peers(rows):
-        return {n: r for n, r in rows.items() if n != HESSLAB and r.get("ok_runs")}
-
-    t1 = p1.get("topk", {}).get("1", {})
-    if HESSLAB in t1:
-        h = t1[HESSLAB]
-        walls = {n: r["wall_s"] for n, r in peers(t1).items() if r["wall_s"] is not None}
-        accurate = {n: w for n, w in walls.items() if (t1[n]["rel_error"] or 1) <= 1e-6}
-        fastest = min(walls, key=walls.get) if walls else None
-        fastest_acc = min(accurate, key=accurate.get) if accurate else None
-        faster = h["wall_s"] is not None and all(h["wall_s"] < w for w in walls.values())
-        met = (h["rel_error"] or 1) <= 1e-6 and (h["products"] or 1e9) <= 21 and faster
-        out.append(
-            f"- top-1 (target: rel. error <= 1e-6 in <= 21 products, less wall time than every "
-            f"peer): {fmt(h['rel_error'], '.1e')} in {fmt(h['products'], 'g')} products, "
-            f"{fmt(h['wall_s'], '.3f')} s; fastest peer {fastest} "
-            f"{fmt(walls.get(fastest), '.3f')} s (rel. error "
-            f"{fmt(t1[fastest]['rel_error'] if fastest else None, '.1e')}); fastest peer at "
-            f"<= 1e-6: {fastest_acc} {fmt(accurate.get(fastest_acc), '.3f')} s -> "
-            f"{'met' if met else 'NOT met'}"
-        )
-    t5 = p1.get("topk", {}).get("5", {})
-    if HESSLAB in t5:
-        h = t5[HESSLAB]
-        met = (h["rel_error"] or 1) <= 1e-6 and (h["products"] or 1e9) <= 34
-        out.append(
-            f"- top-5 (target: <= 34 products at <= 1e-6): {fmt(h['products'], 'g')} products, "
-            f"rel. error {fmt(h['rel_error'], '.1e')} -> {'met' if met else 'NOT met'}"
-        )
-    tr = p1.get("trace", {})
-    if HESSLAB in tr:
-        h = tr[HESSLAB]
-        est = {n: r for n, r in peers(tr).items() if not r.get("exact")}
-        best_name = min(est, key=lambda n: est[n]["mean_rel_error"], default=None)
-        best = None if best_name is None else est[best_name]["mean_rel_error"]
-        below = best is None or (h["mean_rel_error"] or 1) < best
-        # a 95% error bar should miss about 1 seed in 20: calibrated unless the number of
-        # misses is improbable (one-sided binomial p < 1%)
-        n, k = h["ok_runs"], h["covered"]
-        p_low = (
-            sum(math.comb(n, j) * 0.95**j * 0.05 ** (n - j) for j in range(k + 1))
-            if k is not None
-            else 0.0
-        )
-        cover = k is not None and p_low >= 0.01
-        margin = None if best is None else best - (h["mean_rel_error"] or 1)
-        se = math.hypot(
-            h.get("mean_rel_error_se") or 0.0,
-            (est[best_name].get("mean_rel_error_se") or 0.0) if best_name else 0.0,
-        )
-        resolved = margin is not None and se > 0 and margin > 2 * se
-        verdict = (
-            "NOT met"
-            if not (below and cover)
-            else "met"
-            if resolved or best is None
-            else f"met on the mean, but not resolved by {n} seeds (margin {margin:.1e} < 2 s.e. "
-            f"= {2 * se:.1e})"
-        )
-        out.append(
-            f"- trace at 96 products (target: below every peer, error bar covering the truth): "
-            f"mean |rel. error| {fmt(h['mean_rel_error'], '.2e')} vs best peer estimator "
-            f"{fmt(best, '.2e')} ({best_name}); the 95% error bar covered the truth in "
-            f"{fmt(k)}/{n} seeds ({'calibrated' if cover else 'too few'}) -> {verdict}"
-            + (
-                " (BackPACK's exact DiagHessian is not a 96-product estimator; see its row)"
-                if any(r.get("exact") for r in peers(tr).values())
-                else ""
-            )
-        )
-    d = p1.get("density", {}).get("100", {})
-    if HESSLAB in d:
-        h = d[HESSLAB]
-        met = (h["w1_over_width"] or 1) < 8e-4
-        out.append(
-            f"- density at 100 products (target: W1/width < 8e-4): "
-            f"{fmt(h['w1_over_width'], '.2e')} -> {'met' if met else 'NOT met'}"
-        )
-    return out
-
-
-def _rows_table(
-    heads: list[str],
-    rows: dict[str, dict],
-    base: float,
-    cells: Callable[[dict], list[str]],
-    *,
-    first: tuple[str, str] = ("method", "settings"),
-) -> list[str]:
-    """One results table: name and settings, the measure's ``cells``, peak memory, note."""
-    lines = markdown_table(
-        [*first, *heads, "peak RSS MB", "note"],
-        [[n, r["settings"], *cells(r), _mem(r, base), _note(r)] for n, r in rows.items()],
-    )
-    return [*lines, ""]
-
-
-def render(results: dict) -> str:
-    meta = results["meta"]
-    L = [
-        "# hesslab vs PyHessian, curvlinops, hessian-eigenthings, BackPACK (issue 5)",
-        "",
-        f"Generated by `{meta['command']}` on {meta['date']}"
-        + (f" ({meta['total_s'] / 60:.1f} min)." if meta.get("total_s") else "."),
-        f"Machine: {meta['cpu']}, {meta['cpus']} CPUs, {meta['threads']} torch thread(s) per "
-        f"measurement, Python {meta['python']}; load average at start {meta['load_start']}, "
-        f"at end {meta['load_end']} (a shared machine: compare ratios from the same run). "
-        f"Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
-        "",
-        "Protocol: every library gets the same trained float64 model and full data (one "
-        "batch) with mean cross-entropy; each measurement is its own forked process; methods "
-        f"interleaved; medians over {meta['reps']} runs (trace: {meta['seeds']} seeds). "
-        "Products = Hessian-vector products applied by the algorithm, counted by wrapping each "
-        "library's product (setup products such as curvlinops' determinism check and "
-        "hesslab's mode timing are in the wall time, not the count). Wall = end to end from "
-        "the loaded model (operator construction + algorithm); PyTorch's own one-time "
-        f"per-process start-up ({meta['torch_warmup_s']:.1f} s here: lazy imports on the first "
-        "autograd.grad, functorch set-up) is paid once before forking, by plain torch code, "
-        "so no library is charged for it. Peak RSS = the child's "
-        "ru_maxrss in MB, (+ above a child that only loads the problem). Ratios `/ hesslab` "
-        "use medians from this run. Rel. error of top-k = max over the k eigenvalues.",
-        "",
-    ]
-    if meta.get("missing"):
-        L += [f"Not importable here (their rows fail): {meta['missing']}", ""]
-    for pname, res in results["problems"].items():
-        tr = res["truth"]
-        base = res["baseline_rss_mb"]
-        L += [
-            f"## {pname}: {tr['description']} (P = {tr['num_params']:,}, N = {tr['num_data']})",
-            "",
-            (
-                f"Ground truth: top eigenvalues {tr['top_kind']}; trace {tr['trace_kind']} "
-                f"= {tr['trace']:.6g}; lambda_1 = {tr['top'][0]:.6g}."
-                if tr.get("top")
-                else "Ground truth: not needed (measured here: " + ", ".join(res["measures"]) + ")."
-            ),
-            "",
-        ]
-        for k, rows in res.get("topk", {}).items():
-            L += [f"### Top-{k} eigenvalues", ""]
-            L += _rows_table(
-                ["products", "wall (s)", "rel. error", "products / hesslab", "wall / hesslab"],
-                rows,
-                base,
-                lambda r: [
-                    fmt(r["products"], "g"),
-                    fmt(r["wall_s"], ".3f"),
-                    fmt(r["rel_error"], ".1e"),
-                    fmt(r["products_vs_hesslab"], ".2f"),
-                    fmt(r["wall_s_vs_hesslab"], ".2f"),
-                ],
-            )
-        if "trace" in res:
-            L += [
-                f"### Trace with {results['meta']['trace_budget']} products "
-                f"(true trace {tr['trace']:.6g})",
-                "",
-            ]
-            L += _rows_table(
-                [
-                    "products",
-                    "mean \\|rel. error\\| (± s.e. over seeds)",
-                    "max \\|rel. error\\|",
-                    "error bar covers truth",
-                    "wall (s)",
-                    "error / hesslab",
-                ],
-                res["trace"],
-                base,
-                lambda r: [
-                    fmt(r["products"], "g"),
-                    fmt(r["mean_rel_error"], ".2e")
-                    + (
-                        f" ± {r['mean_rel_error_se']:.1e}"
-                        if r.get("mean_rel_error_se") and not r.get("exact")
-                        else ""
-                    ),
-                    fmt(r["max_rel_error"], ".2e"),
-                    (
-                        "exact method"
-                        if r.get("exact")
-                        else f"{r['covered']}/{r['ok_runs']}"
-                        if r["error_bar"]
-                        else "no error bar"
-                    ),
-                    fmt(r["wall_s"], ".3f"),
-                    fmt(r["mean_rel_error_vs_hesslab"], ".2f"),
-                ],
-            )
-        for budget, rows in res.get("density", {}).items():
-            L += [
-                f"### Spectral density with {budget} products: W1 to the exact eigenvalues "
-                "/ spectral width",
-                "",
-            ]
-            L += _rows_table(
-                ["products", "W1 / width", "wall (s)", "W1 / hesslab"],
-                rows,
-                base,
-                lambda r: [
-                    fmt(r["products"], "g"),
-                    fmt(r["w1_over_width"], ".2e"),
-                    fmt(r["wall_s"], ".3f"),
-                    fmt(r["w1_over_width_vs_hesslab"], ".2f"),
-                ],
-            )
-        if "cost" in res:
-            L += ["### Cost of one product relative to one full-data gradient (same process)", ""]
-            L += _rows_table(
-                [
-                    "HVP / gradient",
-                    "per column in a block of 16",
-                    "HVP (ms)",
-                    "gradient (ms)",
-                    "HVP cost / hesslab",
-                ],
-                res["cost"],
-                base,
-                lambda r: [
-                    fmt(r["hvp_over_grad"], ".2f"),
-                    fmt(r["block_over_grad"], ".2f"),
-                    fmt(r["hvp_ms"], ".2f"),
-                    fmt(r["grad_ms"], ".2f"),
-                    fmt(r["hvp_over_grad_vs_hesslab"], ".2f"),
-                ],
-                first=("library", "product"),
-            )
-    if "P1" in results["problems"]:
-        L += ["## Targets of issue 5 (P1, this run)", "", *targets(results["problems"]["P1"]), ""]
-    return "\n".join(L)
-
-
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    probs = results["problems"]
-    p1 = probs.get("P1", next(iter(probs.values())))
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    # (a) top-k: error vs products
-    ax = axes[0, 0]
-    for k, marker in (("1", "o"), ("5", "s")):
-        for i, (n, r) in enumerate(p1.get("topk", {}).get(k, {}).items()):
-            if r["products"] is None or r["rel_error"] is None:
-                continue
-            ax.scatter(
-                r["products"],
-                max(r["rel_error"], 1e-16),
-                marker=marker,
-                color=f"C{i}",
-                label=f"{n} (top-{k})",
-                s=60,
-            )
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="Hessian-vector products",
-        ylabel="max rel. error of top-k",
-        title="P1 top-1 (o) / top-5 (s)",
-    )
-    ax.axhline(1e-6, color="grey", lw=0.8, ls="--")
-    ax.legend(fontsize=7)
-    # (b) trace errors (estimators only; exact methods are annotated)
-    ax = axes[0, 1]
-    rows = {n: r for n, r in p1.get("trace", {}).items() if r["mean_rel_error"] is not None}
-    est = [n for n in rows if not rows[n].get("exact")]
-    ax.barh(est, [100 * rows[n]["mean_rel_error"] for n in est], color="C0", label="mean")
-    ax.scatter(
-        [100 * rows[n]["max_rel_error"] for n in est],
-        est,
-        color="C3",
-        marker="|",
-        s=200,
-        label="max",
-    )
-    for n in est:
-        r = rows[n]
-        bar = f"covers {r['covered']}/{r['ok_runs']}" if r["error_bar"] else "no error bar"
-        ax.annotate(
-            bar,
-            (100 * r["max_rel_error"], n),
-            xytext=(6, -3),
-            textcoords="offset points",
-            fontsize=7,
-        )
-    exact = [n for n in rows if rows[n].get("exact")]
-    title = f"P1 trace, {results['meta']['trace_budget']} products"
-    if exact:
-        title += f" ({', '.join(exact)}: exact)"
-    ax.set(xlabel=f"|rel. error| of the trace, % ({results['meta']['seeds']} seeds)", title=title)
-    ax.set_xlim(0, 1.35 * max([100 * rows[n]["max_rel_error"] for n in est] or [1]))
-    ax.legend(fontsize=7, loc="lower right")
-    # (c) density: CDFs at the smallest budget against the exact one
-    ax = axes[1, 0]
-    eigs = np.sort(np.asarray(p1.get("exact_eigs", []), dtype=float))
-    dens = p1.get("density", {})
-    if eigs.size and dens:
-        b = min(dens, key=int)
-        ax.step(
-            eigs,
-            np.arange(1, eigs.size + 1) / eigs.size,
-            where="post",
-            color="k",
-            lw=2,
-            label="exact",
-        )
-        order = [n for n in dens[b] if n != HESSLAB] + [n for n in dens[b] if n == HESSLAB]
-        for n in order:  # hesslab last, on top
-            r, i = dens[b][n], list(dens[b]).index(n)
-            ex = r.get("example")
-            if not ex:
-                continue
-            x, w = np.asarray(ex["nodes"], float), np.asarray(ex["weights"], float)
-            keep = np.isfinite(x) & (w > 0)
-            o = np.argsort(x[keep])
-            cdf = np.cumsum(w[keep][o]) / w[keep].sum()
-            ax.step(
-                x[keep][o],
-                cdf,
-                where="post",
-                color=f"C{i}",
-                ls="--" if n == HESSLAB else "-",
-                lw=2 if n == HESSLAB else 1,
-                label=f"{n}: W1/width {fmt(r['w1_over_width'], '.1e')}",
-            )
-        lo, hi = np.quantile(eigs, [0.0, 1.0])
-        ax.set(
-            xlim=(lo, hi),
-            xscale="symlog",
-            xlabel="eigenvalue (symlog)",
-            ylabel="cumulative spectral measure",
-            title=f"P1 spectral measure, {b} products",
-        )
-        ax.set_xscale("symlog", linthresh=1e-4)
-        ax.legend(fontsize=7)
-    # (d) product cost
-    ax = axes[1, 1]
-    libs = sorted({n for r in probs.values() for n in r.get("cost", {})})
-    width = 0.8 / max(1, len(probs))
-    for j, (pname, res) in enumerate(probs.items()):
-        vals = [res.get("cost", {}).get(n, {}).get("hvp_over_grad") for n in libs]
-        ax.bar(np.arange(len(libs)) + j * width, [v if v else 0 for v in vals], width, label=pname)
-    ax.set_xticks(
-        np.arange(len(libs)) + width * (len(probs) - 1) / 2, libs, rotation=20, fontsize=8
-    )
-    ax.set(ylabel="one HVP / one gradient", title="cost of a product")
-    ax.legend(fontsize=7)
-    fig.suptitle(
-        f"hesslab vs peers ({results['meta']['cpu']}, {results['meta']['threads']} thread(s))",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- main
@@ -831,7 +284,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="P1 only")
     ap.add_argument("--problems", nargs="+", default=None, help="default P1 P2 P3 P4")
@@ -863,13 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--render", default=None, help="re-write the .md of a saved results .json; no runs"
     )
-    args = ap.parse_args(argv)
-    if args.render:
-        src = Path(args.render)
-        text = render(json.loads(src.read_text()))
-        src.with_suffix(".md").write_text(text + "\n")
-        print(text)
-        return
+    return ap
+
+
+def _fill_defaults(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The problem list, density budgets and cost repeats that depend on ``--quick``."""
     if args.problems is None:
         args.problems = ["P1"] if args.quick else ["P1", "P2", "P3", "P4"]
     if args.density_budgets is None:
@@ -878,6 +329,10 @@ def main(argv: list[str] | None = None) -> None:
         args.cost_reps = 10
     if args.reps < 3:
         ap.error("--reps must be >= 3 (medians of at least three runs)")
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The output stem and the cache folder (both created)."""
     default_stem = "peers_quick" if args.quick else "peers"
     stem = Path(args.out) if args.out else BENCH / "results" / default_stem
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -892,20 +347,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     cache.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
+    return stem, cache
 
-    def log(msg: str) -> None:
-        print(f"[peers {time.time() - t_start:7.1f}s] {msg}", flush=True)
 
-    imports = _preimport()
-    missing = {m: s for m, s in imports.items() if s != "ok"}
-    if missing:
-        log(f"not importable: {missing} (their rows will be recorded as failures)")
-    from common import warm_torch
-
-    warm_s = warm_torch()
-    log(f"PyTorch warm-up (lazy imports, functorch) before forking: {warm_s:.1f} s")
-    meta = {
+def _meta(args: argparse.Namespace, missing: dict, warm_s: float) -> dict[str, Any]:
+    """The run's description: command, machine, versions, settings."""
+    return {
         "command": "python bench/peers" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "cpu": _cpu_name(),
@@ -920,11 +367,10 @@ def main(argv: list[str] | None = None) -> None:
         "missing": missing,
         "torch_warmup_s": warm_s,
     }
-    results: dict[str, Any] = {"meta": meta, "problems": {}}
-    for pname in args.problems:
-        results["problems"][pname] = bench_problem(pname, args, cache, log)
-    meta["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    meta["total_s"] = time.time() - t_start
+
+
+def _write(results: dict, stem: Path, log: Callable[[str], None]) -> None:
+    """The markdown (also printed), the slim JSON (no eigenvalues or densities), the figure."""
     text = render(results)
     print(text)
     stem.with_suffix(".md").write_text(text + "\n")
@@ -939,6 +385,39 @@ def main(argv: list[str] | None = None) -> None:
         plot(results, stem.with_suffix(".png"))
     except Exception as exc:
         log(f"plot failed: {type(exc).__name__}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.render:
+        src = Path(args.render)
+        text = render(json.loads(src.read_text()))
+        src.with_suffix(".md").write_text(text + "\n")
+        print(text)
+        return
+    _fill_defaults(ap, args)
+    stem, cache = _paths(args)
+    t_start = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[peers {time.time() - t_start:7.1f}s] {msg}", flush=True)
+
+    imports = _preimport()
+    missing = {m: s for m, s in imports.items() if s != "ok"}
+    if missing:
+        log(f"not importable: {missing} (their rows will be recorded as failures)")
+    from common import warm_torch
+
+    warm_s = warm_torch()
+    log(f"PyTorch warm-up (lazy imports, functorch) before forking: {warm_s:.1f} s")
+    meta = _meta(args, missing, warm_s)
+    results: dict[str, Any] = {"meta": meta, "problems": {}}
+    for pname in args.problems:
+        results["problems"][pname] = bench_problem(pname, args, cache, log)
+    meta["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    meta["total_s"] = time.time() - t_start
+    _write(results, stem, log)
     log(f"wrote {stem}.md/.json/.png in {meta['total_s']:.0f} s")
 
 

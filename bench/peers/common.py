@@ -78,6 +78,31 @@ def interleaved_times(fns: dict[str, Any], reps: int, warmup: int = 1) -> dict[s
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def product_costs(
+    prob: Loaded, reps: int, hvp: Any, block: tuple[Any, int] | None = None, **extra: Any
+) -> dict:
+    """The ``cost`` result of every adapter: a product's seconds over a gradient's.
+
+    ``hvp()`` multiplies one vector, ``block = (fn, K)`` (optional) a block of ``K``
+    columns; all are timed interleaved with :func:`gradient_fn` (:func:`interleaved_times`).
+
+    Returns:
+        ``{"grad_s", "hvp_s", "hvp_over_grad", "block_over_grad" (per column, or None),
+        **extra}``.
+    """
+    fns = {"grad": gradient_fn(prob), "hvp": hvp}
+    if block is not None:
+        fns["block"] = block[0]
+    secs = interleaved_times(fns, reps)
+    return {
+        "grad_s": secs["grad"],
+        "hvp_s": secs["hvp"],
+        "hvp_over_grad": secs["hvp"] / secs["grad"],
+        "block_over_grad": secs["block"] / block[1] / secs["grad"] if block else None,
+        **extra,
+    }
+
+
 def to_list(x: Any) -> list[float]:
     if isinstance(x, torch.Tensor):
         return [float(v) for v in x.detach().cpu().flatten()]

@@ -88,30 +88,37 @@ def run_isolated(
             os._exit(code)
     _, status, usage = os.wait4(pid, 0)
     elapsed = time.perf_counter() - t0
+    out = _read_result(path)
+    if out is None:
+        out = {"ok": False, "error": _child_failure(status, timeout)}
+    out["peak_rss_mb"] = usage.ru_maxrss / 1024.0  # Linux: kilobytes
+    out["elapsed_s"] = elapsed
+    return out
+
+
+def _read_result(path: str) -> dict[str, Any] | None:
+    """The child's JSON result (``None`` if it wrote none); the file is removed."""
     try:
         with open(path) as f:
             text = f.read()
-        out = json.loads(text) if text else None
+        return json.loads(text) if text else None
     except (OSError, json.JSONDecodeError):
-        out = None
+        return None
     finally:
         try:
             os.unlink(path)
         except OSError:
             pass
-    if out is None:
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            if sig == signal.SIGALRM:
-                err = f"timeout: no result after {timeout:g} s"
-            else:
-                err = f"child killed by signal {signal.Signals(sig).name}"
-        else:
-            err = f"child exited with status {os.waitstatus_to_exitcode(status)} and no result"
-        out = {"ok": False, "error": err}
-    out["peak_rss_mb"] = usage.ru_maxrss / 1024.0  # Linux: kilobytes
-    out["elapsed_s"] = elapsed
-    return out
+
+
+def _child_failure(status: int, timeout: float) -> str:
+    """Why a child that wrote no result ended: timeout, signal or exit status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGALRM:
+            return f"timeout: no result after {timeout:g} s"
+        return f"child killed by signal {signal.Signals(sig).name}"
+    return f"child exited with status {os.waitstatus_to_exitcode(status)} and no result"
 
 
 def _json_default(o: Any) -> Any:

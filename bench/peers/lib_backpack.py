@@ -15,7 +15,7 @@ import copy
 import time
 
 import torch
-from common import Loaded, gradient_fn, interleaved_times
+from common import Loaded, product_costs
 
 LIBRARY = "backpack"
 
@@ -48,13 +48,4 @@ def cost(prob: Loaded, reps: int, block: int = 0) -> dict:
     loss = prob.criterion(prob.model(prob.x), prob.y)
     g = torch.Generator().manual_seed(0)
     v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
-    secs = interleaved_times(
-        {"grad": gradient_fn(prob), "hvp": lambda: hessian_vector_product(loss, params, v)},
-        reps,
-    )
-    return {
-        "grad_s": secs["grad"],
-        "hvp_s": secs["hvp"],
-        "hvp_over_grad": secs["hvp"] / secs["grad"],
-        "block_over_grad": None,
-    }
+    return product_costs(prob, reps, lambda: hessian_vector_product(loss, params, v))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 
 import torch
-from common import Loaded, gradient_fn, interleaved_times, to_list
+from common import Loaded, product_costs, to_list
 
 LIBRARY = "curvlinops"
 
@@ -112,13 +112,4 @@ def cost(prob: Loaded, reps: int, block: int = 16) -> dict:
     g = torch.Generator().manual_seed(0)
     v = torch.randn(prob.num_params, generator=g, dtype=H.dtype)
     V = torch.randn(prob.num_params, max(block, 1), generator=g, dtype=H.dtype)
-    fns = {"grad": gradient_fn(prob), "hvp": lambda: H @ v}
-    if block:
-        fns["block"] = lambda: H @ V
-    secs = interleaved_times(fns, reps)
-    return {
-        "grad_s": secs["grad"],
-        "hvp_s": secs["hvp"],
-        "hvp_over_grad": secs["hvp"] / secs["grad"],
-        "block_over_grad": secs["block"] / block / secs["grad"] if block else None,
-    }
+    return product_costs(prob, reps, lambda: H @ v, ((lambda: H @ V), block) if block else None)

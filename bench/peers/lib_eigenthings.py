@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 import torch
-from common import Loaded, gradient_fn, interleaved_times, to_list
+from common import Loaded, product_costs, to_list
 
 LIBRARY = "hessian-eigenthings"
 
@@ -99,10 +99,4 @@ def cost(prob: Loaded, reps: int, block: int = 0) -> dict:
 
     op = he.HessianOperator(prob.model, [(prob.x, prob.y)], he.supervised_loss(prob.criterion))
     v = torch.randn(op.size, generator=torch.Generator().manual_seed(0), dtype=op.dtype)
-    secs = interleaved_times({"grad": gradient_fn(prob), "hvp": lambda: op.matvec(v)}, reps)
-    return {
-        "grad_s": secs["grad"],
-        "hvp_s": secs["hvp"],
-        "hvp_over_grad": secs["hvp"] / secs["grad"],
-        "block_over_grad": None,
-    }
+    return product_costs(prob, reps, lambda: op.matvec(v))

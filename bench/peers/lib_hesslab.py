@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import torch
-from common import Clock, Loaded, gradient_fn, interleaved_times, to_list
+from common import Clock, Loaded, product_costs, to_list
 
 from eigen import Counting  # bench/eigen.py: counts the columns an operator is applied to
 
@@ -82,15 +82,7 @@ def cost(prob: Loaded, reps: int, block: int = 16) -> dict:
     v = torch.randn(prob.num_params, 1, generator=g, dtype=H.dtype)
     V = torch.randn(prob.num_params, max(block, 1), generator=g, dtype=H.dtype)
     H.matmat(v)  # the auto mode chooses here (single and block separately)
-    fns = {"grad": gradient_fn(prob), "hvp": lambda: H.matmat(v)}
     if block:
         H.matmat(V)
-        fns["block"] = lambda: H.matmat(V)
-    secs = interleaved_times(fns, reps)
-    return {
-        "grad_s": secs["grad"],
-        "hvp_s": secs["hvp"],
-        "hvp_over_grad": secs["hvp"] / secs["grad"],
-        "block_over_grad": secs["block"] / block / secs["grad"] if block else None,
-        "mode_report": H.mode_report,
-    }
+    blk = ((lambda: H.matmat(V)), block) if block else None
+    return product_costs(prob, reps, lambda: H.matmat(v), blk, mode_report=H.mode_report)

@@ -21,7 +21,7 @@ import importlib
 import time
 
 import torch
-from common import Loaded, gradient_fn, interleaved_times
+from common import Loaded, product_costs
 
 LIBRARY = "pyhessian"
 
@@ -106,16 +106,4 @@ def cost(prob: Loaded, reps: int, block: int = 0) -> dict:
     h, _ = _hessian(prob)
     g = torch.Generator().manual_seed(0)
     v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in h.params]
-    secs = interleaved_times(
-        {
-            "grad": gradient_fn(prob),
-            "hvp": lambda: ph.hessian_vector_product(h.gradsH, h.params, v),
-        },
-        reps,
-    )
-    return {
-        "grad_s": secs["grad"],
-        "hvp_s": secs["hvp"],
-        "hvp_over_grad": secs["hvp"] / secs["grad"],
-        "block_over_grad": None,
-    }
+    return product_costs(prob, reps, lambda: ph.hessian_vector_product(h.gradsH, h.params, v))

@@ -46,6 +46,90 @@ def backpack_trace(model, x, y) -> float:
     return float(sum(p.diag_h.sum() for p in m.parameters()))
 
 
+def _dense_truth(H) -> dict:
+    """All eigenvalues of the dense float64 Hessian (P1): the exact top and trace."""
+    D = H.to_dense(chunk_size=1)  # single columns are the fastest products on CPU
+    asym = float((D - D.T).abs().max() / D.abs().max())
+    eigs = torch.linalg.eigvalsh(0.5 * (D + D.T)).numpy()
+    return dict(
+        eigs=eigs.tolist(),
+        top=sorted(eigs.tolist(), reverse=True)[:10],
+        trace=float(eigs.sum()),
+        trace_kind="exact (sum of dense eigenvalues)",
+        trace_stderr=0.0,
+        top_kind="exact (dense float64 eigvalsh)",
+        asymmetry=asym,
+    )
+
+
+def _top_truth(H) -> dict:
+    """The top-8 eigenvalues from a long float64 Lanczos run, checked by ARPACK."""
+    import hesslab
+
+    truth: dict = {}
+    res = hesslab.eigenpairs(
+        H, 8, tol=1e-10, max_matvecs=5000, generator=torch.Generator().manual_seed(12345)
+    )
+    top = res.values.tolist()
+    lam1 = abs(top[0])
+    rel_res = (res.residual_norms / lam1).tolist()
+    truth.update(
+        top=top,
+        top_kind=(
+            f"float64 thick-restart Lanczos, {res.num_matvecs} products, max residual "
+            f"{max(rel_res):.1e} |lambda_1|"
+        ),
+        top_residuals=rel_res,
+        top_products=res.num_matvecs,
+        top_converged=bool(res.all_converged),
+    )
+    try:  # independent check of the top 5 by ARPACK at machine precision
+        from scipy.sparse.linalg import eigsh
+
+        w = np.sort(eigsh(H.to_scipy(), k=5, which="LA", tol=0, return_eigenvectors=False))
+        w = w[::-1]
+        truth["arpack_top5"] = w.tolist()
+        truth["arpack_max_rel_diff"] = float(np.max(np.abs(w - np.array(top[:5])) / lam1))
+    except Exception as exc:
+        truth["arpack_error"] = f"{type(exc).__name__}: {exc}"
+    return truth
+
+
+def _trace_truth(H, prob, trace_matvecs: int) -> dict:
+    """A high-budget trace estimate, replaced by BackPACK's exact trace where it agrees."""
+    import hesslab
+
+    truth: dict = {}
+    est = hesslab.trace(H, trace_matvecs, generator=torch.Generator().manual_seed(54321))
+    truth.update(
+        trace=est.value,
+        trace_stderr=est.stderr,
+        trace_kind=(
+            f"estimate: hesslab krylov with {est.num_matvecs} products, "
+            f"rel. stderr {est.stderr / abs(est.value):.1e}"
+        ),
+        trace_estimate=est.value,
+        trace_estimate_stderr=est.stderr,
+    )
+    try:
+        exact = backpack_trace(prob.model, prob.x, prob.y)
+        z = abs(exact - est.value) / est.stderr if est.stderr > 0 else float("inf")
+        truth["trace_backpack"] = exact
+        truth["trace_backpack_z"] = z
+        if z < 4:
+            truth.update(
+                trace=exact,
+                trace_stderr=0.0,
+                trace_kind=(
+                    "exact: BackPACK DiagHessian (float64), within "
+                    f"{z:.1f} stderr of a {est.num_matvecs}-product hesslab estimate"
+                ),
+            )
+    except Exception as exc:
+        truth["trace_backpack_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return truth
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("problem")
@@ -88,71 +172,10 @@ def main() -> None:
     if args.no_truth:
         truth.update(top=None, top_kind="not computed", trace=None, trace_kind="not computed")
     elif args.problem == "P1":
-        D = H.to_dense(chunk_size=1)  # single columns are the fastest products on CPU
-        asym = float((D - D.T).abs().max() / D.abs().max())
-        eigs = torch.linalg.eigvalsh(0.5 * (D + D.T)).numpy()
-        truth.update(
-            eigs=eigs.tolist(),
-            top=sorted(eigs.tolist(), reverse=True)[:10],
-            trace=float(eigs.sum()),
-            trace_kind="exact (sum of dense eigenvalues)",
-            trace_stderr=0.0,
-            top_kind="exact (dense float64 eigvalsh)",
-            asymmetry=asym,
-        )
+        truth.update(_dense_truth(H))
     else:
-        res = hesslab.eigenpairs(
-            H, 8, tol=1e-10, max_matvecs=5000, generator=torch.Generator().manual_seed(12345)
-        )
-        top = res.values.tolist()
-        lam1 = abs(top[0])
-        rel_res = (res.residual_norms / lam1).tolist()
-        truth.update(
-            top=top,
-            top_kind=(
-                f"float64 thick-restart Lanczos, {res.num_matvecs} products, max residual "
-                f"{max(rel_res):.1e} |lambda_1|"
-            ),
-            top_residuals=rel_res,
-            top_products=res.num_matvecs,
-            top_converged=bool(res.all_converged),
-        )
-        try:  # independent check of the top 5 by ARPACK at machine precision
-            from scipy.sparse.linalg import eigsh
-
-            w = np.sort(eigsh(H.to_scipy(), k=5, which="LA", tol=0, return_eigenvectors=False))
-            w = w[::-1]
-            truth["arpack_top5"] = w.tolist()
-            truth["arpack_max_rel_diff"] = float(np.max(np.abs(w - np.array(top[:5])) / lam1))
-        except Exception as exc:
-            truth["arpack_error"] = f"{type(exc).__name__}: {exc}"
-        est = hesslab.trace(H, args.trace_matvecs, generator=torch.Generator().manual_seed(54321))
-        truth.update(
-            trace=est.value,
-            trace_stderr=est.stderr,
-            trace_kind=(
-                f"estimate: hesslab krylov with {est.num_matvecs} products, "
-                f"rel. stderr {est.stderr / abs(est.value):.1e}"
-            ),
-            trace_estimate=est.value,
-            trace_estimate_stderr=est.stderr,
-        )
-        try:
-            exact = backpack_trace(prob.model, prob.x, prob.y)
-            z = abs(exact - est.value) / est.stderr if est.stderr > 0 else float("inf")
-            truth["trace_backpack"] = exact
-            truth["trace_backpack_z"] = z
-            if z < 4:
-                truth.update(
-                    trace=exact,
-                    trace_stderr=0.0,
-                    trace_kind=(
-                        "exact: BackPACK DiagHessian (float64), within "
-                        f"{z:.1f} stderr of a {est.num_matvecs}-product hesslab estimate"
-                    ),
-                )
-        except Exception as exc:
-            truth["trace_backpack_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        truth.update(_top_truth(H))
+        truth.update(_trace_truth(H, prob, args.trace_matvecs))
     truth["truth_s"] = time.perf_counter() - t0
     (out / f"{prob.name}_truth.json").write_text(json.dumps(truth))
     print(

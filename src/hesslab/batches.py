@@ -20,6 +20,7 @@ __all__ = [
     "is_tensor_batch",
     "loader_sizes",
     "map_tensors",
+    "pin_batches",
 ]
 
 
@@ -52,6 +53,51 @@ def map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(map_tensors(v, fn) for v in batch)
     return batch
+
+
+def pin_batches(data: Any, device: torch.device, pin: bool | None) -> Any:
+    """In-memory batches copied once into page-locked (pinned) host memory.
+
+    A host-to-accelerator copy with ``non_blocking=True`` is asynchronous only from
+    pinned memory (from pageable memory the driver stages it synchronously), so pinning
+    lets the next batch's transfer overlap the current product. Pinning costs one host
+    copy of the data, once; a ``DataLoader`` pins its own batches
+    (``DataLoader(..., pin_memory=True)``), so loaders are left as they are.
+
+    Args:
+        data: a re-iterable of batches (:func:`~hesslab.objective_checks.normalize_data`).
+        device: where the batches go.
+        pin: ``None`` (pin lists/tuples of batches when ``device`` is a CUDA device),
+            ``True`` (pin, or raise), ``False`` (never).
+
+    Returns:
+        ``data`` itself, or a list of the batches with every CPU tensor pinned.
+
+    Raises:
+        ConfigurationError: ``pin=True`` for a CPU device, without CUDA, or for a loader.
+    """
+    from hesslab.errors import ConfigurationError
+
+    if pin is False or (pin is None and device.type != "cuda"):
+        return data
+    if device.type != "cuda" or not torch.cuda.is_available():
+        if pin is None:
+            return data
+        raise ConfigurationError(
+            f"pin_memory=True needs a CUDA device (batches go to {device}); leave it at None"
+        )
+    if not isinstance(data, (list, tuple)):
+        if pin is None:
+            return data
+        raise ConfigurationError(
+            "pin_memory=True applies to lists of batches; for a DataLoader pass "
+            "DataLoader(..., pin_memory=True)"
+        )
+
+    def pinned(t: Tensor) -> Tensor:
+        return t.pin_memory() if t.device.type == "cpu" and not t.is_pinned() else t
+
+    return [map_tensors(b, pinned) for b in data]
 
 
 def loader_sizes(data: Any) -> list[int] | None:

@@ -227,8 +227,11 @@ def sharpness_summary(r: Any) -> Summary:
 
 
 def outlier_summary(r: Any) -> Summary:
-    """``OutlierCount``: count, threshold, method, top values."""
-    rows: Summary = [("count", str(r.count)), ("threshold", fmt(r.threshold))]
+    """``OutlierCount``: count (with its plausible range), bulk edge (± s.e.), method, values."""
+    count = str(r.count) if r.low == r.high else f"{r.count} (plausible {r.low}-{r.high})"
+    se = r.info.get("edge_stderr") if isinstance(r.info, dict) else None
+    edge = plus_minus(r.threshold, se) if se and se == se else fmt(r.threshold)  # NaN: one probe
+    rows: Summary = [("count", count), ("threshold", edge)]
     return [*rows, ("method", str(r.method)), ("values", vector(r.values))]
 
 

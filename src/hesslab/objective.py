@@ -42,6 +42,7 @@ from hesslab.batches import (
     batch_rows,
     batch_tensors,
     map_tensors,
+    pin_batches,
 )
 from hesslab.errors import ConfigurationError, DataError, NonDeterminismError
 from hesslab.losses import (
@@ -136,6 +137,11 @@ class Objective:
             points for every pass (products, gradients, losses), with exact weights, so
             that a product over a batch too large for memory (e.g. the ``T x T``
             attention scores of the math kernel) fits. ``None``: batches as given.
+        pin_memory: copy in-memory batches once into pinned host memory so that their
+            transfers to a CUDA ``device`` are asynchronous (``non_blocking``; see
+            :func:`hesslab.batches.pin_batches`). ``None`` (default): pin lists of
+            batches when ``device`` is CUDA; ``False``: never; ``True``: pin or raise.
+            A ``DataLoader`` pins with ``DataLoader(..., pin_memory=True)``.
 
     Raises:
         NonDeterminismError: the determinism check failed (the message says how to fix).
@@ -164,6 +170,7 @@ class Objective:
         target_key: str | None = None,
         device: torch.device | str | None = None,
         max_batch_size: int | None = None,
+        pin_memory: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -195,7 +202,7 @@ class Objective:
             n: p.detach().clone() for n, p in named.items() if n not in self.theta
         }
         self.frozen.update({n: b.detach().clone() for n, b in model.named_buffers()})
-        self._data = normalize_data(data)
+        self._data = pin_batches(normalize_data(data), self.device, pin_memory)
         self.check_determinism = check_determinism
         if check_determinism:
             check_model_modes(model)

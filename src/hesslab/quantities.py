@@ -209,13 +209,16 @@ def _logdet(op: LinearOperator, s: Settings, g: torch.Generator | None) -> Logde
 def _outliers(op: LinearOperator, s: Settings, g: torch.Generator | None) -> OutlierCount:
     """The eigenvalues above the bulk edge (:func:`hesslab.count_outliers`).
 
-    From ``given["spectrum"]`` (exact), else from the Lanczos top-``k`` (``given["top_k"]``
-    or measured) with their residual norms as error bounds.
+    From ``given["spectrum"]`` (exact), else from ``given["density"]`` (the SLQ density),
+    else from the Lanczos top-``k`` (``given["top_k"]`` or measured) with their residual
+    norms as error bounds.
     """
     if "spectrum" in s.given:
         return count_outliers(s.given["spectrum"].values)
+    if "density" in s.given:
+        return count_outliers(s.given["density"])
     top = s.given.get("top_k") or _top_k(op, s, g)
-    return count_outliers(top.values, errors=top.residual_norms)
+    return count_outliers(top.values, errors=top.residual_norms, dimension=op.shape[0])
 
 
 #: name -> quantity; see the module docstring.

@@ -272,6 +272,10 @@ def _finish(run: Any, summary: dict[str, Any], seconds: float) -> None:
         lines.append(f"outliers above the bulk edge: {text}")
     if "ggn_overlap" in summary:
         lines.append(f"top-k overlap Hessian/Gauss–Newton: {summary['ggn_overlap']:.3f}")
+    if "classes" in summary:
+        lines.append(f"class structure (Papyan 2020): {summary['classes']['text']}")
+    elif "classes_skipped" in summary:
+        lines.append(f"class structure (Papyan 2020): {summary['classes_skipped']}")
     for line in lines:
         _out("  " + line)
     _out(f"report: {path}")

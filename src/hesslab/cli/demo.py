@@ -22,8 +22,9 @@ from hesslab.errors import ConfigurationError
 DEMO_DESCRIPTION = (
     "A 64-32-32-10 ReLU MLP trained on scikit-learn's digits for a few seconds, then the "
     "full curvature summary of its training loss: top/bottom eigenvalues, trace ± stderr, "
-    "spectral density, per-layer blocks and Gauss–Newton vs Hessian outliers, each "
-    "checked against the exact (dense float64) spectrum."
+    "spectral density, the outliers above its bulk edge, per-layer blocks, Gauss–Newton "
+    "vs Hessian outliers and Papyan's class structure, each checked against the exact "
+    "(dense float64) spectrum."
 )
 
 

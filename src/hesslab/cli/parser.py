@@ -40,8 +40,9 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, exact_limit: int) -> No
     g = p.add_argument_group("analysis")
     g.add_argument(
         "--what",
-        default="eig,trace,density,layers,ggn",
-        help="comma-separated parts: eig,trace,density,layers,ggn (or 'all')",
+        default="eig,trace,density,layers,ggn,classes",
+        help="comma-separated parts: eig,trace,density,layers,ggn,classes (or 'all'; "
+        "classes: Papyan's class structure, C-class cross-entropy only)",
     )
     g.add_argument("--k", type=_int_at_least(1), default=20, help="top eigenpairs (default 20)")
     g.add_argument(

@@ -52,6 +52,7 @@ _TABLE: dict[str, tuple[str, str]] = {
     "displacement": ("hesslab.experiments.displacement", "SPEC"),
     "li2019": ("hesslab.experiments.li2019", "SPEC"),
     "sankar2021": ("hesslab.experiments.sankar2021", "SPEC"),
+    "sankar2021-mnist": ("hesslab.experiments.sankar2021", "MNIST_SPEC"),
     "dinh2017": ("hesslab.experiments.dinh2017", "SPEC"),
     "sankar2021-reg": ("hesslab.experiments.sankar2021_reg", "SPEC"),
     "wsbound-reg": ("hesslab.experiments.sankar2021_reg", "WSBOUND_SPEC"),

@@ -38,7 +38,7 @@ from hesslab.io import Checkpoint, as_checkpoint
 from hesslab.linalg.basis import gram_orthonormalize
 from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.memory import records_peak_memory
-from hesslab.linalg.probes import generator_digest
+from hesslab.linalg.probes import generator_digest, mean_stderr
 from hesslab.linalg.quadrature import QuadratureRule, lanczos_quadrature
 from hesslab.linalg.results import TraceEstimate
 from hesslab.linalg.space import shared_generator, space_of
@@ -201,12 +201,15 @@ class SpectralDensity:
         return vals
 
     def trace(self) -> TraceEstimate:
-        """Estimate of ``tr(A)`` with the standard error across probes (NaN for ``K = 1``)."""
+        """Estimate of ``tr(A)`` with the standard error across probes.
+
+        The standard error is ``inf`` for one probe (unknown, as in :func:`hesslab.trace`:
+        :func:`hesslab.linalg.probes.mean_stderr`).
+        """
         vals = self.probe_traces()
-        K = vals.numel()
-        stderr = float(vals.std(unbiased=True) / math.sqrt(K)) if K > 1 else math.nan
+        value, stderr = mean_stderr(vals)
         return TraceEstimate(
-            value=float(vals.mean()),
+            value=value,
             stderr=stderr,
             num_matvecs=self.num_matvecs,
             seconds=self.seconds,

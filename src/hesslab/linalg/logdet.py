@@ -10,7 +10,6 @@ quadrature", SIAM J. Matrix Anal. Appl.) in :func:`logdet_slq`.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any
@@ -22,6 +21,7 @@ from hesslab.io import Checkpoint
 from hesslab.linalg.density import spectral_density
 from hesslab.linalg.lanczos import eigenpairs
 from hesslab.linalg.memory import records_peak_memory
+from hesslab.linalg.probes import mean_stderr
 from hesslab.linalg.results import EigenResult, LogdetEstimate, rounding_floor
 from hesslab.operators.base import as_operator
 
@@ -199,14 +199,13 @@ def logdet_slq(
         )
     logs = torch.where(used, torch.log(shifted.clamp_min(1e-300)), torch.zeros_like(shifted))
     samples = P * (dens.weights * logs).sum(dim=1)
-    K = samples.numel()
-    stderr = float(samples.std(unbiased=True) / math.sqrt(K)) if K > 1 else math.nan
+    value, stderr = mean_stderr(samples)  # inf for one probe, as for the trace
     return LogdetEstimate(
-        value=float(samples.mean()),
+        value=value,
         stderr=stderr,
         num_matvecs=dens.num_matvecs,
         seconds=time.perf_counter() - t0,
         method="slq",
         shift=float(shift),
-        info={"samples": samples, "num_steps": dens.num_steps, "num_probes": K},
+        info={"samples": samples, "num_steps": dens.num_steps, "num_probes": samples.numel()},
     )

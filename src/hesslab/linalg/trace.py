@@ -90,6 +90,25 @@ FROBENIUS_METHODS: tuple[str, ...] = ("krylov", "hutchinson", "exact")
 
 
 # --------------------------------------------------------------------------- helpers
+#: bytes that one round of remainder probes may hold (the float64 probes, their products
+#: and the operator-dtype copy): larger rounds are drawn and applied in chunks
+PROBE_MEMORY = 2**30
+
+
+def probe_chunk(P: int, K: int) -> int:
+    """Probes per chunk of a ``K``-probe round: ``K`` when ``24 P K`` bytes fit
+    :data:`PROBE_MEMORY`, else as many as fit (at least 1).
+
+    Below the limit the ``K`` probes are one draw (the results of small problems are those
+    of one block); above it, e.g. ``K = 192`` at ``P = 11.2M`` (17 GB of float64 probes
+    at once), each chunk is its own draw, so the probes differ from one block's draw but
+    memory stays at :data:`PROBE_MEMORY`.
+    """
+    if K <= 0:
+        return 1
+    return K if 24 * P * K <= PROBE_MEMORY else max(1, PROBE_MEMORY // (24 * P))
+
+
 class _Deflated:
     """State of a deflated Hutchinson estimate: exact part on ``range(Q)`` + remainder probes."""
 
@@ -106,8 +125,9 @@ class _Deflated:
         self.samples = torch.cat([self.samples, s])
 
     def draw(self, K: int) -> None:
-        if K > 0:
-            X = self.engine.probes(K)
+        step = probe_chunk(self.engine.P, K)
+        for start in range(0, K, step):
+            X = self.engine.probes(min(step, K - start))
             self.add_probes(X, self.engine.apply(X))
 
     def estimate(self) -> tuple[float, float]:

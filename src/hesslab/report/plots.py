@@ -66,6 +66,7 @@ def plot_density(
     outliers_label: str = "top eigenvalues",
     edge: float | None = None,
     edge_label: str = "bulk edge",
+    edge_band: tuple[float, float] | None = None,
     log_scale: bool = True,
     title: str | None = "Spectral density",
     xlabel: str = "eigenvalue λ",
@@ -87,6 +88,8 @@ def plot_density(
         edge: optional bulk edge (e.g. :attr:`hesslab.measures.OutlierCount.threshold`),
             a solid vertical line.
         edge_label: legend label of the edge line.
+        edge_band: optional ``(low, high)`` uncertainty band of the edge (e.g. ± 2
+            standard errors over the SLQ probes), shaded.
         log_scale: logarithmic density axis (the bulk near zero dwarfs the outliers).
         title: axes title.
         xlabel: x-axis label.
@@ -113,6 +116,8 @@ def plot_density(
         _vertical_marks(ax, as_vector(outliers, "outliers"), outliers_label)
     if edge is not None and math.isfinite(edge):
         ax.axvline(edge, color=COLORS[2], linestyle="-", linewidth=1.2, label=edge_label)
+    if edge_band is not None and all(math.isfinite(b) for b in edge_band):
+        ax.axvspan(*edge_band, color=COLORS[2], alpha=0.18, label="bulk edge ± 2 s.e. (probes)")
     if log_scale:
         ax.set_yscale("log")
         ax.set_ylim(bottom=floor)

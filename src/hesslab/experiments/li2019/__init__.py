@@ -45,7 +45,7 @@
    exactly invariant, while ``tr H`` changes.
 
 **Verdicts** (:mod:`hesslab.experiments._claims`), each a statistic over ≥ 3 seeds:
-parts 1 and 3, the share of runs (one SGD seed per (noise, B) run) or tiny nets (``R``
+parts 1 and 3, the share of runs (own init and SGD seed per (noise, B) run) or tiny nets (``R``
 seeds per group) whose end overlap exceeds ``max(0.5, overlap_factor·k/P)``, holding at
 ≥ 2/3; part 2, the mean over the runs of the |relative error| of the prediction at the
 smallest ``c`` below ``pred_rel_tol`` (5%, the ``O(η³)`` allowance; the sampled mean's

@@ -9,10 +9,9 @@ import torch
 #: Measured wall time of the smoke size, one thread: 20 s on a lightly loaded 2-core
 #: machine (45-59 s when shared with other jobs).
 SMOKE_SECONDS = 20.0
-#: Wall time of the full size: an ESTIMATE (the run crashed after 195 s in part 2 before
-#: the chunking of :func:`sampled_change`, issue 19; not re-measured end to end here; part
-#: 4 now rescales ``invariance_runs`` = 3 trained models instead of 1).
-FULL_SECONDS = 600.0
+#: Wall time of the full size: a full run here (results/li2019) took 307 s CPU with one
+#: thread (755 s wall with the 2 cores shared; 918 MiB peak).
+FULL_SECONDS = 310.0
 
 S1 = "1. Overlap of the top subspaces of H and M_B"
 S2 = "2. Predicted vs actual one-step loss change"
@@ -57,7 +56,7 @@ class Li2019Config:
         rescale_factors: ``a`` of the rescalings ``(a, 1/a, 1, ...)`` of part 4.
         overlap_factor: "overlap ≫ random" holds when the end overlap exceeds this multiple
             of ``k/P`` (and 0.5) in ≥ 2/3 of the runs (part 1) or nets (part 3).
-        invariance_runs: part-1 models (one SGD seed each, at least 3) rescaled in part 4.
+        invariance_runs: part-1 models (own init and SGD seed each, at least 3) rescaled in part 4.
         dtype: ``"float64"`` (default) or ``"float32"``.
     """
 

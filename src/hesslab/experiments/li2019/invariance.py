@@ -79,7 +79,7 @@ def part4(cfg: Li2019Config, run_dir: RunDir, runs: dict) -> dict[str, Any]:
     loss_rel = max(p["loss_rel"] for p in per)
     run_dir.add_text(
         S4,
-        f"The first {len(per)} trained ReLU MLPs of part 1 (one SGD seed each: "
+        f"The first {len(per)} trained ReLU MLPs of part 1 (own init and SGD seed each: "
         + "; ".join(p["rows"][0]["run"] for p in per)
         + ") rescaled layerwise by hesslab.reparam.rescale (Π α = 1: same function); "
         "exact diagonal of H.",

@@ -66,13 +66,13 @@ def _train_and_track(
 ) -> tuple[torch.nn.Module, tuple[Tensor, Tensor], dict[str, list[float]]]:
     """SGD with batches of ``B`` drawn with replacement, tracking the overlap.
 
-    Trained by :func:`hesslab.train.fit`; the overlap is measured by a callback every
+    Each run has its own initialisation and its own minibatch sequence (both from
+    ``seed``; the data are the same for every run of a noise fraction). Trained by
+    :func:`hesslab.train.fit`; the overlap is measured by a callback every
     ``measure_every`` steps and at the end.
     """
     data = _data(cfg, fraction)
-    model = mlp(
-        cfg.dim, cfg.widths, cfg.classes, activation="relu", seed=cfg.seed, dtype=_dtype(cfg)
-    )
+    model = mlp(cfg.dim, cfg.widths, cfg.classes, activation="relu", seed=seed, dtype=_dtype(cfg))
     keys = ("step", "overlap", "random", "lambda_max", "loss")
     rec: dict[str, list[float]] = {key: [] for key in keys}
 
@@ -97,6 +97,26 @@ def part1(cfg: Li2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> di
         ``{"runs": {(noise, B): (model, data, record)}, "P", "null", "table",
         "min_end_overlap", "holds"}``.
     """
+    runs, P = _train_runs(cfg, tick)
+    null = cfg.top_k / P  # the mean overlap of a random k-subspace
+    _describe(cfg, run_dir, P, null)
+    rows = _report_runs(run_dir, runs, null)
+    ends = [r["overlap end"] for r in rows]
+    holds = _claim(cfg, run_dir, ends, null)
+    return {
+        "runs": runs,
+        "P": P,
+        "null": null,
+        "table": rows,
+        "min_end_overlap": min(ends),
+        "holds": holds,
+    }
+
+
+def _train_runs(
+    cfg: Li2019Config, tick: Callable[[str], None]
+) -> tuple[dict[tuple[float, int], Any], int]:
+    """One tracked SGD run per (noise fraction, B): ``({(noise, B): (model, data, rec)}, P)``."""
     runs: dict[tuple[float, int], Any] = {}
     P = None
     for i, frac in enumerate(cfg.noise_fractions):
@@ -106,37 +126,49 @@ def part1(cfg: Li2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> di
             P = sum(p.numel() for p in model.parameters())
             tick(f"trained noise {frac}, B={B}")
     assert P is not None
-    k = cfg.top_k
-    null = k / P
+    return runs, P
+
+
+def _describe(cfg: Li2019Config, run_dir: RunDir, P: int, null: float) -> None:
+    """The setup paragraph of part 1."""
     run_dir.add_text(
         S1,
         f"Gaussian mixture ({cfg.classes} classes, dim {cfg.dim}, N = "
         f"{cfg.classes * cfg.per_class // 2} training points, separation {cfg.separation}), "
         f"ReLU MLP {cfg.dim}-{'-'.join(map(str, cfg.widths))}-{cfg.classes} (P = {P}), "
         f"cross-entropy, SGD lr {cfg.lr} with batch B (with replacement), {cfg.steps} steps. "
-        f"Every {cfg.measure_every} steps: top-{k} eigenvectors of H and of "
+        f"Every {cfg.measure_every} steps: top-{cfg.top_k} eigenvectors of H and of "
         "M_B = ∇L∇Lᵀ + C/B (hesslab.eigenpairs, Lanczos) and overlap ‖U_HᵀU_M‖²_F/k; "
         f"random-subspace null k/P = {null:.3g}.",
     )
+
+
+def _run_row(frac: float, B: int, rec: dict[str, list[float]], null: float) -> dict[str, Any]:
+    """The table row of one run."""
+    return {
+        "label noise": frac,
+        "B": B,
+        "overlap start": rec["overlap"][0],
+        "overlap end": rec["overlap"][-1],
+        "overlap mean": float(np.mean(rec["overlap"])),
+        "random end": rec["random"][-1],
+        "k/P": null,
+        "final loss": rec["loss"][-1],
+        "λ_max end": rec["lambda_max"][-1],
+    }
+
+
+def _report_runs(
+    run_dir: RunDir, runs: dict[tuple[float, int], Any], null: float
+) -> list[dict[str, Any]]:
+    """Each run's overlap curve (array, metrics log, figure) and table row; returns the rows."""
     series: dict[str, Any] = {}
     rows = []
     steps = None
     for (frac, B), (_, _, rec) in runs.items():
         steps = np.asarray(rec["step"], dtype=np.float64)
         series[f"noise {frac:g}, B={B}"] = np.asarray(rec["overlap"])
-        rows.append(
-            {
-                "label noise": frac,
-                "B": B,
-                "overlap start": rec["overlap"][0],
-                "overlap end": rec["overlap"][-1],
-                "overlap mean": float(np.mean(rec["overlap"])),
-                "random end": rec["random"][-1],
-                "k/P": null,
-                "final loss": rec["loss"][-1],
-                "λ_max end": rec["lambda_max"][-1],
-            }
-        )
+        rows.append(_run_row(frac, B, rec, null))
         run_dir.add_array(f"overlap_noise{frac:g}_B{B}", np.asarray(rec["overlap"]))
         for s, o in zip(rec["step"], rec["overlap"], strict=True):
             run_dir.log_metrics(s, **{f"overlap_noise{frac:g}_B{B}": o})
@@ -153,10 +185,13 @@ def part1(cfg: Li2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> di
         "flat line is the random-subspace mean k/P.",
     )
     run_dir.add_table(S1, "overlaps", rows)
-    ends = [r["overlap end"] for r in rows]
+    return rows
+
+
+def _claim(cfg: Li2019Config, run_dir: RunDir, ends: list[float], null: float) -> bool:
+    """The claim of part 1: the share of runs whose end overlap exceeds ``max(0.5, f·k/P)``."""
     thr = max(0.5, cfg.overlap_factor * null)
     verdict = decide(ends, rule="fraction", margin=thr)
-    holds = verdict.holds
     add_claim(
         run_dir,
         S1,
@@ -165,11 +200,4 @@ def part1(cfg: Li2019Config, run_dir: RunDir, tick: Callable[[str], None]) -> di
         f"end-of-training overlaps {', '.join(f'{e:.3f}' for e in ends)} over the "
         f"{len(ends)} (noise, B) runs vs random k/P = {null:.3g}; threshold {thr:.3g}",
     )
-    return {
-        "runs": runs,
-        "P": P,
-        "null": null,
-        "table": rows,
-        "min_end_overlap": min(ends),
-        "holds": holds,
-    }
+    return verdict.holds

@@ -193,7 +193,7 @@ def within(errors: Any, tol: float) -> Verdict:
 def _part2_claims(
     cfg: Li2019Config, run_dir: RunDir, small: list, small_adam: list
 ) -> tuple[Verdict, Verdict]:
-    """Part 2's verdicts: equivalence over the part-1 runs (one SGD seed each, ≥ 3).
+    """Part 2's verdicts: equivalence over the part-1 runs (own init and SGD seed each, ≥ 3).
 
     Each run gives the relative error ``(actual − predicted)/|predicted|`` at the
     smallest ``c``; the claim holds when the mean ``|error|`` over the runs is below
@@ -212,7 +212,7 @@ def _part2_claims(
         f"(c = {c0:g}; mean |relative error| over the runs below {tol:.0%})",
         verdict,
         f"relative errors {', '.join(f'{r:+.2%}' for r in rel)} over {len(rel)} runs "
-        f"(noise x B, one SGD seed each); the tolerance {tol:.0%} is the O(η³) remainder "
+        f"(noise x B, own init and SGD seed each); the tolerance {tol:.0%} is the O(η³) remainder "
         f"allowance (≈ c = {c0:g} of the second-order term, plus ReLU kinks), above the "
         f"sampled mean's own resolution (median relative s.e. {mc:.2%}); plain sample "
         f"mean vs prediction in s.e.: {', '.join(f'{z:+.1f}' for z in z_plain)}; "

@@ -45,12 +45,17 @@ data the cross-entropy has no finite minimiser, so a fixed budget stops at a sma
 finite loss) is the named extra configuration ``sagun2017-simplex``
 (:meth:`Sagun2017Config.simplex`); the smoke size is a small simplex run.
 
-Outlier count (the rule used everywhere, :func:`hesslab.count_outliers`): values zero
-within rounding are set to 0; with ``λ₁ ≥ λ₂ ≥ ...`` above the floor
-``outlier_floor·λ₁``, the gap ratios ``λᵢ/λᵢ₊₁`` (``i ≤ outlier_search·k``); the bulk
-edge is the lowest gap that cannot be told from the widest one within the margin
-(``outlier_margin``, 1.25), and the count is the number of eigenvalues above it, with
-the plausible range spanning every such gap. The claim "count = k" is decided by the
+Outlier count (the rule used everywhere, hesslab's one meaning of "outlier":
+:func:`hesslab.count_outliers`, ``method="density"``): values zero within rounding are
+set to 0; with ``λ₁ ≥ λ₂ ≥ ...`` above the floor ``outlier_floor·λ₁``, each gap
+``λᵢ − λᵢ₊₁`` (``i ≤ outlier_search·k``) is measured in local mean eigenvalue spacings
+just below it; the bulk edge is the lowest gap of at least 8 spacings, the count the
+number of eigenvalues above it, the plausible range the counts at 8·``outlier_margin``
+and 8/``outlier_margin`` spacings. The log-eigengap count of earlier versions
+(:func:`count_outliers_eigengap`) is shown beside it in part 1's table for comparison
+only. Papyan's class structure (part 6) explains the count: the class outliers (``k``
+or ``k − 1``) and, above the bulk edge too, the leading cross-class (mini-bulk)
+eigenvalues. The claim "count = k" is decided by the
 share of (k, seed) runs with count k (≥ 2/3 holds, ≤ 1/3 does not hold).
 
 Run: ``hesslab reproduce sagun2017 --smoke`` (all parts in well under a minute on 2 CPU

@@ -26,9 +26,12 @@ def _part1_claim(cfg, run, counts, bounds, minima, digits_out):
     verdict = decide(hits, rule="fraction", margin=0.5)
     in_range = sum(lo <= k <= hi for k in cfg.ks for lo, hi in bounds[k])
     eq_k1 = sum(n == k - 1 for k, n in runs)
+    at_least = sum(n >= k for k, n in runs)
     measured = (
         f"count = k in {int(sum(hits))}/{len(runs)} runs (k within the plausible range in "
-        f"{in_range}/{len(runs)}), = k−1 in {eq_k1}/{len(runs)}; "
+        f"{in_range}/{len(runs)}), = k−1 in {eq_k1}/{len(runs)}, ≥ k in "
+        f"{at_least}/{len(runs)} (bulk edge by count_outliers' density rule; part 6 "
+        "tells the class outliers from the cross-class ones above the edge); "
         + "; ".join(f"k={k}: {counts[k]}" for k in cfg.ks)
         + f"; minima (‖∇L‖ ≤ {cfg.minimum_tol:g}) {sum(minima)}/{len(minima)}"
         + (

@@ -21,6 +21,7 @@ from hesslab.experiments.sagun2017.spectra import (
     _max_count,
     _spectrum,
     _trained_spectrum,
+    count_outliers_eigengap,
 )
 from hesslab.experiments.sagun2017.train import _is_min, _kink, _model, _train_gd
 from hesslab.report import plots
@@ -50,9 +51,13 @@ def _setup_text(cfg: Sagun2017Config) -> str:
         f"with k classes; MLP hidden widths {list(cfg.widths)}, init N(0, {cfg.init}²), loss "
         f"{cfg.loss}, lr {cfg.lr}, {stop}. A solution is a minimum when ‖∇L‖ ≤ "
         f"{cfg.minimum_tol:g} (the gradient norm is beside every spectrum). Outliers: "
-        "hesslab.count_outliers (gap rule, values zero within rounding set to 0, floor "
-        f"{cfg.outlier_floor:g}·λ₁, margin {cfg.outlier_margin}), count ≤ "
-        f"{cfg.outlier_search}·k."
+        "hesslab.count_outliers (its one rule, method 'density': the bulk edge is the "
+        "lowest gap of at least 8 local mean eigenvalue spacings, values zero within "
+        f"rounding set to 0, floor {cfg.outlier_floor:g}·λ₁, margin {cfg.outlier_margin}), "
+        f"count ≤ {cfg.outlier_search}·k. Beside it, for comparison with earlier versions "
+        "of this reproduction only, the log-eigengap rule (count_outliers method 'gap': a "
+        "factor-2 drop in λ, blind to how dense the bulk below is). Papyan's class "
+        "structure (part 6) explains the count."
     )
 
 
@@ -101,7 +106,8 @@ def _mixture_run(
         "N": len(split.train),
         "outliers": n,
         "plausible": f"{oc.low}-{oc.high}",
-        "gap ratio": round(gap, 2),
+        "gap / spacing": round(gap, 2),
+        "eigengap rule": count_outliers_eigengap(v, _max_count(cfg, k))[0],
         "= k": n == k,
         "= k-1": n == k - 1,
         "top eigenvalues": _fmt(v[: k + 2]),
@@ -118,7 +124,7 @@ def _mixture_run(
         "test acc": res.final_test_accuracy,
     }
     run.add_array(f"part1/k{k}/seed{seed}/eigenvalues", v)
-    run.add_scalar(S1, f"outliers k={k} seed={seed}", n, gap_ratio=gap, rule="eigengap")
+    run.add_scalar(S1, f"outliers k={k} seed={seed}", n, spacing_ratio=gap, rule="density")
     return {**row, "_bounds": (oc.low, oc.high)}, v, res.model, split
 
 
@@ -131,8 +137,10 @@ def _mixture_report(
         "outliers per k",
         rows,
         caption="One row per (k, seed). Outliers by hesslab.count_outliers (the bulk edge "
-        "at the lowest log-gap that cannot be told from the widest; 'plausible' spans the "
-        "counts of every such gap); bulk edge = largest non-outlier eigenvalue; bulk width "
+        "at the lowest gap of ≥ 8 local eigenvalue spacings; 'gap / spacing' that gap in "
+        "spacings; 'plausible' spans the counts with 8·1.25 and 8/1.25 spacings; 'eigengap "
+        "rule' the log-gap count of earlier versions, for comparison); bulk edge = largest "
+        "non-outlier eigenvalue; bulk width "
         f"= bulk edge − λ_min; minimum: ‖∇L‖ ≤ {cfg.minimum_tol:g}.",
     )
     top = 2 * max(cfg.ks) + 2
@@ -177,7 +185,7 @@ def _digits(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, 
         "N": len(split.train),
         "outliers": n,
         "plausible": f"{oc.low}-{oc.high}",
-        "gap ratio": round(gap, 2),
+        "gap / spacing": round(gap, 2),
         "method": spec["method"],
         "top eigenvalues": _fmt(v[:12]),
         "train loss": res.final_train_loss,
@@ -189,7 +197,7 @@ def _digits(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, 
     run.add_table(S1, "digits", [out], caption="Digits (10 classes), MLP 64-"
                   + "-".join(map(str, cfg.digits_widths)) + "-10, GD.")  # fmt: skip
     run.add_array("part1/digits/eigenvalues", v)
-    run.add_scalar(S1, "outliers digits", n, gap_ratio=gap, method=spec["method"])
+    run.add_scalar(S1, "outliers digits", n, spacing_ratio=gap, method=spec["method"])
     run.add_figure(
         S1,
         "part1_digits",
@@ -197,8 +205,8 @@ def _digits(cfg: Sagun2017Config, run: RunDir, tick: StepProgress) -> dict[str, 
             v[: min(v.numel(), 30)],
             title=f"Digits MLP: top Hessian eigenvalues (P={spec['P']})",
         ),
-        f"Top eigenvalues of the digits MLP ({spec['method']}); {n} outliers by the "
-        "eigengap rule (10 classes).",
+        f"Top eigenvalues of the digits MLP ({spec['method']}); {n} outliers by "
+        "hesslab.count_outliers' bulk-edge rule (10 classes).",
     )
     tick(f"sagun2017 part 1: digits: {n} outliers")
     return out

@@ -23,8 +23,10 @@ from hesslab.operators import ggn, hessian
 def count_outliers_eigengap(
     values: Any, max_count: int, *, rel_floor: float = 1e-3, margin: float = 1.25
 ) -> tuple[int, float]:
-    """Number of outliers by :func:`hesslab.count_outliers` (gap rule) and its gap ratio.
+    """Number of outliers by the log-eigengap rule (``count_outliers(method="gap")``).
 
+    The rule of earlier versions of this reproduction, kept for comparison only: the
+    reproduction counts with hesslab's one rule (``method="density"``, :func:`_count`).
     The count searched in ``1..max_count``; the bulk edge is the lowest gap that cannot
     be told from the widest (``margin``). Returns ``(count, λ_count / λ_count+1)``
     (``(0, nan)`` without a gap or with fewer than two positive eigenvalues).
@@ -32,13 +34,17 @@ def count_outliers_eigengap(
     v = torch.as_tensor(values).detach().to("cpu", torch.float64).reshape(-1)
     if int((v > 0).sum()) < 2:
         return 0, float("nan")
-    r = _count(v, max_count, rel_floor, margin)
+    r = count_outliers(v, method="gap", max_count=max_count, rel_floor=rel_floor, margin=margin)
     return r.count, (float(r.gaps[r.count - 1]) if r.count else float("nan"))
 
 
 def _count(values: Any, max_count: int, rel_floor: float, margin: float) -> OutlierCount:
+    """The one outlier rule of hesslab (:func:`hesslab.count_outliers`, ``method="density"``)."""
     v = torch.as_tensor(values).detach().to("cpu", torch.float64)
-    return count_outliers(v, max_count=max_count, rel_floor=rel_floor, margin=margin)
+    return count_outliers(
+        v, method="density", max_count=max_count, rel_floor=rel_floor, margin=margin,
+        dimension=v.numel(),
+    )  # fmt: skip
 
 
 def _outliers(cfg: Sagun2017Config, values: Any, k: int) -> OutlierCount:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hesslab.experiments._base import config_dtype as _dtype
-from hesslab.experiments.sankar2021.config import Sankar2021Config
+from hesslab.experiments.sankar2021.config import IMAGE_SIDE, Sankar2021Config
 from hesslab.linalg.density import SpectralDensity
 from hesslab.linalg.results import TraceEstimate
 from hesslab.measures import sankar_density_distance, spectrum_w1
@@ -25,7 +25,7 @@ def _build(name: str, cfg: Sankar2021Config, seed: int) -> nn.Module:
         return lenet(
             1,
             10,
-            image_size=8,
+            image_size=IMAGE_SIDE[cfg.data],
             seed=seed,
             channels=tuple(cfg.lenet_channels),  # type: ignore[arg-type]
             hidden=tuple(cfg.lenet_hidden),  # type: ignore[arg-type]
@@ -34,7 +34,7 @@ def _build(name: str, cfg: Sankar2021Config, seed: int) -> nn.Module:
         return vit(
             1, 10, 8, dim=cfg.vit_dim, depth=cfg.vit_depth, num_heads=cfg.vit_heads, seed=seed
         )
-    return mlp(64, tuple(cfg.mlp_widths), 10, seed=seed)
+    return mlp(IMAGE_SIDE[cfg.data] ** 2, tuple(cfg.mlp_widths), 10, seed=seed)
 
 
 def _gen(*keys: int) -> torch.Generator:

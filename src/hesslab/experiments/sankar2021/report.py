@@ -272,7 +272,7 @@ def _claims_over_seeds(ctx: Context, name: str, mi: int) -> dict[str, Any]:
     """
     cfg = ctx.cfg
     per = [ctx.results[_seed_part(name, s)] for s in cfg.seeds]
-    section, first = _section(name, mi), per[0]
+    section, first = _section(name, mi, cfg.data), per[0]
     L = len(first["layers"])
     verdicts: dict[str, Any] = {}
     for k in METRICS:

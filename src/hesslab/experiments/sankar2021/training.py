@@ -85,7 +85,7 @@ def _describe(
         f"{name}: P = {first['P']} parameters; weight layers (depth order, sizes): "
         + ", ".join(f"{n} ({first['layer_sizes'][n]})" for n in layers)
         + f". SGD lr {cfg.lr}, momentum {cfg.momentum}, batch {cfg.batch_size}, "
-        f"{cfg.epochs} epochs on {n_train} digits ({spe} steps/epoch), training seeds "
+        f"{cfg.epochs} epochs on {n_train} {cfg.data} images ({spe} steps/epoch), training seeds "
         f"{list(cfg.seeds)} (figures and tables: seed {seed}; claims: over the seeds). "
         f"Measured at initialization and after every epoch on {n_sub} "
         f"balanced training points ({cfg.per_class}/class), {cfg.dtype}.",
@@ -120,7 +120,7 @@ def _run_model(
     The first seed's run writes the figures and tables; every seed writes its arrays
     (suffixed ``_seed<s>`` after the first). No claims: :func:`_claims_over_seeds`.
     """
-    section = _section(name, mi)
+    section = _section(name, mi, cfg.data)
     report = seed == cfg.seeds[0]
     tag = "" if report else f"_seed{seed}"
     model = _build(name, cfg, seed)
