@@ -6,8 +6,10 @@ For each route (``DistributedOperator`` of a ``HessianOperator``, the
 fresh pair of processes builds the operator on an MLP in float64 and times single
 products; printed: seconds per product, per-rank peak RSS (MiB, the process's whole
 peak: torch's own footprint included), the per-rank vector size, and for the
-finite-difference route its error estimate and the actual error against the exact route.
-Not a timed test.
+finite-difference route its error estimate and the actual error against the exact route;
+then the generic solver ``hesslab.eigenpairs(op, k)`` on the same operator (seconds, products,
+the per-rank bytes of its Krylov basis: ``m x P / 2`` on the sharded routes, ``m x P`` on
+the data-parallel one). Not a timed test.
 """
 
 from __future__ import annotations
@@ -75,7 +77,31 @@ def _body(rank: int, world: int, out_dir: str) -> None:
         diff = torch.tensor([float(((out - exact) ** 2).sum())])
         dist.all_reduce(diff)
         info["err"] = float(diff.sqrt())
+    _eig(op, a.eig_k, info)
     torch.save(info, os.path.join(out_dir, f"{route}-{rank}.pt"))
+
+
+def _eig(op, k: int, info: dict) -> None:
+    """``eigenpairs(op, k)`` (generic thick-restart Lanczos): seconds, products, basis bytes."""
+    from hesslab import eigenpairs
+    from hesslab.linalg import lanczos
+
+    sizes = []
+    Basis = lanczos.Basis
+
+    class Spy(Basis):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sizes.append(self.Vt.numel() * self.Vt.element_size())
+
+    lanczos.Basis = Spy
+    try:
+        res = eigenpairs(
+            op, k, tol=1e-8, method="lanczos", generator=torch.Generator().manual_seed(0)
+        )
+    finally:
+        lanczos.Basis = Basis
+    info["eig"] = (res.seconds, res.num_matvecs, max(sizes), float(res.values[0]))
 
 
 def main() -> None:
@@ -84,18 +110,24 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--points", type=int, default=256)
     p.add_argument("--products", type=int, default=5)
+    p.add_argument("--eig-k", type=int, default=3, help="eigenpairs of the solver run")
     os.environ["BENCH_ARGS"] = json.dumps(vars(p.parse_args()))
     print(
-        "| route | s / product | peak RSS rank0 (MiB) | vector size rank0 | FD err est / actual |"
+        "| route | s / product | peak RSS rank0 (MiB) | vector size rank0 | FD err est / actual "
+        "| eigenpairs s / products | basis bytes rank0 | λ_max |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as out:
         for route in ("data-parallel", "exact", "finite-difference"):
             os.environ["BENCH_ROUTE"] = route
             run_gloo(_body, out)
             r = torch.load(Path(out) / f"{route}-0.pt")
             fd = f"{r['err_est']:.2e} / {r['err']:.2e}" if "err" in r else ""
-            print(f"| {route} | {r['sec']:.4f} | {r['rss']:.0f} | {r['size']} | {fd} |")
+            es, en, eb, lam = r["eig"]
+            print(
+                f"| {route} | {r['sec']:.4f} | {r['rss']:.0f} | {r['size']} | {fd} "
+                f"| {es:.2f} / {en} | {eb} | {lam:.10g} |"
+            )
 
 
 if __name__ == "__main__":
