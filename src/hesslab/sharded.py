@@ -52,7 +52,11 @@ Two product routes:
   gathered at construction only (for the objective's checks) and freed after, so the
   route's memory per rank is ``O(P / W)`` plus what FSDP2's own backward needs.
 
-Only ``Shard(0)`` placements on a 1-D mesh (plain FSDP2, no HSDP) are supported.
+Meshes: plain FSDP2 (``Shard(0)`` on a 1-D mesh) and HSDP (``(Replicate(), Shard(0))`` on a
+2-D mesh of data-parallel replicas x shards). The vectors are sharded over the mesh's shard
+dimension (replicas hold the same shards, inner products are summed over the shard group
+only); the products sum every rank's data with the exact ``N_r / N`` weights (``group``,
+default the world, is the group of all ranks holding data).
 """
 
 from __future__ import annotations
@@ -200,8 +204,10 @@ class ShardedHessianOperator(LinearOperator):
             raise ConfigurationError(f"unknown route {route!r}; use one of {ROUTES}")
         self.model, self.group, self.route = model, group, route
         self.eps, self.richardson, self.error_estimate = eps, richardson, error_estimate
-        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
-        self._params = self._sharded_params(model)
+        self._params = self._sharded_params(model)  # sets shard_group (the mesh's last dim)
+        sg = self.shard_group
+        self.rank, self.world = dist.get_rank(sg), dist.get_world_size(sg)
+        self.data_world = dist.get_world_size(group)
         local = [p.to_local() for p in self._params.values()]
         size = sum(t.numel() for t in local)
         super().__init__(max(size, 1), local[0].dtype, local[0].device)
@@ -231,17 +237,26 @@ class ShardedHessianOperator(LinearOperator):
 
     # ------------------------------------------------------------------ layout
     def _sharded_params(self, model: nn.Module) -> dict[str, Any]:
-        from torch.distributed.tensor import DTensor, Shard
+        from torch.distributed.tensor import DTensor, Replicate, Shard
 
         named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        allowed = ((Shard(0),), (Replicate(), Shard(0)))
+        meshes = set()
         for n, p in named.items():
-            if not isinstance(p, DTensor) or tuple(p.placements) != (Shard(0),):
+            if not isinstance(p, DTensor) or tuple(p.placements) not in allowed:
                 raise ConfigurationError(
-                    f"parameter {n} is not sharded as Shard(0) on a 1-D mesh; apply "
-                    "torch.distributed.fsdp.fully_shard to the model (HSDP is not supported)"
+                    f"parameter {n} is not sharded as Shard(0) (FSDP2) or (Replicate(), "
+                    "Shard(0)) (HSDP); apply torch.distributed.fsdp.fully_shard to the model"
                 )
+            meshes.add(p.device_mesh)
         if not named:
             raise ConfigurationError("the model has no trainable parameters")
+        if len(meshes) != 1:
+            raise ConfigurationError("every sharded parameter must live on the same device mesh")
+        (mesh,) = meshes
+        self.shard_group = mesh.get_group(
+            mesh.ndim - 1
+        )  # HSDP: the shard dim; replicas hold copies
         return named
 
     def _layout(self) -> None:
@@ -266,9 +281,15 @@ class ShardedHessianOperator(LinearOperator):
         return self.device if dist.get_backend(self.group) == "nccl" else torch.device("cpu")
 
     def reduce_sum(self, value: Tensor) -> Tensor:
-        """Sum of ``value`` over the ranks (partial inner products of sharded vectors)."""
+        """Sum of ``value`` over the shard group (partial inner products of sharded vectors).
+
+        Under HSDP the replicas hold the same shards and are not summed.
+        """
+        return self._all_reduce(value, self.shard_group)
+
+    def _all_reduce(self, value: Tensor, group: Any) -> Tensor:
         t = value.detach().to(self._comm_device, copy=True).contiguous()
-        dist.all_reduce(t, group=self.group)
+        dist.all_reduce(t, group=group)
         return t.to(value.device)
 
     def dot(self, a: Tensor, b: Tensor) -> Tensor:
@@ -289,7 +310,7 @@ class ShardedHessianOperator(LinearOperator):
         pad = torch.zeros(width, K, dtype=V.dtype, device=dev)
         pad[: self.local_size] = self._local(V).to(dev)
         parts = [torch.empty_like(pad) for _ in range(self.world)]
-        dist.all_gather(parts, pad, group=self.group)
+        dist.all_gather(parts, pad, group=self.shard_group)
         full = torch.empty(self.full_size, K, dtype=V.dtype, device=self.device)
         for idx, part in zip(self._maps, parts, strict=True):
             full[idx] = part[: idx.numel()].to(self.device)
@@ -314,12 +335,12 @@ class ShardedHessianOperator(LinearOperator):
 
     def _exact(self, V: Tensor) -> Tensor:
         out = self._hessian._matmat(self.gather(V)) * (self.num_local / self.num_total)
-        out = self.reduce_sum(out)
+        out = self._all_reduce(out, self.group)  # every rank's data, replicas included
         return self._pad(out[self._maps[self.rank]])
 
     def _flat_grad(self) -> Tensor:
         """Gradient of the loss over all ranks' data (local shard, flat) via FSDP2."""
-        obj, scale = self.objective, self.world * self.num_local / self.num_total
+        obj, scale = self.objective, self.data_world * self.num_local / self.num_total
         for p in self._params.values():
             p.grad = None
         with torch.enable_grad():
