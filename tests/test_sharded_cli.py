@@ -12,14 +12,22 @@ import torch.distributed as dist
 from .test_distributed import _analyze_argv, _scalar, _single_process_results, _torchrun_cli
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
-pytestmark = [
-    pytest.mark.skipif(
-        not (dist.is_available() and hasattr(fsdp, "fully_shard")), reason="no FSDP2"
-    ),
-    pytest.mark.slow,  # two torchrun workers and a single-process reference: ~30 s
-]
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and hasattr(fsdp, "fully_shard")), reason="no FSDP2"
+)
 
 
+def test_shard_outside_torchrun_says_how_to_launch(tmp_path, capsys, monkeypatch):
+    from hesslab.cli import main
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main([*_analyze_argv(tmp_path, 4, "eig"), "--shard", "--out", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "--shard must run under torchrun" in err and "--nproc_per_node 2" in err
+
+
+@pytest.mark.slow  # two torchrun workers and a single-process reference: ~30 s
 def test_cli_analyze_shard_equals_one_process(tmp_path):
     common = _analyze_argv(tmp_path, 8, "eig,trace,density,layers")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}

@@ -378,9 +378,10 @@ def _setup_distributed(args: argparse.Namespace, device: torch.device) -> tuple[
     if not dist.is_available():
         raise ConfigurationError("--distributed needs a PyTorch build with torch.distributed")
     if "RANK" not in os.environ:
+        flag = "--shard" if getattr(args, "shard", None) else "--distributed"
         raise ConfigurationError(
-            "--distributed must run under torchrun, e.g. "
-            "torchrun --nproc_per_node 2 -m hesslab.cli analyze ..."
+            f"{flag} must run under torchrun, e.g. "
+            f"torchrun --nproc_per_node 2 -m hesslab.cli analyze {flag} ..."
         )
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
