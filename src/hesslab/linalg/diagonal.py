@@ -99,6 +99,11 @@ def diagonal(
     if method not in DIAGONAL_METHODS:
         raise ConfigurationError(f"unknown method {method!r}; choose one of {DIAGONAL_METHODS}")
     engine = Engine(op, distribution=distribution, generator=generator, block_size=block_size)
+    if engine.space.distributed:
+        raise ConfigurationError(
+            "diagonal does not run on sharded operators yet; gather the vectors (or use "
+            "trace for tr H)"
+        )
     if method == "xdiag":  # the exchangeable low-rank part assumes A = A^T
         require_symmetric(engine.op, "diagonal (method='xdiag')")
     N = num_matvecs
