@@ -44,14 +44,17 @@ def test_gram_schmidt_reorthogonalizes_a_nearly_dependent_block(as_basis):
 
 
 def test_float32_inner_products_and_norms_accumulate_in_float64():
-    # 4M same-sign terms: a float32 BLAS dot loses ~1e-5 relative here
+    # 4M same-sign terms: a float32 BLAS dot loses ~1e-5 relative here. The float32
+    # partial sums of each chunk and the final rounding cost about one float32 ulp
+    # (1.2e-7 measured on one AMD EPYC, under 1e-7 on another), so the bound is 1e-6:
+    # 10x under the naive float32 dot, independent of the CPU's summation order
     P = 4 * 2**20 + 7
     x = torch.rand(P, 1, generator=gen(3))
     V = torch.rand(3, P, generator=gen(4))
     exact = V.double() @ x.double()
-    assert float(((rows_times(V, x) - exact) / exact).abs().max()) < 1e-7
+    assert float(((rows_times(V, x) - exact) / exact).abs().max()) < 1e-6
     n_exact = x.double().norm()
-    assert abs(float(col_norms(x)[0] - n_exact) / float(n_exact)) < 1e-7
+    assert abs(float(col_norms(x)[0] - n_exact) / float(n_exact)) < 1e-6
 
 
 def _solver(A, seed=0, m=14):
