@@ -81,10 +81,11 @@ def test_outliers_come_from_the_class_means(trained):
     """On this problem G has C outliers, then a mini-bulk of C(C-2), then the bulk.
 
     Measured (float64, any CPU): G's top 4 are 0.0234..0.0210, then 8 eigenvalues
-    0.0125..0.0058, then <= 1e-4. The top-C eigenvectors lie in the span of the class
-    means (fraction >= 0.98 measured, asserted >= 0.95) and the Rayleigh–Ritz values of G
-    on that span match the top C within 1% (asserted 3%); the class-means part alone
-    carries 0.64..0.66 of each outlier (asserted within [0.5, 1]): the rest is cross-class
+    0.0125..0.0058, then <= 1e-4 (on another machine 0.0254..0.0225, 0.0113..0.0042). The
+    top-C eigenvectors lie in the span of the class means (smallest fraction 0.92-0.98
+    over 5 seeds, asserted >= 0.88 and a median >= 0.93) and the Rayleigh–Ritz values of G
+    on that span match the top C within 1.4%-4.8% (asserted 8%, median 4%); the
+    class-means part alone carries 0.64..0.66 of each outlier (asserted within [0.5, 1]): the rest is cross-class
     curvature in the same directions. The mini-bulk lies in the span of the cross-class
     means (fraction 1.000 measured, asserted >= 0.95).
     """
@@ -92,10 +93,23 @@ def test_outliers_come_from_the_class_means(trained):
     bulk_edge = float(ev[C * (C - 1)])
     assert float(ev[C - 1]) > 1.5 * float(ev[C])  # C outliers, a gap
     assert float(ev[C * (C - 1) - 1]) > 20 * bulk_edge  # mini-bulk well above the bulk
-    Q = cs.class_means.range_basis()
-    assert float(subspace_fraction(U[:, :C], Q).min()) >= 0.95
-    ritz = torch.linalg.eigvalsh(Q.T @ G @ Q).flip(0)
-    assert float(((ritz - ev[:C]) / ev[:C]).abs().max()) <= 0.03
+    # the top-C eigenvectors in span(class means), decided over 5 training seeds: one
+    # seed's smallest fraction moves with the CPU's rounding (0.98 on one machine, 0.92
+    # on another for seed 0); over seeds 0-4 here 0.92, 0.96, 0.98, 0.98, 0.96
+    mins, ritz_errors = [], []
+    for seed in range(5):
+        m, xs, ys = _trained(seed=seed)
+        cs_s = class_structure(Objective(m, "ce", (xs, ys)))
+        G_s = cs_s.ggn.to_dense()
+        ev_s, U_s = torch.linalg.eigh(G_s)
+        ev_s, U_s = ev_s.flip(0), U_s.flip(1)
+        Q_s = cs_s.class_means.range_basis()
+        mins.append(float(subspace_fraction(U_s[:, :C], Q_s).min()))
+        ritz = torch.linalg.eigvalsh(Q_s.T @ G_s @ Q_s).flip(0)
+        ritz_errors.append(float(((ritz - ev_s[:C]) / ev_s[:C]).abs().max()))
+    assert min(mins) >= 0.88 and sorted(mins)[2] >= 0.93, mins
+    # Rayleigh–Ritz values of G on span(class means) vs its top C: 1.4%-4.8% over seeds
+    assert max(ritz_errors) <= 0.08 and sorted(ritz_errors)[2] <= 0.04, ritz_errors
     ratio = cs.class_means.eigenvalues() / ev[:C]
     assert float(ratio.min()) >= 0.5 and float(ratio.max()) <= 1.0
     mini = U[:, C : C * (C - 1)]
