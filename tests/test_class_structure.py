@@ -85,9 +85,9 @@ def test_outliers_come_from_the_class_means(trained):
     top-C eigenvectors lie in the span of the class means (smallest fraction 0.92-0.98
     over 5 seeds, asserted >= 0.88 and a median >= 0.93) and the Rayleigh–Ritz values of G
     on that span match the top C within 1.4%-4.8% (asserted 8%, median 4%); the
-    class-means part alone carries 0.64..0.66 of each outlier (asserted within [0.5, 1]): the rest is cross-class
-    curvature in the same directions. The mini-bulk lies in the span of the cross-class
-    means (fraction 1.000 measured, asserted >= 0.95).
+    class-means part alone carries 0.64..0.66 of each outlier (asserted within [0.5, 1]):
+    the rest is cross-class curvature in the same directions. The mini-bulk lies in the
+    span of the cross-class means (fraction 1.000 measured, asserted >= 0.95).
     """
     cs, G, ev, U, _ = trained
     bulk_edge = float(ev[C * (C - 1)])
