@@ -10,13 +10,13 @@ from dataclasses import asdict, dataclass
 #: Measured wall time of :meth:`Sagun2017Config.smoke` with one CPU thread (three seeds).
 SMOKE_SECONDS = 60.0
 #: Wall time of :meth:`Sagun2017Config.full` (the authors' setup): a full run here
-#: (results/sagun2017) took 141 s CPU with one thread (1,074 s wall with the 2 cores shared
-#: ~9 ways; 530 MiB peak).
-FULL_SECONDS = 150.0
+#: (results/sagun2017) took 68 s CPU with one thread (107 s wall with the 2 cores shared;
+#: 533 MiB peak).
+FULL_SECONDS = 70.0
 #: Wall time of :meth:`Sagun2017Config.simplex` (``sagun2017-simplex``): a full run here
-#: with part 6 (results/sagun2017-simplex) took 199 s CPU with one thread (712 s wall on
-#: the shared 2 cores; 837 MiB peak).
-SIMPLEX_FULL_SECONDS = 200.0
+#: (results/sagun2017-simplex) took 121 s CPU with one thread (172 s wall on the shared 2
+#: cores; 882 MiB peak).
+SIMPLEX_FULL_SECONDS = 120.0
 
 PAPER = "Sagun, Evci, Guney, Dauphin, Bottou (2017), arXiv:1706.04454"
 
