@@ -172,58 +172,48 @@ def _summary(ctx: Context) -> dict[str, Any]:
     return {"models": models, "claims": claims, "seconds": seconds, "config": asdict(ctx.cfg)}
 
 
-#: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
-SPEC = Experiment(
-    name="sankar2021",
-    title="Layerwise vs full Hessian spectra over training (Sankar et al. 2021)",
-    paper=(
+#: the fields both configurations share (the data and the sizes are the configs' own)
+_SPEC_COMMON: dict = {
+    "paper": (
         "Sankar, Khasbage, Vigneswaran, Balasubramanian (AAAI 2021), A Deeper Look at the "
         "Hessian Eigenspectrum of Deep Neural Networks and its Applications to "
         "Regularization"
     ),
-    arxiv="2012.03801",
-    description=(
-        "A LeNet-style CNN and an MLP trained on digits with SGD + momentum; after every "
-        "epoch, SLQ densities of the full Hessian and of each weight layer's diagonal "
-        "block on a class-balanced subset; distance of each layer to the full spectrum "
-        "vs depth (1-Wasserstein on a normalized axis, and the authors' code variant), "
-        "and λ_max / trace trends, full and layerwise."
-    ),
+    "arxiv": "2012.03801",
+    "smoke_seconds": SMOKE_SECONDS,
+    "parts": _parts,
+    "summary": _summary,
+    "steps": lambda cfg: len(cfg.models) * len(cfg.seeds) * (cfg.epochs + 1),
+    "setup": _setup,
+    "check": _validate,
+}
+_ANALYSES = (
+    "with SGD + momentum; after every epoch, SLQ densities of the full Hessian and of each "
+    "weight layer's diagonal block on a class-balanced subset; distance of each layer to "
+    "the full spectrum vs depth (1-Wasserstein on a normalized axis, and the authors' code "
+    "variant), and λ_max / trace trends, full and layerwise."
+)
+
+#: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
+SPEC = Experiment(
+    name="sankar2021",
+    title="Layerwise vs full Hessian spectra over training (Sankar et al. 2021)",
+    description="A LeNet-style CNN and an MLP trained on digits " + _ANALYSES,
     config_type=Sankar2021Config,
-    smoke_seconds=SMOKE_SECONDS,
     full_seconds=FULL_SECONDS,
-    parts=_parts,
-    summary=_summary,
-    steps=lambda cfg: len(cfg.models) * len(cfg.seeds) * (cfg.epochs + 1),
-    setup=_setup,
-    check=_validate,
+    **_SPEC_COMMON,
 )
 
 #: ``sankar2021-mnist``: the same analyses on the authors' data (5,000 real MNIST images).
 MNIST_SPEC = Experiment(
     name="sankar2021-mnist",
     title="Layerwise vs full Hessian spectra over training, on real MNIST (Sankar et al. 2021)",
-    paper=(
-        "Sankar, Khasbage, Vigneswaran, Balasubramanian (AAAI 2021), A Deeper Look at the "
-        "Hessian Eigenspectrum of Deep Neural Networks and its Applications to "
-        "Regularization"
-    ),
-    arxiv="2012.03801",
     description=(
-        "A LeNet-style CNN and an MLP trained on 4,000 real MNIST images (mnist5k) with "
-        "SGD + momentum; after every epoch, SLQ densities of the full Hessian and of each "
-        "weight layer's diagonal block on a class-balanced subset; distance of each layer "
-        "to the full spectrum vs depth (1-Wasserstein on a normalized axis, and the "
-        "authors' code variant), and λ_max / trace trends, full and layerwise."
+        "A LeNet-style CNN and an MLP trained on 4,000 real MNIST images (mnist5k) " + _ANALYSES
     ),
     config_type=Sankar2021MnistConfig,
-    smoke_seconds=SMOKE_SECONDS,
     full_seconds=MNIST_FULL_SECONDS,
-    parts=_parts,
-    summary=_summary,
-    steps=lambda cfg: len(cfg.models) * len(cfg.seeds) * (cfg.epochs + 1),
-    setup=_setup,
-    check=_validate,
+    **_SPEC_COMMON,
 )
 
 
