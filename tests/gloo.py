@@ -42,6 +42,23 @@ def run_gloo(body: Callable[[int, int, str], None], out_dir: str | Path, world: 
     mp.start_processes(_main, args=args, nprocs=world, start_method="spawn")
 
 
+def gloo_results(
+    body: Callable[[int, int, str], None], out_dir: str | Path, world: int = 2
+) -> list[dict]:
+    """:func:`run_gloo`, then each rank's results: ``body`` saves ``out_dir/rank{r}.pt``."""
+    run_gloo(body, out_dir, world)
+    return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def tanh_mlp_dense() -> torch.Tensor:
+    """The dense single-process Hessian of the ``tanh_mlp`` test model on all its points."""
+    from hesslab import Objective
+    from hesslab.operators import HessianOperator
+
+    model, x, y, _ = make("tanh_mlp")
+    return HessianOperator(Objective(model, "ce", (x, y))).to_dense()
+
+
 def tanh_mlp_shard(rank: int, world: int) -> tuple[nn.Module, list]:
     """The ``tanh_mlp`` test model and this rank's shard of its 23 points (12 and 11), split
     into two unequal batches."""

@@ -9,11 +9,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from hesslab import Objective
-from hesslab.operators import DenseOperator, HessianOperator
+from hesslab.operators import DenseOperator
 
-from .gloo import run_gloo, tanh_mlp_shard
-from .models import make
+from .gloo import gloo_results, tanh_mlp_dense, tanh_mlp_shard
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 pytestmark = [
@@ -123,15 +121,12 @@ def _body(rank: int, world: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharded_solvers")
-    run_gloo(_body, out)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return gloo_results(_body, tmp_path_factory.mktemp("sharded_solvers"))
 
 
 @pytest.fixture(scope="module")
 def dense():
-    model, x, y, _ = make("tanh_mlp")
-    return HessianOperator(Objective(model, "ce", (x, y))).to_dense()
+    return tanh_mlp_dense()
 
 
 def _full(ranks, get):
