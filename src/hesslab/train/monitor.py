@@ -109,6 +109,7 @@ __all__ = [
     "JsonlSink",
     "Measurement",
     "RunDirSink",
+    "SHARDED_QUANTITIES",
     "Sink",
     "SpectrumMonitor",
     "TensorBoardSink",
@@ -161,6 +162,11 @@ class SpectrumMonitor(_Measuring):
             the gradient moment); default ``DistributedOperator`` with
             ``distributed=True``, else none.
         group: the process group of ``distributed`` (default: the world).
+        sharded: the model passed to :meth:`step` is FSDP2-sharded (``fully_shard``)
+            and ``data`` is this rank's shard: the full Hessian is a
+            :class:`~hesslab.sharded.ShardedHessianOperator` (``True``: the exact route;
+            or a route name), its eigenvectors are this rank's shards, only rank 0
+            writes. Quantities limited to :data:`SHARDED_QUANTITIES`.
 
     Attributes:
         measurements: every :class:`Measurement` so far, in order.
@@ -194,8 +200,13 @@ class SpectrumMonitor(_Measuring):
         distributed: bool = False,
         wrap: Callable[[LinearOperator], LinearOperator] | None = None,
         group: Any = None,
+        sharded: bool | str = False,
     ) -> None:
         quantities = _check_arguments(every, quantities, k)
+        self.sharded = "exact" if sharded is True else (sharded or None)
+        if self.sharded is not None:
+            _check_sharded(quantities)
+            distributed, wrap = True, wrap or (lambda op: op)
         if hasattr(data, "x") and hasattr(data, "y") and not isinstance(data, tuple):
             data = (data.x, data.y)  # TensorData
         self.data = data
@@ -292,15 +303,26 @@ class SpectrumMonitor(_Measuring):
             if hasattr(s, "close"):
                 s.close()
 
+    def _operator(self, model: nn.Module) -> tuple[Any, Any, LinearOperator, int]:
+        """``(objective, local Hessian, the operator measured, P)`` at the current weights."""
+        if self.sharded is not None:
+            from hesslab.sharded import ShardedHessianOperator
+
+            op = ShardedHessianOperator(
+                model, self.loss_fn, self.data, route=self.sharded, group=self.group,
+                **self.loss_kwargs,
+            )  # fmt: skip
+            return op.objective, None, op, op.full_size
+        obj = Objective(model, self.loss_fn, self.data, self.params, **self.loss_kwargs)
+        H_local = HessianOperator(obj)
+        return obj, H_local, self._wrap(H_local), obj.space.size
+
     def measure(self, model: nn.Module, step: int) -> Measurement:
         """Measure now (regardless of ``every``), record, send to the sinks, return."""
         t0 = time.perf_counter()
         q = set(self.quantities)
         rec = _Record()
-        obj = Objective(model, self.loss_fn, self.data, self.params, **self.loss_kwargs)
-        H_local = HessianOperator(obj)
-        op = self._wrap(H_local)
-        P = obj.space.size
+        obj, H_local, op, P = self._operator(model)
         rec.diag["P"] = P
         k = min(self.k, P)
         top = self._top(rec, op, step, q, k)
@@ -345,6 +367,22 @@ def _check_arguments(every: Any, quantities: Sequence[str] | str, k: Any) -> tup
     if not isinstance(k, int) or k < 1:
         raise ConfigurationError(f"k must be a positive int, got {k!r}")
     return tuple(quantities)
+
+
+#: The quantities a monitor measures on an FSDP2-sharded model (``sharded=``).
+SHARDED_QUANTITIES = (
+    "lambda_max", "top_k", "bottom", "trace", "trace_sq", "ws_bounds", "logdet", "effective_rank",
+)  # fmt: skip
+
+
+def _check_sharded(quantities: Sequence[str]) -> None:
+    """Refuse the quantities that need whole eigenvectors, gradients or layer blocks."""
+    bad = [q for q in quantities if q not in SHARDED_QUANTITIES]
+    if bad:
+        raise ConfigurationError(
+            f"quantities {bad} are not measured on a sharded model (they need whole "
+            f"eigenvectors, gradients or layer blocks); choose from {SHARDED_QUANTITIES}"
+        )
 
 
 def _distributed_setup(
