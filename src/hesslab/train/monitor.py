@@ -105,11 +105,11 @@ from hesslab.train.sinks import JsonlSink, Measurement, RunDirSink, Sink, Tensor
 
 __all__ = [
     "QUANTITIES",
+    "SHARDED_QUANTITIES",
     "USES",
     "JsonlSink",
     "Measurement",
     "RunDirSink",
-    "SHARDED_QUANTITIES",
     "Sink",
     "SpectrumMonitor",
     "TensorBoardSink",
