@@ -7,6 +7,9 @@ Gaussian vectors: median and max. Each mode of the product is run.
 
     PYTHONPATH=src .venv/bin/python bench/autocast_error.py [--large]
 
+``--operator ggn`` / ``--operator moments`` measure the generalized Gauss–Newton
+products / the gradient covariance instead of the Hessian (one mode: they have one).
+
 ``--large`` measures instead the issue-14 sizes, reverse-over-reverse only: the CIFAR
 ResNet-18 (:func:`hesslab.models.resnet_small`, width 64, blocks (2, 2, 2, 2), 11.2M
 parameters, 4 random 32x32 images in 2 batches) and a Hugging Face GPT-2 from a
@@ -24,7 +27,16 @@ import torch
 
 from hesslab import Objective
 from hesslab.models import gpt, lenet, mlp
-from hesslab.operators import HessianOperator
+from hesslab.operators import GGNOperator, GradientMomentOperator, HessianOperator
+
+#: operator name -> builder(objective, mode, autocast)
+OPERATORS = {
+    "hessian": lambda obj, mode, prec: HessianOperator(obj, mode=mode, autocast=prec),
+    "ggn": lambda obj, mode, prec: GGNOperator(obj, autocast=prec),
+    "moments": lambda obj, mode, prec: GradientMomentOperator(
+        obj, kind="covariance", autocast=prec
+    ),
+}
 
 
 def _problems() -> dict:
@@ -77,25 +89,29 @@ def main() -> None:
     """Print one row per model and precision: median and max relative error."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--large", action="store_true", help="ResNet-18 and HF GPT-2 sizes")
+    ap.add_argument("--operator", default="hessian", choices=sorted(OPERATORS))
     args = ap.parse_args()
+    build = OPERATORS[args.operator]
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(1)
     print("| model | P | mode | precision | median rel. error | max rel. error |")
     print("|---|---|---|---|---|---|")
     problems = _large() if args.large else _problems()
-    modes = ("reverse-over-reverse",) if args.large else None
+    one_mode = args.large or args.operator != "hessian"
+    modes = ("reverse-over-reverse",) if one_mode else None
     for name, (m64, loss, x) in problems.items():
         data64, data32 = _data(name, x, g)
         m32 = copy.deepcopy(m64).float()
-        H64 = HessianOperator(Objective(m64, loss, data64), mode="reverse-over-reverse")
+        H64 = build(Objective(m64, loss, data64), "reverse-over-reverse", None)
         V = torch.randn(H64.shape[0], 4, dtype=torch.float64, generator=g)
         ref = H64 @ V
         for mode in modes or ("reverse-over-reverse", "forward-over-reverse"):
             for prec in (None, "bfloat16", "float16"):
-                H = HessianOperator(Objective(m32, loss, data32), mode=mode, autocast=prec)
+                H = build(Objective(m32, loss, data32), mode, prec)
                 out = (H @ V.float()).double()
                 err = ((out - ref).norm(dim=0) / ref.norm(dim=0)).tolist()
-                row = (name, str(H.shape[0]), mode, prec or "float32")
+                row = (name, str(H.shape[0]), mode if args.operator == "hessian" else args.operator)
+                row += (prec or "float32",)
                 print(
                     "| " + " | ".join(row) + f" | {statistics.median(err):.1e} | {max(err):.1e} |"
                 )

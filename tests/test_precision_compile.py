@@ -9,7 +9,7 @@ import torch
 
 from hesslab import Objective
 from hesslab.errors import ConfigurationError
-from hesslab.operators import HessianOperator
+from hesslab.operators import GGNOperator, GradientMomentOperator, HessianOperator
 
 from .models import make, split_unequal
 
@@ -44,12 +44,42 @@ def test_autocast_products_are_within_their_stated_error(name, precision, mode):
     assert err > 1e-5
 
 
+@pytest.mark.parametrize("name", ["tanh_mlp", "cnn"])
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda obj, **kw: GGNOperator(obj, **kw),
+        lambda obj, **kw: GradientMomentOperator(obj, kind="covariance", **kw),
+    ],
+    ids=["ggn", "gradient-covariance"],
+)
+def test_autocast_ggn_and_moments_within_the_stated_error(name, precision, build):
+    obj64, m32, data32 = _pair(name)
+    V = torch.randn(
+        obj64.space.size, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    ref = build(obj64) @ V
+    op = build(Objective(m32, "ce", data32), autocast=precision)
+    out = op @ V.float()
+    assert out.dtype == torch.float32
+    err = ((out.double() - ref).norm(dim=0) / ref.norm(dim=0)).max().item()
+    assert 1e-5 < err <= AUTOCAST_ERROR[precision]
+    # a block of the operator keeps the setting
+    names = [n for n, _ in m32.named_parameters()][:2]
+    assert op.restrict(names).autocast == op.autocast
+
+
 def test_autocast_needs_float32_and_a_known_dtype():
     obj64, m32, data32 = _pair("tanh_mlp")
     with pytest.raises(ConfigurationError, match="float32"):
         HessianOperator(obj64, autocast="bfloat16")
     with pytest.raises(ConfigurationError, match="autocast must be"):
         HessianOperator(Objective(m32, "ce", data32), autocast="int8")
+    with pytest.raises(ConfigurationError, match="float32"):
+        GGNOperator(obj64, autocast="float16")
+    with pytest.raises(ConfigurationError, match="float32"):
+        GradientMomentOperator(obj64, autocast="bfloat16")
 
 
 def _compile_works() -> bool:

@@ -8,6 +8,7 @@ errors of the truth, and the reported standard error matches the empirical sprea
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 
 import numpy as np
@@ -285,11 +286,76 @@ def test_large_hutchinson_rounds_are_drawn_in_chunks_of_bounded_memory(monkeypat
         return inner(self, V)
 
     monkeypatch.setattr(trace_mod.Engine, "apply", counted)
-    monkeypatch.setattr(trace_mod, "PROBE_MEMORY", 24 * 500 * 7)  # 7 probes per chunk
+    methods_mod = importlib.import_module("hesslab.linalg.trace_methods")
+    monkeypatch.setattr(methods_mod, "PROBE_MEMORY", 24 * 500 * 7)  # 7 probes per chunk
     est = trace(A, 40, method="hutchinson", generator=torch.Generator().manual_seed(0))
     assert widths and max(widths) <= 7 and sum(widths) == 40 == est.num_matvecs
     # Rademacher probes are exact on a diagonal operator: every chunk's samples too
     assert est.value == pytest.approx(float(d.sum()), abs=1e-9)
-    assert trace_mod.probe_chunk(500, 40) == 7
-    monkeypatch.setattr(trace_mod, "PROBE_MEMORY", 2**30)
-    assert trace_mod.probe_chunk(500, 40) == 40  # small problems: one draw, as before
+    assert methods_mod.probe_chunk(500, 40) == 7
+    monkeypatch.setattr(methods_mod, "PROBE_MEMORY", 2**30)
+    assert methods_mod.probe_chunk(500, 40) == 40  # small problems: one draw, as before
+
+
+# ------------------------------------------------- vector work in the operator's dtype
+@pytest.mark.parametrize(
+    ("dtype", "P_", "expected"),
+    [
+        (torch.float32, 100, torch.float64),  # small: float64 whatever the operator
+        (torch.float64, 2**19, torch.float64),
+        (torch.float32, 2**19, torch.float32),
+        (torch.bfloat16, 2**19, torch.float32),  # at least float32
+    ],
+)
+def test_work_dtype_rule(dtype, P_, expected):
+    from hesslab.linalg.trace import work_dtype
+
+    op = FunctionOperator(lambda V: V, P_, dtype=dtype)
+    assert work_dtype(op) == expected
+
+
+@pytest.fixture
+def float32_work(monkeypatch):
+    """Make every operator 'large', so a float32 operator's vector work is float32."""
+    trace_mod = importlib.import_module("hesslab.linalg.trace")  # the name is also a function
+    monkeypatch.setattr(trace_mod, "FLOAT64_BELOW", 0)
+    seen = []
+    real = trace_mod.Engine.apply
+
+    def apply(self, V):
+        out = real(self, V)
+        seen.append((V.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(trace_mod.Engine, "apply", apply)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace", "krylov"])
+def test_float32_vector_work_unbiased_and_calibrated(float32_work, method):
+    """The float32 path keeps the contract over seeds (its rounding, ~1e-6 relative, is far
+    below the estimators' spread), and really runs in float32."""
+    A = DenseOperator(matrix("spiked").to(torch.float32))
+    truth = float(spectrum("spiked").sum())
+    errs, ses = [], []
+    for seed in range(80):
+        est = trace(A, BUDGET, method=method, generator=torch.Generator().manual_seed(seed))
+        errs.append(est.value - truth)
+        ses.append(est.stderr)
+    assert {d for pair in float32_work for d in pair} == {torch.float32}
+    errs_t, ses_t = torch.tensor(errs, dtype=torch.float64), torch.tensor(ses)
+    check_unbiased_and_calibrated(errs_t, ses_t, calibration=method != "xtrace")
+
+
+@pytest.mark.parametrize("method", ["hutch++", "xtrace", "krylov"])
+def test_float32_vector_work_exact_on_low_rank(float32_work, method):
+    g = torch.Generator().manual_seed(0)
+    L = torch.randn(P, 5, generator=g, dtype=torch.float64)
+    A = L @ L.T - 2.0 * (L[:, :1] @ L[:, :1].T)
+    op = DenseOperator(A.to(torch.float32))
+    # krylov_block=8 >= rank: the second block spans range(A), whatever the seed
+    est = trace(op, 40, method=method, generator=g, krylov_block=8)
+    assert est.value == pytest.approx(float(torch.trace(A)), rel=1e-5)
+    assert est.stderr <= 1e-5 * abs(est.value)
+    fro = frobenius_sq(op, 40, generator=g, krylov_block=8)
+    assert fro.value == pytest.approx(float((A * A).sum()), rel=1e-5)

